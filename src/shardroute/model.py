@@ -19,6 +19,10 @@ __all__ = ["EMPTY_MAPPING", "LoadReport", "Shard", "ShardState", "Topology"]
 EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
 
+def _empty() -> Mapping[str, Any]:
+    return EMPTY_MAPPING
+
+
 class ShardState(enum.StrEnum):
     """Lifecycle state of a shard as written in its etcd record."""
 
@@ -60,7 +64,7 @@ class Shard:
     weight: float = 1.0
     capacity: int = 64
     state: ShardState = ShardState.ACTIVE
-    labels: Mapping[str, str] = field(default=EMPTY_MAPPING, hash=False)
+    labels: Mapping[str, str] = field(default_factory=_empty, hash=False)
     schema: int = 1
 
     @property
@@ -82,8 +86,8 @@ class Topology:
 
     service: str
     revision: int = 0
-    shards: Mapping[str, Shard] = field(default=EMPTY_MAPPING, hash=False)
-    loads: Mapping[str, LoadReport] = field(default=EMPTY_MAPPING, hash=False)
+    shards: Mapping[str, Shard] = field(default_factory=_empty, hash=False)
+    loads: Mapping[str, LoadReport] = field(default_factory=_empty, hash=False)
     config: Mapping[str, Any] | None = field(default=None, hash=False)
     shards_revision: int = 0
     malformed: frozenset[str] = frozenset()
