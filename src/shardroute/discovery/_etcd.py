@@ -1,0 +1,386 @@
+"""The only module that talks to etcd. Everything else calls :class:`EtcdClient`.
+
+It wraps the ``etcd3`` package (the ``cslab-etcd3`` fork) so the client library can be
+swapped later, and translates every etcd or gRPC failure into
+:class:`~shardroute.errors.EtcdUnavailable` (or :class:`Compacted`) once, here, with the
+original exception as ``__cause__``.
+
+Thread contract: one :class:`EtcdClient` may be shared by threads; each
+:class:`WatchStream` is consumed by one thread and cancelled from any.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+
+from shardroute.discovery.changes import KeyChange
+from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
+
+__all__ = ["Compacted", "EtcdClient", "EtcdOptions", "WatchStream", "parse_endpoint"]
+
+log = logging.getLogger("shardroute.etcd")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Keep-alive pings detect a silently dead etcd (no RST) on a long-lived watch. etcd's
+# default --grpc-keepalive-min-time is 5 s, so pinging every 10 s is allowed.
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class Compacted(ShardRouteError):
+    """The revision a watch or read asked for was compacted: do a full resync."""
+
+    retry_safe = True
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"etcd revision compacted (compact revision {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdOptions:
+    """How to reach etcd: endpoints, per-call timeout, TLS and user/password auth.
+
+    ``endpoints`` are ``host:port`` (``http://`` or ``https://`` prefixes accepted); the
+    client fails over between them. TLS is used when ``ca_cert`` is set (paths to PEM
+    files; ``cert_key``/``cert_cert`` for client certificates).
+    """
+
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    timeout: float = 5.0
+    ca_cert: str | None = None
+    cert_key: str | None = None
+    cert_cert: str | None = None
+    user: str | None = None
+    password: str | None = None
+    retry_failed_endpoint_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.endpoints, str):
+            object.__setattr__(self, "endpoints", (self.endpoints,))
+        if not self.endpoints:
+            raise ConfigError("at least one etcd endpoint is required")
+        for endpoint in self.endpoints:
+            parse_endpoint(endpoint)
+        if self.timeout <= 0:
+            raise ConfigError(f"etcd timeout must be > 0, got {self.timeout!r}")
+        if (self.user is None) != (self.password is None):
+            raise ConfigError("etcd user and password must be given together")
+        if (self.cert_key is None) != (self.cert_cert is None):
+            raise ConfigError("cert_key and cert_cert must be given together")
+        if self.cert_key is not None and self.ca_cert is None:
+            raise ConfigError("client certificates need ca_cert as well")
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split ``host:port`` (optionally with an http(s):// scheme) or raise ConfigError."""
+    text = endpoint.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid etcd endpoint {endpoint!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+    """Translate etcd/gRPC failures into EtcdUnavailable (or Compacted) at the boundary."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        import etcd3.exceptions as etcd_exc
+
+        try:
+            return fn(*args, **kwargs)
+        except ShardRouteError:
+            raise
+        except etcd_exc.RevisionCompactedError as exc:
+            raise Compacted(exc.compacted_revision) from exc
+        except grpc.RpcError as exc:
+            raise _from_rpc_error(exc) from exc
+        except (etcd_exc.Etcd3Exception, ValueError, OSError) as exc:
+            raise EtcdUnavailable(f"etcd is unreachable: {exc or type(exc).__name__}") from exc
+
+    return wrapper
+
+
+def _from_rpc_error(exc: grpc.RpcError) -> ShardRouteError:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code is grpc.StatusCode.OUT_OF_RANGE and "compacted" in (details or ""):
+        return Compacted(0)
+    return EtcdUnavailable(f"etcd call failed: {code.name if code else 'error'}: {details}")
+
+
+class EtcdClient:
+    """A small etcd v3 client: ranges, puts, leases, transactions and watches.
+
+    Construction does no I/O; the connection (and authentication) happens on first use.
+    """
+
+    def __init__(self, options: EtcdOptions) -> None:
+        self.options = options
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._closed = False
+
+    @property
+    def _etcd(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise EtcdUnavailable("etcd client is closed")
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    @_translated
+    def _connect(self) -> Any:
+        import etcd3
+        from etcd3.client import Endpoint
+
+        opts = self.options
+        creds = None
+        if opts.ca_cert is not None:
+            creds = etcd3.MultiEndpointEtcd3Client.get_secure_creds(
+                opts.ca_cert, opts.cert_key, opts.cert_cert
+            )
+        endpoints = []
+        for text in opts.endpoints:
+            host, port = parse_endpoint(text)
+            endpoints.append(
+                Endpoint(
+                    host,
+                    port,
+                    secure=creds is not None,
+                    creds=creds,
+                    time_retry=opts.retry_failed_endpoint_s,
+                    opts=_CHANNEL_OPTIONS,
+                )
+            )
+        return etcd3.MultiEndpointEtcd3Client(
+            endpoints=endpoints,
+            timeout=opts.timeout,
+            user=opts.user,
+            password=opts.password,
+            failover=True,
+        )
+
+    def close(self) -> None:
+        """Close the channels. Idempotent."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- key/value ----------------------------------------------------------------
+
+    @_translated
+    def range(
+        self, start: str, end: str, revision: int | None = None
+    ) -> tuple[int, list[tuple[str, bytes, int]]]:
+        """Read keys in [start, end) at ``revision`` (latest when None).
+
+        Returns the store revision the read reflects and ``(key, value, mod_revision)``
+        tuples sorted by key.
+        """
+        kwargs: dict[str, Any] = {}
+        if revision is not None:
+            kwargs["revision"] = revision
+        response = self._etcd.get_range_response(start, end, sort_order="ascend", **kwargs)
+        items = [(kv.key.decode(), bytes(kv.value), kv.mod_revision) for kv in response.kvs]
+        return response.header.revision, items
+
+    def range_prefix(
+        self, prefix: str, revision: int | None = None
+    ) -> tuple[int, list[tuple[str, bytes, int]]]:
+        """Read every key starting with ``prefix``."""
+        return self.range(prefix, prefix_end(prefix), revision)
+
+    @_translated
+    def get(self, key: str) -> bytes | None:
+        """The value of one key, or None."""
+        value, _meta = self._etcd.get(key)
+        return None if value is None else bytes(value)
+
+    @_translated
+    def put(self, key: str, value: bytes, lease: int | None = None) -> int:
+        """Write a key (attached to ``lease`` when given); returns the new revision."""
+        response = self._etcd.put(key, value, lease=lease)
+        return int(response.header.revision)
+
+    @_translated
+    def delete(self, key: str) -> bool:
+        """Delete a key; True when it existed."""
+        return bool(self._etcd.delete(key))
+
+    @_translated
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under a prefix; returns how many."""
+        return int(self._etcd.delete_prefix(prefix).deleted)
+
+    @_translated
+    def revision(self) -> int:
+        """The current store revision."""
+        response = self._etcd.get_response("\0")
+        return int(response.header.revision)
+
+    @_translated
+    def compact(self, revision: int) -> None:
+        """Compact history up to ``revision`` (physical, so it is done when this returns)."""
+        self._etcd.compact(revision, physical=True)
+
+    # -- leases -------------------------------------------------------------------
+
+    @_translated
+    def grant_lease(self, ttl: int) -> int:
+        """Grant a lease of ``ttl`` seconds; returns its id."""
+        return int(self._etcd.lease(ttl).id)
+
+    @_translated
+    def refresh_lease(self, lease_id: int) -> int:
+        """Send one keep-alive; returns the remaining TTL (0 or less: the lease expired)."""
+        ttl = 0
+        for response in self._etcd.refresh_lease(lease_id):
+            ttl = int(response.TTL)
+        return ttl
+
+    @_translated
+    def revoke_lease(self, lease_id: int) -> None:
+        """Revoke a lease, deleting every key attached to it."""
+        self._etcd.revoke_lease(lease_id)
+
+    # -- watch --------------------------------------------------------------------
+
+    @_translated
+    def watch_prefix(self, prefix: str, start_revision: int) -> WatchStream:
+        """Open a watch on every key under ``prefix`` from ``start_revision`` on.
+
+        Returns once etcd confirmed the watch; raises :class:`Compacted` when
+        ``start_revision`` is already compacted.
+        """
+        import etcd3.etcdrpc as rpc
+
+        client = self._etcd
+        request = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=prefix.encode(),
+                range_end=prefix_end(prefix).encode(),
+                start_revision=start_revision,
+            )
+        )
+        stream = WatchStream(
+            rpc.WatchStub(client.channel), request, client.call_credentials, client.metadata
+        )
+        try:
+            stream.wait_created(self.options.timeout)
+        except BaseException:
+            stream.cancel()
+            raise
+        return stream
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that selects every key starting with ``prefix``."""
+    data = bytearray(prefix.encode())
+    while data:
+        if data[-1] < 0xFF:
+            data[-1] += 1
+            return data.decode("latin-1")
+        data.pop()
+    return "\0"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """One watch response: its changes, in order, and the header revision."""
+
+    header_revision: int
+    changes: tuple[KeyChange, ...]
+
+
+class WatchStream:
+    """One etcd watch stream. Iterate to get :class:`WatchBatch` objects.
+
+    Iteration raises :class:`Compacted` or :class:`EtcdUnavailable` when the stream
+    breaks, and stops quietly after :meth:`cancel`.
+    """
+
+    def __init__(self, stub: Any, request: Any, credentials: Any, metadata: Any) -> None:
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._requests.put(request)
+        self._cancelled = threading.Event()
+        self._call = stub.Watch(
+            iter(self._requests.get, None), credentials=credentials, metadata=metadata
+        )
+        self._responses: Iterator[Any] = iter(self._call)
+        self.created_revision = 0
+
+    def wait_created(self, timeout: float) -> None:
+        """Block until etcd confirms the watch (or raise)."""
+        timer = threading.Timer(timeout, self._call.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            first = next(self._responses)
+        except StopIteration:
+            raise EtcdUnavailable("etcd closed the watch stream before creating it") from None
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.CANCELLED:
+                raise EtcdUnavailable(f"etcd did not confirm the watch in {timeout}s") from exc
+            raise _from_rpc_error(exc) from exc
+        finally:
+            timer.cancel()
+        if first.compact_revision:
+            raise Compacted(first.compact_revision)
+        if first.canceled:
+            raise EtcdUnavailable(f"etcd refused the watch: {first.cancel_reason}")
+        self.created_revision = int(first.header.revision)
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        try:
+            for response in self._responses:
+                if response.compact_revision:
+                    raise Compacted(response.compact_revision)
+                if response.canceled:
+                    raise EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason}")
+                if not response.events:
+                    continue
+                changes = tuple(
+                    KeyChange(
+                        event.kv.key.decode(),
+                        None if event.type == 1 else bytes(event.kv.value),
+                        int(event.kv.mod_revision),
+                    )
+                    for event in response.events
+                )
+                yield WatchBatch(int(response.header.revision), changes)
+        except grpc.RpcError as exc:
+            if self._cancelled.is_set():
+                return
+            raise _from_rpc_error(exc) from exc
+        if not self._cancelled.is_set():
+            raise EtcdUnavailable("etcd ended the watch stream")
+
+    def cancel(self) -> None:
+        """Stop the stream; a thread blocked in iteration returns. Idempotent."""
+        self._cancelled.set()
+        self._requests.put(None)
+        self._call.cancel()

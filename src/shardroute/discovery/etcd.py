@@ -1,0 +1,243 @@
+"""Live topology from etcd: an initial read, then a watch that resumes where it stopped.
+
+The loop (one daemon thread per source):
+
+1. Full read of the service's shard, load and config keys at one revision R, publish.
+2. Watch the service prefix from R+1. Each response becomes a new snapshot (pure
+   :func:`~shardroute.discovery.changes.apply_changes`) and one reference swap.
+3. On a broken stream: mark the view stale (the last snapshot stays in use), back off
+   with jitter, and watch again from the last applied revision + 1, so no event is
+   missed and none applied twice (older events are dropped by revision).
+4. When that revision was compacted, or etcd came back with a lower revision (a new
+   cluster), do a full resync instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+
+from shardroute.discovery._etcd import Compacted, EtcdClient, EtcdOptions, WatchStream
+from shardroute.discovery.changes import apply_changes, build_topology
+from shardroute.discovery.keys import KeySchema
+from shardroute.discovery.source import SnapshotHolder, Subscriber
+from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
+from shardroute.model import Topology
+
+__all__ = ["EtcdTopologySource"]
+
+log = logging.getLogger("shardroute.discovery")
+
+
+class EtcdTopologySource:
+    """A :class:`~shardroute.discovery.source.TopologySource` fed by etcd watches.
+
+    Args:
+        endpoints: etcd endpoints, ``host:port`` (one string or several; failover
+            between them).
+        service: the service name (keys under ``/shardroute/<service>/``).
+        timeout: per-call etcd timeout in seconds.
+        ca_cert, cert_key, cert_cert: PEM file paths for TLS (client certificate optional).
+        user, password: etcd authentication.
+        backoff_initial_s, backoff_max_s: reconnect backoff (exponential, full jitter).
+
+    Lifecycle: ``start()`` reads the first snapshot in the calling thread (raising
+    :class:`~shardroute.errors.EtcdUnavailable` when etcd cannot be reached) and then
+    follows changes in a daemon thread; ``close()`` is idempotent. Subscribers are
+    called in that thread, one at a time; keep them short.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        service: str,
+        *,
+        timeout: float = 5.0,
+        ca_cert: str | None = None,
+        cert_key: str | None = None,
+        cert_cert: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+    ) -> None:
+        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
+            raise ConfigError("backoff must satisfy 0 < backoff_initial_s <= backoff_max_s")
+        self._schema = KeySchema(service)
+        self._options = EtcdOptions(
+            endpoints=(endpoints,) if isinstance(endpoints, str) else tuple(endpoints),
+            timeout=timeout,
+            ca_cert=ca_cert,
+            cert_key=cert_key,
+            cert_cert=cert_cert,
+            user=user,
+            password=password,
+        )
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._holder = SnapshotHolder(Topology(service=service))
+        self._etcd = EtcdClient(self._options)
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stream: WatchStream | None = None
+        self._stream_lock = threading.Lock()
+        self.resyncs = 0
+        """Full re-reads done after compaction or an etcd reset."""
+        self.reconnects = 0
+        """Watches re-opened after a broken stream."""
+
+    @property
+    def service(self) -> str:
+        """The service name."""
+        return self._schema.service
+
+    @property
+    def malformed_total(self) -> int:
+        """Malformed records met since start (each logged once with its key)."""
+        return self._holder.malformed_total
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the first snapshot, then follow changes in a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("EtcdTopologySource.start() called twice")
+        if self._closed.is_set():
+            raise RuntimeError("EtcdTopologySource is closed")
+        self._resync()
+        self._thread = threading.Thread(
+            target=self._run, name=f"shardroute-topology-{self.service}", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the watch thread and close the etcd connection. Idempotent."""
+        self._closed.set()
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._options.timeout + 1)
+        self._etcd.close()
+
+    def __enter__(self) -> EtcdTopologySource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------
+
+    def current(self) -> Topology:
+        """The latest snapshot (lock-free, no I/O)."""
+        return self._holder.current()
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(snapshot)`` on every new snapshot."""
+        return self._holder.subscribe(callback)
+
+    def wait_for(self, predicate: Callable[[Topology], bool], timeout: float = 10.0) -> Topology:
+        """Block until ``predicate(snapshot)`` holds, or raise TopologyTimeout."""
+        return self._holder.wait_for(predicate, timeout)
+
+    def staleness(self) -> float:
+        """Seconds since the watch broke (0.0 while it is live)."""
+        return self._holder.staleness()
+
+    @property
+    def last_error(self) -> ShardRouteError | None:
+        """Why the view is stale, or None while live."""
+        return self._holder.last_error
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _resync(self) -> None:
+        """Full read of shards, loads and config at one revision, then publish."""
+        prefix = self._schema.prefix
+        # config, load/* sort before sessions/ and shards/: one range covers both,
+        # sessions (many, not part of the topology) are skipped, then shards/* at
+        # the same revision.
+        revision, head = self._etcd.range(prefix + "config", prefix + "load0")
+        _, shards = self._etcd.range_prefix(prefix + "shards/", revision)
+        items = [(key, value) for key, value, _ in head + shards]
+        previous = self._holder.current()
+        topology, errors = build_topology(self._schema, items, revision, previous)
+        self._holder.count_malformed(list(errors))
+        self._holder.publish(topology, resync=True)
+        self._holder.mark_live()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._closed.is_set():
+            try:
+                self._follow()
+                failures = 0
+            except Compacted as exc:
+                log.warning("%s: %s; resyncing", self.service, exc)
+                try:
+                    self.resyncs += 1
+                    self._resync()
+                    failures = 0
+                except ShardRouteError as err:
+                    failures = self._on_failure(err, failures)
+            except ShardRouteError as exc:
+                failures = self._on_failure(exc, failures)
+            except Exception as exc:  # never let the thread die silently
+                log.exception("%s: topology watch failed unexpectedly", self.service)
+                failures = self._on_failure(EtcdUnavailable(str(exc)), failures)
+
+    def _on_failure(self, error: ShardRouteError, failures: int) -> int:
+        if self._closed.is_set():
+            return failures
+        self._holder.mark_stale(error)
+        if failures == 0:
+            log.warning(
+                "%s: lost the etcd watch (%s); routing on revision %d until it is back",
+                self.service,
+                error,
+                self._holder.current().revision,
+            )
+        initial, ceiling = self._backoff
+        delay = random.uniform(0, min(ceiling, initial * 2**failures))
+        self._closed.wait(delay)
+        return failures + 1
+
+    def _follow(self) -> None:
+        """Watch from the last applied revision + 1 until the stream breaks."""
+        start = self._holder.current().revision + 1
+        stream = self._etcd.watch_prefix(self._schema.prefix, start)
+        with self._stream_lock:
+            if self._closed.is_set():
+                stream.cancel()
+                return
+            self._stream = stream
+        try:
+            if stream.created_revision < start - 1:
+                # etcd answers with a revision below what we already saw: it is a new
+                # cluster (data lost or replaced). Our revision means nothing there.
+                log.warning(
+                    "%s: etcd revision went back (%d < %d); resyncing",
+                    self.service,
+                    stream.created_revision,
+                    start - 1,
+                )
+                self.resyncs += 1
+                self._resync()
+                return
+            if self._holder.last_error is not None:
+                self.reconnects += 1
+                log.info("%s: etcd watch resumed from revision %d", self.service, start)
+            self._holder.mark_live()
+            for batch in stream:
+                topology, errors = apply_changes(
+                    self._holder.current(), self._schema, batch.changes
+                )
+                self._holder.count_malformed(list(errors))
+                self._holder.publish(topology)
+        finally:
+            with self._stream_lock:
+                self._stream = None
+            stream.cancel()

@@ -1,0 +1,81 @@
+"""The etcd key schema (docs/etcd-schema.md): one place that knows every key's shape."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from shardroute.errors import ConfigError
+
+__all__ = ["KeyKind", "KeySchema"]
+
+ROOT = "/shardroute"
+
+
+class KeyKind(enum.Enum):
+    """What a key under a service's prefix holds."""
+
+    SHARD = "shards"
+    LOAD = "load"
+    SESSION = "sessions"
+    CONFIG = "config"
+    OTHER = "other"
+
+
+def _check_name(what: str, name: str) -> str:
+    if not name or "/" in name or name.strip() != name or any(ord(c) < 32 for c in name):
+        raise ConfigError(
+            f"invalid {what} {name!r}: must be non-empty, without '/', control characters "
+            "or surrounding whitespace"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchema:
+    """Keys of one service: ``/shardroute/<service>/...``."""
+
+    service: str
+
+    def __post_init__(self) -> None:
+        _check_name("service name", self.service)
+
+    @property
+    def prefix(self) -> str:
+        """The prefix every key of this service starts with (ends with '/')."""
+        return f"{ROOT}/{self.service}/"
+
+    def shard(self, shard_id: str) -> str:
+        """Key of a shard record."""
+        return f"{self.prefix}shards/{_check_name('shard id', shard_id)}"
+
+    def load(self, shard_id: str) -> str:
+        """Key of a shard's load report."""
+        return f"{self.prefix}load/{_check_name('shard id', shard_id)}"
+
+    def session(self, session_key: str) -> str:
+        """Key of a session override."""
+        return f"{self.prefix}sessions/{_check_name('session key', session_key)}"
+
+    @property
+    def config(self) -> str:
+        """Key of the service's routing configuration."""
+        return f"{self.prefix}config"
+
+    def classify(self, key: str) -> tuple[KeyKind, str]:
+        """Split a key of this service into its kind and name (shard id, session key).
+
+        Keys outside the schema (deeper paths, unknown folders) are ``KeyKind.OTHER``.
+        """
+        if not key.startswith(self.prefix):
+            return KeyKind.OTHER, key
+        rest = key[len(self.prefix) :]
+        if rest == "config":
+            return KeyKind.CONFIG, ""
+        folder, sep, name = rest.partition("/")
+        if not sep or not name or "/" in name:
+            return KeyKind.OTHER, rest
+        for kind in (KeyKind.SHARD, KeyKind.LOAD, KeyKind.SESSION):
+            if folder == kind.value:
+                return kind, name
+        return KeyKind.OTHER, rest

@@ -1,0 +1,118 @@
+"""In-memory topology source: the embedded default for tests and single-process use.
+
+It keeps a small key/value store with the etcd key schema and sends every write
+through the same pure functions as :class:`EtcdTopologySource`, so records behave
+exactly as they do in etcd (JSON values, malformed ones skipped and counted).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shardroute.discovery.changes import KeyChange, apply_changes
+from shardroute.discovery.keys import KeySchema
+from shardroute.discovery.records import encode_load, encode_shard
+from shardroute.discovery.source import SnapshotHolder, Subscriber
+from shardroute.errors import ShardRouteError
+from shardroute.model import LoadReport, Shard, Topology
+
+__all__ = ["InMemoryTopologySource"]
+
+
+class InMemoryTopologySource:
+    """A :class:`~shardroute.discovery.source.TopologySource` with no etcd.
+
+    Writes (``put_shard``, ``put`` …) publish a new snapshot before they return, each
+    at the next revision. It is always live: ``staleness()`` is 0.0.
+    """
+
+    def __init__(self, service: str, shards: list[Shard] | None = None) -> None:
+        self._schema = KeySchema(service)
+        self._holder = SnapshotHolder(Topology(service=service))
+        self._write_lock = threading.Lock()
+        self._revision = 0
+        for shard in shards or ():
+            self.put_shard(shard)
+
+    @property
+    def service(self) -> str:
+        """The service name."""
+        return self._schema.service
+
+    @property
+    def schema(self) -> KeySchema:
+        """The key schema (to write raw values with :meth:`put`)."""
+        return self._schema
+
+    @property
+    def malformed_total(self) -> int:
+        """Malformed records met so far."""
+        return self._holder.malformed_total
+
+    def start(self) -> None:
+        """Nothing to load: the source is ready when constructed."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> InMemoryTopologySource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def current(self) -> Topology:
+        """The latest snapshot."""
+        return self._holder.current()
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback`` on every new snapshot."""
+        return self._holder.subscribe(callback)
+
+    def wait_for(self, predicate: Callable[[Topology], bool], timeout: float = 10.0) -> Topology:
+        """Block until the predicate holds."""
+        return self._holder.wait_for(predicate, timeout)
+
+    def staleness(self) -> float:
+        """Always 0.0: an in-memory source is never disconnected."""
+        return 0.0
+
+    @property
+    def last_error(self) -> ShardRouteError | None:
+        """Always None."""
+        return None
+
+    # -- writes -------------------------------------------------------------------
+
+    def put(self, key: str, value: bytes | None) -> Topology:
+        """Write (or, with None, delete) a raw value under the service's key schema."""
+        with self._write_lock:
+            self._revision += 1
+            topology, errors = apply_changes(
+                self._holder.current(), self._schema, [KeyChange(key, value, self._revision)]
+            )
+            self._holder.count_malformed(list(errors))
+            self._holder.publish(topology)
+            return topology
+
+    def put_shard(self, shard: Shard) -> Topology:
+        """Register or update a shard."""
+        return self.put(self._schema.shard(shard.id), encode_shard(shard))
+
+    def remove_shard(self, shard_id: str) -> Topology:
+        """Remove a shard and its load report."""
+        self.put(self._schema.load(shard_id), None)
+        return self.put(self._schema.shard(shard_id), None)
+
+    def put_load(self, shard_id: str, report: LoadReport) -> Topology:
+        """Publish a shard's load report."""
+        return self.put(self._schema.load(shard_id), encode_load(report))
+
+    def set_config(self, config: Mapping[str, Any] | None) -> Topology:
+        """Set (or with None, remove) the routing configuration."""
+        value = None if config is None else json.dumps(dict(config)).encode()
+        return self.put(self._schema.config, value)

