@@ -105,7 +105,14 @@ class EtcdTopologySource:
             raise RuntimeError("EtcdTopologySource.start() called twice")
         if self._closed.is_set():
             raise RuntimeError("EtcdTopologySource is closed")
-        self._resync()
+        for attempt in range(len(self._options.endpoints)):
+            try:
+                self._resync()  # a failed endpoint is skipped on the next attempt
+                break
+            except EtcdUnavailable as exc:
+                if attempt == len(self._options.endpoints) - 1:
+                    endpoints = ", ".join(self._options.endpoints)
+                    raise EtcdUnavailable(f"cannot reach etcd at {endpoints}: {exc}") from exc
         self._thread = threading.Thread(
             target=self._run, name=f"shardroute-topology-{self.service}", daemon=True
         )

@@ -131,10 +131,12 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if not self.running:
                 raise EtcdUnavailable(f"etcd exited at start-up: {self._log_tail()}")
-            with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if b'"health":"true"' in response.read():
-                        return
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError, ValueError),
+                urllib.request.urlopen(url, timeout=1) as response,
+            ):
+                if b'"health":"true"' in response.read():
+                    return
             time.sleep(delay)  # polling a process we started; nothing to wait on
             delay = min(delay * 2, 0.2)
         self.kill()

