@@ -1,0 +1,24 @@
+"""Routing: which shard serves a request. Pure: no I/O, so it tests and benchmarks alone.
+
+See docs/routing.md for the algorithm, its parameters and the config format.
+"""
+
+from shardroute.routing._decision import Decision, Reason
+from shardroute.routing._memo import AffinityMemo
+from shardroute.routing._plan import PlanView
+from shardroute.routing._policy import CONFIG_SECTION, DEFAULT_PRIORITY_CEILINGS, RoutingPolicy
+from shardroute.routing._ring import HashRing, key_hash
+from shardroute.routing._router import Router
+
+__all__ = [
+    "CONFIG_SECTION",
+    "DEFAULT_PRIORITY_CEILINGS",
+    "AffinityMemo",
+    "Decision",
+    "HashRing",
+    "PlanView",
+    "Reason",
+    "Router",
+    "RoutingPolicy",
+    "key_hash",
+]

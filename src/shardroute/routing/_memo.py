@@ -1,0 +1,140 @@
+"""The affinity memo: sessions pinned away from their home shard, bounded by size and TTL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from cachetools import TTLCache
+
+__all__ = ["AffinityMemo"]
+
+
+class _IndexedTTLCache(TTLCache[str, str, float]):
+    """A TTLCache that mirrors its entries into a plain dict.
+
+    The dict is what the hot path reads, without a lock and without the Python-level
+    overhead of ``TTLCache.get`` (about 1 µs a miss, measured). Every way an entry
+    leaves the cache (LRU eviction through ``popitem`` → ``del``, expiry, ``clear``)
+    also removes it from the mirror.
+    """
+
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        timer: Callable[[], float],
+        index: dict[str, tuple[str, float]],
+    ) -> None:
+        super().__init__(maxsize, ttl, timer)
+        self._index = index
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        index = self._index
+        index.pop(key, None)  # re-insert at the end: the mirror keeps refresh order
+        index[key] = (value, self.timer() + self.ttl)
+
+    def __delitem__(self, key: str) -> None:
+        self._index.pop(key, None)
+        super().__delitem__(key)
+
+    def expire(self, time: float | None = None) -> list[tuple[str, str]]:
+        expired = super().expire(time)
+        for key, _ in expired:
+            self._index.pop(key, None)
+        return expired
+
+    def clear(self) -> None:
+        super().clear()
+        self._index.clear()
+
+
+class AffinityMemo:
+    """A bounded map of session key → shard id, with a sliding TTL. Thread-safe.
+
+    Entries are stored in a :class:`cachetools.TTLCache` (LRU eviction beyond
+    ``maxsize``, expiry after ``ttl_s``). A lookup that finds an entry past half its
+    TTL re-inserts it, so a session idle for ``ttl_s`` is forgotten and an active
+    one is kept (an entry expires between ``ttl_s / 2`` and ``ttl_s`` after its last
+    use). Lookups take no lock; writes take one small lock.
+
+    Args:
+        maxsize: most entries kept; the least recently refreshed go first.
+        ttl_s: seconds before an idle entry expires.
+        clock: monotonic seconds; inject a fake one in tests.
+    """
+
+    def __init__(
+        self, maxsize: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._ttl = float(ttl_s)
+        self._refresh_after = self._ttl / 2.0
+        self._index: dict[str, tuple[str, float]] = {}
+        self._cache = _IndexedTTLCache(maxsize, self._ttl, clock, self._index)
+
+    @property
+    def maxsize(self) -> int:
+        """Most entries kept."""
+        return int(self._cache.maxsize)
+
+    @property
+    def ttl_s(self) -> float:
+        """Seconds an idle entry lives."""
+        return self._ttl
+
+    def get(self, session_key: str) -> str | None:
+        """The shard id the session is pinned to, or None."""
+        entry = self._index.get(session_key)
+        if entry is None:
+            return None
+        shard_id, expires = entry
+        now = self._clock()
+        if now >= expires:
+            with self._lock:
+                self._cache.expire(now)
+            return None
+        if now >= expires - self._refresh_after:
+            with self._lock:
+                if self._index.get(session_key) == entry:
+                    self._cache[session_key] = shard_id
+        return shard_id
+
+    def put(self, session_key: str, shard_id: str) -> None:
+        """Pin a session to a shard (replacing any earlier pin)."""
+        with self._lock:
+            self._cache[session_key] = shard_id
+
+    def discard(self, session_key: str) -> None:
+        """Forget a session's pin, if any."""
+        with self._lock:
+            if session_key in self._index:
+                self._cache.pop(session_key, None)
+                self._index.pop(session_key, None)
+
+    def discard_if(self, session_key: str, shard_id: str) -> None:
+        """Forget a session's pin only if it still points to ``shard_id``."""
+        entry = self._index.get(session_key)
+        if entry is not None and entry[0] == shard_id:
+            with self._lock:
+                entry = self._index.get(session_key)
+                if entry is not None and entry[0] == shard_id:
+                    self._cache.pop(session_key, None)
+                    self._index.pop(session_key, None)
+
+    def items(self) -> list[tuple[str, str]]:
+        """Live (session key, shard id) pairs, least recently refreshed first."""
+        with self._lock:
+            self._cache.expire(self._clock())
+            return [(k, v) for k, (v, _) in self._index.items()]
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._cache.expire(self._clock())
+            return len(self._index)
+
+    def __contains__(self, session_key: object) -> bool:
+        return isinstance(session_key, str) and self.get(session_key) is not None
