@@ -9,14 +9,20 @@ exception as ``__cause__``.
 from __future__ import annotations
 
 __all__ = [
+    "CallFailed",
     "ConfigError",
+    "DeadlineExceeded",
     "EtcdBinaryNotFound",
     "EtcdUnavailable",
     "MalformedRecord",
     "NoShardAvailable",
+    "OutcomeUnknown",
     "Overloaded",
+    "PayloadTooLarge",
     "ShardRouteError",
+    "ShardUnavailable",
     "TopologyTimeout",
+    "UnknownMethod",
     "UnknownShard",
 ]
 
@@ -103,3 +109,64 @@ class Overloaded(ShardRouteError):
     def __init__(self, message: str, retry_after_s: float = 0.5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ShardUnavailable(ShardRouteError):
+    """No candidate shard could be reached: each failed before the request got to it,
+    or the retry budget ran out. Nothing executed. Safe to retry later.
+
+    ``tried`` lists the shard ids attempted, in order.
+    """
+
+    retry_safe = True
+
+    def __init__(self, message: str, tried: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.tried = tried
+
+
+class OutcomeUnknown(ShardRouteError):
+    """The connection to the shard broke while the call was in flight: it may or may not
+    have executed. It was not retried because the call was not marked idempotent.
+    Retry only if repeating the operation is harmless (or check its effect first).
+    """
+
+    def __init__(self, message: str, shard_id: str) -> None:
+        super().__init__(message)
+        self.shard_id = shard_id
+
+
+class CallFailed(ShardRouteError):
+    """The shard answered the call with a gRPC error status (the application's own error).
+
+    ``code`` is the ``grpc.StatusCode``, ``details`` its message, ``shard_id`` who answered.
+    Whether a retry helps depends on the code and on the application.
+    """
+
+    def __init__(self, message: str, *, code: object, details: str, shard_id: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+        self.shard_id = shard_id
+
+
+class DeadlineExceeded(ShardRouteError, TimeoutError):
+    """The call's deadline passed (including any failover attempts). It may have executed
+    on the shard. Retry with a longer deadline if the operation is idempotent.
+    """
+
+    def __init__(self, message: str, shard_id: str | None = None) -> None:
+        super().__init__(message)
+        self.shard_id = shard_id
+
+
+class PayloadTooLarge(ShardRouteError, ValueError):
+    """A request or response is larger than the allowed message size. Nothing was
+    executed when the request was too large. Send less, or raise the limit on both sides.
+    """
+
+
+class UnknownMethod(ShardRouteError, AttributeError):
+    """The stub has no such method, or the shard does not implement it (UNIMPLEMENTED).
+    Check the method name and that the shard serves that service.
+    """

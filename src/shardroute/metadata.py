@@ -1,0 +1,56 @@
+"""gRPC metadata keys shardroute puts on calls (request) and on responses (trailing).
+
+Both sides import these names; docs/protocol.md lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "LOAD",
+    "PRIORITY",
+    "REASON",
+    "REDIRECT",
+    "SESSION_KEY",
+    "SHARD_ID",
+    "format_load",
+    "get",
+    "parse_load",
+]
+
+SESSION_KEY = "x-shardroute-session"
+"""Request: the session key the call belongs to."""
+PRIORITY = "x-shardroute-priority"
+"""Request: the priority class of the call."""
+REASON = "x-shardroute-reason"
+"""Request: why the router chose this shard (affinity, memo, spill, ...)."""
+SHARD_ID = "x-shardroute-shard"
+"""Request: the shard id the client meant to reach (a shard can detect misrouting)."""
+LOAD = "x-shardroute-load"
+"""Trailing: the shard's load when it answered, ``inflight=3,queue=0,capacity=64``."""
+REDIRECT = "x-shardroute-redirect"
+"""Trailing: the shard that owns the session now (session migration)."""
+
+
+def get(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    """The first value of ``key`` in gRPC metadata, or None."""
+    for name, value in metadata or ():
+        if name == key:
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def format_load(inflight: int, queue: int, capacity: int) -> str:
+    """Encode a load for the ``LOAD`` trailer."""
+    return f"inflight={inflight},queue={queue},capacity={capacity}"
+
+
+def parse_load(text: str) -> dict[str, int]:
+    """Decode a ``LOAD`` trailer; unknown or malformed parts are ignored."""
+    result: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if value.strip().isdigit():
+            result[name.strip()] = int(value)
+    return result
