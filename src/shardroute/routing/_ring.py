@@ -37,13 +37,18 @@ def vnode_count(shard: Shard, vnodes_per_weight: int) -> int:
 
 
 def shard_points(shard_id: str, count: int) -> tuple[int, ...]:
-    """The ring points of a shard: XXH3-64 of its id's UTF-8 bytes with seeds 0..count-1.
+    """The ring points of a shard: XXH3-64 (seed 0) of ``"<shard id>#<n>"`` for n < count.
 
     A shard's points depend only on its id and its vnode count, so adding or removing
-    a shard moves only the keys on its own arcs.
+    a shard moves only the keys on its own arcs. (Not XXH3 with seeds 0..count-1: on
+    short ids those points come out correlated and some shards get no share at all.)
     """
-    data = shard_id.encode("utf-8", "surrogatepass")
-    return tuple([xxh3_64_intdigest(data, seed) for seed in range(count)])
+    return tuple(
+        [
+            xxh3_64_intdigest(f"{shard_id}#{n}".encode("utf-8", "surrogatepass"))
+            for n in range(count)
+        ]
+    )
 
 
 @dataclass(frozen=True, slots=True, eq=False)

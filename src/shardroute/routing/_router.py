@@ -25,6 +25,7 @@ __all__ = ["Router"]
 
 _log = logging.getLogger("shardroute.routing")
 
+_SAFE = 1.0 - 1e-9  # shrinks the bound by a relative 1e-9 to absorb float rounding
 _UNSET: Any = object()  # identity never equal to a topology's fields: forces the first sync
 
 
@@ -374,7 +375,7 @@ class Router:
             if s is not None and eligible[s]:
                 total -= self._load(st, s)
                 weight -= st.weights[s]
-        scale = st.policy.balance_factor * (total + 1) / weight if weight > 0 else 0.0
+        scale = st.policy.balance_factor * (total + 1) / weight * _SAFE if weight > 0 else 0.0
         kmax = st.policy.max_fallbacks
         chosen = spare = -1
         chosen_tier = spare_tier = 0
@@ -509,7 +510,11 @@ class Router:
             )
             total_weight = math.fsum(weights)
             c = policy.balance_factor
-            share = tuple(c * w / total_weight if total_weight > 0 else 0.0 for w in weights)
+            # A hair below the exact share, so float rounding never lets a shard past
+            # ceil(c * average) (the test compares with exact rationals).
+            share = tuple(
+                c * w / total_weight * _SAFE if total_weight > 0 else 0.0 for w in weights
+            )
             limits = {
                 name: tuple(math.floor(ceiling * s.capacity + 1e-9) for s in shards)
                 for name, ceiling in policy.priority_ceilings.items()
