@@ -25,7 +25,7 @@ class _IndexedTTLCache(TTLCache[str, str, float]):
         maxsize: int,
         ttl: float,
         timer: Callable[[], float],
-        index: dict[str, tuple[str, float]],
+        index: dict[str, tuple[str, float, float]],
     ) -> None:
         super().__init__(maxsize, ttl, timer)
         self._index = index
@@ -34,7 +34,8 @@ class _IndexedTTLCache(TTLCache[str, str, float]):
         super().__setitem__(key, value)
         index = self._index
         index.pop(key, None)  # re-insert at the end: the mirror keeps refresh order
-        index[key] = (value, self.timer() + self.ttl)
+        now = self.timer()
+        index[key] = (value, now + self.ttl / 2.0, now + self.ttl)
 
     def __delitem__(self, key: str) -> None:
         self._index.pop(key, None)
@@ -72,8 +73,8 @@ class AffinityMemo:
         self._lock = threading.Lock()
         self._clock = clock
         self._ttl = float(ttl_s)
-        self._refresh_after = self._ttl / 2.0
-        self._index: dict[str, tuple[str, float]] = {}
+        # session key -> (shard id, refresh after, expires at): read without a lock
+        self._index: dict[str, tuple[str, float, float]] = {}
         self._cache = _IndexedTTLCache(maxsize, self._ttl, clock, self._index)
 
     @property
@@ -91,13 +92,13 @@ class AffinityMemo:
         entry = self._index.get(session_key)
         if entry is None:
             return None
-        shard_id, expires = entry
+        shard_id, refresh_at, expires = entry
         now = self._clock()
         if now >= expires:
             with self._lock:
                 self._cache.expire(now)
             return None
-        if now >= expires - self._refresh_after:
+        if now >= refresh_at:
             with self._lock:
                 if self._index.get(session_key) == entry:
                     self._cache[session_key] = shard_id
@@ -129,7 +130,7 @@ class AffinityMemo:
         """Live (session key, shard id) pairs, least recently refreshed first."""
         with self._lock:
             self._cache.expire(self._clock())
-            return [(k, v) for k, (v, _) in self._index.items()]
+            return [(k, v) for k, (v, _, _) in self._index.items()]
 
     def __len__(self) -> int:
         with self._lock:

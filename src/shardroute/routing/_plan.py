@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
-from itertools import chain
+from itertools import accumulate, chain
 
 from shardroute.routing._decision import Decision
 from shardroute.routing._ring import HashRing
@@ -42,11 +43,12 @@ class PlanView:
     already seen. Later tiers are entered at the position of the key's tier-0 point,
     so the whole order depends only on that point: decisions can be cached per point.
 
-    The view is derived data of one ring; ``decisions`` is a private cache of the
-    affinity decision per tier-0 point, filled on first use by the router.
+    The view is derived data of one ring; ``decisions`` (the affinity decision per
+    tier-0 point) and ``pinned`` (memo decisions per point and pinned shard) are
+    private caches of pure functions of the ring, filled on first use by the router.
     """
 
-    __slots__ = ("decisions", "owners", "points", "tiers")
+    __slots__ = ("decisions", "owners", "pinned", "points", "shift", "starts", "tiers")
 
     def __init__(self, ring: HashRing, zone: str | None, region: str | None) -> None:
         if zone and not region:
@@ -67,6 +69,18 @@ class PlanView:
         self.points: tuple[int, ...] = first.points
         self.owners: tuple[int, ...] = first.owners
         self.decisions: list[Decision | None] = [None] * len(first.points)
+        self.pinned: dict[int, Decision] = {}  # memo decisions by (position << 20 | shard)
+        # Bucket index over tier 0: the top ``bits`` bits of a hash select a bucket;
+        # starts[b] is the first point at or after the bucket's start. Most buckets
+        # hold no point, so the lookup needs no bisection at all.
+        n = len(first.points)
+        bits = min(18, max(8, (2 * n).bit_length()))
+        self.shift = 64 - bits
+        counts = [0] * ((1 << bits) + 1)
+        shift = self.shift
+        for p in first.points:
+            counts[(p >> shift) + 1] += 1
+        self.starts = array("l", accumulate(counts))
 
     def walk(self, i: int) -> Iterator[tuple[int, int]]:
         """(tier number, shard index) of every shard of the view once, in probe order,

@@ -26,18 +26,21 @@ __all__ = ["Router"]
 _log = logging.getLogger("shardroute.routing")
 
 _SAFE = 1.0 - 1e-9  # shrinks the bound by a relative 1e-9 to absorb float rounding
+_PINNED_CACHE_MAX = 65_536  # cached memo decisions per view, cleared when reached
 _UNSET: Any = object()  # identity never equal to a topology's fields: forces the first sync
 
 
 class _State:
     """Everything route() reads, derived from one (shards, loads, config) triple.
 
-    Never mutated once published, except the views' decision caches and the view
-    dicts, which only memoise pure functions of the ring and the policy.
+    Never mutated once published, except: ``cur`` (the load accounting, changed under
+    the router's lock), ``topology_obj`` (a shortcut for the identity check) and the
+    views' caches, which only memoise pure functions of the ring and the policy.
     """
 
     __slots__ = (
         "config_obj",
+        "cur",
         "eligible",
         "ids",
         "limits",
@@ -47,6 +50,7 @@ class _State:
         "ring",
         "shards_obj",
         "share",
+        "topology_obj",
         "total_weight",
         "views_zone",
         "views_zr",
@@ -84,6 +88,10 @@ class _State:
         self.weights = weights
         self.total_weight = total_weight
         self.share = share
+        # Mutable, under Router._lock: max(reported, own in-flight) per shard index.
+        self.cur: list[int] = list(rep)
+        # The last Topology object whose three parts matched this state (a shortcut).
+        self.topology_obj: object = _UNSET
 
 
 def _reported(report: LoadReport | None) -> int:
@@ -183,12 +191,14 @@ class Router:
             ConfigError: ``priority`` is not a known class.
         """
         st = self._state
-        if (
-            topology.shards is not st.shards_obj
-            or topology.loads is not st.loads_obj
-            or topology.config is not st.config_obj
-        ):
-            st = self._sync(topology)
+        if topology is not st.topology_obj:
+            if (
+                topology.shards is not st.shards_obj
+                or topology.loads is not st.loads_obj
+                or topology.config is not st.config_obj
+            ):
+                st = self._sync(topology)
+            st.topology_obj = topology
         try:
             limits = st.limits[priority]
         except KeyError:
@@ -207,7 +217,11 @@ class Router:
             if view is None:
                 view = self._view(st, zone, region)
         points = view.points
-        i = bisect_left(points, h)
+        b = h >> view.shift
+        i = view.starts[b]
+        hi = view.starts[b + 1]
+        if i != hi:
+            i = bisect_left(points, h, i, hi)
         if i == len(points):
             if not points:
                 raise NoShardAvailable(
@@ -216,31 +230,47 @@ class Router:
                 )
             i = 0
         pin = self._pins.get(session_key)
-        if pin is None and not excluded:
+        if excluded:
+            pass
+        elif pin is None:  # the common case: home, if it has room
+            # limits and share are 0 for shards that take no sessions: no extra test
             s = view.owners[i]
-            if st.eligible[s]:
-                load = st.rep[s]
-                own = self._own.get(st.ids[s])
-                if own is not None and own > load:
-                    load = own
-                if load < limits[s] and load < (self._total + 1) * st.share[s]:
-                    d = view.decisions[i]
-                    if d is None:
-                        d = view.decisions[i] = self._affinity(st, view, i)
-                    return d
+            load = st.cur[s]
+            if load < limits[s] and load < (self._total + 1) * st.share[s]:
+                d = view.decisions[i]
+                if d is None:
+                    d = view.decisions[i] = self._affinity(st, view, i)
+                return d
+        elif self._clock() < pin[1]:  # pinned, and the pin needs no refresh yet
+            p = st.ring.index.get(pin[0])
+            # a pin gives way only at the hard ceiling (or when its shard is unavailable)
+            if p is not None and st.cur[p] < limits[p]:
+                k = (i << 20) | p
+                d = view.pinned.get(k)
+                if d is None:
+                    d = self._pinned(st, view, i, p)
+                return d
         return self._place(st, view, i, session_key, priority, limits, excluded, pin is not None)
 
-    def prepare(self, topology: Topology) -> None:
+    def prepare(
+        self, topology: Topology, *, zone: str | None = None, region: str | None = None
+    ) -> None:
         """Adopt a new topology snapshot now: parse its config, build its ring if the
-        shards changed. Call it from the thread that receives snapshots, so requests
-        never wait for a ring build. Idempotent."""
+        shards changed, and the candidate order for callers in ``zone``/``region``.
+        Call it from the thread that receives snapshots, so requests never wait for a
+        ring build. Idempotent."""
         st = self._state
         if (
             topology.shards is not st.shards_obj
             or topology.loads is not st.loads_obj
             or topology.config is not st.config_obj
         ):
-            self._sync(topology)
+            st = self._sync(topology)
+        if region is None:
+            if zone not in st.views_zone:
+                self._view(st, zone, None)
+        elif (zone, region) not in st.views_zr:
+            self._view(st, zone, region)
 
     # ----------------------------------------------------------------- in-flight accounting
 
@@ -301,14 +331,14 @@ class Router:
     def _adjust_total(self, shard_id: str, old: int, new: int) -> None:
         st = self._state
         s = st.ring.index.get(shard_id)
-        if s is not None and st.eligible[s]:
+        if s is not None:
             r = st.rep[s]
-            self._total += max(r, new) - max(r, old)
+            st.cur[s] = after = max(r, new)
+            if st.eligible[s]:
+                self._total += after - max(r, old)
 
     def _load(self, st: _State, s: int) -> int:
-        load = st.rep[s]
-        own = self._own.get(st.ids[s], 0)
-        return own if own > load else load
+        return st.cur[s]
 
     def _view(self, st: _State, zone: str | None, region: str | None) -> PlanView:
         view = PlanView(st.ring, zone, region)
@@ -339,6 +369,16 @@ class Router:
         s = view.owners[i]
         home = st.ring.shards[s]
         return Decision(home, self._fallbacks(st, view, i, (), s), Reason.AFFINITY, home)
+
+    def _pinned(self, st: _State, view: PlanView, i: int, p: int) -> Decision:
+        shards = st.ring.shards
+        d = Decision(
+            shards[p], self._fallbacks(st, view, i, (), p), Reason.MEMO, shards[view.owners[i]]
+        )
+        if len(view.pinned) >= _PINNED_CACHE_MAX:
+            view.pinned.clear()
+        view.pinned[(i << 20) | p] = d
+        return d
 
     def _place(
         self,
@@ -474,12 +514,10 @@ class Router:
                 previous=st,
             )
             with self._lock:
+                own = self._own
+                new.cur = [max(r, own.get(sid, 0)) for r, sid in zip(new.rep, new.ids, strict=True)]
+                self._total = sum(c for c, ok in zip(new.cur, new.eligible, strict=True) if ok)
                 self._state = new
-                self._total = sum(
-                    max(new.rep[s], self._own.get(new.ids[s], 0))
-                    for s in range(len(new.ids))
-                    if new.eligible[s]
-                )
             if policy.memo_size != self._memo.maxsize or policy.memo_ttl_s != self._memo.ttl_s:
                 self._resize_memo(policy)
             return new
@@ -515,8 +553,12 @@ class Router:
             share = tuple(
                 c * w / total_weight * _SAFE if total_weight > 0 else 0.0 for w in weights
             )
+            # 0 for a shard that takes no sessions: "load < limit" is then never true
             limits = {
-                name: tuple(math.floor(ceiling * s.capacity + 1e-9) for s in shards)
+                name: tuple(
+                    math.floor(ceiling * s.capacity + 1e-9) if ok else 0
+                    for s, ok in zip(shards, eligible, strict=True)
+                )
                 for name, ceiling in policy.priority_ceilings.items()
             }
         if previous is not None and previous.ring is ring and previous.loads_obj is loads_obj:
