@@ -1,0 +1,186 @@
+"""What the sync and asyncio clients share: routing, topology following, stub reading.
+
+Both clients are thin shells over this core and :class:`~shardroute.transport.Attempts`:
+the routing decision, the failover rules and outlier ejection are written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from shardroute.discovery.source import TopologySource
+from shardroute.errors import ConfigError, UnknownMethod
+from shardroute.model import Topology
+from shardroute.routing import Decision, Router
+from shardroute.transport import (
+    Attempts,
+    ChannelPool,
+    MethodSpec,
+    OutlierDetector,
+    RetryPolicy,
+    describe_stub,
+)
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "RoutedStub"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+C = TypeVar("C")
+
+
+class ClientCore(Generic[C]):
+    """Routing state of one client: source, router, ejection, retry rules, channels."""
+
+    def __init__(
+        self,
+        source: TopologySource,
+        *,
+        zone: str | None,
+        region: str | None,
+        timeout: float,
+        router: Router | None,
+        retry: RetryPolicy | None,
+        outlier: OutlierDetector | None,
+        max_message_bytes: int,
+        channel_options: Sequence[tuple[str, Any]],
+        create_channel: Callable[[str, list[tuple[str, Any]]], C],
+        close_channel: Callable[[C], None],
+    ) -> None:
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+        if max_message_bytes <= 0:
+            raise ConfigError(f"max_message_bytes must be > 0, got {max_message_bytes!r}")
+        self.source = source
+        self.zone = zone
+        self.region = region
+        self.timeout = timeout
+        self.router = router if router is not None else Router()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.outlier = outlier if outlier is not None else OutlierDetector()
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            *channel_options,
+        ]
+        self.channels: ChannelPool[C] = ChannelPool(
+            lambda address: create_channel(address, options), close_channel
+        )
+        self.router.prepare(source.current())
+        self._unsubscribe = source.subscribe(self._on_topology)
+
+    def _on_topology(self, topology: Topology) -> None:
+        self.router.prepare(topology)  # build the ring here, off the request path
+        for shard_id in self.channels.retain(topology):
+            self.outlier.forget(shard_id)
+
+    def route(self, session_key: str, priority: str = "standard") -> Decision:
+        """The routing decision for a request of ``session_key`` now (no I/O)."""
+        return self.router.route(
+            session_key,
+            self.source.current(),
+            priority=priority,
+            zone=self.zone,
+            region=self.region,
+            excluded=self.outlier.ejected(),
+        )
+
+    def attempts(
+        self,
+        spec: MethodSpec,
+        session_key: str,
+        *,
+        timeout: float | None,
+        priority: str,
+        idempotent: bool,
+        metadata: Sequence[tuple[str, str]],
+    ) -> Attempts:
+        """Route, then the attempt plan of one call."""
+        if not isinstance(session_key, str) or not session_key:
+            raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+        return Attempts(
+            self.route(session_key, priority),
+            session_key=session_key,
+            method=spec.path,
+            priority=priority,
+            timeout=self.timeout if timeout is None else timeout,
+            idempotent=idempotent,
+            retry=self.retry,
+            outlier=self.outlier,
+            extra_metadata=tuple(metadata),
+        )
+
+    def bind(
+        self,
+        spec: MethodSpec,
+        unary: Callable[[MethodSpec, Any, str, Attempts], Any],
+        stream: Callable[[MethodSpec, Any, str, Attempts], Any],
+    ) -> Callable[..., Any]:
+        """The routed callable of one method: routes, plans the attempts, then hands
+        over to the shell's ``unary`` or ``stream`` loop (sync or asyncio)."""
+        run = stream if spec.kind == "unary_stream" else unary
+
+        def call(
+            request: Any,
+            *,
+            session_key: str,
+            timeout: float | None = None,
+            priority: str = "standard",
+            idempotent: bool = False,
+            metadata: Sequence[tuple[str, str]] = (),
+        ) -> Any:
+            attempts = self.attempts(
+                spec,
+                session_key,
+                timeout=timeout,
+                priority=priority,
+                idempotent=idempotent,
+                metadata=metadata,
+            )
+            return run(spec, request, session_key, attempts)
+
+        call.__name__ = spec.name
+        call.__doc__ = f"Call {spec.path} on the shard serving ``session_key``."
+        return call
+
+    def close(self) -> None:
+        """Stop following the topology and close channels."""
+        self._unsubscribe()
+        self.channels.close()
+
+
+class RoutedStub:
+    """A generated stub whose methods route by session key.
+
+    ``stub.Method(request, session_key=..., timeout=None, priority="standard",
+    idempotent=False, metadata=())`` calls ``Method`` on the shard that serves the
+    session. Unary methods return the response; server-streaming methods return an
+    iterator (an async iterator for the asyncio client) of responses.
+    """
+
+    def __init__(self, stub_class: type[Any], call: Callable[[MethodSpec], Any]) -> None:
+        self._stub_class = stub_class
+        self._methods = describe_stub(stub_class)
+        self._call = call
+        self._bound: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        bound = self._bound.get(name)
+        if bound is None:
+            spec = self._methods.get(name)
+            if spec is None:
+                known = ", ".join(sorted(self._methods))
+                raise UnknownMethod(
+                    f"{self._stub_class.__name__} has no method {name!r} (it has: {known})"
+                )
+            if spec.kind not in ("unary_unary", "unary_stream"):
+                raise UnknownMethod(
+                    f"{spec.path} is {spec.kind.replace('_', '-')}: shardroute routes "
+                    "unary-unary and unary-stream methods"
+                )
+            bound = self._bound[name] = self._call(spec)
+        return bound
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._methods)

@@ -1,0 +1,175 @@
+"""ShardClient: route calls of a user's generated gRPC stub to shards, from threads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, RoutedStub
+from shardroute.discovery.etcd import EtcdTopologySource
+from shardroute.discovery.source import TopologySource
+from shardroute.routing import Decision, Router
+from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
+
+__all__ = ["ShardClient"]
+
+
+class ShardClient:
+    """Calls shards of one service directly, choosing the shard per session in-process.
+
+    Build it from any :class:`~shardroute.discovery.source.TopologySource`, or with
+    :meth:`connect` from etcd endpoints. Then wrap a generated stub class::
+
+        client = ShardClient.connect("127.0.0.1:2379", "chat", zone="eu-1a")
+        chat = client.stub(chat_pb2_grpc.ChatStub)
+        reply = chat.History(request, session_key="conv-42", idempotent=True)
+        for token in chat.Generate(request, session_key="conv-42"):
+            ...
+
+    Failover: an attempt that fails before reaching its shard (no connection) moves to
+    the decision's next fallback; one that may have executed moves on only when the
+    call is marked ``idempotent``; a stream moves on only before its first message.
+    At most ``retry.max_attempts`` shards per call, within the call's deadline. A shard
+    that cannot be connected to is ejected at once (for this client), one that breaks
+    ``outlier.consecutive_failures`` calls in a row too, with growing backoff.
+
+    Thread contract: one client is shared by all threads. ``close()`` is idempotent;
+    the client closes a source it created itself (``connect``), not one it was given.
+    """
+
+    def __init__(
+        self,
+        source: TopologySource,
+        *,
+        zone: str | None = None,
+        region: str | None = None,
+        timeout: float = 30.0,
+        router: Router | None = None,
+        retry: RetryPolicy | None = None,
+        outlier: OutlierDetector | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._core: ClientCore[grpc.Channel] = ClientCore(
+            source,
+            zone=zone,
+            region=region,
+            timeout=timeout,
+            router=router,
+            retry=retry,
+            outlier=outlier,
+            max_message_bytes=max_message_bytes,
+            channel_options=channel_options,
+            create_channel=lambda address, options: grpc.insecure_channel(address, options),
+            close_channel=lambda channel: channel.close(),
+        )
+        self._owned_source: TopologySource | None = None
+
+    @classmethod
+    def connect(
+        cls,
+        etcd: str | Sequence[str],
+        service: str,
+        *,
+        etcd_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ShardClient:
+        """A client following ``service`` in etcd (the source is started and owned).
+
+        ``etcd_options`` go to :class:`~shardroute.discovery.etcd.EtcdTopologySource`
+        (timeout, TLS files, user/password); ``kwargs`` to the constructor.
+        """
+        source = EtcdTopologySource(etcd, service, **(etcd_options or {}))
+        source.start()
+        try:
+            client = cls(source, **kwargs)
+        except BaseException:
+            source.close()
+            raise
+        client._owned_source = source
+        return client
+
+    @property
+    def source(self) -> TopologySource:
+        """Where the topology comes from."""
+        return self._core.source
+
+    @property
+    def router(self) -> Router:
+        """The router (its policy, memo and in-flight counts)."""
+        return self._core.router
+
+    @property
+    def outlier(self) -> OutlierDetector:
+        """Passive outlier ejection state."""
+        return self._core.outlier
+
+    def route(self, session_key: str, priority: str = "standard") -> Decision:
+        """Where a request of ``session_key`` would go now (no I/O)."""
+        return self._core.route(session_key, priority)
+
+    def stub(self, stub_class: type[Any]) -> RoutedStub:
+        """Wrap a generated stub class; its methods take ``session_key=`` and route."""
+        return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
+
+    def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
+        core = self._core
+        router = core.router
+        for shard in attempts:
+            method = core.channels.callable_for(shard, spec)
+            timeout = attempts.timeout()
+            router.begin(shard.id)
+            try:
+                response = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
+            except grpc.RpcError as error:
+                attempts.failed(shard, error)
+                continue
+            finally:
+                router.end(shard.id)
+            attempts.succeeded(shard)
+            if attempts.failed_over:
+                router.remember(session_key, shard.id)
+            return response
+        raise attempts.exhausted()
+
+    def _stream(
+        self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts
+    ) -> Iterator[Any]:
+        core = self._core
+        router = core.router
+        for shard in attempts:
+            method = core.channels.callable_for(shard, spec)
+            timeout = attempts.timeout()
+            router.begin(shard.id)
+            call = None
+            try:
+                call = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
+                for message in call:
+                    attempts.received = True
+                    yield message
+            except grpc.RpcError as error:
+                attempts.failed(shard, error)
+                continue
+            finally:
+                router.end(shard.id)
+                if call is not None:
+                    call.cancel()  # no-op when finished; stops it if the caller stopped early
+            attempts.succeeded(shard)
+            if attempts.failed_over:
+                router.remember(session_key, shard.id)
+            return
+        raise attempts.exhausted()
+
+    def close(self) -> None:
+        """Close channels (and the source if this client created it). Idempotent."""
+        self._core.close()
+        if self._owned_source is not None:
+            self._owned_source.close()
+
+    def __enter__(self) -> ShardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

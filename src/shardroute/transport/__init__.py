@@ -1,0 +1,23 @@
+"""Transport: channels, the attempt loop, failover and outlier ejection.
+
+Shared by :class:`shardroute.ShardClient` and :class:`shardroute.AsyncShardClient`.
+"""
+
+from shardroute.transport.attempts import Attempts
+from shardroute.transport.channels import ChannelPool
+from shardroute.transport.failures import Failure, classify, translate
+from shardroute.transport.methods import MethodSpec, describe_stub
+from shardroute.transport.outlier import OutlierDetector
+from shardroute.transport.retry import RetryPolicy
+
+__all__ = [
+    "Attempts",
+    "ChannelPool",
+    "Failure",
+    "MethodSpec",
+    "OutlierDetector",
+    "RetryPolicy",
+    "classify",
+    "describe_stub",
+    "translate",
+]

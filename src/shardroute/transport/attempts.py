@@ -1,0 +1,152 @@
+"""The attempt loop of one call, written once for the sync and the asyncio client.
+
+:class:`Attempts` is sans-I/O: it hands out the shards to try (the routing decision's
+candidates, minus what the budget and the deadline allow), and after each failure it
+records the failure for outlier ejection and either lets the loop go on or raises the
+translated error. The clients only make the gRPC call itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from shardroute import metadata
+from shardroute.errors import DeadlineExceeded, OutcomeUnknown, ShardUnavailable
+from shardroute.model import Shard
+from shardroute.routing import Decision
+from shardroute.transport.failures import Failure, classify, translate
+from shardroute.transport.outlier import OutlierDetector
+from shardroute.transport.retry import RetryPolicy
+
+__all__ = ["Attempts"]
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+class Attempts:
+    """The attempts of one call: iterate for the shard to try next.
+
+    Protocol, for each shard yielded: make the call with ``timeout()`` and
+    ``metadata_for(shard)``; on success call :meth:`succeeded`; on a gRPC error call
+    :meth:`failed` (which raises when the error must reach the caller). When iteration
+    ends without success, raise :meth:`exhausted`.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_deadline",
+        "_decision",
+        "_extra",
+        "_failures",
+        "_idempotent",
+        "_method",
+        "_outlier",
+        "_priority",
+        "_retry",
+        "_session_key",
+        "attempt",
+        "received",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        decision: Decision,
+        *,
+        session_key: str,
+        method: str,
+        priority: str,
+        timeout: float,
+        idempotent: bool,
+        retry: RetryPolicy,
+        outlier: OutlierDetector,
+        extra_metadata: Metadata = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._decision = decision
+        self._session_key = session_key
+        self._method = method
+        self._priority = priority
+        self._clock = clock
+        self._deadline = clock() + timeout
+        self._idempotent = idempotent
+        self._retry = retry
+        self._outlier = outlier
+        self._extra = extra_metadata
+        self._failures: list[str] = []
+        self.attempt = 0
+        self.tried: list[str] = []
+        self.received = False
+        """Set by the stream shell once a message arrived: no failover after that."""
+
+    def __iter__(self) -> Iterator[Shard]:
+        for shard in self._decision.candidates:
+            if self.attempt >= self._retry.max_attempts:
+                return
+            self.attempt += 1
+            self.tried.append(shard.id)
+            yield shard
+
+    def timeout(self) -> float:
+        """Seconds left for this attempt; raises DeadlineExceeded when none are."""
+        remaining = self._deadline - self._clock()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"deadline exceeded calling {self._method} for session {self._session_key!r} "
+                f"after trying {', '.join(self.tried)}",
+                self.tried[-1] if self.tried else None,
+            )
+        return remaining
+
+    def metadata_for(self, shard: Shard) -> Metadata:
+        """Request metadata: session key, target shard, reason, priority, then the caller's."""
+        reason = self._decision.reason.value if self.attempt == 1 else "failover"
+        return (
+            (metadata.SESSION_KEY, self._session_key),
+            (metadata.SHARD_ID, shard.id),
+            (metadata.REASON, reason),
+            (metadata.PRIORITY, self._priority),
+            *self._extra,
+        )
+
+    @property
+    def failed_over(self) -> bool:
+        """True when the call is being made on a fallback, not the first choice."""
+        return self.attempt > 1
+
+    def succeeded(self, shard: Shard) -> None:
+        """The attempt on ``shard`` succeeded."""
+        self._outlier.success(shard.id)
+
+    def failed(self, shard: Shard, error: grpc.RpcError) -> None:
+        """The attempt on ``shard`` failed with ``error``: raise, or return to go on."""
+        failure = classify(error)
+        if failure in (Failure.NOT_SENT, Failure.MAYBE_EXECUTED):
+            self._outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
+        self._failures.append(f"{shard.id}: {failure.value}")
+        if self._retry.should_retry(
+            failure, attempt=self.attempt, idempotent=self._idempotent, received=self.received
+        ):
+            return
+        if failure is Failure.NOT_SENT:
+            raise self.exhausted() from error
+        if failure is Failure.MAYBE_EXECUTED and (self._idempotent or self.received):
+            why = "the stream had started" if self.received else "the attempt budget is spent"
+            raise OutcomeUnknown(
+                f"connection lost during {self._method} on shard {shard.id!r}; it may have "
+                f"executed and was not retried because {why}",
+                shard.id,
+            ) from error
+        raise translate(failure, error, shard.id, self._method) from error
+
+    def exhausted(self) -> ShardUnavailable:
+        """The error for a call whose every allowed attempt failed before reaching a shard."""
+        return ShardUnavailable(
+            f"no shard could take {self._method} for session {self._session_key!r}: "
+            f"{'; '.join(self._failures) or 'no candidates'} "
+            f"({self.attempt} of at most {self._retry.max_attempts} attempts)",
+            tuple(self.tried),
+        )

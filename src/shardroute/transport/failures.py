@@ -1,0 +1,107 @@
+"""What a failed gRPC call means for retrying, decided once, from the status alone.
+
+The transport sorts every ``grpc.RpcError`` into a :class:`Failure` and translates it
+into one exception of :mod:`shardroute.errors` (the original stays as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+from shardroute.errors import (
+    CallFailed,
+    DeadlineExceeded,
+    OutcomeUnknown,
+    PayloadTooLarge,
+    ShardRouteError,
+    UnknownMethod,
+)
+
+__all__ = ["Failure", "classify", "translate"]
+
+# UNAVAILABLE details that mean the connection was never made, so the request never
+# left this process (gRPC core wording, stable across releases).
+_NOT_CONNECTED = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "dns resolution failed",
+    "name resolution",
+    "no route to host",
+    "channel is in state transient_failure",
+    "empty address list",
+)
+
+
+class Failure(enum.Enum):
+    """How a call failed, as far as retrying is concerned."""
+
+    NOT_SENT = "not_sent"
+    """The request never reached the shard (no connection): safe to send elsewhere."""
+    MAYBE_EXECUTED = "maybe_executed"
+    """The connection broke mid-call: the shard may have executed it."""
+    DEADLINE = "deadline"
+    """The deadline passed."""
+    TOO_LARGE = "too_large"
+    """A message exceeded the size limit."""
+    UNIMPLEMENTED = "unimplemented"
+    """The shard does not serve the method."""
+    APPLICATION = "application"
+    """The shard answered with an error status: the application's own answer."""
+
+
+def _code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
+    if isinstance(error, grpc.Call):
+        return error.code(), error.details() or ""
+    code = getattr(error, "code", None)
+    details = getattr(error, "details", None)
+    return (code() if callable(code) else None), (details() if callable(details) else "") or ""
+
+
+def classify(error: grpc.RpcError) -> Failure:
+    """Sort a gRPC error into a :class:`Failure`."""
+    code, details = _code_and_details(error)
+    text = details.lower()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        if any(marker in text for marker in _NOT_CONNECTED):
+            return Failure.NOT_SENT
+        return Failure.MAYBE_EXECUTED
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Failure.DEADLINE
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in text:
+        return Failure.TOO_LARGE
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        return Failure.UNIMPLEMENTED
+    if code is grpc.StatusCode.CANCELLED and "locally cancelled" not in text:
+        return Failure.MAYBE_EXECUTED  # the channel went away under the call
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and (
+        "stream removed" in text or "rst_stream" in text or "socket closed" in text
+    ):
+        return Failure.MAYBE_EXECUTED
+    return Failure.APPLICATION
+
+
+def translate(
+    failure: Failure, error: grpc.RpcError, shard_id: str, method: str
+) -> ShardRouteError:
+    """The :mod:`shardroute.errors` exception for a failure the caller must see."""
+    code, details = _code_and_details(error)
+    where = f"{method} on shard {shard_id!r}"
+    if failure is Failure.DEADLINE:
+        return DeadlineExceeded(f"deadline exceeded calling {where}", shard_id)
+    if failure is Failure.TOO_LARGE:
+        return PayloadTooLarge(f"message too large calling {where}: {details}")
+    if failure is Failure.UNIMPLEMENTED:
+        return UnknownMethod(f"shard {shard_id!r} does not implement {method}: {details}")
+    if failure in (Failure.MAYBE_EXECUTED, Failure.NOT_SENT):
+        return OutcomeUnknown(
+            f"connection lost during {where} ({details}); it may have executed and was not "
+            "retried because the call is not marked idempotent",
+            shard_id,
+        )
+    name = code.name if code is not None else "UNKNOWN"
+    return CallFailed(
+        f"{where} failed: {name}: {details}", code=code, details=details, shard_id=shard_id
+    )

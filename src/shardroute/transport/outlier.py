@@ -1,0 +1,107 @@
+"""Passive outlier ejection: stop sending to a shard that keeps failing, for a while.
+
+Like Envoy's outlier detection: a shard is ejected after ``consecutive_failures``
+failed calls in a row (a connection that cannot even be made ejects at once), for
+``base_ejection_s`` doubling on each repeat up to ``max_ejection_s``. A success resets
+the count. Ejection is per client: other clients decide for themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shardroute.errors import ConfigError
+
+__all__ = ["OutlierDetector"]
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    ejections: int = 0
+    until: float = 0.0
+
+
+class OutlierDetector:
+    """Tracks consecutive failures per shard and which shards are ejected now.
+
+    Thread-safe. :meth:`ejected` is cheap: it returns a cached frozenset, rebuilt
+    only when an ejection starts or expires.
+    """
+
+    def __init__(
+        self,
+        consecutive_failures: int = 3,
+        base_ejection_s: float = 2.0,
+        max_ejection_s: float = 30.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if consecutive_failures < 1:
+            raise ConfigError("consecutive_failures must be >= 1")
+        if not 0 < base_ejection_s <= max_ejection_s:
+            raise ConfigError("ejection times must satisfy 0 < base_ejection_s <= max_ejection_s")
+        self.consecutive_failures = consecutive_failures
+        self.base_ejection_s = base_ejection_s
+        self.max_ejection_s = max_ejection_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._health: dict[str, _Health] = {}
+        self._ejected: frozenset[str] = frozenset()
+        self._next_expiry = float("inf")
+
+    def ejected(self) -> frozenset[str]:
+        """Shard ids ejected right now."""
+        if self._clock() >= self._next_expiry:
+            with self._lock:
+                self._rebuild()
+        return self._ejected
+
+    def success(self, shard_id: str) -> None:
+        """A call to ``shard_id`` succeeded: reset its failure count."""
+        health = self._health.get(shard_id)
+        if health is not None and health.failures:
+            with self._lock:
+                health.failures = 0
+
+    def failure(self, shard_id: str, *, unreachable: bool = False) -> bool:
+        """A call to ``shard_id`` failed; ``unreachable`` when no connection could be made.
+
+        Returns True when this failure ejected the shard.
+        """
+        with self._lock:
+            health = self._health.setdefault(shard_id, _Health())
+            health.failures += 1
+            now = self._clock()
+            if health.until > now:
+                return False  # already ejected
+            if not unreachable and health.failures < self.consecutive_failures:
+                return False
+            duration = min(self.max_ejection_s, self.base_ejection_s * 2**health.ejections)
+            health.ejections += 1
+            health.failures = 0
+            health.until = now + duration
+            self._rebuild()
+            return True
+
+    def forget(self, shard_id: str) -> None:
+        """Drop what is known about a shard (it left the topology)."""
+        with self._lock:
+            if self._health.pop(shard_id, None) is not None:
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        now = self._clock()
+        ejected = set()
+        next_expiry = float("inf")
+        for shard_id, health in self._health.items():
+            if health.until > now:
+                ejected.add(shard_id)
+                next_expiry = min(next_expiry, health.until)
+            elif health.ejections and now - health.until > self.max_ejection_s:
+                health.ejections = 0  # healthy for a while: forgive past ejections
+        self._ejected = frozenset(ejected)
+        self._next_expiry = next_expiry
