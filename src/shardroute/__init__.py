@@ -3,34 +3,64 @@
 Public names are re-exported here; submodules starting with ``_`` are private.
 """
 
+from shardroute.aio import AsyncShardClient
+from shardroute.client import ShardClient
+from shardroute.discovery.etcd import EtcdTopologySource
+from shardroute.discovery.memory import InMemoryTopologySource
+from shardroute.discovery.source import TopologySource
 from shardroute.errors import (
+    CallFailed,
     ConfigError,
+    DeadlineExceeded,
     EtcdBinaryNotFound,
     EtcdUnavailable,
     MalformedRecord,
     NoShardAvailable,
+    OutcomeUnknown,
     Overloaded,
+    PayloadTooLarge,
     ShardRouteError,
+    ShardUnavailable,
     TopologyTimeout,
+    UnknownMethod,
     UnknownShard,
 )
 from shardroute.model import LoadReport, Shard, ShardState, Topology
+from shardroute.routing import Decision, Reason, Router, RoutingPolicy
+from shardroute.transport import OutlierDetector, RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncShardClient",
+    "CallFailed",
     "ConfigError",
+    "DeadlineExceeded",
+    "Decision",
+    "EtcdTopologySource",
     "EtcdBinaryNotFound",
     "EtcdUnavailable",
+    "InMemoryTopologySource",
     "LoadReport",
     "MalformedRecord",
     "NoShardAvailable",
+    "OutcomeUnknown",
+    "OutlierDetector",
     "Overloaded",
+    "PayloadTooLarge",
+    "Reason",
+    "RetryPolicy",
+    "Router",
+    "RoutingPolicy",
     "Shard",
+    "ShardClient",
     "ShardRouteError",
     "ShardState",
+    "ShardUnavailable",
     "Topology",
+    "TopologySource",
     "TopologyTimeout",
+    "UnknownMethod",
     "UnknownShard",
     "__version__",
 ]

@@ -99,8 +99,16 @@ class ClientCore(Generic[C]):
             raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+        decision = self.router.route(
+            session_key,
+            self.source.current(),
+            priority=priority,
+            zone=self.zone,
+            region=self.region,
+            excluded=self.outlier.ejected(),
+        )
         return Attempts(
-            self.route(session_key, priority),
+            decision,
             session_key=session_key,
             method=spec.path,
             priority=priority,

@@ -277,19 +277,22 @@ class Router:
     def begin(self, shard_id: str, n: int = 1) -> None:
         """Count ``n`` calls to ``shard_id`` as in flight (call :meth:`end` when done)."""
         with self._lock:
-            old = self._own.get(shard_id, 0)
-            self._own[shard_id] = new = old + n
+            own = self._own
+            old = own.get(shard_id, 0)
+            own[shard_id] = new = old + n
             self._adjust_total(shard_id, old, new)
 
     def end(self, shard_id: str, n: int = 1) -> None:
         """Count ``n`` in-flight calls to ``shard_id`` as finished. Never goes below zero."""
         with self._lock:
-            old = self._own.get(shard_id, 0)
-            new = max(0, old - n)
-            if new:
-                self._own[shard_id] = new
+            own = self._own
+            old = own.get(shard_id, 0)
+            new = old - n
+            if new > 0:
+                own[shard_id] = new
             else:
-                self._own.pop(shard_id, None)
+                new = 0
+                own.pop(shard_id, None)
             self._adjust_total(shard_id, old, new)
 
     @contextmanager
@@ -329,13 +332,15 @@ class Router:
     # ----------------------------------------------------------------- internals
 
     def _adjust_total(self, shard_id: str, old: int, new: int) -> None:
+        # Hot path (twice per call): plain comparisons instead of max().
         st = self._state
         s = st.ring.index.get(shard_id)
         if s is not None:
             r = st.rep[s]
-            st.cur[s] = after = max(r, new)
+            after = r if r > new else new
+            st.cur[s] = after
             if st.eligible[s]:
-                self._total += after - max(r, old)
+                self._total += after - (r if r > old else old)
 
     def _load(self, st: _State, s: int) -> int:
         return st.cur[s]
