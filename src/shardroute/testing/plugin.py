@@ -6,15 +6,23 @@ Anyone who installs shardroute gets these fixtures (docs/testing.md):
   loopback ports in a temp dir, started for the test and removed after it. Use its
   ``stop()``, ``kill()`` and ``restart()`` for fault tests.
 - ``etcd_endpoint``: its ``host:port``.
+- ``shard_cluster``: real shard servers in subprocesses, registered in that etcd
+  (:class:`~shardroute.testing.cluster.ShardCluster`), configured by the overridable
+  ``shard_server_class``, ``shard_count``, ``shard_service`` and ``shard_zones``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from shardroute.testing.etcd import EtcdServer
+
+if TYPE_CHECKING:
+    from shardroute.testing.cluster import ShardCluster
 
 
 @pytest.fixture
@@ -32,3 +40,62 @@ def etcd_server() -> Iterator[EtcdServer]:
 def etcd_endpoint(etcd_server: EtcdServer) -> str:
     """``127.0.0.1:<port>`` of the test's etcd server."""
     return etcd_server.endpoint
+
+
+# -- shard clusters (docs/testing.md, "Real shards: shard_cluster") --------------------
+
+
+@pytest.fixture
+def shard_server_class() -> str:
+    """``"package.module:Class"`` of the shard server the ``shard_cluster`` runs.
+
+    Override it in your conftest.py to test your own ShardServer subclass.
+    """
+    from shardroute.testing.cluster import DEFAULT_SHARD_CLASS
+
+    return DEFAULT_SHARD_CLASS
+
+
+@pytest.fixture
+def shard_count() -> int:
+    """How many shards ``shard_cluster`` starts (override to change; default 3)."""
+    return 3
+
+
+@pytest.fixture
+def shard_service() -> str:
+    """The service name of ``shard_cluster`` (default ``"chat"``)."""
+    return "chat"
+
+
+@pytest.fixture
+def shard_zones() -> tuple[str, ...]:
+    """Zones assigned round-robin to the cluster's shards."""
+    return ("zone-a", "zone-b")
+
+
+@pytest.fixture
+def shard_cluster(
+    etcd_server: EtcdServer,
+    shard_server_class: str,
+    shard_count: int,
+    shard_service: str,
+    shard_zones: tuple[str, ...],
+    tmp_path: Path,
+) -> Iterator[ShardCluster]:
+    """``shard_count`` real shard servers of ``shard_server_class``, each in its own
+    subprocess, registered in the test's etcd; every process is killed at teardown."""
+    from shardroute.testing.cluster import ShardCluster
+
+    cluster = ShardCluster(
+        etcd_server.endpoint,
+        server_class=shard_server_class,
+        service=shard_service,
+        zones=shard_zones,
+        log_dir=tmp_path / "shards",
+    )
+    try:
+        cluster.start(shard_count)
+        yield cluster
+    finally:
+        cluster.close()

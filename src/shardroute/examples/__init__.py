@@ -1,0 +1,1 @@
+"""Runnable examples that ship with shardroute (``shardroute demo`` runs the chat one)."""

@@ -1,0 +1,27 @@
+"""Shard servers: subclass :class:`ShardServer` (threads) or :class:`AsyncShardServer`
+(asyncio), add your servicers in ``add_services``, and the shard registers itself in etcd,
+reports its load, serves health and control, and drains gracefully. See docs/server.md.
+"""
+
+from shardroute.server._async import AsyncShardServer
+from shardroute.server._base import ServerLifecycleError, session_key
+from shardroute.server._core import (
+    LoadAccounting,
+    LoadReportPolicy,
+    ServerConfig,
+    ServerState,
+    SessionSummary,
+)
+from shardroute.server._sync import ShardServer
+
+__all__ = [
+    "AsyncShardServer",
+    "LoadAccounting",
+    "LoadReportPolicy",
+    "ServerConfig",
+    "ServerLifecycleError",
+    "ServerState",
+    "SessionSummary",
+    "ShardServer",
+    "session_key",
+]

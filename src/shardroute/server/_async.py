@@ -1,0 +1,280 @@
+"""The asyncio shard server: ``grpc.aio.server``; same rules as the sync one."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shardroute._proto import shard_pb2
+from shardroute.errors import ConfigError, EtcdUnavailable
+from shardroute.model import ShardState
+from shardroute.server._base import (
+    UNIMPLEMENTED_SESSION_CALL,
+    ServerLifecycleError,
+    ShardServerBase,
+    control_handler,
+)
+from shardroute.server._core import ServerState
+from shardroute.server._interceptor import AsyncLoadInterceptor
+from shardroute.server._registration import Registrar
+
+__all__ = ["AsyncShardServer"]
+
+log = logging.getLogger("shardroute.server")
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class AsyncShardServer(ShardServerBase):
+    """The asyncio twin of :class:`~shardroute.server.ShardServer` (``grpc.aio.server``).
+
+    Same constructor arguments (``max_workers`` is ignored: handlers run on the event
+    loop) and the same lifecycle, with coroutines: ``await start()``, ``await drain()``,
+    ``await stop()``, ``await wait()``, ``await serve_forever()``, ``async with``.
+
+    Override :meth:`add_services` to add your servicers to the ``grpc.aio.Server``;
+    handlers are coroutines (or async generators) running on the server's event loop.
+
+    Thread/async contract: create and use the server on one event loop. Registration,
+    keep-alive and load reports run in one background thread (etcd I/O is blocking), so
+    :meth:`session_count` and :meth:`list_sessions` are called from that thread too:
+    keep them thread-safe (reading ``len()`` of a dict is). The load report's
+    ``queue_depth`` is always 0: an asyncio server has no worker queue to measure.
+    """
+
+    _grpc: grpc.aio.Server | None
+    _health: Any
+    _registrar: Registrar | None
+    _stopped: asyncio.Event | None
+    _drain_task: asyncio.Task[None] | None
+    _stop_task: asyncio.Task[None] | None
+
+    def _init_shell(self) -> None:
+        self._grpc = None
+        self._health = None
+        self._registrar = None
+        self._stopped = None
+        self._drain_task = None
+        self._stop_task = None
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def add_services(self, server: grpc.aio.Server) -> None:
+        """Add your servicers to ``server`` (called once by :meth:`start`, before bind)."""
+
+    async def migrate_sessions_before_stop(self, deadline: float) -> None:
+        """Move sessions elsewhere before stopping (drain). Returns at once for now."""
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> AsyncShardServer:
+        """Bind, start serving, then register in etcd. Returns self.
+
+        Raises :class:`~shardroute.errors.EtcdUnavailable` when etcd cannot be reached
+        (unless ``wait_for_etcd``), :class:`~shardroute.errors.ConfigError` when the
+        address cannot be bound, :class:`ServerLifecycleError` when already started.
+        """
+        if not self._lifecycle.advance(ServerState.STARTING):
+            raise ServerLifecycleError(f"shard {self.shard_id}: start() in state {self.state}")
+        config = self._config
+        self._stopped = asyncio.Event()
+        server = grpc.aio.server(
+            interceptors=[AsyncLoadInterceptor(self._accounting, config.capacity)],
+            options=config.grpc_options(),
+        )
+        self._grpc = server
+        self._health = importlib.import_module("grpc_health.v1._async").HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        server.add_generic_rpc_handlers((self._control_handler(),))
+        self.add_services(server)
+        try:
+            self._bound_port = server.add_insecure_port(f"{config.host}:{config.port}")
+        except RuntimeError as exc:
+            await self._abort_start()
+            raise ConfigError(
+                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port}: {exc}"
+            ) from exc
+        await server.start()
+        self._address = config.advertised(self._bound_port)
+        await self._set_health(_SERVING)
+        if config.etcd is not None:
+            registrar = Registrar(config, self.load)
+            self._registrar = registrar
+            try:
+                await asyncio.to_thread(registrar.register, self._address)
+            except EtcdUnavailable as exc:
+                if not config.wait_for_etcd:
+                    await self._abort_start()
+                    raise EtcdUnavailable(
+                        f"shard {self.shard_id} could not register in etcd at "
+                        f"{', '.join(config.etcd)}: {exc}. start() fails fast when etcd is "
+                        "unreachable; pass wait_for_etcd=True to serve anyway and register "
+                        "once etcd is back"
+                    ) from exc
+                log.warning("shard %s serving without registration: %s", self.shard_id, exc)
+            registrar.start_keepalive()
+        self._lifecycle.advance(ServerState.SERVING)
+        log.info("shard %s serving at %s", self.shard_id, self._address)
+        return self
+
+    async def _abort_start(self) -> None:
+        self._lifecycle.advance(ServerState.STOPPING)
+        if self._registrar is not None:
+            await asyncio.to_thread(self._registrar.close, deregister=False)
+        if self._grpc is not None:
+            await self._grpc.stop(None)
+        self._finish_stop()
+
+    def _finish_stop(self) -> None:
+        self._lifecycle.advance(ServerState.STOPPED)
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Deregister and stop serving. Idempotent; returns once stopped.
+
+        ``grace``: seconds in-flight calls get to finish (None: cancel them at once).
+        """
+        if self._lifecycle.advance(ServerState.STOPPING):
+            await self._set_health(_NOT_SERVING)
+            if self._registrar is not None:
+                await asyncio.to_thread(self._registrar.close, deregister=True)
+            if self._grpc is not None:
+                await self._grpc.stop(grace)
+            self._finish_stop()
+            log.info("shard %s stopped", self.shard_id)
+            return
+        if self.state is ServerState.STOPPING and self._grpc is not None:
+            await self._grpc.stop(grace)
+        await self.wait()
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Drain gracefully, then stop (see :meth:`ShardServer.drain`)."""
+        grace = self._config.drain_grace_s if grace_s is None or grace_s <= 0 else grace_s
+        if not self._lifecycle.advance(ServerState.DRAINING):
+            if self.state in (ServerState.CREATED, ServerState.STARTING):
+                await self.stop()
+            await self.wait()
+            return
+        deadline = time.monotonic() + grace
+        log.info("shard %s draining (grace %.1fs)", self.shard_id, grace)
+        await self._set_health(_NOT_SERVING)
+        if self._registrar is not None:
+            await asyncio.to_thread(self._registrar.set_state, ShardState.DRAINING)
+        await self.migrate_sessions_before_stop(deadline)
+        # In-flight counters change on this loop: poll them on the loop, not in a thread.
+        while self._accounting.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await self.stop(grace=max(0.0, deadline - time.monotonic()))
+
+    def begin_drain(self, grace_s: float | None = None) -> None:
+        """Start :meth:`drain` as a task and return at once (call it on the loop)."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drain(grace_s))
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the server stopped; False when ``timeout`` passed first."""
+        if self.state is ServerState.STOPPED:
+            return True
+        if self._stopped is None:
+            raise ServerLifecycleError(f"shard {self.shard_id}: wait() before start()")
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and serve until drained or stopped; SIGTERM/SIGINT begin a
+        graceful drain, a second signal stops at once (main thread's loop only)."""
+        if self.state is ServerState.CREATED:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        signals = [0]
+
+        def on_signal() -> None:
+            signals[0] += 1
+            if signals[0] == 1:
+                self.begin_drain()
+            else:
+                self._stop_task = loop.create_task(self.stop())
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+                installed.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass  # not the main thread, or no signal support
+        try:
+            await self.wait()
+            if self._drain_task is not None:
+                await self._drain_task
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def __aenter__(self) -> AsyncShardServer:
+        if self.state is ServerState.CREATED:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- internals --------------------------------------------------------------------
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", *self.health_service_names()):
+            await self._health.set(name, status)
+
+    def _control_handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        async def get_status(request: Any, context: Any) -> Any:
+            return self._status()
+
+        async def drain(request: Any, context: Any) -> Any:
+            if self.state is ServerState.SERVING:
+                self.begin_drain(request.grace_s or None)
+                while self.state is ServerState.SERVING:
+                    await asyncio.sleep(0)
+            return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
+
+        async def list_sessions(request: Any, context: Any) -> Any:
+            return self._sessions_page(request)
+
+        def unimplemented_unary(method: str) -> Any:
+            async def behavior(request: Any, context: Any) -> Any:
+                await context.abort(
+                    grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED_SESSION_CALL.format(method=method)
+                )
+
+            return behavior
+
+        def unimplemented_stream(method: str) -> Any:
+            async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+                await context.abort(
+                    grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED_SESSION_CALL.format(method=method)
+                )
+                yield None
+
+            return behavior
+
+        return control_handler(
+            get_status, drain, list_sessions, unimplemented_unary, unimplemented_stream
+        )

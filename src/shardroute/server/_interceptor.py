@@ -1,0 +1,222 @@
+"""Server interceptors that count load and attach it to every response's trailers.
+
+The logic lives in :class:`~shardroute.server._core.LoadAccounting`; these two classes
+only wrap a handler's behaviour (sync or asyncio) so that:
+
+- a call counts as in flight from when its behaviour starts until it returns, raises,
+  or (streams) sends its last message or is cancelled;
+- its duration goes into the latency window;
+- the ``x-shardroute-load`` trailer (:data:`shardroute.metadata.LOAD`) is *added* to the
+  trailing metadata the handler set (the handler's own entries are kept). Its
+  ``inflight`` excludes the call being answered: it is the load the shard has once
+  this response is done.
+
+Calls to the health and control services are passed through untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from shardroute import metadata
+from shardroute.server._core import LoadAccounting, is_accounted
+
+__all__ = ["AsyncLoadInterceptor", "CountingExecutor", "LoadInterceptor"]
+
+T = TypeVar("T")
+
+
+class CountingExecutor(futures.ThreadPoolExecutor):
+    """The sync server's worker pool; counts submitted work not yet picked up by a
+    worker, which is the shard's queue depth."""
+
+    def __init__(self, max_workers: int, accounting: LoadAccounting, name: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=name)
+        self._accounting = accounting
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+        accounting = self._accounting
+
+        def run() -> T:
+            accounting.dequeued()
+            return fn(*args, **kwargs)
+
+        accounting.enqueued()
+        try:
+            return super().submit(run)
+        except BaseException:
+            accounting.dequeued()
+            raise
+
+
+def _trailer(accounting: LoadAccounting, capacity: int) -> tuple[str, str]:
+    return metadata.LOAD, metadata.format_load(
+        accounting.inflight, accounting.queue_depth, capacity
+    )
+
+
+def _add_trailer(context: Any, accounting: LoadAccounting, capacity: int) -> None:
+    getter = getattr(context, "trailing_metadata", None)
+    existing = getter() if callable(getter) else None
+    kept = tuple((k, v) for k, v in (existing or ()) if k != metadata.LOAD)
+    # Fails only when the call is already finished (aborted on asyncio): no trailer then.
+    with contextlib.suppress(Exception):
+        context.set_trailing_metadata((*kept, _trailer(accounting, capacity)))
+
+
+class _Once:
+    """Finishes a call's accounting exactly once (generator close, done callback)."""
+
+    __slots__ = ("_accounting", "_capacity", "_context", "_pending", "_started")
+
+    def __init__(self, accounting: LoadAccounting, capacity: int, context: Any) -> None:
+        self._accounting = accounting
+        self._capacity = capacity
+        self._context = context
+        self._started = accounting.call_started()
+        self._pending = [True]
+
+    def finish(self, trailer: bool = True) -> None:
+        try:
+            self._pending.pop()  # atomic: only the first caller gets past this
+        except IndexError:
+            return
+        self._accounting.call_finished(self._started)
+        if trailer:
+            _add_trailer(self._context, self._accounting, self._capacity)
+
+
+class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Load accounting for the sync ``grpc.server``."""
+
+    def __init__(self, accounting: LoadAccounting, capacity: int) -> None:
+        self._accounting = accounting
+        self._capacity = capacity
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],  # type: ignore[type-arg]
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
+        handler = continuation(handler_call_details)
+        if handler is None or not is_accounted(handler_call_details.method):
+            return handler
+        accounting, capacity = self._accounting, self._capacity
+        h: Any = handler
+
+        def unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+            def wrapped(request: Any, context: Any) -> Any:
+                once = _Once(accounting, capacity, context)
+                try:
+                    return behavior(request, context)
+                finally:
+                    once.finish()
+
+            return wrapped
+
+        def streaming(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+            def wrapped(request: Any, context: Any) -> Iterator[Any]:
+                once = _Once(accounting, capacity, context)
+                context.add_callback(lambda: once.finish(trailer=False))
+                try:
+                    responses = behavior(request, context)
+                except BaseException:
+                    once.finish()
+                    raise
+                return _finishing(responses, once)
+
+            return wrapped
+
+        if h.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                unary(h.unary_unary), h.request_deserializer, h.response_serializer
+            )
+        if h.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                unary(h.stream_unary), h.request_deserializer, h.response_serializer
+            )
+        if h.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                streaming(h.unary_stream), h.request_deserializer, h.response_serializer
+            )
+        if h.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                streaming(h.stream_stream), h.request_deserializer, h.response_serializer
+            )
+        return handler
+
+
+def _finishing(responses: Iterator[Any], once: _Once) -> Iterator[Any]:
+    try:
+        yield from responses
+    finally:
+        once.finish()
+
+
+class AsyncLoadInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Load accounting for ``grpc.aio.server`` (queue depth is always 0 there)."""
+
+    def __init__(self, accounting: LoadAccounting, capacity: int) -> None:
+        self._accounting = accounting
+        self._capacity = capacity
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],  # type: ignore[type-arg]
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+        handler = await continuation(handler_call_details)
+        if handler is None or not is_accounted(handler_call_details.method):
+            return handler
+        accounting, capacity = self._accounting, self._capacity
+        h: Any = handler
+
+        def unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+            async def wrapped(request: Any, context: Any) -> Any:
+                once = _Once(accounting, capacity, context)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    once.finish()
+
+            return wrapped
+
+        def streaming(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+            if not inspect.isasyncgenfunction(behavior):
+                # A coroutine that writes with context.write(): same as a unary behaviour.
+                return unary(behavior)
+
+            async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
+                once = _Once(accounting, capacity, context)
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    once.finish()
+
+            return wrapped
+
+        if h.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                unary(h.unary_unary), h.request_deserializer, h.response_serializer
+            )
+        if h.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                unary(h.stream_unary), h.request_deserializer, h.response_serializer
+            )
+        if h.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                streaming(h.unary_stream), h.request_deserializer, h.response_serializer
+            )
+        if h.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                streaming(h.stream_stream), h.request_deserializer, h.response_serializer
+            )
+        return handler

@@ -1,0 +1,73 @@
+"""The shard_cluster fixture: real chat shards in subprocesses, registered in real etcd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
+from shardroute.model import ShardState
+from shardroute.testing.cluster import ShardCluster, ShardStartError
+
+
+def _generate(address: str, session: str, prompt: str) -> list[chat_pb2.Token]:
+    with grpc.insecure_channel(address) as channel:
+        stub = chat_pb2_grpc.ChatStub(channel)
+        return list(stub.Generate(chat_pb2.GenerateRequest(session_key=session, prompt=prompt)))
+
+
+def test_cluster_registers_every_shard_in_alternating_zones(shard_cluster: ShardCluster) -> None:
+    topology = shard_cluster.source.current()
+    assert sorted(topology.shards) == ["shard-0", "shard-1", "shard-2"]
+    assert [topology.shard(s).zone for s in sorted(topology.shards)] == [
+        "zone-a",
+        "zone-b",
+        "zone-a",
+    ]
+    for shard_id, address in shard_cluster.addresses.items():
+        assert topology.shard(shard_id).address == address
+        assert topology.shard(shard_id).state is ShardState.ACTIVE
+        assert topology.load(shard_id) is not None
+        tokens = _generate(address, "s", "hi")
+        assert tokens[0].shard_id == shard_id and tokens[0].turns_held == 1
+
+
+def test_sigkill_removes_the_shard_when_its_lease_expires(shard_cluster: ShardCluster) -> None:
+    shard_cluster.kill("shard-1")
+    assert "shard-1" not in shard_cluster.shards
+    topology = shard_cluster.wait_for(
+        lambda t: "shard-1" not in t.shards, timeout=shard_cluster.lease_ttl_s + 5
+    )
+    assert sorted(topology.shards) == ["shard-0", "shard-2"]
+    assert topology.load("shard-1") is None
+
+
+def test_sigterm_drains_deregisters_and_exits_zero(shard_cluster: ShardCluster) -> None:
+    seen_draining: list[bool] = []
+    unsubscribe = shard_cluster.source.subscribe(
+        lambda t: seen_draining.append(
+            "shard-0" in t.shards and t.shards["shard-0"].state is ShardState.DRAINING
+        )
+    )
+    try:
+        assert shard_cluster.drain("shard-0") == 0
+        shard_cluster.wait_for(lambda t: "shard-0" not in t.shards, timeout=5)
+    finally:
+        unsubscribe()
+    assert any(seen_draining), "the record should have gone through state draining"
+
+
+@pytest.mark.parametrize("shard_count", [1])
+def test_add_starts_one_more_shard(shard_cluster: ShardCluster) -> None:
+    shard_id = shard_cluster.add(zone="zone-c", capacity=8, labels={"gpu": "a100"})
+    shard = shard_cluster.source.current().shard(shard_id)
+    assert (shard.zone, shard.capacity, dict(shard.labels)) == ("zone-c", 8, {"gpu": "a100"})
+    assert shard_cluster[shard_id].running
+
+
+def test_a_class_that_cannot_start_fails_with_its_log(etcd_endpoint: str, tmp_path: Path) -> None:
+    cluster = ShardCluster(etcd_endpoint, server_class="shardroute.model:Shard", log_dir=tmp_path)
+    with cluster, pytest.raises(ShardStartError, match="not a ShardServer"):
+        cluster.add()
