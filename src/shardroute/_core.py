@@ -84,41 +84,6 @@ class ClientCore(Generic[C]):
             excluded=self.outlier.ejected(),
         )
 
-    def attempts(
-        self,
-        spec: MethodSpec,
-        session_key: str,
-        *,
-        timeout: float | None,
-        priority: str,
-        idempotent: bool,
-        metadata: Sequence[tuple[str, str]],
-    ) -> Attempts:
-        """Route, then the attempt plan of one call."""
-        if not isinstance(session_key, str) or not session_key:
-            raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
-        if timeout is not None and timeout <= 0:
-            raise ConfigError(f"timeout must be > 0, got {timeout!r}")
-        decision = self.router.route(
-            session_key,
-            self.source.current(),
-            priority=priority,
-            zone=self.zone,
-            region=self.region,
-            excluded=self.outlier.ejected(),
-        )
-        return Attempts(
-            decision,
-            session_key=session_key,
-            method=spec.path,
-            priority=priority,
-            timeout=self.timeout if timeout is None else timeout,
-            idempotent=idempotent,
-            retry=self.retry,
-            outlier=self.outlier,
-            extra_metadata=tuple(metadata),
-        )
-
     def bind(
         self,
         spec: MethodSpec,
@@ -129,6 +94,12 @@ class ClientCore(Generic[C]):
         over to the shell's ``unary`` or ``stream`` loop (sync or asyncio)."""
         run = stream if spec.kind == "unary_stream" else unary
 
+        router = self.router
+        source = self.source
+        outlier = self.outlier
+        retry = self.retry
+        path = spec.path
+
         def call(
             request: Any,
             *,
@@ -138,13 +109,31 @@ class ClientCore(Generic[C]):
             idempotent: bool = False,
             metadata: Sequence[tuple[str, str]] = (),
         ) -> Any:
-            attempts = self.attempts(
-                spec,
+            # The per-call hot path: kept flat (see docs/benchmarks.md).
+            if not session_key or not isinstance(session_key, str):
+                raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
+            if timeout is None:
+                timeout = self.timeout
+            elif timeout <= 0:
+                raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+            decision = router.route(
                 session_key,
-                timeout=timeout,
+                source.current(),
                 priority=priority,
+                zone=self.zone,
+                region=self.region,
+                excluded=outlier.ejected(),
+            )
+            attempts = Attempts(
+                decision,
+                session_key=session_key,
+                method=path,
+                priority=priority,
+                timeout=timeout,
                 idempotent=idempotent,
-                metadata=metadata,
+                retry=retry,
+                outlier=outlier,
+                extra_metadata=tuple(metadata) if metadata else (),
             )
             return run(spec, request, session_key, attempts)
 

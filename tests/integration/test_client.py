@@ -69,9 +69,11 @@ def test_metadata_carries_session_shard_reason_priority(
     server = next(s for s in servers if s.shard_id == owner(reply))
     seen = server.seen_metadata[-1]
     assert seen[metadata.SESSION_KEY] == "conv-1"
-    assert seen[metadata.SHARD_ID] == server.shard_id
-    assert seen[metadata.REASON] == "affinity"
+    assert metadata.SHARD_ID not in seen
+    assert metadata.REASON not in seen  # affinity, the common case, is implied
     assert seen[metadata.PRIORITY] == "critical" and seen["k"] == "v"
+    echo.Echo(b"x", session_key="conv-1")
+    assert metadata.PRIORITY not in server.seen_metadata[-1]  # standard is implied
 
 
 def test_saturated_shard_spills(client: ShardClient, source: InMemoryTopologySource) -> None:

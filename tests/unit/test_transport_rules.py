@@ -119,11 +119,12 @@ def test_attempts_move_on_only_when_allowed() -> None:
     plan = _attempts(False, clock)
     shards = iter(plan)
     first = next(shards)
-    assert dict(plan.metadata_for(first))["x-shardroute-reason"] == "affinity"
+    assert dict(plan.metadata_for(first)) == {"x-shardroute-session": "k"}
     plan.failed(first, FakeRpcError(U, "failed to connect"))
     second = next(shards)
     assert second.id == "s1" and plan.failed_over
     assert dict(plan.metadata_for(second))["x-shardroute-reason"] == "failover"
+    assert dict(plan.metadata_for(second))["x-shardroute-shard"] == "s1"
     with pytest.raises(OutcomeUnknown, match="not marked idempotent"):
         plan.failed(second, FakeRpcError(U, "Socket closed"))
 

@@ -16,7 +16,7 @@ import grpc
 from shardroute import metadata
 from shardroute.errors import DeadlineExceeded, OutcomeUnknown, ShardUnavailable
 from shardroute.model import Shard
-from shardroute.routing import Decision
+from shardroute.routing import Decision, Reason
 from shardroute.transport.failures import Failure, classify, translate
 from shardroute.transport.outlier import OutlierDetector
 from shardroute.transport.retry import RetryPolicy
@@ -49,7 +49,6 @@ class Attempts:
         "_session_key",
         "attempt",
         "received",
-        "tried",
     )
 
     def __init__(
@@ -76,41 +75,52 @@ class Attempts:
         self._retry = retry
         self._outlier = outlier
         self._extra = extra_metadata
-        self._failures: list[str] = []
+        self._failures: list[str] | None = None
         self.attempt = 0
-        self.tried: list[str] = []
         self.received = False
         """Set by the stream shell once a message arrived: no failover after that."""
 
     def __iter__(self) -> Iterator[Shard]:
-        for shard in self._decision.candidates:
-            if self.attempt >= self._retry.max_attempts:
+        decision = self._decision
+        self.attempt = 1
+        yield decision.shard
+        budget = self._retry.max_attempts
+        for shard in decision.fallbacks:
+            if self.attempt >= budget:
                 return
             self.attempt += 1
-            self.tried.append(shard.id)
             yield shard
+
+    @property
+    def tried(self) -> tuple[str, ...]:
+        """Ids of the shards attempted so far, in order."""
+        return tuple(s.id for s in self._decision.candidates[: self.attempt])
 
     def timeout(self) -> float:
         """Seconds left for this attempt; raises DeadlineExceeded when none are."""
         remaining = self._deadline - self._clock()
         if remaining <= 0:
+            tried = self.tried
             raise DeadlineExceeded(
                 f"deadline exceeded calling {self._method} for session {self._session_key!r} "
-                f"after trying {', '.join(self.tried)}",
-                self.tried[-1] if self.tried else None,
+                f"after trying {', '.join(tried)}",
+                tried[-1] if tried else None,
             )
         return remaining
 
     def metadata_for(self, shard: Shard) -> Metadata:
-        """Request metadata: session key, target shard, reason, priority, then the caller's."""
-        reason = self._decision.reason.value if self.attempt == 1 else "failover"
-        return (
-            (metadata.SESSION_KEY, self._session_key),
-            (metadata.SHARD_ID, shard.id),
-            (metadata.REASON, reason),
-            (metadata.PRIORITY, self._priority),
-            *self._extra,
-        )
+        """Request metadata: the session key; when the shard is not the session's
+        affinity choice, also the reason and the shard id meant; the priority unless it
+        is ``standard``; then the caller's own entries. (Each entry costs both sides a
+        few microseconds per call, so the common case sends one.)"""
+        md: Metadata = ((metadata.SESSION_KEY, self._session_key),)
+        if self.attempt > 1:
+            md += ((metadata.REASON, "failover"), (metadata.SHARD_ID, shard.id))
+        elif self._decision.reason is not Reason.AFFINITY:
+            md += ((metadata.REASON, self._decision.reason.value), (metadata.SHARD_ID, shard.id))
+        if self._priority != "standard":
+            md += ((metadata.PRIORITY, self._priority),)
+        return md + self._extra if self._extra else md
 
     @property
     def failed_over(self) -> bool:
@@ -126,6 +136,8 @@ class Attempts:
         failure = classify(error)
         if failure in (Failure.NOT_SENT, Failure.MAYBE_EXECUTED):
             self._outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
+        if self._failures is None:
+            self._failures = []
         self._failures.append(f"{shard.id}: {failure.value}")
         if self._retry.should_retry(
             failure, attempt=self.attempt, idempotent=self._idempotent, received=self.received
@@ -146,7 +158,7 @@ class Attempts:
         """The error for a call whose every allowed attempt failed before reaching a shard."""
         return ShardUnavailable(
             f"no shard could take {self._method} for session {self._session_key!r}: "
-            f"{'; '.join(self._failures) or 'no candidates'} "
+            f"{'; '.join(self._failures or ()) or 'no candidates'} "
             f"({self.attempt} of at most {self._retry.max_attempts} attempts)",
-            tuple(self.tried),
+            self.tried,
         )
