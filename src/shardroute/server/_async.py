@@ -151,7 +151,13 @@ class AsyncShardServer(ShardServerBase):
             if self._registrar is not None:
                 await asyncio.to_thread(self._registrar.close, deregister=True)
             if self._grpc is not None:
-                await self._grpc.stop(grace)
+                stopping = asyncio.ensure_future(self._grpc.stop(grace))  # refuses new calls
+                if grace:
+                    # Health watches and control calls must not hold the stop for the
+                    # whole grace once the user's calls are done.
+                    await self._wait_idle(time.monotonic() + grace)
+                    await self._grpc.stop(0)
+                await stopping
             self._finish_stop()
             log.info("shard %s stopped", self.shard_id)
             return
@@ -173,10 +179,14 @@ class AsyncShardServer(ShardServerBase):
         if self._registrar is not None:
             await asyncio.to_thread(self._registrar.set_state, ShardState.DRAINING)
         await self.migrate_sessions_before_stop(deadline)
-        # In-flight counters change on this loop: poll them on the loop, not in a thread.
+        await self._wait_idle(deadline)
+        await self.stop(grace=max(0.0, deadline - time.monotonic()))
+
+    async def _wait_idle(self, deadline: float) -> None:
+        # The counters change on this loop, so they are polled here (every 10 ms) rather
+        # than waited for in a thread.
         while self._accounting.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await self.stop(grace=max(0.0, deadline - time.monotonic()))
 
     def begin_drain(self, grace_s: float | None = None) -> None:
         """Start :meth:`drain` as a task and return at once (call it on the loop)."""

@@ -283,6 +283,7 @@ class LoadAccounting:
         """A worker picked a call up."""
         with self._lock:
             self._queued = max(0, self._queued - 1)
+            self._lock.notify_all()
 
     def call_started(self) -> float:
         """A user call started; returns its start time for :meth:`call_finished`."""
@@ -300,9 +301,12 @@ class LoadAccounting:
             self._lock.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until no user call is in flight; False when ``timeout`` passed first."""
+        """Block until no user call is in flight or waiting for a worker; False when
+        ``timeout`` passed first."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._inflight == 0, max(0.0, timeout))
+            return self._lock.wait_for(
+                lambda: self._inflight == 0 and self._queued == 0, max(0.0, timeout)
+            )
 
     def latency_ms(self) -> tuple[float, float]:
         """(p50, p95) over the window, in milliseconds; (0, 0) with no samples."""

@@ -188,7 +188,13 @@ class ShardServer(ShardServerBase):
             if self._registrar is not None:
                 self._registrar.close(deregister=True)
             if self._grpc is not None:
-                self._grpc.stop(grace).wait()
+                done = self._grpc.stop(grace)  # refuses new calls from now on
+                if grace:
+                    # Once the user's calls are done, what is left are health watches and
+                    # control calls: they must not hold the stop for the whole grace.
+                    self._accounting.wait_idle(grace)
+                    self._grpc.stop(0)
+                done.wait()
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
             self._lifecycle.advance(ServerState.STOPPED)

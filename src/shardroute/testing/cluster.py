@@ -183,10 +183,18 @@ class ShardCluster:
         proc.process.wait()
         self._retire(shard_id)
 
-    def drain(self, shard_id: str, timeout: float | None = None) -> int:
-        """SIGTERM a shard (graceful drain) and return its exit code once it exited."""
+    def drain(
+        self, shard_id: str, timeout: float | None = None, *, wait: bool = True
+    ) -> int | None:
+        """SIGTERM a shard (graceful drain). With ``wait`` (default), return its exit code
+        once it exited; otherwise return None at once (then call :meth:`wait_exit`)."""
         proc = self._procs[shard_id]
         proc.process.send_signal(signal.SIGTERM)
+        return self.wait_exit(shard_id, timeout) if wait else None
+
+    def wait_exit(self, shard_id: str, timeout: float | None = None) -> int:
+        """Wait until a shard's process exited; its exit code."""
+        proc = self[shard_id]
         try:
             code = proc.process.wait(timeout or self.drain_grace_s + 30.0)
         finally:

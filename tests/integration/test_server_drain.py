@@ -1,0 +1,88 @@
+"""Graceful drain: draining in etcd and health, in-flight streams finish, then gone."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shardroute._proto import shard_pb2, shard_pb2_grpc
+from shardroute.discovery.etcd import EtcdTopologySource
+from shardroute.examples.chat import CHAT_SERVICE, ChatShard, chat_pb2, chat_pb2_grpc
+from shardroute.model import ShardState
+from shardroute.server import ServerState
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_drain_marks_draining_lets_streams_finish_then_deregisters(etcd_endpoint: str) -> None:
+    server = ChatShard(shard_id="d", service="chat", etcd=etcd_endpoint, token_delay_s=0.02)
+    words = [f"w{i}" for i in range(60)]
+    with (
+        server,
+        EtcdTopologySource(etcd_endpoint, "chat") as source,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        source.wait_for(lambda t: "d" in t.shards)
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", CHAT_SERVICE):
+            check = health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert check.status == SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == SERVING
+
+        stream = chat_pb2_grpc.ChatStub(channel).Generate(
+            chat_pb2.GenerateRequest(session_key="s", prompt=" ".join(words), max_tokens=100)
+        )
+        next(stream)
+        drainer = threading.Thread(target=server.drain, args=(10.0,))
+        drainer.start()
+        source.wait_for(lambda t: "d" in t.shards and t.shard("d").state is ShardState.DRAINING)
+        assert next(watch).status == NOT_SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(service=CHAT_SERVICE)).status == (
+            NOT_SERVING
+        )
+        assert server.state is ServerState.DRAINING
+        rest = list(stream)  # the in-flight stream is served to its end
+        assert stream.code() is grpc.StatusCode.OK and len(rest) == 4 + len(words) - 1
+        source.wait_for(lambda t: "d" not in t.shards and "d" not in t.loads)
+        drainer.join(10)
+        assert server.wait(timeout=5) and server.state is ServerState.STOPPED
+
+
+def test_drain_rpc_begins_a_drain_and_the_server_stops(etcd_endpoint: str) -> None:
+    server = ChatShard(shard_id="r", service="chat", etcd=etcd_endpoint).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            control = shard_pb2_grpc.ShardControlStub(channel)
+            reply = control.Drain(shard_pb2.DrainRequest(grace_s=2.0))
+        assert reply.state == shard_pb2.SHARD_STATE_DRAINING
+        assert server.wait(timeout=10)
+    finally:
+        server.stop()
+
+
+def test_session_calls_answer_unimplemented_with_a_clear_message() -> None:
+    with (
+        ChatShard(shard_id="u", service="chat", etcd=None) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        control = shard_pb2_grpc.ShardControlStub(channel)
+        for call in (
+            lambda: control.WarmSession(shard_pb2.WarmSessionRequest(session_key="a")),
+            lambda: list(control.ExportSession(shard_pb2.ExportSessionRequest(session_key="a"))),
+        ):
+            try:
+                call()
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.UNIMPLEMENTED
+                assert "session migration" in (exc.details() or "")
+            else:
+                raise AssertionError("expected UNIMPLEMENTED")
+        chat = chat_pb2_grpc.ChatStub(channel)
+        list(chat.Generate(chat_pb2.GenerateRequest(session_key="b", prompt="hi")))
+        listed = control.ListSessions(shard_pb2.ListSessionsRequest())
+        assert [s.session_key for s in listed.sessions] == ["b"]
+        assert listed.sessions[0].state_bytes > 0 and not listed.next_page_token

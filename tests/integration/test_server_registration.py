@@ -1,0 +1,113 @@
+"""A ShardServer registers its record and load report under one lease, and leaves."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from shardroute._proto import shard_pb2, shard_pb2_grpc
+from shardroute.discovery._etcd import EtcdClient
+from shardroute.discovery.etcd import EtcdTopologySource
+from shardroute.discovery.keys import KeySchema
+from shardroute.errors import EtcdUnavailable
+from shardroute.examples.chat import ChatShard
+from shardroute.model import ShardState
+from shardroute.server import ServerState, ShardServer
+from shardroute.testing.etcd import EtcdServer, free_port
+
+
+def test_record_and_load_report_appear_under_one_lease(
+    etcd_endpoint: str, etcd: EtcdClient, schema: KeySchema
+) -> None:
+    server = ChatShard(
+        shard_id="s1",
+        service="chat",
+        etcd=etcd_endpoint,
+        zone="eu-1a",
+        region="eu",
+        weight=2.0,
+        capacity=16,
+        labels={"gpu": "a100"},
+    )
+    assert server.state is ServerState.CREATED and server.address == ""  # no I/O yet
+    with server, EtcdTopologySource(etcd_endpoint, "chat") as source:
+        topology = source.wait_for(lambda t: "s1" in t.shards and "s1" in t.loads)
+        shard = topology.shard("s1")
+        assert shard.address == server.address == f"127.0.0.1:{server.port}"
+        assert (shard.zone, shard.region, shard.weight, shard.capacity) == ("eu-1a", "eu", 2, 16)
+        assert shard.state is ShardState.ACTIVE and dict(shard.labels) == {"gpu": "a100"}
+        report = topology.load("s1")
+        assert report is not None and report.inflight == 0 and report.ts > 0
+        record = json.loads(etcd.get(schema.shard("s1")) or b"{}")
+        assert record["address"] == server.address
+        # Both keys hang on the same lease: revoking it removes both.
+        lease = server._registrar.lease_id  # type: ignore[union-attr]
+        assert lease is not None
+        etcd.revoke_lease(lease)
+        source.wait_for(lambda t: "s1" not in t.shards and "s1" not in t.loads)
+        # ... and the keep-alive notices the lost lease and registers again.
+        source.wait_for(lambda t: "s1" in t.shards and "s1" in t.loads, timeout=10)
+    assert etcd.get(schema.shard("s1")) is None  # stop() deregistered
+    assert etcd.get(schema.load("s1")) is None
+    assert server.state is ServerState.STOPPED
+
+
+def test_stop_is_idempotent_and_a_stopped_server_cannot_restart(etcd_endpoint: str) -> None:
+    server = ShardServer(shard_id="s1", service="chat", etcd=etcd_endpoint).start()
+    server.stop()
+    server.stop(grace=1.0)
+    assert server.wait(timeout=0)
+    with pytest.raises(RuntimeError, match="start"):
+        server.start()
+
+
+def test_etcd_unreachable_at_start_fails_fast_with_a_clear_error() -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    server = ShardServer(shard_id="s1", service="chat", etcd=dead, etcd_timeout_s=2.0)
+    started = time.monotonic()
+    with pytest.raises(EtcdUnavailable, match=r"could not register in etcd.*wait_for_etcd=True"):
+        server.start()
+    assert time.monotonic() - started < 5
+    assert server.state is ServerState.STOPPED
+    # The port was released: nothing listens there any more.
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        pytest.raises(grpc.FutureTimeoutError),
+    ):
+        grpc.channel_ready_future(channel).result(timeout=0.3)
+
+
+def test_wait_for_etcd_serves_at_once_and_registers_when_etcd_comes_up(
+    etcd_server: EtcdServer,
+) -> None:
+    etcd_server.stop()
+    server = ChatShard(
+        shard_id="s1",
+        service="chat",
+        etcd=etcd_server.endpoint,
+        wait_for_etcd=True,
+        etcd_timeout_s=1.0,
+    )
+    with server:
+        with grpc.insecure_channel(server.address) as channel:
+            status = shard_pb2_grpc.ShardControlStub(channel).GetStatus(
+                shard_pb2.GetStatusRequest(), timeout=5
+            )
+            assert status.state == shard_pb2.SHARD_STATE_ACTIVE
+        etcd_server.start()
+        with EtcdTopologySource(etcd_server.endpoint, "chat") as source:
+            source.wait_for(lambda t: "s1" in t.shards, timeout=15)
+
+
+def test_get_status_answers_identity_state_and_load(etcd_endpoint: str) -> None:
+    with (
+        ChatShard(shard_id="s9", service="chat", etcd=etcd_endpoint, zone="z", capacity=5) as s,
+        grpc.insecure_channel(s.address) as channel,
+    ):
+        status = shard_pb2_grpc.ShardControlStub(channel).GetStatus(shard_pb2.GetStatusRequest())
+    assert (status.shard_id, status.service, status.address) == ("s9", "chat", s.address)
+    assert (status.zone, status.capacity, status.state) == ("z", 5, shard_pb2.SHARD_STATE_ACTIVE)
+    assert status.load.ts > 0
