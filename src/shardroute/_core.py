@@ -21,6 +21,7 @@ from shardroute.transport import (
     RetryPolicy,
     describe_stub,
 )
+from shardroute.transport.stats import CallStats
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "RoutedStub"]
 
@@ -57,6 +58,7 @@ class ClientCore(Generic[C]):
         self.router = router if router is not None else Router()
         self.retry = retry if retry is not None else RetryPolicy()
         self.outlier = outlier if outlier is not None else OutlierDetector()
+        self.stats = CallStats()
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -98,6 +100,7 @@ class ClientCore(Generic[C]):
         source = self.source
         outlier = self.outlier
         retry = self.retry
+        stats = self.stats
         path = spec.path
 
         def call(
@@ -134,6 +137,7 @@ class ClientCore(Generic[C]):
                 retry=retry,
                 outlier=outlier,
                 extra_metadata=tuple(metadata) if metadata else (),
+                stats=stats,
             )
             return run(spec, request, session_key, attempts)
 

@@ -11,7 +11,7 @@ from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, RoutedStub
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
 from shardroute.routing import Decision, Router
-from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
+from shardroute.transport import Attempts, CallStats, MethodSpec, OutlierDetector, RetryPolicy
 
 __all__ = ["ShardClient"]
 
@@ -105,6 +105,11 @@ class ShardClient:
     def outlier(self) -> OutlierDetector:
         """Passive outlier ejection state."""
         return self._core.outlier
+
+    @property
+    def stats(self) -> CallStats:
+        """Counters of this client's calls (by routing reason, failovers, errors)."""
+        return self._core.stats
 
     def route(self, session_key: str, priority: str = "standard") -> Decision:
         """Where a request of ``session_key`` would go now (no I/O)."""

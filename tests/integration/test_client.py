@@ -109,6 +109,9 @@ def test_dead_shard_fails_over_without_errors_and_is_ejected(
         assert owner(echo.Echo(b"x", session_key=session)) != "dead"  # not idempotent: never sent
     assert "dead" in client.outlier.ejected()
     assert client.route(sessions[0]).shard.id != "dead"
+    stats = client.stats.snapshot()
+    assert stats["calls"] == len(sessions) and "errors" not in stats
+    assert stats["failovers"] == 1  # the first call; then the dead shard was ejected
 
 
 def test_every_shard_unreachable_is_shard_unavailable() -> None:
@@ -193,6 +196,7 @@ def test_application_error_is_call_failed(client: ShardClient) -> None:
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details == "bad prompt"
     assert client.outlier.ejected() == frozenset()  # an answer is not an outlier
+    assert client.stats.snapshot() == {"calls": 1, "errors": 1}
 
 
 def test_unknown_methods(client: ShardClient) -> None:

@@ -9,9 +9,11 @@ from shardroute.transport.failures import Failure, classify, translate
 from shardroute.transport.methods import MethodSpec, describe_stub
 from shardroute.transport.outlier import OutlierDetector
 from shardroute.transport.retry import RetryPolicy
+from shardroute.transport.stats import CallStats
 
 __all__ = [
     "Attempts",
+    "CallStats",
     "ChannelPool",
     "Failure",
     "MethodSpec",

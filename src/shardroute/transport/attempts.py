@@ -20,6 +20,7 @@ from shardroute.routing import Decision, Reason
 from shardroute.transport.failures import Failure, classify, translate
 from shardroute.transport.outlier import OutlierDetector
 from shardroute.transport.retry import RetryPolicy
+from shardroute.transport.stats import CallStats
 
 __all__ = ["Attempts"]
 
@@ -47,6 +48,7 @@ class Attempts:
         "_priority",
         "_retry",
         "_session_key",
+        "_stats",
         "attempt",
         "received",
     )
@@ -63,6 +65,7 @@ class Attempts:
         retry: RetryPolicy,
         outlier: OutlierDetector,
         extra_metadata: Metadata = (),
+        stats: CallStats | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._decision = decision
@@ -75,6 +78,7 @@ class Attempts:
         self._retry = retry
         self._outlier = outlier
         self._extra = extra_metadata
+        self._stats = stats
         self._failures: list[str] | None = None
         self.attempt = 0
         self.received = False
@@ -100,6 +104,8 @@ class Attempts:
         """Seconds left for this attempt; raises DeadlineExceeded when none are."""
         remaining = self._deadline - self._clock()
         if remaining <= 0:
+            if self._stats is not None:
+                self._stats.failed()
             tried = self.tried
             raise DeadlineExceeded(
                 f"deadline exceeded calling {self._method} for session {self._session_key!r} "
@@ -130,9 +136,21 @@ class Attempts:
     def succeeded(self, shard: Shard) -> None:
         """The attempt on ``shard`` succeeded."""
         self._outlier.success(shard.id)
+        if self._stats is not None:
+            failed_over = self.attempt > 1
+            reason = "failover" if failed_over else self._decision.reason.value
+            self._stats.succeeded(reason, failed_over)
 
     def failed(self, shard: Shard, error: grpc.RpcError) -> None:
         """The attempt on ``shard`` failed with ``error``: raise, or return to go on."""
+        try:
+            self._failed(shard, error)
+        except BaseException:
+            if self._stats is not None:
+                self._stats.failed()
+            raise
+
+    def _failed(self, shard: Shard, error: grpc.RpcError) -> None:
         failure = classify(error)
         if failure in (Failure.NOT_SENT, Failure.MAYBE_EXECUTED):
             self._outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
@@ -144,7 +162,7 @@ class Attempts:
         ):
             return
         if failure is Failure.NOT_SENT:
-            raise self.exhausted() from error
+            raise self._unavailable() from error
         if failure is Failure.MAYBE_EXECUTED and (self._idempotent or self.received):
             why = "the stream had started" if self.received else "the attempt budget is spent"
             raise OutcomeUnknown(
@@ -156,6 +174,11 @@ class Attempts:
 
     def exhausted(self) -> ShardUnavailable:
         """The error for a call whose every allowed attempt failed before reaching a shard."""
+        if self._stats is not None:
+            self._stats.failed()
+        return self._unavailable()
+
+    def _unavailable(self) -> ShardUnavailable:
         return ShardUnavailable(
             f"no shard could take {self._method} for session {self._session_key!r}: "
             f"{'; '.join(self._failures or ()) or 'no candidates'} "
