@@ -1,6 +1,7 @@
 """The ``shardroute`` operator command.
 
     shardroute topology --etcd HOST:PORT --service NAME [--json] [--watch]
+    shardroute demo [--duration S] [--json]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.records import load_to_dict, shard_to_dict
-from shardroute.errors import ShardRouteError
+from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.model import Topology
 
 __all__ = ["main", "topology_to_dict"]
@@ -137,7 +138,38 @@ def _parser() -> argparse.ArgumentParser:
     topo.add_argument("--json", action="store_true", help="one JSON line per snapshot")
     topo.add_argument("--watch", action="store_true", help="print a line per change")
     topo.set_defaults(func=_cmd_topology)
+    demo = commands.add_parser(
+        "demo",
+        help="run chat traffic over 4 local shards; kill one, drain one (embedded etcd)",
+    )
+    demo.add_argument("--duration", type=_positive, default=20.0, help="seconds of traffic")
+    demo.add_argument("--json", action="store_true", help="only print the summary, as JSON")
+    demo.add_argument("--shards", type=int, default=4, help="chat shards to start (>= 3)")
+    demo.add_argument("--sessions", type=int, default=200, help="conversations")
+    demo.add_argument("--workers", type=int, default=8, help="client threads")
+    demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from shardroute import demo
+
+    if args.shards < 3 or args.sessions < 1 or args.workers < 1:
+        raise ConfigError("the demo needs --shards >= 3, --sessions >= 1, --workers >= 1")
+    return demo.main(
+        args.duration,
+        args.json,
+        shards=args.shards,
+        sessions=args.sessions,
+        workers=args.workers,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CallFailed",
+    "ClientClosed",
     "ConfigError",
     "DeadlineExceeded",
     "EtcdBinaryNotFound",
@@ -170,3 +171,7 @@ class UnknownMethod(ShardRouteError, AttributeError):
     """The stub has no such method, or the shard does not implement it (UNIMPLEMENTED).
     Check the method name and that the shard serves that service.
     """
+
+
+class ClientClosed(ShardRouteError, RuntimeError):
+    """The client was closed; make a new one to call shards again."""

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from shardroute.errors import ClientClosed
 from shardroute.model import Shard, Topology
 from shardroute.transport.methods import MethodSpec
 
@@ -65,7 +66,7 @@ class ChannelPool(Generic[C]):
         stale: _Entry[C] | None = None
         with self._lock:
             if self._closed:
-                raise RuntimeError("the client is closed")
+                raise ClientClosed("the client is closed")
             entry = self._entries.get(shard.id)
             if entry is not None and entry.address == shard.address:
                 return entry

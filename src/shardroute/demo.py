@@ -1,0 +1,264 @@
+"""``shardroute demo``: chat traffic over real shards, with a shard killed and one drained.
+
+Everything runs on this machine and is cleaned up at the end (Ctrl-C included): an
+embedded etcd in a temp dir, 4 chat shards in 2 zones (one process each), and a
+``ShardClient`` in this process sending chat turns for many sessions from worker
+threads. Midway one shard is SIGKILLed and another drained (SIGTERM); the live view
+shows the shards, their load and what the client did, and a summary ends the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, TextIO
+
+from shardroute.client import ShardClient
+from shardroute.errors import ShardRouteError
+from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
+from shardroute.model import ShardState
+from shardroute.testing.cluster import ShardCluster
+from shardroute.testing.etcd import EtcdServer
+
+__all__ = ["DemoConfig", "run_demo"]
+
+SERVICE = "chat"
+CLIENT_ZONE = "zone-a"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs."""
+
+    duration_s: float = 20.0
+    shards: int = 4
+    sessions: int = 200
+    workers: int = 8
+    max_tokens: int = 8
+    kill_at: float = 0.35
+    """Share of the duration after which one shard is SIGKILLed."""
+    drain_at: float = 0.65
+    """Share of the duration after which another shard is drained."""
+    seed: int = 7
+
+
+@dataclass
+class _Tally:
+    """What the workers observed; guarded by ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    turns: int = 0
+    errors: int = 0
+    retried: int = 0
+    affinity_checks: int = 0
+    affinity_hits: int = 0
+    sessions_reset: int = 0
+    served: Counter[str] = field(default_factory=Counter)
+    last_shard: dict[str, str] = field(default_factory=dict)
+    turns_sent: Counter[str] = field(default_factory=Counter)
+
+
+def _turn(chat: Any, session: str, max_tokens: int, tally: _Tally) -> tuple[str, int] | None:
+    """One chat turn; returns (shard, turns_held) or None after an error."""
+    request = chat_pb2.GenerateRequest(prompt="tell me more", max_tokens=max_tokens)
+    last: Any = None
+    for token in chat.Generate(request, session_key=session, timeout=10):
+        last = token
+    if last is None:
+        return None
+    return last.shard_id, last.turns_held
+
+
+def _worker(
+    client: ShardClient, config: DemoConfig, tally: _Tally, stop: threading.Event, seed: int
+) -> None:
+    rng = random.Random(seed)
+    chat = client.stub(chat_pb2_grpc.ChatStub)
+    sessions = [f"conversation-{i:04d}" for i in range(config.sessions)]
+    weights = [1.0 / (i + 1) for i in range(config.sessions)]  # Zipf-like popularity
+    while not stop.is_set():
+        session = rng.choices(sessions, weights)[0]
+        result = None
+        for attempt in range(2):  # an application retries a failed turn once
+            try:
+                result = _turn(chat, session, config.max_tokens, tally)
+                break
+            except ShardRouteError:
+                if stop.is_set():
+                    return  # shutting down (Ctrl-C): the client or shards are going away
+                if attempt == 0:
+                    with tally.lock:
+                        tally.retried += 1
+        with tally.lock:
+            if result is None:
+                tally.errors += 1
+                continue
+            shard, held = result
+            tally.turns += 1
+            tally.served[shard] += 1
+            tally.turns_sent[session] += 1
+            previous = tally.last_shard.get(session)
+            if previous is not None:
+                tally.affinity_checks += 1
+                tally.affinity_hits += previous == shard
+            if held < tally.turns_sent[session]:
+                tally.sessions_reset += 1  # the history stayed on a shard that is gone
+                tally.turns_sent[session] = held
+            tally.last_shard[session] = shard
+
+
+def _view(client: ShardClient, tally: _Tally, elapsed: float, events: list[str]) -> str:
+    topology = client.source.current()
+    stats = client.stats.snapshot()
+    with tally.lock:
+        served = dict(tally.served)
+        turns, errors = tally.turns, tally.errors
+        hit = tally.affinity_hits / tally.affinity_checks if tally.affinity_checks else 1.0
+    lines = [
+        f"shardroute demo  t={elapsed:5.1f}s  turns={turns}  errors={errors}  "
+        f"failovers={stats.get('failovers', 0)}  "
+        f"spills={stats.get('spill', 0) + stats.get('zone_fallback', 0)}  "
+        f"affinity={hit:.1%}",
+        f"{'SHARD':10} {'ZONE':8} {'STATE':9} {'INFLIGHT':>8} {'SESSIONS':>8} {'TURNS':>7}",
+    ]
+    for shard in topology.shards.values():
+        load = topology.loads.get(shard.id)
+        lines.append(
+            f"{shard.id:10} {shard.zone:8} {shard.state.value:9} "
+            f"{load.inflight if load else 0:>8} {load.sessions if load else 0:>8} "
+            f"{served.get(shard.id, 0):>7}"
+        )
+    lines.extend(f"  * {event}" for event in events[-4:])
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[str, Any]:
+    """Run the demo; returns the summary. ``live``: where the live view goes (or None)."""
+    started = time.monotonic()
+    events: list[str] = []
+    tally = _Tally()
+    stop = threading.Event()
+    killed: list[str] = []
+    drained: list[str] = []
+    drain_threads: list[threading.Thread] = []
+    with contextlib.ExitStack() as cleanup, _sigterm_as_interrupt():
+        etcd = cleanup.enter_context(EtcdServer())
+        cluster = cleanup.enter_context(
+            ShardCluster(etcd.endpoint, service=SERVICE, zones=("zone-a", "zone-b"))
+        )
+        cluster.start(config.shards)
+        client = cleanup.enter_context(
+            ShardClient.connect(etcd.endpoint, SERVICE, zone=CLIENT_ZONE)
+        )
+        events.append(f"etcd at {etcd.endpoint}; {config.shards} chat shards in zone-a/zone-b")
+        workers = [
+            threading.Thread(
+                target=_worker, args=(client, config, tally, stop, config.seed + i), daemon=True
+            )
+            for i in range(config.workers)
+        ]
+        cleanup.callback(_join, workers)
+        cleanup.callback(stop.set)
+        for worker in workers:
+            worker.start()
+        t_start = time.monotonic()
+        kill_t = t_start + config.duration_s * config.kill_at
+        drain_t = t_start + config.duration_s * config.drain_at
+        end_t = t_start + config.duration_s
+        is_tty = live is not None and live.isatty()
+        while (now := time.monotonic()) < end_t:
+            if not killed and now >= kill_t:
+                victim = _pick(cluster, client, CLIENT_ZONE)
+                if victim is not None:
+                    cluster.kill(victim)
+                    killed.append(victim)
+                    events.append(f"t={now - t_start:.1f}s SIGKILL {victim} (no goodbye)")
+            if not drained and now >= drain_t:
+                victim = _pick(cluster, client, None, exclude=killed)
+                if victim is not None:
+                    drained.append(victim)
+                    events.append(f"t={now - t_start:.1f}s drain {victim} (SIGTERM)")
+                    thread = threading.Thread(target=cluster.drain, args=(victim,), daemon=True)
+                    thread.start()
+                    drain_threads.append(thread)
+            if live is not None:
+                view = _view(client, tally, now - t_start, events)
+                live.write(("\x1b[H\x1b[J" if is_tty else "") + view + "\n\n")
+                live.flush()
+            stop.wait(min(1.0, max(0.0, end_t - time.monotonic())))
+        stop.set()
+        _join(workers)
+        for thread in drain_threads:
+            thread.join(30)
+        stats = client.stats.snapshot()
+        with tally.lock:
+            checks = tally.affinity_checks
+            summary: dict[str, Any] = {
+                "requests": tally.turns + tally.errors,
+                "errors": tally.errors,
+                "failovers": stats.get("failovers", 0),
+                "spills": stats.get("spill", 0) + stats.get("zone_fallback", 0),
+                "affinity_hit_rate": round(tally.affinity_hits / checks, 4) if checks else 1.0,
+                "shards_killed": len(killed),
+                "duration_s": round(time.monotonic() - t_start, 2),
+                "shards_drained": len(drained),
+                "turns_retried": tally.retried,
+                "sessions_reset": tally.sessions_reset,
+                "turns_by_shard": dict(sorted(tally.served.items())),
+            }
+    summary["wall_s"] = round(time.monotonic() - started, 2)
+    return summary
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(15)
+
+
+def _pick(
+    cluster: ShardCluster, client: ShardClient, zone: str | None, exclude: Sequence[str] = ()
+) -> str | None:
+    topology = client.source.current()
+    for shard_id in cluster.shard_ids:
+        shard = topology.shards.get(shard_id)
+        if shard is None or shard_id in exclude or shard.state is not ShardState.ACTIVE:
+            continue
+        if zone is None or shard.zone == zone:
+            return shard_id
+    return None
+
+
+def main(duration_s: float, as_json: bool, **overrides: Any) -> int:
+    """Entry point of ``shardroute demo``."""
+    config = DemoConfig(duration_s=duration_s, **overrides)
+    summary = run_demo(config, live=None if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(summary, separators=(",", ":")), flush=True)
+    else:
+        print("summary: " + json.dumps(summary, indent=2), flush=True)
+    return 0
