@@ -27,12 +27,14 @@ from shardroute.errors import (
 )
 from shardroute.model import LoadReport, Shard, ShardState, Topology
 from shardroute.routing import Decision, Reason, Router, RoutingPolicy
+from shardroute.server import AsyncShardServer, ShardServer, session_key
 from shardroute.transport import OutlierDetector, RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncShardClient",
+    "AsyncShardServer",
     "CallFailed",
     "ConfigError",
     "DeadlineExceeded",
@@ -55,6 +57,7 @@ __all__ = [
     "Shard",
     "ShardClient",
     "ShardRouteError",
+    "ShardServer",
     "ShardState",
     "ShardUnavailable",
     "Topology",
@@ -63,4 +66,5 @@ __all__ = [
     "UnknownMethod",
     "UnknownShard",
     "__version__",
+    "session_key",
 ]

@@ -20,7 +20,9 @@ __all__ = [
     "OutcomeUnknown",
     "Overloaded",
     "PayloadTooLarge",
+    "ServerLifecycleError",
     "ShardRouteError",
+    "ShardStartError",
     "ShardUnavailable",
     "TopologyTimeout",
     "UnknownMethod",
@@ -175,3 +177,13 @@ class UnknownMethod(ShardRouteError, AttributeError):
 
 class ClientClosed(ShardRouteError, RuntimeError):
     """The client was closed; make a new one to call shards again."""
+
+
+class ServerLifecycleError(ShardRouteError, RuntimeError):
+    """A lifecycle method was called in a state that does not allow it (for example
+    ``start()`` twice, or on a stopped server). Create a new server instead."""
+
+
+class ShardStartError(ShardRouteError):
+    """A shard subprocess (test cluster, demo) exited or stayed silent before printing
+    ``READY``. The message carries the tail of its log; fix the class or its arguments."""

@@ -3,8 +3,9 @@
 reports its load, serves health and control, and drains gracefully. See docs/server.md.
 """
 
+from shardroute.errors import ServerLifecycleError
 from shardroute.server._async import AsyncShardServer
-from shardroute.server._base import ServerLifecycleError, session_key
+from shardroute.server._base import session_key
 from shardroute.server._core import (
     LoadAccounting,
     LoadReportPolicy,

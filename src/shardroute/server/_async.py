@@ -16,11 +16,10 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shardroute._proto import shard_pb2
-from shardroute.errors import ConfigError, EtcdUnavailable
+from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
 from shardroute.server._base import (
     UNIMPLEMENTED_SESSION_CALL,
-    ServerLifecycleError,
     ShardServerBase,
     control_handler,
 )

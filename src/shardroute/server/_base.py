@@ -13,7 +13,7 @@ import grpc
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2
-from shardroute.errors import ShardRouteError
+from shardroute.errors import ServerLifecycleError
 from shardroute.model import LoadReport
 from shardroute.server._core import (
     CONTROL_SERVICE,
@@ -34,11 +34,6 @@ UNIMPLEMENTED_SESSION_CALL = (
     "shardroute: {method} is part of session migration, which this shard does not "
     "implement yet (see docs/server.md, 'Migration hooks')"
 )
-
-
-class ServerLifecycleError(ShardRouteError, RuntimeError):
-    """A lifecycle method was called in a state that does not allow it (for example
-    ``start()`` twice, or on a stopped server). Create a new server instead."""
 
 
 class _HasInvocationMetadata(Protocol):

@@ -13,11 +13,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shardroute.errors import ConfigError, EtcdUnavailable
+from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
 from shardroute.server._base import (
     UNIMPLEMENTED_SESSION_CALL,
-    ServerLifecycleError,
     ShardServerBase,
     control_handler,
 )

@@ -22,17 +22,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from shardroute.discovery.etcd import EtcdTopologySource
-from shardroute.errors import ConfigError, ShardRouteError
+from shardroute.errors import ConfigError, ShardStartError
 from shardroute.model import ShardState, Topology
 
 __all__ = ["DEFAULT_SHARD_CLASS", "ShardCluster", "ShardProcess", "ShardStartError"]
 
 DEFAULT_SHARD_CLASS = "shardroute.examples.chat:ChatShard"
-
-
-class ShardStartError(ShardRouteError):
-    """A shard subprocess exited or stayed silent before printing ``READY``. The message
-    carries the tail of its log; fix the class or its arguments."""
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ Anyone who installs shardroute gets these fixtures (docs/testing.md):
 - ``shard_cluster``: real shard servers in subprocesses, registered in that etcd
   (:class:`~shardroute.testing.cluster.ShardCluster`), configured by the overridable
   ``shard_server_class``, ``shard_count``, ``shard_service`` and ``shard_zones``.
+- ``shard_client``: a ``ShardClient`` on that cluster (caller zone: ``shard_client_zone``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from shardroute.testing.etcd import EtcdServer
 
 if TYPE_CHECKING:
+    from shardroute.client import ShardClient
     from shardroute.testing.cluster import ShardCluster
 
 
@@ -99,3 +101,31 @@ def shard_cluster(
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def shard_client_zone() -> str | None:
+    """The caller zone of ``shard_client`` (default None: no zone preference)."""
+    return None
+
+
+@pytest.fixture
+def shard_client(
+    etcd_server: EtcdServer,
+    shard_cluster: ShardCluster,
+    shard_service: str,
+    shard_client_zone: str | None,
+) -> Iterator[ShardClient]:
+    """A :class:`~shardroute.client.ShardClient` on the ``shard_cluster``'s service,
+    returned once it sees every shard of the cluster; closed after the test."""
+    from shardroute.client import ShardClient
+
+    client = ShardClient.connect(
+        etcd_server.endpoint, shard_service, zone=shard_client_zone, timeout=10
+    )
+    try:
+        wanted = set(shard_cluster.shard_ids)
+        client.source.wait_for(lambda t: wanted <= set(t.shards), 10)
+        yield client
+    finally:
+        client.close()
