@@ -101,13 +101,17 @@ def main() -> None:
 
         # The client's own cost: the same routed calls on no-op channels.
         client._core.channels = ChannelPool(lambda address: _NoopChannel(), lambda ch: None)
-        n = 100_000
+        # Best of 7 rounds, as timeit does: the machine's noise only ever adds time.
+        n = 20_000
         for i in range(1000):
             routed(payload, session_key=sessions[i % 64])
-        start = clock()
-        for i in range(n):
-            routed(payload, session_key=sessions[i % 64])
-        overhead_us = (clock() - start) / n * 1e6
+        rounds = []
+        for _ in range(7):
+            start = clock()
+            for i in range(n):
+                routed(payload, session_key=sessions[i % 64])
+            rounds.append((clock() - start) / n * 1e6)
+        overhead_us = min(rounds)
         client.close()
     finally:
         for p in procs:

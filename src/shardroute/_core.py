@@ -21,6 +21,7 @@ from shardroute.transport import (
     RetryPolicy,
     describe_stub,
 )
+from shardroute.transport.attempts import CallRules
 from shardroute.transport.stats import CallStats
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "RoutedStub"]
@@ -59,6 +60,7 @@ class ClientCore(Generic[C]):
         self.retry = retry if retry is not None else RetryPolicy()
         self.outlier = outlier if outlier is not None else OutlierDetector()
         self.stats = CallStats()
+        self.rules = CallRules(self.retry, self.outlier, self.router, self.stats)
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -99,8 +101,7 @@ class ClientCore(Generic[C]):
         router = self.router
         source = self.source
         outlier = self.outlier
-        retry = self.retry
-        stats = self.stats
+        rules = self.rules
         path = spec.path
 
         def call(
@@ -129,15 +130,13 @@ class ClientCore(Generic[C]):
             )
             attempts = Attempts(
                 decision,
-                session_key=session_key,
-                method=path,
-                priority=priority,
-                timeout=timeout,
-                idempotent=idempotent,
-                retry=retry,
-                outlier=outlier,
-                extra_metadata=tuple(metadata) if metadata else (),
-                stats=stats,
+                session_key,
+                path,
+                priority,
+                timeout,
+                idempotent,
+                rules,
+                tuple(metadata) if metadata else (),
             )
             return run(spec, request, session_key, attempts)
 

@@ -164,8 +164,6 @@ class AsyncShardClient:
             finally:
                 router.end(shard.id)
             attempts.succeeded(shard)
-            if attempts.failed_over:
-                router.remember(session_key, shard.id)
             return response
         raise attempts.exhausted()
 
@@ -192,8 +190,6 @@ class AsyncShardClient:
                 if call is not None:
                     call.cancel()
             attempts.succeeded(shard)
-            if attempts.failed_over:
-                router.remember(session_key, shard.id)
             return
         raise attempts.exhausted()
 

@@ -134,8 +134,6 @@ class ShardClient:
             finally:
                 router.end(shard.id)
             attempts.succeeded(shard)
-            if attempts.failed_over:
-                router.remember(session_key, shard.id)
             return response
         raise attempts.exhausted()
 
@@ -162,8 +160,6 @@ class ShardClient:
                 if call is not None:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
             attempts.succeeded(shard)
-            if attempts.failed_over:
-                router.remember(session_key, shard.id)
             return
         raise attempts.exhausted()
 

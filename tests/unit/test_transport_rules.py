@@ -101,17 +101,11 @@ def test_outlier_ejection_backoff_and_recovery() -> None:
 def _attempts(idempotent: bool, clock: Clock, n: int = 3, timeout: float = 10) -> Attempts:
     shards = [Shard(f"s{i}", f"h:{i + 1}") for i in range(n)]
     decision = Decision(shards[0], tuple(shards[1:]), Reason.AFFINITY, shards[0])
-    return Attempts(
-        decision,
-        session_key="k",
-        method="/x.Y/Z",
-        priority="standard",
-        timeout=timeout,
-        idempotent=idempotent,
-        retry=RetryPolicy(3),
-        outlier=OutlierDetector(clock=clock),
-        clock=clock,
-    )
+    from shardroute.routing import Router
+    from shardroute.transport import CallRules
+
+    rules = CallRules(RetryPolicy(3), OutlierDetector(clock=clock), Router(), clock=clock)
+    return Attempts(decision, "k", "/x.Y/Z", "standard", timeout, idempotent, rules)
 
 
 def test_attempts_move_on_only_when_allowed() -> None:

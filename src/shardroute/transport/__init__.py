@@ -3,7 +3,7 @@
 Shared by :class:`shardroute.ShardClient` and :class:`shardroute.AsyncShardClient`.
 """
 
-from shardroute.transport.attempts import Attempts
+from shardroute.transport.attempts import Attempts, CallRules
 from shardroute.transport.channels import ChannelPool
 from shardroute.transport.failures import Failure, classify, translate
 from shardroute.transport.methods import MethodSpec, describe_stub
@@ -13,6 +13,7 @@ from shardroute.transport.stats import CallStats
 
 __all__ = [
     "Attempts",
+    "CallRules",
     "CallStats",
     "ChannelPool",
     "Failure",

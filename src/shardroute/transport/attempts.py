@@ -10,21 +10,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
 
 from shardroute import metadata
 from shardroute.errors import DeadlineExceeded, OutcomeUnknown, ShardUnavailable
 from shardroute.model import Shard
-from shardroute.routing import Decision, Reason
+from shardroute.routing import Decision, Reason, Router
 from shardroute.transport.failures import Failure, classify, translate
 from shardroute.transport.outlier import OutlierDetector
 from shardroute.transport.retry import RetryPolicy
 from shardroute.transport.stats import CallStats
 
-__all__ = ["Attempts"]
+__all__ = ["Attempts", "CallRules"]
 
 Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRules:
+    """What every call of one client shares: the failover rules and the bookkeeping."""
+
+    retry: RetryPolicy
+    outlier: OutlierDetector
+    router: Router
+    stats: CallStats | None = None
+    clock: Callable[[], float] = time.monotonic
 
 
 class Attempts:
@@ -34,21 +46,20 @@ class Attempts:
     ``metadata_for(shard)``; on success call :meth:`succeeded`; on a gRPC error call
     :meth:`failed` (which raises when the error must reach the caller). When iteration
     ends without success, raise :meth:`exhausted`.
+
+    Built once per call, so it is kept small: eight slots, no allocation until a
+    failure happens.
     """
 
     __slots__ = (
-        "_clock",
         "_deadline",
         "_decision",
         "_extra",
         "_failures",
-        "_idempotent",
+        "_flags",
         "_method",
-        "_outlier",
-        "_priority",
-        "_retry",
+        "_rules",
         "_session_key",
-        "_stats",
         "attempt",
         "received",
     )
@@ -56,29 +67,22 @@ class Attempts:
     def __init__(
         self,
         decision: Decision,
-        *,
         session_key: str,
         method: str,
         priority: str,
         timeout: float,
         idempotent: bool,
-        retry: RetryPolicy,
-        outlier: OutlierDetector,
+        rules: CallRules,
         extra_metadata: Metadata = (),
-        stats: CallStats | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._decision = decision
         self._session_key = session_key
         self._method = method
-        self._priority = priority
-        self._clock = clock
-        self._deadline = clock() + timeout
-        self._idempotent = idempotent
-        self._retry = retry
-        self._outlier = outlier
+        self._deadline = rules.clock() + timeout
+        self._rules = rules
+        # Priority and idempotency are rarely not the default: keep them in one slot.
+        self._flags = (priority, idempotent)
         self._extra = extra_metadata
-        self._stats = stats
         self._failures: list[str] | None = None
         self.attempt = 0
         self.received = False
@@ -88,7 +92,7 @@ class Attempts:
         decision = self._decision
         self.attempt = 1
         yield decision.shard
-        budget = self._retry.max_attempts
+        budget = self._rules.retry.max_attempts
         for shard in decision.fallbacks:
             if self.attempt >= budget:
                 return
@@ -102,10 +106,10 @@ class Attempts:
 
     def timeout(self) -> float:
         """Seconds left for this attempt; raises DeadlineExceeded when none are."""
-        remaining = self._deadline - self._clock()
+        remaining = self._deadline - self._rules.clock()
         if remaining <= 0:
-            if self._stats is not None:
-                self._stats.failed()
+            if self._rules.stats is not None:
+                self._rules.stats.failed()
             tried = self.tried
             raise DeadlineExceeded(
                 f"deadline exceeded calling {self._method} for session {self._session_key!r} "
@@ -124,8 +128,9 @@ class Attempts:
             md += ((metadata.REASON, "failover"), (metadata.SHARD_ID, shard.id))
         elif self._decision.reason is not Reason.AFFINITY:
             md += ((metadata.REASON, self._decision.reason.value), (metadata.SHARD_ID, shard.id))
-        if self._priority != "standard":
-            md += ((metadata.PRIORITY, self._priority),)
+        priority = self._flags[0]
+        if priority != "standard":
+            md += ((metadata.PRIORITY, priority),)
         return md + self._extra if self._extra else md
 
     @property
@@ -134,36 +139,41 @@ class Attempts:
         return self.attempt > 1
 
     def succeeded(self, shard: Shard) -> None:
-        """The attempt on ``shard`` succeeded."""
-        self._outlier.success(shard.id)
-        if self._stats is not None:
-            failed_over = self.attempt > 1
+        """The attempt on ``shard`` succeeded. After a failover the session is pinned
+        to ``shard`` (its context is there now)."""
+        rules = self._rules
+        rules.outlier.success(shard.id)
+        failed_over = self.attempt > 1
+        if failed_over:
+            rules.router.remember(self._session_key, shard.id)
+        if rules.stats is not None:
             reason = "failover" if failed_over else self._decision.reason.value
-            self._stats.succeeded(reason, failed_over)
+            rules.stats.succeeded(reason, failed_over)
 
     def failed(self, shard: Shard, error: grpc.RpcError) -> None:
         """The attempt on ``shard`` failed with ``error``: raise, or return to go on."""
         try:
             self._failed(shard, error)
         except BaseException:
-            if self._stats is not None:
-                self._stats.failed()
+            if self._rules.stats is not None:
+                self._rules.stats.failed()
             raise
 
     def _failed(self, shard: Shard, error: grpc.RpcError) -> None:
         failure = classify(error)
         if failure in (Failure.NOT_SENT, Failure.MAYBE_EXECUTED):
-            self._outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
+            self._rules.outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
         if self._failures is None:
             self._failures = []
         self._failures.append(f"{shard.id}: {failure.value}")
-        if self._retry.should_retry(
-            failure, attempt=self.attempt, idempotent=self._idempotent, received=self.received
+        idempotent = self._flags[1]
+        if self._rules.retry.should_retry(
+            failure, attempt=self.attempt, idempotent=idempotent, received=self.received
         ):
             return
         if failure is Failure.NOT_SENT:
             raise self._unavailable() from error
-        if failure is Failure.MAYBE_EXECUTED and (self._idempotent or self.received):
+        if failure is Failure.MAYBE_EXECUTED and (idempotent or self.received):
             why = "the stream had started" if self.received else "the attempt budget is spent"
             raise OutcomeUnknown(
                 f"connection lost during {self._method} on shard {shard.id!r}; it may have "
@@ -174,14 +184,14 @@ class Attempts:
 
     def exhausted(self) -> ShardUnavailable:
         """The error for a call whose every allowed attempt failed before reaching a shard."""
-        if self._stats is not None:
-            self._stats.failed()
+        if self._rules.stats is not None:
+            self._rules.stats.failed()
         return self._unavailable()
 
     def _unavailable(self) -> ShardUnavailable:
         return ShardUnavailable(
             f"no shard could take {self._method} for session {self._session_key!r}: "
             f"{'; '.join(self._failures or ()) or 'no candidates'} "
-            f"({self.attempt} of at most {self._retry.max_attempts} attempts)",
+            f"({self.attempt} of at most {self._rules.retry.max_attempts} attempts)",
             self.tried,
         )
