@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from shardroute.discovery._etcd import Compacted, EtcdClient, EtcdOptions, WatchStream
@@ -43,8 +44,9 @@ class EtcdTopologySource:
         user, password: etcd authentication.
         backoff_initial_s, backoff_max_s: reconnect backoff (exponential, full jitter).
 
-    Lifecycle: ``start()`` reads the first snapshot in the calling thread (raising
-    :class:`~shardroute.errors.EtcdUnavailable` when etcd cannot be reached) and then
+    Lifecycle: ``start()`` reads the first snapshot in the calling thread (retrying for
+    up to ``timeout`` seconds, then raising :class:`~shardroute.errors.EtcdUnavailable`
+    when etcd cannot be reached) and then
     follows changes in a daemon thread; ``close()`` is idempotent. Subscribers are
     called in that thread, one at a time; keep them short.
     """
@@ -105,14 +107,21 @@ class EtcdTopologySource:
             raise RuntimeError("EtcdTopologySource.start() called twice")
         if self._closed.is_set():
             raise RuntimeError("EtcdTopologySource is closed")
-        for attempt in range(len(self._options.endpoints)):
+        # Retry for up to one etcd timeout (at least once per endpoint): a failed
+        # endpoint is skipped on the next attempt, and an etcd that is just starting
+        # or electing a leader gets a moment.
+        deadline = time.monotonic() + self._options.timeout
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                self._resync()  # a failed endpoint is skipped on the next attempt
+                self._resync()
                 break
             except EtcdUnavailable as exc:
-                if attempt == len(self._options.endpoints) - 1:
+                if attempt >= len(self._options.endpoints) and time.monotonic() >= deadline:
                     endpoints = ", ".join(self._options.endpoints)
                     raise EtcdUnavailable(f"cannot reach etcd at {endpoints}: {exc}") from exc
+                self._closed.wait(min(0.2, 0.02 * attempt))
         self._thread = threading.Thread(
             target=self._run, name=f"shardroute-topology-{self.service}", daemon=True
         )
