@@ -16,6 +16,8 @@ __all__ = [
     "EtcdBinaryNotFound",
     "EtcdUnavailable",
     "MalformedRecord",
+    "MigrationConflict",
+    "MigrationFailed",
     "NoShardAvailable",
     "OutcomeUnknown",
     "Overloaded",
@@ -24,6 +26,8 @@ __all__ = [
     "ShardRouteError",
     "ShardStartError",
     "ShardUnavailable",
+    "StaleState",
+    "StateTooLarge",
     "TopologyTimeout",
     "UnknownMethod",
     "UnknownShard",
@@ -187,3 +191,49 @@ class ServerLifecycleError(ShardRouteError, RuntimeError):
 class ShardStartError(ShardRouteError):
     """A shard subprocess (test cluster, demo) exited or stayed silent before printing
     ``READY``. The message carries the tail of its log; fix the class or its arguments."""
+
+
+class StateTooLarge(ShardRouteError, ValueError):
+    """A session's state is larger than the session store's limit. Nothing was written
+    (never a truncated write). Keep less state per session, or raise the store's
+    ``max_bytes`` (etcd's own request limit is 1.5 MiB by default)."""
+
+    def __init__(self, session_key: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"state of session {session_key!r} is {size} bytes, over the store's limit of "
+            f"{limit} bytes; nothing was written"
+        )
+        self.session_key = session_key
+        self.size = size
+        self.limit = limit
+
+
+class StaleState(ShardRouteError):
+    """A conditional write lost: the session's stored state (or override) changed since it
+    was read, so another shard or mover got there first. Reload and decide again."""
+
+    retry_safe = True
+
+    def __init__(self, message: str, session_key: str) -> None:
+        super().__init__(message)
+        self.session_key = session_key
+
+
+class MigrationConflict(ShardRouteError):
+    """Another migration of the same session holds the fence (its epoch moved on). This
+    one changed nothing. Wait for the other move to finish, then look again."""
+
+    def __init__(self, message: str, session_key: str) -> None:
+        super().__init__(message)
+        self.session_key = session_key
+
+
+class MigrationFailed(ShardRouteError):
+    """A migration failed before its commit and was rolled back: the session stays on its
+    source shard, whole. ``__cause__`` says why. Safe to retry."""
+
+    retry_safe = True
+
+    def __init__(self, message: str, session_key: str) -> None:
+        super().__init__(message)
+        self.session_key = session_key

@@ -118,22 +118,22 @@ class ExportSessionRequest(_message.Message):
     def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class SessionChunk(_message.Message):
-    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32c")
+    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32")
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
-    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     session_key: str
     epoch: int
     offset: int
     data: bytes
     total_bytes: int
     last: bool
-    crc32c: int
-    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32c: _Optional[int] = ...) -> None: ...
+    crc32: int
+    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
     __slots__ = ("session_key", "epoch", "state_bytes")
