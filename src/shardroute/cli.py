@@ -31,7 +31,7 @@ def topology_to_dict(topology: Topology) -> dict[str, Any]:
         shards.append(
             {
                 "id": shard.id,
-                **{k: v for k, v in shard_to_dict(shard).items() if k != "schema"},
+                **{k: v for k, v in shard_to_dict(shard).items() if k not in ("schema", "lease")},
                 "load": None if load is None else load_to_dict(load),
             }
         )

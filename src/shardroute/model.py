@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["EMPTY_MAPPING", "LoadReport", "Shard", "ShardState", "Topology"]
+__all__ = ["EMPTY_MAPPING", "LoadReport", "Override", "Shard", "ShardState", "Topology"]
 
 EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
@@ -66,11 +66,30 @@ class Shard:
     state: ShardState = ShardState.ACTIVE
     labels: Mapping[str, str] = field(default_factory=_empty, hash=False)
     schema: int = 1
+    lease: int = 0
+    """The etcd lease id the shard registered under (0: unknown). Movers attach a
+    session override to its owner's lease, so the override dies with the owner."""
 
     @property
     def available(self) -> bool:
         """True when the shard may take new sessions (state ``active``)."""
         return self.state is ShardState.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """Where a session lives when it is not where routing alone would put it
+    (``sessions/<session_key>`` in etcd; docs/migration.md).
+
+    ``epoch`` grows by one on every change (the fence of migrations); ``moving_to`` is
+    set while a migration to that shard is in progress; ``version`` is the etcd
+    revision of the value (0 when not read from etcd).
+    """
+
+    owner: str
+    epoch: int
+    moving_to: str = ""
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +110,9 @@ class Topology:
     config: Mapping[str, Any] | None = field(default=None, hash=False)
     shards_revision: int = 0
     malformed: frozenset[str] = frozenset()
+    overrides: Mapping[str, Override] = field(default_factory=_empty, hash=False)
+    """Session overrides by session key; filled only by sources built with
+    ``include_sessions=True`` (shard servers), empty for clients."""
 
     def shard(self, shard_id: str) -> Shard:
         """The shard with this id, or :class:`~shardroute.errors.UnknownShard`."""

@@ -217,3 +217,29 @@ def test_bad_options_are_rejected() -> None:
         EtcdTopologySource("127.0.0.1:2379", "chat", user="u")
     with pytest.raises(ConfigError, match="service name"):
         EtcdTopologySource("127.0.0.1:2379", "a/b")
+
+
+def test_servers_follow_overrides_and_state_stays_outside(
+    etcd_endpoint: str, etcd: EtcdClient, schema: KeySchema
+) -> None:
+    etcd.put(schema.session("conv-1"), b'{"owner": "s1", "epoch": 1}')
+    etcd.put(schema.state("conv-1"), b"\xffstate")
+    src = EtcdTopologySource(etcd_endpoint, "chat", include_sessions=True)
+    plain = EtcdTopologySource(etcd_endpoint, "chat")
+    try:
+        src.start()
+        plain.start()
+        assert src.current().overrides["conv-1"].owner == "s1"
+        assert plain.current().overrides == {}
+        etcd.put(schema.session("conv-2"), b'{"owner": "s2", "epoch": 4, "moving_to": "s3"}')
+        t = src.wait_for(lambda t: "conv-2" in t.overrides, 5)
+        assert t.overrides["conv-2"].moving_to == "s3"
+        before = src.current().revision
+        etcd.put(schema.state("conv-2"), b"turn state")  # not watched
+        etcd.put(schema.shard("s1"), record(7400))
+        t = src.wait_for(lambda t: "s1" in t.shards, 5)
+        assert t.revision == etcd.revision() and t.revision > before
+        assert src.malformed_total == 0 and plain.malformed_total == 0
+    finally:
+        src.close()
+        plain.close()

@@ -94,3 +94,25 @@ def test_build_keeps_shards_revision_when_shards_unchanged() -> None:
     assert again.shards is first.shards
     changed, _ = build_topology(S, [(S.shard("b"), shard())], 30, previous=first)
     assert list(changed.shards) == ["b"] and changed.shards_revision == 30
+
+
+def test_overrides_only_when_asked_and_state_keys_ignored() -> None:
+    override = b'{"owner": "s2", "epoch": 3}'
+    changes = [
+        KeyChange(S.session("conv"), override, 4),
+        KeyChange(S.state("conv"), b"\x00binary", 5),
+    ]
+    plain, errors = apply_changes(Topology(service="chat"), S, changes)
+    assert plain.overrides == {} and errors == [] and plain.revision == 5
+    servers, errors = apply_changes(Topology(service="chat"), S, changes, include_sessions=True)
+    assert errors == []
+    assert servers.overrides["conv"].owner == "s2" and servers.overrides["conv"].epoch == 3
+    assert servers.overrides["conv"].version == 4
+    gone, _ = apply_changes(
+        servers, S, [KeyChange(S.session("conv"), None, 6)], include_sessions=True
+    )
+    assert gone.overrides == {}
+    bad, errors = apply_changes(
+        servers, S, [KeyChange(S.session("x"), b'{"epoch": 1}', 7)], include_sessions=True
+    )
+    assert "x" not in bad.overrides and "owner" in errors[0].reason

@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 
 from shardroute.discovery.changes import KeyChange
+from shardroute.discovery.keys import prefix_end
 from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
 
 __all__ = ["Compacted", "EtcdClient", "EtcdOptions", "WatchStream", "parse_endpoint"]
@@ -269,9 +270,13 @@ class EtcdClient:
 
     # -- watch --------------------------------------------------------------------
 
-    @_translated
     def watch_prefix(self, prefix: str, start_revision: int) -> WatchStream:
-        """Open a watch on every key under ``prefix`` from ``start_revision`` on.
+        """Open a watch on every key under ``prefix`` from ``start_revision`` on."""
+        return self.watch_range(prefix, prefix_end(prefix), start_revision)
+
+    @_translated
+    def watch_range(self, start: str, end: str, start_revision: int) -> WatchStream:
+        """Open a watch on keys in [start, end) from ``start_revision`` on.
 
         Returns once etcd confirmed the watch; raises :class:`Compacted` when
         ``start_revision`` is already compacted.
@@ -281,9 +286,7 @@ class EtcdClient:
         client = self._etcd
         request = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
-                key=prefix.encode(),
-                range_end=prefix_end(prefix).encode(),
-                start_revision=start_revision,
+                key=start.encode(), range_end=end.encode(), start_revision=start_revision
             )
         )
         stream = WatchStream(
@@ -295,17 +298,6 @@ class EtcdClient:
             stream.cancel()
             raise
         return stream
-
-
-def prefix_end(prefix: str) -> str:
-    """The range end that selects every key starting with ``prefix``."""
-    data = bytearray(prefix.encode())
-    while data:
-        if data[-1] < 0xFF:
-            data[-1] += 1
-            return data.decode("latin-1")
-        data.pop()
-    return "\0"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from types import MappingProxyType
 from typing import Any
 
 from shardroute.discovery.keys import KeyKind, KeySchema
-from shardroute.discovery.records import decode_json, parse_load, parse_shard
+from shardroute.discovery.records import decode_json, parse_load, parse_override, parse_shard
 from shardroute.errors import MalformedRecord
-from shardroute.model import LoadReport, Shard, Topology
+from shardroute.model import LoadReport, Override, Shard, Topology
 
 __all__ = ["KeyChange", "apply_changes", "build_topology"]
 
@@ -30,9 +30,11 @@ class KeyChange:
 
 def build_topology(
     schema: KeySchema,
-    items: Iterable[tuple[str, bytes]],
+    items: Iterable[tuple[str, bytes]] | Iterable[tuple[str, bytes, int]],
     revision: int,
     previous: Topology | None = None,
+    *,
+    include_sessions: bool = False,
 ) -> tuple[Topology, list[MalformedRecord]]:
     """A snapshot from a full read of the service's keys at ``revision``.
 
@@ -40,8 +42,10 @@ def build_topology(
     stable when the shard records did not change, so derived caches survive.
     """
     empty = Topology(service=schema.service, config=previous.config if previous else None)
-    changes = [KeyChange(key, value, revision) for key, value in items]
-    topology, errors = _apply(empty, schema, changes, revision)
+    changes = [
+        KeyChange(item[0], item[1], item[2] if len(item) > 2 else revision) for item in items
+    ]
+    topology, errors = _apply(empty, schema, changes, revision, include_sessions)
     if previous is not None and topology.shards == previous.shards:
         topology = replace(
             topology, shards=previous.shards, shards_revision=previous.shards_revision
@@ -50,7 +54,11 @@ def build_topology(
 
 
 def apply_changes(
-    topology: Topology, schema: KeySchema, changes: Iterable[KeyChange]
+    topology: Topology,
+    schema: KeySchema,
+    changes: Iterable[KeyChange],
+    *,
+    include_sessions: bool = False,
 ) -> tuple[Topology, list[MalformedRecord]]:
     """Apply watch events in order. Events at or below ``topology.revision`` are dropped
     (a resumed watch may repeat them). Returns the new snapshot and the malformed
@@ -59,7 +67,7 @@ def apply_changes(
     fresh = [c for c in changes if c.revision > topology.revision]
     if not fresh:
         return topology, []
-    return _apply(topology, schema, fresh, max(c.revision for c in fresh))
+    return _apply(topology, schema, fresh, max(c.revision for c in fresh), include_sessions)
 
 
 def _apply(
@@ -67,15 +75,19 @@ def _apply(
     schema: KeySchema,
     changes: list[KeyChange],
     revision: int,
+    include_sessions: bool = False,
 ) -> tuple[Topology, list[MalformedRecord]]:
     shards: dict[str, Shard] | None = None
     loads: dict[str, LoadReport] | None = None
+    overrides: dict[str, Override] | None = None
     config = topology.config
     malformed = set(topology.malformed)
     errors: list[MalformedRecord] = []
     for change in changes:
         kind, name = schema.classify(change.key)
-        if kind in (KeyKind.OTHER, KeyKind.SESSION):
+        if kind in (KeyKind.OTHER, KeyKind.STATE) or (
+            kind is KeyKind.SESSION and not include_sessions
+        ):
             continue
         malformed.discard(change.key)
         try:
@@ -95,6 +107,12 @@ def _apply(
                 else:
                     loads.pop(name, None)
                     loads[name] = parse_load(change.key, change.value)
+            elif kind is KeyKind.SESSION:
+                if overrides is None:
+                    overrides = dict(topology.overrides)
+                overrides.pop(name, None)
+                if change.value is not None:
+                    overrides[name] = parse_override(change.key, change.value, change.revision)
             elif kind is KeyKind.CONFIG:
                 config = (
                     None if change.value is None else _freeze(decode_json(change.key, change.value))
@@ -108,6 +126,7 @@ def _apply(
         new_shards = MappingProxyType(dict(sorted(shards.items())))
         shards_revision = revision
     new_loads = topology.loads if loads is None else MappingProxyType(loads)
+    new_overrides = topology.overrides if overrides is None else MappingProxyType(overrides)
     return (
         replace(
             topology,
@@ -117,6 +136,7 @@ def _apply(
             config=config,
             shards_revision=shards_revision,
             malformed=frozenset(malformed),
+            overrides=new_overrides,
         ),
         errors,
     )

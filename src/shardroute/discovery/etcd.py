@@ -43,6 +43,8 @@ class EtcdTopologySource:
         ca_cert, cert_key, cert_cert: PEM file paths for TLS (client certificate optional).
         user, password: etcd authentication.
         backoff_initial_s, backoff_max_s: reconnect backoff (exponential, full jitter).
+        include_sessions: also follow session overrides into ``Topology.overrides``
+            (shard servers need them; clients do not, their hot path never reads them).
 
     Lifecycle: ``start()`` reads the first snapshot in the calling thread (retrying for
     up to ``timeout`` seconds, then raising :class:`~shardroute.errors.EtcdUnavailable`
@@ -64,6 +66,7 @@ class EtcdTopologySource:
         password: str | None = None,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        include_sessions: bool = False,
     ) -> None:
         if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
             raise ConfigError("backoff must satisfy 0 < backoff_initial_s <= backoff_max_s")
@@ -78,6 +81,7 @@ class EtcdTopologySource:
             password=password,
         )
         self._backoff = (backoff_initial_s, backoff_max_s)
+        self._include_sessions = include_sessions
         self._holder = SnapshotHolder(Topology(service=service))
         self._etcd = EtcdClient(self._options)
         self._closed = threading.Event()
@@ -171,16 +175,21 @@ class EtcdTopologySource:
     # -- the loop -------------------------------------------------------------------
 
     def _resync(self) -> None:
-        """Full read of shards, loads and config at one revision, then publish."""
+        """Full read of the topology keys at one revision, then publish."""
         prefix = self._schema.prefix
-        # config, load/* sort before sessions/ and shards/: one range covers both,
-        # sessions (many, not part of the topology) are skipped, then shards/* at
-        # the same revision.
-        revision, head = self._etcd.range(prefix + "config", prefix + "load0")
-        _, shards = self._etcd.range_prefix(prefix + "shards/", revision)
-        items = [(key, value) for key, value, _ in head + shards]
+        if self._include_sessions:
+            revision, items = self._etcd.range(*self._schema.topology_range)
+        else:
+            # config and load/* sort before sessions/ and shards/: one range covers
+            # both and skips the session overrides (many, not needed by clients), then
+            # shards/* at the same revision.
+            revision, head = self._etcd.range(prefix + "config", prefix + "load0")
+            _, shards = self._etcd.range_prefix(prefix + "shards/", revision)
+            items = head + shards
         previous = self._holder.current()
-        topology, errors = build_topology(self._schema, items, revision, previous)
+        topology, errors = build_topology(
+            self._schema, items, revision, previous, include_sessions=self._include_sessions
+        )
         self._holder.count_malformed(list(errors))
         self._holder.publish(topology, resync=True)
         self._holder.mark_live()
@@ -224,7 +233,7 @@ class EtcdTopologySource:
     def _follow(self) -> None:
         """Watch from the last applied revision + 1 until the stream breaks."""
         start = self._holder.current().revision + 1
-        stream = self._etcd.watch_prefix(self._schema.prefix, start)
+        stream = self._etcd.watch_range(*self._schema.topology_range, start)
         with self._stream_lock:
             if self._closed.is_set():
                 stream.cancel()
@@ -249,7 +258,10 @@ class EtcdTopologySource:
             self._holder.mark_live()
             for batch in stream:
                 topology, errors = apply_changes(
-                    self._holder.current(), self._schema, batch.changes
+                    self._holder.current(),
+                    self._schema,
+                    batch.changes,
+                    include_sessions=self._include_sessions,
                 )
                 self._holder.count_malformed(list(errors))
                 self._holder.publish(topology)

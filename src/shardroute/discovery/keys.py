@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from shardroute.errors import ConfigError
 
-__all__ = ["KeyKind", "KeySchema"]
+__all__ = ["KeyKind", "KeySchema", "prefix_end"]
 
 ROOT = "/shardroute"
 
@@ -18,6 +18,7 @@ class KeyKind(enum.Enum):
     SHARD = "shards"
     LOAD = "load"
     SESSION = "sessions"
+    STATE = "state"
     CONFIG = "config"
     OTHER = "other"
 
@@ -57,6 +58,17 @@ class KeySchema:
         """Key of a session override."""
         return f"{self.prefix}sessions/{_check_name('session key', session_key)}"
 
+    def state(self, session_key: str) -> str:
+        """Key of a session's stored state (the etcd session store)."""
+        return f"{self.prefix}state/{_check_name('session key', session_key)}"
+
+    @property
+    def topology_range(self) -> tuple[str, str]:
+        """The key range topology sources read and watch: ``config``, ``load/``,
+        ``sessions/`` and ``shards/``, which sort together, but not ``state/`` (session
+        state is written on every turn and is no business of the topology)."""
+        return f"{self.prefix}config", prefix_end(f"{self.prefix}shards/")
+
     @property
     def config(self) -> str:
         """Key of the service's routing configuration."""
@@ -75,7 +87,18 @@ class KeySchema:
         folder, sep, name = rest.partition("/")
         if not sep or not name or "/" in name:
             return KeyKind.OTHER, rest
-        for kind in (KeyKind.SHARD, KeyKind.LOAD, KeyKind.SESSION):
+        for kind in (KeyKind.SHARD, KeyKind.LOAD, KeyKind.SESSION, KeyKind.STATE):
             if folder == kind.value:
                 return kind, name
         return KeyKind.OTHER, rest
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that selects every key starting with ``prefix``."""
+    data = bytearray(prefix.encode())
+    while data:
+        if data[-1] < 0xFF:
+            data[-1] += 1
+            return data.decode("latin-1")
+        data.pop()
+    return "\0"

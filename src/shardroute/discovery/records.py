@@ -13,14 +13,16 @@ from types import MappingProxyType
 from typing import Any
 
 from shardroute.errors import MalformedRecord
-from shardroute.model import LoadReport, Shard, ShardState
+from shardroute.model import LoadReport, Override, Shard, ShardState
 
 __all__ = [
     "decode_json",
     "encode_load",
+    "encode_override",
     "encode_shard",
     "load_to_dict",
     "parse_load",
+    "parse_override",
     "parse_shard",
     "shard_to_dict",
 ]
@@ -94,6 +96,9 @@ def parse_shard(key: str, shard_id: str, raw: bytes) -> Shard:
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
         raise MalformedRecord(key, f"'labels' must be an object of strings, got {labels!r}")
+    lease = _int(key, obj, "lease", 0)
+    if lease < 0:
+        raise MalformedRecord(key, f"'lease' must be >= 0, got {lease!r}")
     schema = _int(key, obj, "schema", SCHEMA_VERSION)
     if schema < 1:
         raise MalformedRecord(key, f"'schema' must be >= 1, got {schema!r}")
@@ -107,6 +112,7 @@ def parse_shard(key: str, shard_id: str, raw: bytes) -> Shard:
         state=state,
         labels=MappingProxyType(dict(labels)),
         schema=schema,
+        lease=lease,
     )
 
 
@@ -138,6 +144,7 @@ def shard_to_dict(shard: Shard) -> dict[str, Any]:
         "state": shard.state.value,
         "labels": dict(shard.labels),
         "schema": shard.schema,
+        "lease": shard.lease,
     }
 
 
@@ -161,3 +168,23 @@ def encode_shard(shard: Shard) -> bytes:
 def encode_load(report: LoadReport) -> bytes:
     """Encode a load report for etcd."""
     return json.dumps(load_to_dict(report), separators=(",", ":"), sort_keys=True).encode()
+
+
+def parse_override(key: str, raw: bytes, version: int = 0) -> Override:
+    """Parse the value of ``sessions/<session_key>``: ``{"owner", "epoch", "moving_to"}``."""
+    obj = decode_json(key, raw)
+    owner = _str(key, obj, "owner", "")
+    if not owner:
+        raise MalformedRecord(key, "missing required field 'owner'")
+    epoch = _int(key, obj, "epoch", 0)
+    if epoch < 1:
+        raise MalformedRecord(key, f"'epoch' must be >= 1, got {epoch!r}")
+    return Override(owner, epoch, _str(key, obj, "moving_to", ""), version)
+
+
+def encode_override(override: Override) -> bytes:
+    """Encode a session override for etcd (``version`` is etcd's, not stored)."""
+    obj: dict[str, Any] = {"owner": override.owner, "epoch": override.epoch}
+    if override.moving_to:
+        obj["moving_to"] = override.moving_to
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
