@@ -60,7 +60,13 @@ class ClientCore(Generic[C]):
         self.retry = retry if retry is not None else RetryPolicy()
         self.outlier = outlier if outlier is not None else OutlierDetector()
         self.stats = CallStats()
-        self.rules = CallRules(self.retry, self.outlier, self.router, self.stats)
+        self.rules = CallRules(
+            self.retry,
+            self.outlier,
+            self.router,
+            self.stats,
+            shards=lambda: source.current().shards,
+        )
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -50,6 +50,7 @@ class EchoServer:
         self.shard_id = shard_id
         self.zone = zone
         self.calls = 0
+        self.redirect_to: str | None = None
         self.seen_metadata: list[dict[str, str]] = []
         self.block_entered = threading.Event()
         self.release = threading.Event()
@@ -78,6 +79,9 @@ class EchoServer:
 
     def _echo(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._record(context)
+        if self.redirect_to is not None:  # like a shard that does not own the session
+            context.set_trailing_metadata(((metadata.REDIRECT, self.redirect_to),))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"owned by {self.redirect_to}")
         return self.shard_id.encode() + b":" + request
 
     def _block(self, request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -99,3 +99,16 @@ def test_empty_topology() -> None:
                 await client.stub(EchoStub).Echo(b"x", session_key="c")
 
     run(main())
+
+
+def test_async_redirect_followed(source: InMemoryTopologySource, servers: list[EchoServer]) -> None:
+    async def main() -> None:
+        async with AsyncShardClient(source) as client:
+            home = next(s for s in servers if s.shard_id == client.route("moved").shard.id)
+            owner = next(s for s in servers if s is not home)
+            home.redirect_to = owner.shard_id
+            reply = await client.stub(EchoStub).Echo(b"x", session_key="moved")
+            assert reply == f"{owner.shard_id}:x".encode()
+            assert client.router.pinned("moved") == owner.shard_id
+
+    run(main())

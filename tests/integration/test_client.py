@@ -45,7 +45,7 @@ def client(source: InMemoryTopologySource) -> Iterator[ShardClient]:
         yield c
 
 
-def owner(reply: bytes) -> str:
+def owner_of(reply: bytes) -> str:
     return reply.split(b":", 1)[0].decode()
 
 
@@ -55,7 +55,7 @@ def test_affinity_holds_across_turns_and_sessions_spread(
     echo = client.stub(EchoStub)
     for n in range(40):
         session = f"conv-{n}"
-        homes = {owner(echo.Echo(b"turn", session_key=session)) for _ in range(5)}
+        homes = {owner_of(echo.Echo(b"turn", session_key=session)) for _ in range(5)}
         assert len(homes) == 1
         assert homes == {client.route(session).shard.id}
     assert all(s.calls > 0 for s in servers)  # 40 sessions reach all 4 shards
@@ -66,7 +66,7 @@ def test_metadata_carries_session_shard_reason_priority(
 ) -> None:
     echo = client.stub(EchoStub)
     reply = echo.Echo(b"x", session_key="conv-1", priority="critical", metadata=(("k", "v"),))
-    server = next(s for s in servers if s.shard_id == owner(reply))
+    server = next(s for s in servers if s.shard_id == owner_of(reply))
     seen = server.seen_metadata[-1]
     assert seen[metadata.SESSION_KEY] == "conv-1"
     assert metadata.SHARD_ID not in seen
@@ -82,7 +82,7 @@ def test_saturated_shard_spills(client: ShardClient, source: InMemoryTopologySou
     source.put_load(home, LoadReport(inflight=1000))  # at capacity
     decision = client.route("conv-hot")
     assert decision.shard.id != home and decision.reason.value in ("spill", "zone_fallback")
-    assert owner(echo.Echo(b"x", session_key="conv-hot")) == decision.shard.id
+    assert owner_of(echo.Echo(b"x", session_key="conv-hot")) == decision.shard.id
 
 
 def test_draining_shard_gets_no_new_sessions(
@@ -93,7 +93,7 @@ def test_draining_shard_gets_no_new_sessions(
     source.put_shard(Shard(draining.id, draining.address, zone="z1", state=ShardState.DRAINING))
     before = servers[0].calls
     for n in range(60):
-        assert owner(echo.Echo(b"x", session_key=f"new-{n}")) != draining.id
+        assert owner_of(echo.Echo(b"x", session_key=f"new-{n}")) != draining.id
     assert servers[0].calls == before
 
 
@@ -106,7 +106,9 @@ def test_dead_shard_fails_over_without_errors_and_is_ejected(
     sessions = [f"conv-{n}" for n in range(200) if client.route(f"conv-{n}").shard.id == "dead"]
     assert sessions, "some sessions must have the dead shard as home"
     for session in sessions:
-        assert owner(echo.Echo(b"x", session_key=session)) != "dead"  # not idempotent: never sent
+        assert (
+            owner_of(echo.Echo(b"x", session_key=session)) != "dead"
+        )  # not idempotent: never sent
     assert "dead" in client.outlier.ejected()
     assert client.route(sessions[0]).shard.id != "dead"
     stats = client.stats.snapshot()
@@ -257,3 +259,37 @@ def test_bad_arguments(client: ShardClient) -> None:
         ShardClient(client.source, timeout=-1)
     with pytest.raises(ConfigError):
         OutlierDetector(consecutive_failures=0)
+
+
+def test_redirect_is_followed_once_and_remembered(
+    client: ShardClient, servers: list[EchoServer]
+) -> None:
+    echo = client.stub(EchoStub)
+    session = "conv-moved"
+    home = next(s for s in servers if s.shard_id == client.route(session).shard.id)
+    owner = next(s for s in servers if s is not home)
+    home.redirect_to = owner.shard_id
+    # Not idempotent, still followed: a redirect means the call did not execute.
+    assert owner_of(echo.Echo(b"x", session_key=session)) == owner.shard_id
+    assert client.router.pinned(session) == owner.shard_id
+    assert owner.seen_metadata[-1][metadata.REASON] == "redirect"
+    calls_at_home = home.calls
+    assert owner_of(echo.Echo(b"y", session_key=session)) == owner.shard_id
+    assert home.calls == calls_at_home  # went straight to the new owner
+    stats = client.stats.snapshot()
+    assert stats["redirects"] == 1 and stats["redirect"] == 1 and "errors" not in stats
+
+
+def test_redirect_loops_and_unknown_owners_are_clear_errors(
+    client: ShardClient, servers: list[EchoServer]
+) -> None:
+    echo = client.stub(EchoStub)
+    a = next(s for s in servers if s.shard_id == client.route("conv-loop").shard.id)
+    b = next(s for s in servers if s is not a)
+    a.redirect_to, b.redirect_to = b.shard_id, a.shard_id
+    with pytest.raises(CallFailed, match="after a redirect already"):
+        echo.Echo(b"x", session_key="conv-loop")
+    a.redirect_to = "nowhere"
+    client.router.forget("conv-loop")
+    with pytest.raises(CallFailed, match="not in this client's topology"):
+        echo.Echo(b"x", session_key="conv-loop")

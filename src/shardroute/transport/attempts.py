@@ -9,16 +9,16 @@ translated error. The clients only make the gRPC call itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import grpc
 
 from shardroute import metadata
-from shardroute.errors import DeadlineExceeded, OutcomeUnknown, ShardUnavailable
+from shardroute.errors import CallFailed, DeadlineExceeded, OutcomeUnknown, ShardUnavailable
 from shardroute.model import Shard
 from shardroute.routing import Decision, Reason, Router
-from shardroute.transport.failures import Failure, classify, translate
+from shardroute.transport.failures import Failure, classify, redirect_target, translate
 from shardroute.transport.outlier import OutlierDetector
 from shardroute.transport.retry import RetryPolicy
 from shardroute.transport.stats import CallStats
@@ -37,6 +37,8 @@ class CallRules:
     router: Router
     stats: CallStats | None = None
     clock: Callable[[], float] = time.monotonic
+    shards: Callable[[], Mapping[str, Shard]] | None = None
+    """The current shards, to resolve a redirect's target (None: redirects fail)."""
 
 
 class Attempts:
@@ -54,6 +56,7 @@ class Attempts:
     __slots__ = (
         "_deadline",
         "_decision",
+        "_detour",
         "_extra",
         "_failures",
         "_flags",
@@ -83,7 +86,8 @@ class Attempts:
         # Priority and idempotency are rarely not the default: keep them in one slot.
         self._flags = (priority, idempotent)
         self._extra = extra_metadata
-        self._failures: list[str] | None = None
+        self._failures: list[tuple[str, str]] | None = None
+        self._detour: Shard | str | None = None  # redirect: pending shard, then its id
         self.attempt = 0
         self.received = False
         """Set by the stream shell once a message arrived: no failover after that."""
@@ -93,16 +97,26 @@ class Attempts:
         self.attempt = 1
         yield decision.shard
         budget = self._rules.retry.max_attempts
-        for shard in decision.fallbacks:
+        fallbacks = iter(decision.fallbacks)
+        while True:
+            detour = self._detour
+            if isinstance(detour, Shard):  # a redirect: followed once, outside the budget
+                self._detour = detour.id
+                self.attempt += 1
+                yield detour
+                continue
             if self.attempt >= budget:
+                return
+            shard = next(fallbacks, None)
+            if shard is None:
                 return
             self.attempt += 1
             yield shard
 
     @property
     def tried(self) -> tuple[str, ...]:
-        """Ids of the shards attempted so far, in order."""
-        return tuple(s.id for s in self._decision.candidates[: self.attempt])
+        """Ids of the shards whose attempt failed so far, in order."""
+        return tuple(shard_id for shard_id, _ in self._failures or ())
 
     def timeout(self) -> float:
         """Seconds left for this attempt; raises DeadlineExceeded when none are."""
@@ -113,7 +127,7 @@ class Attempts:
             tried = self.tried
             raise DeadlineExceeded(
                 f"deadline exceeded calling {self._method} for session {self._session_key!r} "
-                f"after trying {', '.join(tried)}",
+                f"after {self.attempt} attempt(s) ({', '.join(tried) or 'none failed'})",
                 tried[-1] if tried else None,
             )
         return remaining
@@ -125,7 +139,8 @@ class Attempts:
         few microseconds per call, so the common case sends one.)"""
         md: Metadata = ((metadata.SESSION_KEY, self._session_key),)
         if self.attempt > 1:
-            md += ((metadata.REASON, "failover"), (metadata.SHARD_ID, shard.id))
+            reason = "redirect" if self._detour == shard.id else "failover"
+            md += ((metadata.REASON, reason), (metadata.SHARD_ID, shard.id))
         elif self._decision.reason is not Reason.AFFINITY:
             md += ((metadata.REASON, self._decision.reason.value), (metadata.SHARD_ID, shard.id))
         priority = self._flags[0]
@@ -143,12 +158,14 @@ class Attempts:
         to ``shard`` (its context is there now)."""
         rules = self._rules
         rules.outlier.success(shard.id)
-        failed_over = self.attempt > 1
-        if failed_over:
-            rules.router.remember(self._session_key, shard.id)
+        if self.attempt == 1:
+            if rules.stats is not None:
+                rules.stats.succeeded(self._decision.reason.value, False)
+            return
+        rules.router.remember(self._session_key, shard.id)
         if rules.stats is not None:
-            reason = "failover" if failed_over else self._decision.reason.value
-            rules.stats.succeeded(reason, failed_over)
+            redirected = self._detour == shard.id
+            rules.stats.succeeded("redirect" if redirected else "failover", not redirected)
 
     def failed(self, shard: Shard, error: grpc.RpcError) -> None:
         """The attempt on ``shard`` failed with ``error``: raise, or return to go on."""
@@ -160,12 +177,17 @@ class Attempts:
             raise
 
     def _failed(self, shard: Shard, error: grpc.RpcError) -> None:
+        if self._failures is None:
+            self._failures = []
+        owner = redirect_target(error)
+        if owner is not None:
+            self._failures.append((shard.id, f"redirected to {owner}"))
+            self._follow(shard, owner, error)
+            return
         failure = classify(error)
         if failure in (Failure.NOT_SENT, Failure.MAYBE_EXECUTED):
             self._rules.outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
-        if self._failures is None:
-            self._failures = []
-        self._failures.append(f"{shard.id}: {failure.value}")
+        self._failures.append((shard.id, failure.value))
         idempotent = self._flags[1]
         if self._rules.retry.should_retry(
             failure, attempt=self.attempt, idempotent=idempotent, received=self.received
@@ -182,6 +204,33 @@ class Attempts:
             ) from error
         raise translate(failure, error, shard.id, self._method) from error
 
+    def _follow(self, shard: Shard, owner: str, error: grpc.RpcError) -> None:
+        """A redirect (the call did not execute): send it to ``owner`` once, and pin the
+        session there so later calls go straight to it."""
+        rules = self._rules
+        where = f"{self._method} for session {self._session_key!r}"
+        if self._detour is not None or owner == shard.id:
+            raise CallFailed(
+                f"{where}: shard {shard.id!r} redirected to {owner!r} after a redirect "
+                "already; the session's ownership is changing, retry shortly",
+                code=grpc.StatusCode.FAILED_PRECONDITION,
+                details=f"redirect to {owner}",
+                shard_id=shard.id,
+            ) from error
+        target = rules.shards().get(owner) if rules.shards is not None else None
+        if target is None:
+            raise CallFailed(
+                f"{where}: shard {shard.id!r} redirected to {owner!r}, which is not in "
+                "this client's topology (yet); retry shortly",
+                code=grpc.StatusCode.FAILED_PRECONDITION,
+                details=f"redirect to {owner}",
+                shard_id=shard.id,
+            ) from error
+        rules.router.remember(self._session_key, owner)
+        if rules.stats is not None:
+            rules.stats.redirected()
+        self._detour = target
+
     def exhausted(self) -> ShardUnavailable:
         """The error for a call whose every allowed attempt failed before reaching a shard."""
         if self._rules.stats is not None:
@@ -191,7 +240,7 @@ class Attempts:
     def _unavailable(self) -> ShardUnavailable:
         return ShardUnavailable(
             f"no shard could take {self._method} for session {self._session_key!r}: "
-            f"{'; '.join(self._failures or ()) or 'no candidates'} "
+            f"{'; '.join(f'{i}: {w}' for i, w in self._failures or ()) or 'no candidates'} "
             f"({self.attempt} of at most {self._rules.retry.max_attempts} attempts)",
             self.tried,
         )

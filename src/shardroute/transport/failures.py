@@ -10,6 +10,7 @@ import enum
 
 import grpc
 
+from shardroute import metadata
 from shardroute.errors import (
     CallFailed,
     DeadlineExceeded,
@@ -19,7 +20,7 @@ from shardroute.errors import (
     UnknownMethod,
 )
 
-__all__ = ["Failure", "classify", "translate"]
+__all__ = ["Failure", "classify", "redirect_target", "translate"]
 
 # UNAVAILABLE details that mean the connection was never made, so the request never
 # left this process (gRPC core wording, stable across releases).
@@ -58,6 +59,20 @@ def _code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode | None, str
     code = getattr(error, "code", None)
     details = getattr(error, "details", None)
     return (code() if callable(code) else None), (details() if callable(details) else "") or ""
+
+
+def redirect_target(error: grpc.RpcError) -> str | None:
+    """The shard a redirect names (``FAILED_PRECONDITION`` with the
+    ``x-shardroute-redirect`` trailer), or None for any other error."""
+    code, _ = _code_and_details(error)
+    if code is not grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    trailing = getattr(error, "trailing_metadata", None)
+    try:
+        pairs = trailing() if callable(trailing) else None
+    except Exception:  # an error without trailers
+        return None
+    return metadata.get(pairs, metadata.REDIRECT) or None
 
 
 def classify(error: grpc.RpcError) -> Failure:

@@ -23,8 +23,9 @@ class CallStats:
 
     Keys of :meth:`snapshot`: ``calls`` (finished calls), one key per routing reason
     of the calls that succeeded (``affinity``, ``memo``, ``spill``, ``zone_fallback``,
-    ``failover``), ``failovers`` (calls that succeeded on a fallback after a failed
-    attempt) and ``errors`` (calls that raised after routing). Zero counts are left out.
+    ``failover``, ``redirect``), ``failovers`` (calls that succeeded on a fallback after
+    a failed attempt), ``redirects`` (redirects followed) and ``errors`` (calls that
+    raised after routing). Zero counts are left out.
     """
 
     def __init__(self) -> None:
@@ -48,6 +49,10 @@ class CallStats:
         next(counter if counter is not None else self._counter(reason))
         if failed_over:
             next(self._failovers)
+
+    def redirected(self) -> None:
+        """Count a redirect followed."""
+        next(self._counter("redirects"))
 
     def failed(self) -> None:
         """Count a call that ended with an error."""
