@@ -44,16 +44,24 @@ class DemoConfig:
     sessions: int = 200
     workers: int = 8
     max_tokens: int = 8
-    kill_at: float = 0.35
+    kill_at: float = 0.3
     """Share of the duration after which one shard is SIGKILLed."""
-    drain_at: float = 0.65
+    add_at: float = 0.5
+    """Share of the duration after which a shard is added."""
+    drain_at: float = 0.7
     """Share of the duration after which another shard is drained."""
     seed: int = 7
 
 
 @dataclass
 class _Tally:
-    """What the workers observed; guarded by ``lock``."""
+    """What the workers observed; guarded by ``lock``.
+
+    Every reply says how many turns its shard holds for the session (``turns_held``,
+    this turn included). The demo knows how many of the session's turns were answered,
+    so it can tell a turn lost (the shard holds fewer) from a conversation that moved
+    with its history (another shard, the right count).
+    """
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     turns: int = 0
@@ -61,10 +69,33 @@ class _Tally:
     retried: int = 0
     affinity_checks: int = 0
     affinity_hits: int = 0
-    sessions_reset: int = 0
+    lost_turns: int = 0
     served: Counter[str] = field(default_factory=Counter)
     last_shard: dict[str, str] = field(default_factory=dict)
-    turns_sent: Counter[str] = field(default_factory=Counter)
+    answered: Counter[str] = field(default_factory=Counter)
+    unsure: set[str] = field(default_factory=set)
+    """Sessions whose last turn failed mid-reply: it may or may not have been applied."""
+    moved: set[str] = field(default_factory=set)
+
+    def record(self, session: str, shard: str, held: int) -> None:
+        """A turn of ``session`` answered by ``shard``, which holds ``held`` turns."""
+        expected = self.answered[session] + 1
+        if session in self.unsure and held == expected + 1:
+            expected += 1  # the failed attempt had been applied before the reply broke
+        self.unsure.discard(session)
+        if held < expected:
+            self.lost_turns += expected - held
+        self.answered[session] = held
+        self.turns += 1
+        self.served[shard] += 1
+        previous = self.last_shard.get(session)
+        if previous is not None:
+            self.affinity_checks += 1
+            if previous == shard:
+                self.affinity_hits += 1
+            elif held >= expected:
+                self.moved.add(session)  # continued elsewhere with its whole history
+        self.last_shard[session] = shard
 
 
 def _turn(chat: Any, session: str, max_tokens: int, tally: _Tally) -> tuple[str, int] | None:
@@ -95,25 +126,15 @@ def _worker(
             except ShardRouteError:
                 if stop.is_set():
                     return  # shutting down (Ctrl-C): the client or shards are going away
-                if attempt == 0:
-                    with tally.lock:
+                with tally.lock:
+                    tally.unsure.add(session)
+                    if attempt == 0:
                         tally.retried += 1
         with tally.lock:
             if result is None:
                 tally.errors += 1
-                continue
-            shard, held = result
-            tally.turns += 1
-            tally.served[shard] += 1
-            tally.turns_sent[session] += 1
-            previous = tally.last_shard.get(session)
-            if previous is not None:
-                tally.affinity_checks += 1
-                tally.affinity_hits += previous == shard
-            if held < tally.turns_sent[session]:
-                tally.sessions_reset += 1  # the history stayed on a shard that is gone
-                tally.turns_sent[session] = held
-            tally.last_shard[session] = shard
+            else:
+                tally.record(session, *result)
 
 
 def _view(client: ShardClient, tally: _Tally, elapsed: float, events: list[str]) -> str:
@@ -121,13 +142,13 @@ def _view(client: ShardClient, tally: _Tally, elapsed: float, events: list[str])
     stats = client.stats.snapshot()
     with tally.lock:
         served = dict(tally.served)
-        turns, errors = tally.turns, tally.errors
+        turns, errors, lost = tally.turns, tally.errors, tally.lost_turns
         hit = tally.affinity_hits / tally.affinity_checks if tally.affinity_checks else 1.0
     lines = [
         f"shardroute demo  t={elapsed:5.1f}s  turns={turns}  errors={errors}  "
         f"failovers={stats.get('failovers', 0)}  "
         f"spills={stats.get('spill', 0) + stats.get('zone_fallback', 0)}  "
-        f"affinity={hit:.1%}",
+        f"affinity={hit:.1%}  lost_turns={lost}  redirects={stats.get('redirects', 0)}",
         f"{'SHARD':10} {'ZONE':8} {'STATE':9} {'INFLIGHT':>8} {'SESSIONS':>8} {'TURNS':>7}",
     ]
     for shard in topology.shards.values():
@@ -164,6 +185,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
     tally = _Tally()
     stop = threading.Event()
     killed: list[str] = []
+    added: list[str] = []
     drained: list[str] = []
     drain_threads: list[threading.Thread] = []
     with contextlib.ExitStack() as cleanup, _sigterm_as_interrupt():
@@ -188,6 +210,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
             worker.start()
         t_start = time.monotonic()
         kill_t = t_start + config.duration_s * config.kill_at
+        add_t = t_start + config.duration_s * config.add_at
         drain_t = t_start + config.duration_s * config.drain_at
         end_t = t_start + config.duration_s
         is_tty = live is not None and live.isatty()
@@ -198,8 +221,11 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                     cluster.kill(victim)
                     killed.append(victim)
                     events.append(f"t={now - t_start:.1f}s SIGKILL {victim} (no goodbye)")
+            if not added and now >= add_t:
+                added.append(cluster.add(zone=CLIENT_ZONE))
+                events.append(f"t={now - t_start:.1f}s added {added[-1]} in {CLIENT_ZONE}")
             if not drained and now >= drain_t:
-                victim = _pick(cluster, client, None, exclude=killed)
+                victim = _pick(cluster, client, None, exclude=killed + added)
                 if victim is not None:
                     drained.append(victim)
                     events.append(f"t={now - t_start:.1f}s drain {victim} (SIGTERM)")
@@ -226,9 +252,12 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "affinity_hit_rate": round(tally.affinity_hits / checks, 4) if checks else 1.0,
                 "shards_killed": len(killed),
                 "duration_s": round(time.monotonic() - t_start, 2),
+                "lost_turns": tally.lost_turns,
+                "sessions_migrated": len(tally.moved),
+                "redirects": stats.get("redirects", 0),
+                "shards_added": len(added),
                 "shards_drained": len(drained),
                 "turns_retried": tally.retried,
-                "sessions_reset": tally.sessions_reset,
                 "turns_by_shard": dict(sorted(tally.served.items())),
             }
     summary["wall_s"] = round(time.monotonic() - started, 2)

@@ -99,6 +99,11 @@ class EtcdTopologySource:
         return self._schema.service
 
     @property
+    def options(self) -> EtcdOptions:
+        """How this source reaches etcd (endpoints, timeout, TLS, auth)."""
+        return self._options
+
+    @property
     def malformed_total(self) -> int:
         """Malformed records met since start (each logged once with its key)."""
         return self._holder.malformed_total
