@@ -3,7 +3,8 @@
 It wraps the ``etcd3`` package (the ``cslab-etcd3`` fork) so the client library can be
 swapped later, and translates every etcd or gRPC failure into
 :class:`~shardroute.errors.EtcdUnavailable` (or :class:`Compacted`) once, here, with the
-original exception as ``__cause__``.
+original exception as ``__cause__``. A conditional write naming a lease etcd does not know
+raises :class:`~shardroute.errors.StaleState`.
 
 Thread contract: one :class:`EtcdClient` may be shared by threads; each
 :class:`WatchStream` is consumed by one thread and cancelled from any.
@@ -23,7 +24,7 @@ import grpc
 
 from shardroute.discovery.changes import KeyChange
 from shardroute.discovery.keys import prefix_end
-from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
+from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError, StaleState
 
 __all__ = ["Compacted", "EtcdClient", "EtcdOptions", "WatchStream", "parse_endpoint"]
 
@@ -128,6 +129,24 @@ def _from_rpc_error(exc: grpc.RpcError) -> ShardRouteError:
     if code is grpc.StatusCode.OUT_OF_RANGE and "compacted" in (details or ""):
         return Compacted(0)
     return EtcdUnavailable(f"etcd call failed: {code.name if code else 'error'}: {details}")
+
+
+def _version_compare(ops: Any, key: str, expected_version: int) -> Any:
+    """The etcd compare for "key is at ``expected_version``" (0: the key is absent)."""
+    if isinstance(expected_version, bool) or expected_version < 0:
+        raise ConfigError(f"expected_version must be an int >= 0, got {expected_version!r}")
+    if expected_version == 0:
+        return ops.create(key) == 0
+    return ops.mod(key) == expected_version
+
+
+def _is_lease_not_found(exc: grpc.RpcError) -> bool:
+    """etcd's answer to a put naming a lease it does not know ("requested lease not found")."""
+    return (
+        isinstance(exc, grpc.Call)
+        and exc.code() is grpc.StatusCode.NOT_FOUND
+        and "lease not found" in (exc.details() or "")
+    )
 
 
 class EtcdClient:
@@ -236,6 +255,59 @@ class EtcdClient:
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under a prefix; returns how many."""
         return int(self._etcd.delete_prefix(prefix).deleted)
+
+    # -- compare-and-swap on one key's revision -----------------------------------
+
+    @_translated
+    def get_with_version(self, key: str) -> tuple[bytes, int] | None:
+        """The value of one key and its ``mod_revision`` (its version), or None."""
+        value, meta = self._etcd.get(key)
+        return None if value is None else (bytes(value), int(meta.mod_revision))
+
+    @_translated
+    def put_if_version(
+        self, key: str, value: bytes, expected_version: int, lease: int | None = None
+    ) -> int | None:
+        """Write ``key`` only if its ``mod_revision`` is ``expected_version``.
+
+        ``expected_version=0`` means the key must not exist. One etcd transaction:
+        returns the new revision (the key's new version), or None when the compare
+        failed (nothing written). Raises :class:`~shardroute.errors.StaleState` when
+        ``lease`` is unknown to etcd (expired or revoked; nothing written).
+        """
+        client = self._etcd
+        ops = client.transactions
+        compare = _version_compare(ops, key, expected_version)
+        try:
+            succeeded, responses = client.transaction(
+                compare=[compare], success=[ops.put(key, value, lease=lease)], failure=[]
+            )
+        except grpc.RpcError as exc:
+            if _is_lease_not_found(exc):
+                raise StaleState(
+                    f"etcd lease {lease} not found (expired or revoked): nothing was written "
+                    f"to {key!r}; read the owner's current lease and decide again",
+                    key,
+                ) from exc
+            raise
+        if not succeeded:
+            return None
+        return int(responses[0].response_put.header.revision)
+
+    @_translated
+    def delete_if_version(self, key: str, expected_version: int) -> bool:
+        """Delete ``key`` only if its ``mod_revision`` is ``expected_version``.
+
+        ``expected_version=0`` means the key must not exist (nothing to delete). Returns
+        True when the compare held (the key is gone now), False when it failed (nothing
+        changed).
+        """
+        client = self._etcd
+        ops = client.transactions
+        compare = _version_compare(ops, key, expected_version)
+        success = [ops.delete(key)] if expected_version else []
+        succeeded, _responses = client.transaction(compare=[compare], success=success, failure=[])
+        return bool(succeeded)
 
     @_translated
     def revision(self) -> int:

@@ -1,0 +1,282 @@
+"""The session store contract (docs/migration.md), against a real etcd and in memory.
+
+Most tests run one body against both stores. They share one etcd per module (each test
+in its own service prefix) to stay fast; the outage test starts its own etcd.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+from shardroute.discovery.keys import KeySchema
+from shardroute.errors import EtcdUnavailable, MalformedRecord, StaleState, StateTooLarge
+from shardroute.sessions import (
+    EtcdSessionStore,
+    InMemorySessionStore,
+    SessionStore,
+    StoredState,
+    encode_envelope,
+)
+from shardroute.testing.etcd import EtcdServer
+
+MIB = 1024 * 1024
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def shared_etcd() -> Iterator[EtcdClient]:
+    """One etcd for the module's tests; each test uses its own service name."""
+    with EtcdServer() as server:
+        client = EtcdClient(EtcdOptions((server.endpoint,)))
+        yield client
+        client.close()
+
+
+@pytest.fixture
+def service() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+# A "raw version" reads what is really stored, bypassing the store's own load().
+RawVersion = Callable[[str], int | None]
+
+
+@pytest.fixture(params=["memory", "etcd"])
+def store_and_raw(request: pytest.FixtureRequest, service: str) -> tuple[SessionStore, RawVersion]:
+    if request.param == "memory":
+        memory = InMemorySessionStore()
+
+        def memory_version(session_key: str) -> int | None:
+            with memory._lock:  # the raw dict, not load()
+                state = memory._states.get(session_key)
+            return None if state is None else state.version
+
+        return memory, memory_version
+    etcd: EtcdClient = request.getfixturevalue("shared_etcd")
+    keys = KeySchema(service)
+
+    def etcd_version(session_key: str) -> int | None:
+        found = etcd.get_with_version(keys.state(session_key))
+        return None if found is None else found[1]
+
+    return EtcdSessionStore(etcd, service), etcd_version
+
+
+@pytest.fixture
+def store(store_and_raw: tuple[SessionStore, RawVersion]) -> SessionStore:
+    return store_and_raw[0]
+
+
+@pytest.fixture
+def raw_version(store_and_raw: tuple[SessionStore, RawVersion]) -> RawVersion:
+    return store_and_raw[1]
+
+
+def test_both_stores_implement_the_protocol(store: SessionStore) -> None:
+    assert isinstance(store, SessionStore)
+    assert store.max_bytes == MIB
+
+
+@pytest.mark.parametrize("data", [b"", b"\0\xff\x00binary\n" + bytes(range(256))])
+def test_save_load_round_trip(store: SessionStore, data: bytes) -> None:
+    assert store.load("s") is None
+    version = store.save("s", data, owner="shard-a", expected_version=0)
+    assert version > 0
+    assert store.load("s") == StoredState(data, version, "shard-a")
+
+
+def test_compare_and_swap_chain(store: SessionStore) -> None:
+    v1 = store.save("s", b"one", owner="a", expected_version=0)
+    v2 = store.save("s", b"two", owner="b", expected_version=v1)
+    assert v2 > v1
+    assert store.load("s") == StoredState(b"two", v2, "b")
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        pytest.param(lambda v1, v2: v1, id="stale"),
+        pytest.param(lambda v1, v2: v2 + 1000, id="wrong"),
+        pytest.param(lambda v1, v2: 0, id="create-when-exists"),
+    ],
+)
+def test_mismatch_raises_stale_state_and_writes_nothing(
+    store: SessionStore, raw_version: RawVersion, expected: Callable[[int, int], int]
+) -> None:
+    v1 = store.save("s", b"one", owner="a", expected_version=0)
+    v2 = store.save("s", b"two", owner="a", expected_version=v1)
+    with pytest.raises(StaleState) as info:
+        store.save("s", b"lost", owner="b", expected_version=expected(v1, v2))
+    assert info.value.session_key == "s"
+    assert raw_version("s") == v2
+    assert store.load("s") == StoredState(b"two", v2, "a")
+
+
+def test_update_of_a_missing_session_is_stale(store: SessionStore, raw_version: RawVersion) -> None:
+    with pytest.raises(StaleState):
+        store.save("ghost", b"x", owner="a", expected_version=5)
+    assert raw_version("ghost") is None
+
+
+def test_exactly_max_bytes_fits_one_more_is_refused_unwritten(
+    store: SessionStore, raw_version: RawVersion
+) -> None:
+    limit = store.max_bytes
+    version = store.save("big", b"\x01" * limit, owner="a", expected_version=0)
+    loaded = store.load("big")
+    assert loaded is not None and loaded.data == b"\x01" * limit
+    with pytest.raises(StateTooLarge) as info:
+        store.save("big", b"\x02" * (limit + 1), owner="a", expected_version=version)
+    assert (info.value.session_key, info.value.size, info.value.limit) == (
+        "big",
+        limit + 1,
+        limit,
+    )
+    assert raw_version("big") == version
+    with pytest.raises(StateTooLarge):
+        store.save("new", b"\x02" * (limit + 1), owner="a", expected_version=0)
+    assert raw_version("new") is None
+
+
+def test_too_large_is_checked_before_the_version(store: SessionStore) -> None:
+    with pytest.raises(StateTooLarge):
+        store.save("s", b"x" * (store.max_bytes + 1), owner="a", expected_version=12345)
+
+
+def test_delete_without_version_is_idempotent(store: SessionStore) -> None:
+    store.delete("nothing")
+    store.save("s", b"x", owner="a", expected_version=0)
+    store.delete("s")
+    assert store.load("s") is None
+    store.delete("s")
+
+
+def test_delete_with_version_is_compare_and_swap(
+    store: SessionStore, raw_version: RawVersion
+) -> None:
+    v1 = store.save("s", b"x", owner="a", expected_version=0)
+    v2 = store.save("s", b"y", owner="a", expected_version=v1)
+    with pytest.raises(StaleState):
+        store.delete("s", expected_version=v1)
+    with pytest.raises(StaleState):
+        store.delete("s", expected_version=0)
+    assert raw_version("s") == v2
+    store.delete("s", expected_version=v2)
+    assert raw_version("s") is None
+    store.delete("s", expected_version=0)  # "must not exist": holds, nothing to do
+    with pytest.raises(StaleState):
+        store.delete("s", expected_version=v2)
+    # after a delete the session starts again from "must not exist"
+    assert store.save("s", b"z", owner="b", expected_version=0) > v2
+
+
+def race(count: int, attempt: Callable[[int], T]) -> tuple[list[T], list[StaleState]]:
+    """Run ``attempt(i)`` in ``count`` threads released together; collect wins and losses."""
+    barrier = threading.Barrier(count)
+    lock = threading.Lock()
+    wins: list[T] = []
+    stale: list[StaleState] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            result = attempt(i)
+        except StaleState as exc:
+            with lock:
+                stale.append(exc)
+        else:
+            with lock:
+                wins.append(result)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return wins, stale
+
+
+def test_concurrent_savers_exactly_one_wins_per_version(store: SessionStore) -> None:
+    writers = 8
+    version = store.save("hot", b"start", owner="w", expected_version=0)
+    for round_ in range(5):
+
+        def save(i: int, expected: int = version, r: int = round_) -> tuple[int, bytes]:
+            data = f"round {r} writer {i}".encode()
+            return store.save("hot", data, owner=f"w{i}", expected_version=expected), data
+
+        wins, stale = race(writers, save)
+        assert len(wins) == 1, wins
+        assert len(stale) == writers - 1
+        version, data = wins[0]
+        loaded = store.load("hot")
+        assert loaded is not None and (loaded.version, loaded.data) == (version, data)
+
+
+# -- etcd only ----------------------------------------------------------------------------
+
+
+def test_value_layout_in_etcd(shared_etcd: EtcdClient, service: str) -> None:
+    store = EtcdSessionStore(shared_etcd, service)
+    version = store.save("s", b"hello", owner="a", expected_version=0)
+    raw = shared_etcd.get_with_version(f"/shardroute/{service}/state/s")
+    assert raw is not None and raw[1] == version
+    assert raw[0].startswith(b"SRS1") and raw[0].endswith(b"hello")
+    # outside the topology range
+    start, end = KeySchema(service).topology_range
+    assert not start <= store.key("s") < end
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"garbage", encode_envelope(b"hello", owner="a")[:-1], encode_envelope(b"hi", owner="a")[:6]],
+)
+def test_corrupt_value_raises_malformed_record(
+    shared_etcd: EtcdClient, service: str, raw: bytes
+) -> None:
+    store = EtcdSessionStore(shared_etcd, service)
+    shared_etcd.put(store.key("s"), raw)
+    with pytest.raises(MalformedRecord) as info:
+        store.load("s")
+    assert info.value.key == store.key("s")
+
+
+def test_envelope_written_by_hand_is_read(shared_etcd: EtcdClient, service: str) -> None:
+    store = EtcdSessionStore(shared_etcd, service)
+    version = shared_etcd.put(store.key("s"), encode_envelope(b"ops", owner="manual", ts=0))
+    assert store.load("s") == StoredState(b"ops", version, "manual")
+
+
+def test_max_bytes_is_configurable(shared_etcd: EtcdClient, service: str) -> None:
+    store = EtcdSessionStore(shared_etcd, service, max_bytes=10)
+    store.save("s", b"0123456789", owner="a", expected_version=0)
+    with pytest.raises(StateTooLarge):
+        store.save("s", b"0123456789!", owner="a", expected_version=0)
+
+
+def test_etcd_down_raises_etcd_unavailable_fast(etcd_server: EtcdServer) -> None:
+    client = EtcdClient(EtcdOptions((etcd_server.endpoint,), timeout=1.0))
+    try:
+        store = EtcdSessionStore(client, "chat")
+        version = store.save("s", b"x", owner="a", expected_version=0)
+        etcd_server.kill()
+        calls: list[Callable[[], object]] = [
+            lambda: store.load("s"),
+            lambda: store.save("s", b"y", owner="a", expected_version=version),
+            lambda: store.delete("s", expected_version=version),
+            lambda: store.delete("s"),
+        ]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(EtcdUnavailable):
+                call()
+            assert time.monotonic() - started < 3.0
+    finally:
+        client.close()
