@@ -18,12 +18,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from shardroute.discovery._etcd import Compacted, EtcdClient, EtcdOptions, WatchStream
 from shardroute.discovery.changes import apply_changes, build_topology
 from shardroute.discovery.keys import KeySchema
-from shardroute.discovery.source import SnapshotHolder, Subscriber
+from shardroute.discovery.source import HolderSource, SnapshotHolder
 from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
 from shardroute.model import Topology
 
@@ -32,7 +32,7 @@ __all__ = ["EtcdTopologySource"]
 log = logging.getLogger("shardroute.discovery")
 
 
-class EtcdTopologySource:
+class EtcdTopologySource(HolderSource):
     """A :class:`~shardroute.discovery.source.TopologySource` fed by etcd watches.
 
     Args:
@@ -94,19 +94,9 @@ class EtcdTopologySource:
         """Watches re-opened after a broken stream."""
 
     @property
-    def service(self) -> str:
-        """The service name."""
-        return self._schema.service
-
-    @property
     def options(self) -> EtcdOptions:
         """How this source reaches etcd (endpoints, timeout, TLS, auth)."""
         return self._options
-
-    @property
-    def malformed_total(self) -> int:
-        """Malformed records met since start (each logged once with its key)."""
-        return self._holder.malformed_total
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -146,36 +136,6 @@ class EtcdTopologySource:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self._options.timeout + 1)
         self._etcd.close()
-
-    def __enter__(self) -> EtcdTopologySource:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- reading --------------------------------------------------------------------
-
-    def current(self) -> Topology:
-        """The latest snapshot (lock-free, no I/O)."""
-        return self._holder.current()
-
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback(snapshot)`` on every new snapshot."""
-        return self._holder.subscribe(callback)
-
-    def wait_for(self, predicate: Callable[[Topology], bool], timeout: float = 10.0) -> Topology:
-        """Block until ``predicate(snapshot)`` holds, or raise TopologyTimeout."""
-        return self._holder.wait_for(predicate, timeout)
-
-    def staleness(self) -> float:
-        """Seconds since the watch broke (0.0 while it is live)."""
-        return self._holder.staleness()
-
-    @property
-    def last_error(self) -> ShardRouteError | None:
-        """Why the view is stale, or None while live."""
-        return self._holder.last_error
 
     # -- the loop -------------------------------------------------------------------
 

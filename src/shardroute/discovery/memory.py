@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from shardroute.discovery.changes import KeyChange, apply_changes
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.records import encode_load, encode_shard
-from shardroute.discovery.source import SnapshotHolder, Subscriber
-from shardroute.errors import ShardRouteError
+from shardroute.discovery.source import HolderSource, SnapshotHolder
 from shardroute.model import LoadReport, Shard, Topology
 
 __all__ = ["InMemoryTopologySource"]
 
 
-class InMemoryTopologySource:
+class InMemoryTopologySource(HolderSource):
     """A :class:`~shardroute.discovery.source.TopologySource` with no etcd.
 
     Writes (``put_shard``, ``put`` …) publish a new snapshot before they return, each
@@ -37,54 +36,11 @@ class InMemoryTopologySource:
         for shard in shards or ():
             self.put_shard(shard)
 
-    @property
-    def service(self) -> str:
-        """The service name."""
-        return self._schema.service
-
-    @property
-    def schema(self) -> KeySchema:
-        """The key schema (to write raw values with :meth:`put`)."""
-        return self._schema
-
-    @property
-    def malformed_total(self) -> int:
-        """Malformed records met so far."""
-        return self._holder.malformed_total
-
     def start(self) -> None:
         """Nothing to load: the source is ready when constructed."""
 
     def close(self) -> None:
         """Nothing to release."""
-
-    def __enter__(self) -> InMemoryTopologySource:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def current(self) -> Topology:
-        """The latest snapshot."""
-        return self._holder.current()
-
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback`` on every new snapshot."""
-        return self._holder.subscribe(callback)
-
-    def wait_for(self, predicate: Callable[[Topology], bool], timeout: float = 10.0) -> Topology:
-        """Block until the predicate holds."""
-        return self._holder.wait_for(predicate, timeout)
-
-    def staleness(self) -> float:
-        """Always 0.0: an in-memory source is never disconnected."""
-        return 0.0
-
-    @property
-    def last_error(self) -> ShardRouteError | None:
-        """Always None."""
-        return None
 
     # -- writes -------------------------------------------------------------------
 

@@ -8,16 +8,20 @@ then waiters wake and subscribers are called, in the publishing thread, in order
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from shardroute.errors import ShardRouteError, TopologyTimeout
 from shardroute.model import Topology
 
-__all__ = ["SnapshotHolder", "Subscriber", "TopologySource"]
+if TYPE_CHECKING:
+    from shardroute.discovery.keys import KeySchema
+
+__all__ = ["HolderSource", "SnapshotHolder", "Subscriber", "TopologySource"]
 
 log = logging.getLogger("shardroute.discovery")
 
@@ -171,3 +175,64 @@ class SnapshotHolder:
         for error in errors:
             log.warning("skipping %s", error)
         self.malformed_total += len(errors)
+
+
+class HolderSource(abc.ABC):
+    """The reading half of a :class:`TopologySource`, over a :class:`SnapshotHolder`.
+
+    Subclasses set ``_schema`` and ``_holder`` and implement ``start`` and ``close``.
+    """
+
+    _schema: KeySchema
+    _holder: SnapshotHolder
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Begin following changes (see the subclass)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop following changes (see the subclass)."""
+
+    @property
+    def service(self) -> str:
+        """The service name this source follows."""
+        return self._schema.service
+
+    @property
+    def schema(self) -> KeySchema:
+        """The service's key schema."""
+        return self._schema
+
+    @property
+    def malformed_total(self) -> int:
+        """Malformed records met since start (each logged once with its key)."""
+        return self._holder.malformed_total
+
+    def current(self) -> Topology:
+        """The latest snapshot (lock-free, no I/O)."""
+        return self._holder.current()
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(snapshot)`` on every new snapshot; returns an unsubscribe."""
+        return self._holder.subscribe(callback)
+
+    def wait_for(self, predicate: Callable[[Topology], bool], timeout: float = 10.0) -> Topology:
+        """Block until ``predicate(snapshot)`` holds, or raise TopologyTimeout."""
+        return self._holder.wait_for(predicate, timeout)
+
+    def staleness(self) -> float:
+        """Seconds since the source lost its live view (0.0 while live)."""
+        return self._holder.staleness()
+
+    @property
+    def last_error(self) -> ShardRouteError | None:
+        """Why the view is stale, or None while live."""
+        return self._holder.last_error
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
