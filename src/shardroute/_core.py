@@ -24,7 +24,7 @@ from shardroute.transport import (
 from shardroute.transport.attempts import CallRules
 from shardroute.transport.stats import CallStats
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "RoutedStub"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "ClientShell", "RoutedStub"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 C = TypeVar("C")
@@ -190,3 +190,46 @@ class RoutedStub:
 
     def __dir__(self) -> list[str]:
         return sorted(self._methods)
+
+
+class ClientShell:
+    """What both clients expose over their :class:`ClientCore`: the topology source,
+    the router, ejection state, call stats, ``route`` and ``stub``. Subclasses add the
+    call loops (``_unary`` and ``_stream``, with or without ``await``)."""
+
+    _core: ClientCore[Any]
+
+    @property
+    def source(self) -> TopologySource:
+        """Where the topology comes from."""
+        return self._core.source
+
+    @property
+    def router(self) -> Router:
+        """The router (its policy, memo and in-flight counts)."""
+        return self._core.router
+
+    @property
+    def outlier(self) -> OutlierDetector:
+        """Passive outlier ejection state."""
+        return self._core.outlier
+
+    @property
+    def stats(self) -> CallStats:
+        """Counters of this client's calls (by routing reason, failovers, redirects,
+        errors)."""
+        return self._core.stats
+
+    def route(self, session_key: str, priority: str = "standard") -> Decision:
+        """Where a request of ``session_key`` would go now (no I/O)."""
+        return self._core.route(session_key, priority)
+
+    def stub(self, stub_class: type[Any]) -> RoutedStub:
+        """Wrap a generated stub class; its methods take ``session_key=`` and route."""
+        return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
+
+    def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
+        raise NotImplementedError  # pragma: no cover - every shell defines it
+
+    def _stream(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
+        raise NotImplementedError  # pragma: no cover - every shell defines it

@@ -14,16 +14,16 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, RoutedStub
+from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
-from shardroute.routing import Decision, Router
-from shardroute.transport import Attempts, CallStats, MethodSpec, OutlierDetector, RetryPolicy
+from shardroute.routing import Router
+from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
 
 __all__ = ["AsyncShardClient"]
 
 
-class AsyncShardClient:
+class AsyncShardClient(ClientShell):
     """Calls shards from asyncio code, choosing the shard per session in-process.
 
     ::
@@ -115,35 +115,6 @@ class AsyncShardClient:
     def _track(self, future: asyncio.Future[None]) -> None:
         self._closing.add(future)
         future.add_done_callback(self._closing.discard)
-
-    @property
-    def source(self) -> TopologySource:
-        """Where the topology comes from."""
-        return self._core.source
-
-    @property
-    def router(self) -> Router:
-        """The router (its policy, memo and in-flight counts)."""
-        return self._core.router
-
-    @property
-    def outlier(self) -> OutlierDetector:
-        """Passive outlier ejection state."""
-        return self._core.outlier
-
-    @property
-    def stats(self) -> CallStats:
-        """Counters of this client's calls (by routing reason, failovers, errors)."""
-        return self._core.stats
-
-    def route(self, session_key: str, priority: str = "standard") -> Decision:
-        """Where a request of ``session_key`` would go now (no I/O)."""
-        return self._core.route(session_key, priority)
-
-    def stub(self, stub_class: type[Any]) -> RoutedStub:
-        """Wrap a generated stub class; unary methods return awaitables, streams async
-        iterators."""
-        return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
 
     async def _unary(
         self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts

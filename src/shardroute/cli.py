@@ -1,6 +1,8 @@
 """The ``shardroute`` operator command.
 
     shardroute topology --etcd HOST:PORT --service NAME [--json] [--watch]
+    shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
+    shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
     shardroute demo [--duration S] [--json]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
@@ -17,7 +19,7 @@ from typing import Any
 
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.records import load_to_dict, shard_to_dict
-from shardroute.errors import ConfigError, ShardRouteError
+from shardroute.errors import ConfigError, ShardRouteError, ShardUnavailable
 from shardroute.model import Topology
 
 __all__ = ["main", "topology_to_dict"]
@@ -138,6 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     topo.add_argument("--json", action="store_true", help="one JSON line per snapshot")
     topo.add_argument("--watch", action="store_true", help="print a line per change")
     topo.set_defaults(func=_cmd_topology)
+    move = commands.add_parser("migrate", help="move a session to another shard")
+    _add_etcd_args(move)
+    move.add_argument("--session", required=True, help="the session key")
+    move.add_argument("--to", metavar="SHARD", help="target shard (default: the router's choice)")
+    move.set_defaults(func=_cmd_migrate)
+    drain = commands.add_parser(
+        "drain", help="drain a shard: move its sessions away, then it deregisters and stops"
+    )
+    _add_etcd_args(drain)
+    drain.add_argument("--shard", required=True, help="the shard id")
+    drain.add_argument("--grace", type=_positive, help="seconds for in-flight calls to finish")
+    drain.add_argument("--max-moves", type=int, default=0, help="concurrent session moves")
+    drain.add_argument("--wait", action="store_true", help="return once the shard has left")
+    drain.set_defaults(func=_cmd_drain)
     demo = commands.add_parser(
         "demo",
         help="run chat traffic over 4 local shards; kill one, drain one (embedded etcd)",
@@ -149,6 +165,67 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=8, help="client threads")
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from shardroute.discovery._etcd import EtcdClient
+    from shardroute.migration import Migrator
+
+    source = _source(args)
+    try:
+        source.start()
+        with Migrator(EtcdClient(source.options), args.service, source, close_etcd=True) as mover:
+            result = mover.migrate(args.session, target=args.to)
+        print(
+            json.dumps(
+                {
+                    "session": result.session_key,
+                    "from": result.source,
+                    "to": result.target,
+                    "epoch": result.epoch,
+                    "state_bytes": result.state_bytes,
+                    "from_store": result.from_store,
+                    "ms": round(result.duration_s * 1000, 1),
+                }
+            ),
+            flush=True,
+        )
+        return 0
+    finally:
+        source.close()
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    import grpc
+
+    from shardroute._proto import shard_pb2
+    from shardroute.migration import control_stub
+
+    source = _source(args)
+    try:
+        source.start()
+        shard = source.current().shard(args.shard)
+        request = shard_pb2.DrainRequest(
+            grace_s=args.grace or 0.0,
+            migrate_sessions=True,
+            max_concurrent_moves=max(0, args.max_moves),
+        )
+        with grpc.insecure_channel(shard.address) as channel:
+            try:
+                control_stub(channel).Drain(request, timeout=args.timeout)
+            except grpc.RpcError as exc:
+                raise ShardUnavailable(
+                    f"shard {shard.id!r} at {shard.address} did not take the drain: "
+                    f"{exc.code().name if isinstance(exc, grpc.Call) else exc}",
+                    (shard.id,),
+                ) from exc
+        print(f"shard {shard.id} is draining", flush=True)
+        if args.wait:
+            source.wait_for(lambda t: shard.id not in t.shards, timeout=3600)
+            print(f"shard {shard.id} has left", flush=True)
+        return 0
+    finally:
+        source.close()
 
 
 def _positive(text: str) -> float:

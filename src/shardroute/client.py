@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, RoutedStub
+from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, ClientShell
+from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
-from shardroute.routing import Decision, Router
-from shardroute.transport import Attempts, CallStats, MethodSpec, OutlierDetector, RetryPolicy
+from shardroute.errors import ConfigError
+from shardroute.routing import Router
+from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
+
+if TYPE_CHECKING:
+    from shardroute.migration import MigrationResult, Migrator
 
 __all__ = ["ShardClient"]
 
 
-class ShardClient:
+class ShardClient(ClientShell):
     """Calls shards of one service directly, choosing the shard per session in-process.
 
     Build it from any :class:`~shardroute.discovery.source.TopologySource`, or with
@@ -66,6 +71,7 @@ class ShardClient:
             close_channel=lambda channel: channel.close(),
         )
         self._owned_source: TopologySource | None = None
+        self._migrator: Migrator | None = None
 
     @classmethod
     def connect(
@@ -91,33 +97,27 @@ class ShardClient:
         client._owned_source = source
         return client
 
-    @property
-    def source(self) -> TopologySource:
-        """Where the topology comes from."""
-        return self._core.source
+    def migrate(self, session_key: str, target: str | None = None) -> MigrationResult:
+        """Move a session to ``target`` (or the router's choice) without losing a turn;
+        this client then sends the session there (docs/migration.md).
 
-    @property
-    def router(self) -> Router:
-        """The router (its policy, memo and in-flight counts)."""
-        return self._core.router
+        Needs an etcd-backed topology source. Raises ``MigrationConflict``,
+        ``MigrationFailed`` (rolled back), ``UnknownShard`` or ``EtcdUnavailable``.
+        """
+        if self._migrator is None:
+            from shardroute.migration import Migrator
 
-    @property
-    def outlier(self) -> OutlierDetector:
-        """Passive outlier ejection state."""
-        return self._core.outlier
-
-    @property
-    def stats(self) -> CallStats:
-        """Counters of this client's calls (by routing reason, failovers, errors)."""
-        return self._core.stats
-
-    def route(self, session_key: str, priority: str = "standard") -> Decision:
-        """Where a request of ``session_key`` would go now (no I/O)."""
-        return self._core.route(session_key, priority)
-
-    def stub(self, stub_class: type[Any]) -> RoutedStub:
-        """Wrap a generated stub class; its methods take ``session_key=`` and route."""
-        return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
+            source = self._core.source
+            if not isinstance(source, EtcdTopologySource):
+                raise ConfigError("migrate() needs a client on an EtcdTopologySource")
+            self._migrator = Migrator(
+                EtcdClient(source.options),
+                source.service,
+                source,
+                router=self._core.router,
+                close_etcd=True,
+            )
+        return self._migrator.migrate(session_key, target=target)
 
     def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
         core = self._core
@@ -166,6 +166,8 @@ class ShardClient:
     def close(self) -> None:
         """Close channels (and the source if this client created it). Idempotent."""
         self._core.close()
+        if self._migrator is not None:
+            self._migrator.close()
         if self._owned_source is not None:
             self._owned_source.close()
 

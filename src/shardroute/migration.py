@@ -1,0 +1,349 @@
+"""Move a session between shards without losing a turn (docs/migration.md, "Migration").
+
+:class:`Migrator` is the mover used by :meth:`ShardClient.migrate
+<shardroute.client.ShardClient.migrate>`, ``shardroute migrate`` and draining shards.
+Each step is fenced by the session override's epoch in etcd; a failure before the
+commit rolls back, so the session stays whole on its source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from shardroute._proto import shard_pb2, shard_pb2_grpc
+from shardroute.discovery._etcd import EtcdClient
+from shardroute.discovery.source import TopologySource
+from shardroute.errors import (
+    ConfigError,
+    MigrationConflict,
+    MigrationFailed,
+    ShardRouteError,
+    StaleState,
+    UnknownShard,
+)
+from shardroute.model import Override, Shard, ShardState, Topology
+from shardroute.routing import Router
+from shardroute.sessions import EtcdSessionStore, OverrideStore, SessionStore, next_override
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "MigrationResult", "Migrator", "control_stub"]
+
+log = logging.getLogger("shardroute.migration")
+
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    """What one migration did."""
+
+    session_key: str
+    source: str
+    target: str
+    epoch: int
+    """The override epoch of the commit."""
+    state_bytes: int
+    from_store: bool
+    """True when the source was unreachable and the state came from the session store."""
+    duration_s: float
+
+
+class Migrator:
+    """Moves sessions of one service between its shards.
+
+    Args:
+        etcd: the etcd client (overrides and, by default, the session store).
+        service: the service name.
+        topology: a started topology source of the service (live shards, addresses,
+            leases).
+        store: the session store (default: :class:`EtcdSessionStore` on ``etcd``).
+        router: picks targets when none is given (default: a fresh :class:`Router`).
+        timeout: deadline of each shard call, in seconds.
+        chunk_bytes: size of the state chunks streamed between shards.
+        close_etcd: close ``etcd`` in :meth:`close` (when the migrator owns it).
+
+    Thread contract: ``migrate`` may be called from several threads at once (for
+    different sessions; for the same session, exactly one wins the fence).
+    """
+
+    def __init__(
+        self,
+        etcd: EtcdClient,
+        service: str,
+        topology: TopologySource,
+        *,
+        store: SessionStore | None = None,
+        router: Router | None = None,
+        timeout: float = 30.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        close_etcd: bool = False,
+    ) -> None:
+        if timeout <= 0 or chunk_bytes <= 0:
+            raise ConfigError("timeout and chunk_bytes must be > 0")
+        self.service = service
+        self.topology = topology
+        self.overrides = OverrideStore(etcd, service)
+        self.store: SessionStore = store if store is not None else EtcdSessionStore(etcd, service)
+        self.router = router if router is not None else Router()
+        self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
+        self._etcd = etcd if close_etcd else None
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+
+    # -- one session ------------------------------------------------------------------
+
+    def migrate(self, session_key: str, *, target: str | None = None) -> MigrationResult:
+        """Move ``session_key`` to ``target`` (or the router's choice); see the module doc.
+
+        Raises:
+            MigrationConflict: another move of this session holds the fence.
+            MigrationFailed: the move failed before its commit and was rolled back.
+            UnknownShard: ``target`` is not an active shard of the topology.
+            ConfigError: the session has no owner, or ``target`` is its owner already.
+            EtcdUnavailable: etcd cannot be reached (nothing changed).
+        """
+        started = time.monotonic()
+        topology = self.topology.current()
+        current = self.overrides.get(session_key)
+        if current is not None and current.moving_to:
+            raise MigrationConflict(
+                f"session {session_key!r} is already moving to {current.moving_to!r} "
+                f"(epoch {current.epoch})",
+                session_key,
+            )
+        source_id = self._owner(session_key, current)
+        target_shard = self._target(session_key, topology, source_id, target)
+        source_shard = topology.shards.get(source_id)
+        fence = next_override(current, source_id, moving_to=target_shard.id)
+        try:
+            fenced = self._swap(session_key, current, fence, source_shard or target_shard)
+        except StaleState as exc:
+            raise MigrationConflict(
+                f"session {session_key!r} changed hands while this move started: {exc}",
+                session_key,
+            ) from exc
+        assert fenced is not None
+        try:
+            data, from_store = self._export(session_key, fenced, source_shard)
+            self._import(session_key, fenced, target_shard, data)
+            committed = self._swap(
+                session_key, fenced, next_override(fenced, target_shard.id), target_shard
+            )
+        except BaseException as exc:
+            self._roll_back(session_key, fenced, source_shard, target_shard)
+            if isinstance(exc, StaleState):
+                raise MigrationConflict(
+                    f"session {session_key!r}: the fence was broken during the move: {exc}",
+                    session_key,
+                ) from exc
+            if isinstance(exc, ShardRouteError | grpc.RpcError):
+                raise MigrationFailed(
+                    f"moving session {session_key!r} from {source_id!r} to "
+                    f"{target_shard.id!r} failed and was rolled back: {exc}",
+                    session_key,
+                ) from exc
+            raise
+        assert committed is not None
+        if source_shard is not None:
+            self._release(source_shard, session_key, committed.epoch, target_shard.id)
+        self.router.remember(session_key, target_shard.id)
+        return MigrationResult(
+            session_key,
+            source_id,
+            target_shard.id,
+            committed.epoch,
+            len(data),
+            from_store,
+            time.monotonic() - started,
+        )
+
+    def migrate_many(
+        self, session_keys: Iterable[str], *, max_concurrent: int = 8
+    ) -> tuple[list[MigrationResult], dict[str, ShardRouteError]]:
+        """Move several sessions, at most ``max_concurrent`` at once (each to the router's
+        choice). Returns the results and the errors by session key."""
+        if max_concurrent < 1:
+            raise ConfigError("max_concurrent must be >= 1")
+        results: list[MigrationResult] = []
+        errors: dict[str, ShardRouteError] = {}
+
+        def one(key: str) -> None:
+            try:
+                results.append(self.migrate(key))
+            except ShardRouteError as exc:
+                errors[key] = exc
+
+        with ThreadPoolExecutor(max_concurrent, thread_name_prefix="shardroute-move") as pool:
+            list(pool.map(one, session_keys))
+        return results, errors
+
+    def close(self) -> None:
+        """Close the channels to shards. Idempotent."""
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
+        if self._etcd is not None:
+            self._etcd.close()
+
+    def __enter__(self) -> Migrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _owner(self, session_key: str, current: Override | None) -> str:
+        if current is not None:
+            return current.owner
+        stored = self.store.load(session_key)
+        if stored is None or not stored.owner:
+            raise ConfigError(
+                f"session {session_key!r} has no owner to move it from: no override and no "
+                "stored state (a session exists once it answered a turn)"
+            )
+        return stored.owner
+
+    def _target(
+        self, session_key: str, topology: Topology, source_id: str, target: str | None
+    ) -> Shard:
+        if target is not None:
+            shard = topology.shards.get(target)
+            if shard is None or shard.state is not ShardState.ACTIVE:
+                raise UnknownShard(target)
+            if target == source_id:
+                raise ConfigError(f"session {session_key!r} already lives on {target!r}")
+            return shard
+        return self.router.route(session_key, topology, excluded=(source_id,)).shard
+
+    def _swap(
+        self, session_key: str, expected: Override | None, new: Override, holder: Shard
+    ) -> Override | None:
+        return self.overrides.swap(session_key, expected, new, lease=holder.lease or None)
+
+    def _export(
+        self, session_key: str, fenced: Override, source: Shard | None
+    ) -> tuple[bytes, bool]:
+        if source is not None:
+            request = shard_pb2.ExportSessionRequest(
+                session_key=session_key, epoch=fenced.epoch, chunk_bytes=self.chunk_bytes
+            )
+            try:
+                chunks = self._control(source).ExportSession(request, timeout=self.timeout)
+                return _join_chunks(session_key, chunks), False
+            except grpc.RpcError as exc:
+                if not _unreachable(exc):
+                    raise
+                log.warning("%s: source %s unreachable; using the store", session_key, source.id)
+        stored = self.store.load(session_key)
+        return (stored.data if stored is not None else b""), True
+
+    def _import(self, session_key: str, fenced: Override, target: Shard, data: bytes) -> None:
+        control = self._control(target)
+        control.ImportSession(
+            _chunks(session_key, fenced.epoch, data, self.chunk_bytes), timeout=self.timeout
+        )
+        control.WarmSession(
+            shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
+            timeout=self.timeout,
+        )
+
+    def _release(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
+        request = shard_pb2.ReleaseSessionRequest(
+            session_key=session_key, epoch=epoch, new_owner=new_owner
+        )
+        try:
+            self._control(shard).ReleaseSession(request, timeout=self.timeout)
+        except grpc.RpcError as exc:  # the commit stands; the shard learns from etcd
+            log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
+
+    def _roll_back(
+        self, session_key: str, fenced: Override, source: Shard | None, target: Shard
+    ) -> None:
+        try:
+            if source is not None:
+                back = next_override(fenced, source.id)
+                self._swap(session_key, fenced, back, source)
+                self._release(source, session_key, back.epoch, "")
+            else:
+                self.overrides.swap(session_key, fenced, None)
+            self._release(target, session_key, fenced.epoch, source.id if source else "")
+        except ShardRouteError as exc:
+            log.error("%s: rollback incomplete: %s", session_key, exc)
+
+    def _control(self, shard: Shard) -> Any:
+        with self._lock:
+            channel = self._channels.get(shard.address)
+            if channel is None:
+                channel = self._channels[shard.address] = grpc.insecure_channel(shard.address)
+        return control_stub(channel)
+
+
+def control_stub(channel: grpc.Channel) -> Any:
+    """A ``ShardControl`` stub on ``channel`` (the generated class is untyped)."""
+    factory: Any = shard_pb2_grpc.ShardControlStub
+    return factory(channel)
+
+
+def _unreachable(error: grpc.RpcError) -> bool:
+    from shardroute.transport.failures import Failure, classify
+
+    return classify(error) is Failure.NOT_SENT
+
+
+def _chunks(
+    session_key: str, epoch: int, data: bytes, chunk_bytes: int
+) -> Iterator[shard_pb2.SessionChunk]:
+    total = len(data)
+    crc = zlib.crc32(data)
+    offset = 0
+    while True:
+        piece = data[offset : offset + chunk_bytes]
+        last = offset + len(piece) >= total
+        yield shard_pb2.SessionChunk(
+            session_key=session_key,
+            epoch=epoch,
+            offset=offset,
+            data=piece,
+            total_bytes=total,
+            last=last,
+            crc32=crc if last else 0,
+        )
+        if last:
+            return
+        offset += len(piece)
+
+
+def _join_chunks(session_key: str, chunks: Sequence[Any] | Iterator[Any]) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if chunk.offset != size:
+            raise MigrationFailed(
+                f"session {session_key!r}: chunk at offset {chunk.offset}, expected {size}",
+                session_key,
+            )
+        parts.append(chunk.data)
+        size += len(chunk.data)
+        if chunk.last:
+            data = b"".join(parts)
+            if size != chunk.total_bytes or zlib.crc32(data) != chunk.crc32:
+                raise MigrationFailed(
+                    f"session {session_key!r}: exported state is corrupt "
+                    f"({size} of {chunk.total_bytes} bytes, crc mismatch)",
+                    session_key,
+                )
+            return data
+    raise MigrationFailed(
+        f"session {session_key!r}: export ended without a last chunk", session_key
+    )
