@@ -15,6 +15,7 @@ __all__ = [
     "DeadlineExceeded",
     "EtcdBinaryNotFound",
     "EtcdUnavailable",
+    "LeaseNotFound",
     "MalformedRecord",
     "MigrationConflict",
     "MigrationFailed",
@@ -217,6 +218,11 @@ class StaleState(ShardRouteError):
     def __init__(self, message: str, session_key: str) -> None:
         super().__init__(message)
         self.session_key = session_key
+
+
+class LeaseNotFound(StaleState):
+    """The etcd lease a write should attach to is gone (expired or revoked), so its owner
+    is gone too. Nothing was written. Read the owner's current lease and decide again."""
 
 
 class MigrationConflict(ShardRouteError):

@@ -24,7 +24,12 @@ import grpc
 
 from shardroute.discovery.changes import KeyChange
 from shardroute.discovery.keys import prefix_end
-from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError, StaleState
+from shardroute.errors import (
+    ConfigError,
+    EtcdUnavailable,
+    LeaseNotFound,
+    ShardRouteError,
+)
 
 __all__ = ["Compacted", "EtcdClient", "EtcdOptions", "WatchStream", "parse_endpoint"]
 
@@ -284,7 +289,7 @@ class EtcdClient:
             )
         except grpc.RpcError as exc:
             if _is_lease_not_found(exc):
-                raise StaleState(
+                raise LeaseNotFound(
                     f"etcd lease {lease} not found (expired or revoked): nothing was written "
                     f"to {key!r}; read the owner's current lease and decide again",
                     key,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.records import encode_override, parse_override
-from shardroute.errors import ConfigError, StaleState
+from shardroute.errors import ConfigError, LeaseNotFound, StaleState
 from shardroute.model import Override
 
 __all__ = ["OverrideStore", "next_override"]
@@ -111,8 +111,8 @@ class OverrideStore:
             raise ConfigError(f"invalid override {new!r}: needs an owner and an epoch >= 1")
         try:
             revision = self._etcd.put_if_version(key, encode_override(new), expected_version, lease)
-        except StaleState as exc:
-            raise StaleState(
+        except LeaseNotFound as exc:
+            raise LeaseNotFound(
                 f"session {session_key!r}: override not written: {exc}", session_key
             ) from exc
         if revision is None:
