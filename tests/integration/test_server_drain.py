@@ -64,7 +64,7 @@ def test_drain_rpc_begins_a_drain_and_the_server_stops(etcd_endpoint: str) -> No
         server.stop()
 
 
-def test_session_calls_answer_unimplemented_with_a_clear_message() -> None:
+def test_session_calls_on_an_unknown_session_answer_not_found() -> None:
     with (
         ChatShard(shard_id="u", service="chat", etcd=None) as server,
         grpc.insecure_channel(server.address) as channel,
@@ -77,10 +77,10 @@ def test_session_calls_answer_unimplemented_with_a_clear_message() -> None:
             try:
                 call()
             except grpc.RpcError as exc:
-                assert exc.code() is grpc.StatusCode.UNIMPLEMENTED
-                assert "session migration" in (exc.details() or "")
+                assert exc.code() is grpc.StatusCode.NOT_FOUND
+                assert "'a'" in (exc.details() or "")
             else:
-                raise AssertionError("expected UNIMPLEMENTED")
+                raise AssertionError("expected NOT_FOUND")
         chat = chat_pb2_grpc.ChatStub(channel)
         list(chat.Generate(chat_pb2.GenerateRequest(session_key="b", prompt="hi")))
         listed = control.ListSessions(shard_pb2.ListSessionsRequest())

@@ -18,14 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shardroute._proto import shard_pb2
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
-from shardroute.server._base import (
-    UNIMPLEMENTED_SESSION_CALL,
-    ShardServerBase,
-    control_handler,
-)
+from shardroute.server._base import ShardServerBase, chunk_refusal, control_handler
+from shardroute.server._chunks import ChunkError
 from shardroute.server._core import ServerState
 from shardroute.server._interceptor import AsyncLoadInterceptor
 from shardroute.server._registration import Registrar
+from shardroute.server._sessions import Refused
 
 __all__ = ["AsyncShardServer"]
 
@@ -73,7 +71,8 @@ class AsyncShardServer(ShardServerBase):
         """Add your servicers to ``server`` (called once by :meth:`start`, before bind)."""
 
     async def migrate_sessions_before_stop(self, deadline: float) -> None:
-        """Move sessions elsewhere before stopping (drain). Returns at once for now."""
+        """Move sessions elsewhere before stopping (drain). Returns at once for now;
+        sessions not moved are taken over from the session store by other shards."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -123,9 +122,24 @@ class AsyncShardServer(ShardServerBase):
                     ) from exc
                 log.warning("shard %s serving without registration: %s", self.shard_id, exc)
             registrar.start_keepalive()
+        try:
+            await asyncio.to_thread(self._start_sessions, self._lease_id)
+        except EtcdUnavailable as exc:
+            if not config.wait_for_etcd:
+                await self._abort_start()
+                raise EtcdUnavailable(
+                    f"shard {self.shard_id} could not follow its service's topology in etcd "
+                    f"at {', '.join(config.etcd or ())}: {exc}. start() fails fast when etcd "
+                    "is unreachable; pass wait_for_etcd=True to serve anyway"
+                ) from exc
+            log.warning("shard %s: no session overrides until etcd is back: %s", self.shard_id, exc)
         self._lifecycle.advance(ServerState.SERVING)
         log.info("shard %s serving at %s", self.shard_id, self._address)
         return self
+
+    def _lease_id(self) -> int | None:
+        registrar = self._registrar
+        return None if registrar is None else registrar.lease_id
 
     async def _abort_start(self) -> None:
         self._lifecycle.advance(ServerState.STOPPING)
@@ -136,6 +150,7 @@ class AsyncShardServer(ShardServerBase):
         self._finish_stop()
 
     def _finish_stop(self) -> None:
+        self._stop_sessions()
         self._lifecycle.advance(ServerState.STOPPED)
         if self._stopped is not None:
             self._stopped.set()
@@ -267,23 +282,46 @@ class AsyncShardServer(ShardServerBase):
         async def list_sessions(request: Any, context: Any) -> Any:
             return self._sessions_page(request)
 
-        def unimplemented_unary(method: str) -> Any:
-            async def behavior(request: Any, context: Any) -> Any:
-                await context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED_SESSION_CALL.format(method=method)
-                )
+        async def abort(context: Any, refused: Refused) -> None:
+            await context.abort(refused.code, refused.details, trailing_metadata=refused.trailers)
 
-            return behavior
+        async def export_session(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                chunks = await asyncio.to_thread(self._export_chunks, request)
+            except Refused as refused:
+                await abort(context, refused)
+            for chunk in chunks:
+                yield chunk
 
-        def unimplemented_stream(method: str) -> Any:
-            async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-                await context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED_SESSION_CALL.format(method=method)
-                )
-                yield None
+        async def import_session(request_iterator: Any, context: Any) -> Any:
+            assembler = self._new_assembler()
+            try:
+                async for chunk in request_iterator:
+                    assembler.add(chunk)
+                return await asyncio.to_thread(self._import_assembled, assembler)
+            except ChunkError as exc:
+                await abort(context, chunk_refusal(exc))
+            except Refused as refused:
+                await abort(context, refused)
 
-            return behavior
+        async def warm_session(request: Any, context: Any) -> Any:
+            try:
+                return await asyncio.to_thread(self._warm, request)
+            except Refused as refused:
+                await abort(context, refused)
+
+        async def release_session(request: Any, context: Any) -> Any:
+            try:
+                return await asyncio.to_thread(self._release, request)
+            except Refused as refused:
+                await abort(context, refused)
 
         return control_handler(
-            get_status, drain, list_sessions, unimplemented_unary, unimplemented_stream
+            get_status,
+            drain,
+            list_sessions,
+            export_session,
+            import_session,
+            warm_session,
+            release_session,
         )

@@ -6,6 +6,7 @@ the two shells only wrap them in a sync or an async handler.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -13,8 +14,9 @@ import grpc
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2
-from shardroute.errors import ServerLifecycleError
-from shardroute.model import LoadReport
+from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
+from shardroute.model import LoadReport, Topology
+from shardroute.server._chunks import ChunkAssembler, ChunkError, chunk_size, split_chunks
 from shardroute.server._core import (
     CONTROL_SERVICE,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -24,16 +26,14 @@ from shardroute.server._core import (
     ServerState,
     SessionSummary,
 )
+from shardroute.server._sessions import Refused, SessionCodec, SessionHost
 
 __all__ = ["ServerLifecycleError", "ShardServerBase", "session_key"]
 
+log = logging.getLogger("shardroute.server")
+
 _LIST_PAGE_DEFAULT = 500
 _LIST_PAGE_MAX = 5000
-
-UNIMPLEMENTED_SESSION_CALL = (
-    "shardroute: {method} is part of session migration, which this shard does not "
-    "implement yet (see docs/server.md, 'Migration hooks')"
-)
 
 
 class _HasInvocationMetadata(Protocol):
@@ -88,7 +88,15 @@ class ShardServerBase:
         etcd_user: str | None = None,
         etcd_password: str | None = None,
         wait_for_etcd: bool = False,
+        session_store: Any = None,
+        session_codec: SessionCodec[Any] | None = None,
+        hold_timeout_s: float = 5.0,
+        max_concurrent_moves: int = 8,
     ) -> None:
+        if hold_timeout_s <= 0:
+            raise ConfigError(f"hold_timeout_s must be > 0, got {hold_timeout_s!r}")
+        if max_concurrent_moves < 1:
+            raise ConfigError(f"max_concurrent_moves must be >= 1, got {max_concurrent_moves!r}")
         self._config = ServerConfig(
             shard_id=shard_id,
             service=service,
@@ -117,6 +125,16 @@ class ShardServerBase:
         self._lifecycle = Lifecycle()
         self._bound_port = 0
         self._address = ""
+        self._session_store_arg = session_store
+        self.max_concurrent_moves = max_concurrent_moves
+        self._sessions = SessionHost(
+            shard_id,
+            codec=session_codec,
+            hold_timeout_s=hold_timeout_s,
+            on_warm=self.warm_session,
+        )
+        self._session_etcd: Any = None
+        self._topology_source: Any = None
         self._init_shell()
 
     def _init_shell(self) -> None:
@@ -156,6 +174,19 @@ class ShardServerBase:
         return self._address
 
     @property
+    def sessions(self) -> SessionHost:
+        """The sessions this shard holds (:class:`~shardroute.server.SessionHost`):
+        ``with shard.sessions.turn(context) as session`` in a handler."""
+        return self._sessions
+
+    @property
+    def topology(self) -> Topology | None:
+        """The service's topology as this shard follows it (with session overrides), or
+        None when standalone or before ``start()``."""
+        source = self._topology_source
+        return None if source is None else source.current()
+
+    @property
     def accounting(self) -> LoadAccounting:
         """Live load counters (in-flight, queue depth, latency window)."""
         return self._accounting
@@ -184,17 +215,132 @@ class ShardServerBase:
         """The sessions this shard holds (served by ``ShardControl.ListSessions``).
 
         Called from gRPC worker threads (sync) or the event loop (asyncio): make it
-        thread-safe and cheap. Default: none.
+        thread-safe and cheap. Default: the sessions of :attr:`sessions`.
         """
-        return ()
+        return self._sessions.summaries()
 
     def session_count(self) -> int:
         """How many sessions this shard holds (the ``sessions`` of its load report).
 
         Called about five times a second by the registrar thread; override it with
-        something cheaper than ``len(self.list_sessions())`` when you can.
+        something cheaper than ``len(self.list_sessions())`` when you can. Default: the
+        number held by :attr:`sessions`.
         """
-        return len(self.list_sessions())
+        return len(self._sessions)
+
+    def export_session(self, session_key: str, epoch: int) -> bytes:
+        """One session's state as bytes, for ``ExportSession`` (blocking; runs in a
+        worker thread on both servers).
+
+        Default: :meth:`SessionHost.export` (waits for the session's in-flight turn,
+        freezes it, returns the bytes last saved; loads from the store when the session
+        is not held). Raise :class:`~shardroute.server.Refused` to refuse.
+        """
+        return self._sessions.export(session_key, epoch)
+
+    def import_session(self, session_key: str, epoch: int, data: bytes) -> None:
+        """Take in a session's state from ``ImportSession`` (verified bytes; blocking).
+
+        Default: :meth:`SessionHost.import_state` (decodes it with the codec and holds
+        it, imported but not owned until the override names this shard).
+        """
+        self._sessions.import_state(session_key, epoch, data)
+
+    def warm_session(self, session_key: str, state: Any) -> None:
+        """Pre-warm an imported session before it takes traffic (``WarmSession``): load
+        caches, a KV cache, ... ``state`` is the decoded state. Default: nothing."""
+
+    def release_session(self, session_key: str, epoch: int, new_owner: str) -> bool:
+        """End a move on this shard (``ReleaseSession``): drop the session when
+        ``new_owner`` names another shard (later calls are redirected there), or
+        unfreeze and serve it again when ``new_owner`` is empty (rollback). Returns
+        whether the session was held. Default: :meth:`SessionHost.release`."""
+        return self._sessions.release(session_key, epoch, new_owner)
+
+    # -- sessions wiring (blocking; the asyncio shell runs these in a thread) ---------
+
+    def _start_sessions(self, lease: Callable[[], int | None]) -> None:
+        """Attach the store, override store and topology to the session host."""
+        from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
+
+        config = self._config
+        store = self._session_store_arg
+        if config.etcd is None:
+            self._sessions.attach(store if store is not None else InMemorySessionStore())
+            return
+        from shardroute.discovery._etcd import EtcdClient
+        from shardroute.discovery.etcd import EtcdTopologySource
+
+        etcd = EtcdClient(config.etcd_options())
+        self._session_etcd = etcd
+        source = EtcdTopologySource(
+            config.etcd,
+            config.service,
+            timeout=config.etcd_timeout_s,
+            ca_cert=config.etcd_ca_cert,
+            cert_key=config.etcd_cert_key,
+            cert_cert=config.etcd_cert_cert,
+            user=config.etcd_user,
+            password=config.etcd_password,
+            include_sessions=True,
+        )
+        self._sessions.attach(
+            store if store is not None else EtcdSessionStore(etcd, config.service),
+            overrides=OverrideStore(etcd, config.service),
+            topology=source.current,
+            lease=lease,
+        )
+        source.subscribe(self._sessions.topology_changed)
+        try:
+            source.start()
+        except EtcdUnavailable:
+            source.close()
+            raise
+        self._topology_source = source
+
+    def _stop_sessions(self) -> None:
+        source, self._topology_source = self._topology_source, None
+        if source is not None:
+            source.close()
+        etcd, self._session_etcd = self._session_etcd, None
+        if etcd is not None:
+            etcd.close()
+        self._sessions.topology_changed()
+
+    # -- migration RPCs (blocking, shared by both shells) --------------------------
+
+    def _export_chunks(self, request: shard_pb2.ExportSessionRequest) -> list[Any]:
+        data = self.export_session(request.session_key, request.epoch)
+        size = chunk_size(request.chunk_bytes, self._config.max_message_bytes)
+        return list(split_chunks(request.session_key, request.epoch, data, size))
+
+    def _import_assembled(self, assembler: ChunkAssembler) -> shard_pb2.ImportSessionResponse:
+        if not assembler.done:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk"
+            )
+        data = assembler.data
+        self.import_session(assembler.session_key, assembler.epoch, data)
+        return shard_pb2.ImportSessionResponse(
+            session_key=assembler.session_key, epoch=assembler.epoch, state_bytes=len(data)
+        )
+
+    def _new_assembler(self) -> ChunkAssembler:
+        return ChunkAssembler(self._sessions.max_state_bytes)
+
+    def _warm(self, request: shard_pb2.WarmSessionRequest) -> shard_pb2.WarmSessionResponse:
+        warmed = self._sessions.warm(request.session_key, request.epoch)
+        if not warmed:
+            raise Refused(
+                grpc.StatusCode.NOT_FOUND, f"session {request.session_key!r} is not held here"
+            )
+        return shard_pb2.WarmSessionResponse(warmed=True)
+
+    def _release(
+        self, request: shard_pb2.ReleaseSessionRequest
+    ) -> shard_pb2.ReleaseSessionResponse:
+        released = self.release_session(request.session_key, request.epoch, request.new_owner)
+        return shard_pb2.ReleaseSessionResponse(released=released)
 
     # -- control service answers ----------------------------------------------------
 
@@ -234,7 +380,7 @@ class ShardServerBase:
             sessions=[
                 shard_pb2.SessionInfo(
                     session_key=s.session_key,
-                    epoch=0,
+                    epoch=self._sessions.epoch(s.session_key),
                     state_bytes=s.state_bytes,
                     last_used_ts=s.last_used_ts,
                 )
@@ -244,12 +390,21 @@ class ShardServerBase:
         )
 
 
+def chunk_refusal(error: ChunkError) -> Refused:
+    """How a malformed transfer is answered: DATA_LOSS for a CRC-32 mismatch,
+    INVALID_ARGUMENT otherwise."""
+    code = grpc.StatusCode.DATA_LOSS if error.corrupt else grpc.StatusCode.INVALID_ARGUMENT
+    return Refused(code, f"ImportSession refused: {error}")
+
+
 def control_handler(
     get_status: Callable[[Any, Any], Any],
     drain: Callable[[Any, Any], Any],
     list_sessions: Callable[[Any, Any], Any],
-    unimplemented_unary: Callable[[str], Callable[[Any, Any], Any]],
-    unimplemented_stream: Callable[[str], Callable[[Any, Any], Any]],
+    export_session: Callable[[Any, Any], Any],
+    import_session: Callable[[Any, Any], Any],
+    warm_session: Callable[[Any, Any], Any],
+    release_session: Callable[[Any, Any], Any],
 ) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """The ``ShardControl`` service as a generic handler, from sync or async behaviours."""
     pb = shard_pb2
@@ -266,22 +421,22 @@ def control_handler(
             pb.ListSessionsResponse.SerializeToString,
         ),
         "ExportSession": grpc.unary_stream_rpc_method_handler(
-            unimplemented_stream("ExportSession"),
+            export_session,
             pb.ExportSessionRequest.FromString,
             pb.SessionChunk.SerializeToString,
         ),
         "ImportSession": grpc.stream_unary_rpc_method_handler(
-            unimplemented_unary("ImportSession"),
+            import_session,
             pb.SessionChunk.FromString,
             pb.ImportSessionResponse.SerializeToString,
         ),
         "WarmSession": grpc.unary_unary_rpc_method_handler(
-            unimplemented_unary("WarmSession"),
+            warm_session,
             pb.WarmSessionRequest.FromString,
             pb.WarmSessionResponse.SerializeToString,
         ),
         "ReleaseSession": grpc.unary_unary_rpc_method_handler(
-            unimplemented_unary("ReleaseSession"),
+            release_session,
             pb.ReleaseSessionRequest.FromString,
             pb.ReleaseSessionResponse.SerializeToString,
         ),

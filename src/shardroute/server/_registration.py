@@ -17,6 +17,7 @@ and a re-registration never interleave.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -100,9 +101,7 @@ class Registrar:
         lease = self._etcd.grant_lease(config.lease_ttl_s)
         try:
             self._etcd.put(
-                schema.shard(config.shard_id),
-                encode_shard(config.shard(self._address, self._state)),
-                lease=lease,
+                schema.shard(config.shard_id), self._record(self._state, lease), lease=lease
             )
             self.record_writes_total += 1
             report = self._report()
@@ -123,6 +122,12 @@ class Registrar:
             config.lease_ttl_s,
         )
 
+    def _record(self, state: ShardState, lease: int) -> bytes:
+        """The shard record, with the lease it is written under (movers attach a
+        session override to its owner's lease)."""
+        shard = dataclasses.replace(self._config.shard(self._address, state), lease=lease)
+        return encode_shard(shard)
+
     def set_state(self, state: ShardState) -> bool:
         """Rewrite the record with ``state`` (e.g. draining); True when etcd took it.
 
@@ -137,7 +142,7 @@ class Registrar:
             try:
                 self._etcd.put(
                     config.schema.shard(config.shard_id),
-                    encode_shard(config.shard(self._address, state)),
+                    self._record(state, self._lease),
                     lease=self._lease,
                 )
             except EtcdUnavailable as exc:

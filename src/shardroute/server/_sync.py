@@ -15,14 +15,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
-from shardroute.server._base import (
-    UNIMPLEMENTED_SESSION_CALL,
-    ShardServerBase,
-    control_handler,
-)
+from shardroute.server._base import ShardServerBase, chunk_refusal, control_handler
+from shardroute.server._chunks import ChunkError
 from shardroute.server._core import ServerState
 from shardroute.server._interceptor import CountingExecutor, LoadInterceptor
 from shardroute.server._registration import Registrar
+from shardroute.server._sessions import Refused
 
 __all__ = ["ShardServer"]
 
@@ -101,8 +99,9 @@ class ShardServer(ShardServerBase):
     def migrate_sessions_before_stop(self, deadline: float) -> None:
         """Move the sessions this shard holds elsewhere before it stops (drain).
 
-        ``deadline`` is a ``time.monotonic()`` value. Returns at once for now: session
-        migration plugs in here (docs/server.md, 'Migration hooks').
+        ``deadline`` is a ``time.monotonic()`` value. Returns at once for now: the
+        mover (``shardroute.migration.Migrator``) plugs in here. Sessions not moved are
+        still in the session store: their next turn is taken over by another shard.
         """
 
     # -- lifecycle --------------------------------------------------------------------
@@ -162,9 +161,24 @@ class ShardServer(ShardServerBase):
                     exc,
                 )
             registrar.start_keepalive()
+        try:
+            self._start_sessions(self._lease_id)
+        except EtcdUnavailable as exc:
+            if not config.wait_for_etcd:
+                self._abort_start()
+                raise EtcdUnavailable(
+                    f"shard {self.shard_id} could not follow its service's topology in etcd "
+                    f"at {', '.join(config.etcd or ())}: {exc}. start() fails fast when etcd "
+                    "is unreachable; pass wait_for_etcd=True to serve anyway"
+                ) from exc
+            log.warning("shard %s: no session overrides until etcd is back: %s", self.shard_id, exc)
         self._lifecycle.advance(ServerState.SERVING)
         log.info("shard %s serving at %s", self.shard_id, self._address)
         return self
+
+    def _lease_id(self) -> int | None:
+        registrar = self._registrar
+        return None if registrar is None else registrar.lease_id
 
     def _abort_start(self) -> None:
         self._lifecycle.advance(ServerState.STOPPING)
@@ -174,6 +188,7 @@ class ShardServer(ShardServerBase):
             self._grpc.stop(None).wait()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        self._stop_sessions()
         self._lifecycle.advance(ServerState.STOPPED)
 
     def stop(self, grace: float | None = None) -> None:
@@ -196,6 +211,7 @@ class ShardServer(ShardServerBase):
                 done.wait()
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
+            self._stop_sessions()
             self._lifecycle.advance(ServerState.STOPPED)
             log.info("shard %s stopped", self.shard_id)
             return
@@ -307,23 +323,47 @@ class ShardServer(ShardServerBase):
         def list_sessions(request: Any, context: Any) -> Any:
             return self._sessions_page(request)
 
-        def unimplemented_unary(method: str) -> Any:
-            def behavior(request: Any, context: Any) -> Any:
-                context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED_SESSION_CALL.format(method=method)
-                )
+        def abort(context: Any, refused: Refused) -> None:
+            if refused.trailers:
+                context.set_trailing_metadata(refused.trailers)
+            context.abort(refused.code, refused.details)
 
-            return behavior
+        def export_session(request: Any, context: Any) -> Iterator[Any]:
+            try:
+                chunks = self._export_chunks(request)
+            except Refused as refused:
+                abort(context, refused)
+            yield from chunks
 
-        def unimplemented_stream(method: str) -> Any:
-            def behavior(request: Any, context: Any) -> Iterator[Any]:
-                context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED_SESSION_CALL.format(method=method)
-                )
-                yield None
+        def import_session(request_iterator: Any, context: Any) -> Any:
+            assembler = self._new_assembler()
+            try:
+                for chunk in request_iterator:
+                    assembler.add(chunk)
+                return self._import_assembled(assembler)
+            except ChunkError as exc:
+                abort(context, chunk_refusal(exc))
+            except Refused as refused:
+                abort(context, refused)
 
-            return behavior
+        def warm_session(request: Any, context: Any) -> Any:
+            try:
+                return self._warm(request)
+            except Refused as refused:
+                abort(context, refused)
+
+        def release_session(request: Any, context: Any) -> Any:
+            try:
+                return self._release(request)
+            except Refused as refused:
+                abort(context, refused)
 
         return control_handler(
-            get_status, drain, list_sessions, unimplemented_unary, unimplemented_stream
+            get_status,
+            drain,
+            list_sessions,
+            export_session,
+            import_session,
+            warm_session,
+            release_session,
         )

@@ -1,14 +1,22 @@
-"""The chat example's state and reply logic, shared by the sync and asyncio shards."""
+"""The chat example's state and reply logic, shared by the sync and asyncio shards.
+
+A session's state is its list of answered turns, ``[[prompt, reply], ...]``, kept by the
+shard's :class:`~shardroute.server.SessionHost` and saved as JSON (:data:`CHAT_CODEC`)
+to the session store before the last token of each reply is sent.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from shardroute.server import SessionSummary
+from shardroute.server import JsonCodec
 
-__all__ = ["ChatSessions", "TurnRecord", "compose_reply"]
+__all__ = ["CHAT_CODEC", "TurnRecord", "compose_reply", "turn_records", "with_turn"]
+
+CHAT_CODEC = JsonCodec(empty=list)
+"""State ↔ bytes: the turns as compact JSON (``[["hi", "[s1] turn 1, ..."], ...]``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,41 +27,14 @@ class TurnRecord:
     reply: str
 
 
-class ChatSessions:
-    """Conversation history per session, in memory. Thread-safe (one lock, no I/O)."""
+def turn_records(state: Sequence[Any]) -> tuple[TurnRecord, ...]:
+    """The turns of a session's state, oldest first."""
+    return tuple(TurnRecord(str(prompt), str(reply)) for prompt, reply in state)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._turns: dict[str, list[TurnRecord]] = {}
-        self._last_used: dict[str, float] = {}
 
-    def __len__(self) -> int:
-        return len(self._turns)
-
-    def turns(self, session_key: str) -> tuple[TurnRecord, ...]:
-        """The session's completed turns, oldest first (empty for an unknown session)."""
-        with self._lock:
-            return tuple(self._turns.get(session_key, ()))
-
-    def add_turn(self, session_key: str, prompt: str, reply: str) -> int:
-        """Record a completed turn; returns how many turns the session now has."""
-        with self._lock:
-            turns = self._turns.setdefault(session_key, [])
-            turns.append(TurnRecord(prompt, reply))
-            self._last_used[session_key] = time.time()
-            return len(turns)
-
-    def summaries(self) -> list[SessionSummary]:
-        """Every session held, with its approximate state size and last use."""
-        with self._lock:
-            return [
-                SessionSummary(
-                    session_key=key,
-                    state_bytes=sum(len(t.prompt) + len(t.reply) for t in turns),
-                    last_used_ts=self._last_used.get(key, 0.0),
-                )
-                for key, turns in self._turns.items()
-            ]
+def with_turn(state: Sequence[Any], prompt: str, reply: str) -> list[Any]:
+    """A new state: ``state`` plus one answered turn (``state`` is left as it was)."""
+    return [*state, [prompt, reply]]
 
 
 def compose_reply(shard_id: str, turn: int, prompt: str, max_tokens: int) -> list[str]:

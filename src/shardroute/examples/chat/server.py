@@ -1,9 +1,11 @@
 """The chat example's shards: a sync :class:`ChatShard` and an asyncio :class:`AsyncChatShard`.
 
-Each keeps every session's conversation in memory and answers ``Generate`` token by token
-with a small simulated compute cost per token (no model), and ``History`` with the turns
-it holds. Every reply says how many turns the answering shard holds for the session, so
-a caller can see whether its session kept its affinity.
+Each keeps every session's conversation in its :class:`~shardroute.server.SessionHost`
+(``shard.sessions``) and answers ``Generate`` token by token with a small simulated
+compute cost per token (no model), and ``History`` with the turns it holds. The new
+history is checkpointed to the session store before the last token goes out, so a
+SIGKILLed shard loses no answered turn: the next shard takes the conversation over.
+Every reply says how many turns the answering shard holds for the session.
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ import grpc
 import grpc.aio
 
 from shardroute.examples.chat._proto import chat_pb2, chat_pb2_grpc
-from shardroute.examples.chat._sessions import ChatSessions, compose_reply
-from shardroute.server import AsyncShardServer, SessionSummary, ShardServer, session_key
+from shardroute.examples.chat._sessions import (
+    CHAT_CODEC,
+    compose_reply,
+    turn_records,
+    with_turn,
+)
+from shardroute.server import AsyncShardServer, ShardServer, session_key
 
 __all__ = ["CHAT_SERVICE", "AsyncChatShard", "ChatShard"]
 
@@ -39,12 +46,13 @@ class ChatShard(ShardServer):
     Args:
         token_delay_s: simulated compute per generated token (default 1 ms).
         **kwargs: :class:`~shardroute.server.ShardServer` arguments (``shard_id``,
-            ``service``, ``etcd``, ``zone``, ...).
+            ``service``, ``etcd``, ``zone``, ``session_store``, ...). The session codec
+            is the chat's (the turns as JSON).
     """
 
     def __init__(self, *, token_delay_s: float = 0.001, **kwargs: Any) -> None:
         self.token_delay_s = token_delay_s
-        self.sessions = ChatSessions()
+        kwargs.setdefault("session_codec", CHAT_CODEC)
         super().__init__(**kwargs)
 
     def add_services(self, server: grpc.Server) -> None:
@@ -54,14 +62,6 @@ class ChatShard(ShardServer):
     def health_service_names(self) -> Sequence[str]:
         """The chat service's name, for the health service."""
         return (CHAT_SERVICE,)
-
-    def list_sessions(self) -> Sequence[SessionSummary]:
-        """Every session with history on this shard."""
-        return self.sessions.summaries()
-
-    def session_count(self) -> int:
-        """How many sessions have history on this shard."""
-        return len(self.sessions)
 
 
 class _ChatServicer:
@@ -73,28 +73,34 @@ class _ChatServicer:
         if not key:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no session key (field or metadata)")
         shard = self._shard
-        turn = len(shard.sessions.turns(key)) + 1
-        max_tokens = min(request.max_tokens or DEFAULT_MAX_TOKENS, _MAX_TOKENS_LIMIT)
-        tokens = compose_reply(shard.shard_id, turn, request.prompt, max_tokens)
-        for index, text in enumerate(tokens):
-            if shard.token_delay_s > 0:
-                time.sleep(shard.token_delay_s)  # simulated compute for one token
-            if not context.is_active():
-                return
-            yield chat_pb2.Token(
-                text=text, index=index, turn=turn, turns_held=turn, shard_id=shard.shard_id
-            )
-        shard.sessions.add_turn(key, request.prompt, "".join(tokens).strip())
+        with shard.sessions.turn(context, key) as session:
+            history = session.state
+            turn = len(history) + 1
+            max_tokens = min(request.max_tokens or DEFAULT_MAX_TOKENS, _MAX_TOKENS_LIMIT)
+            tokens = compose_reply(shard.shard_id, turn, request.prompt, max_tokens)
+            for index, text in enumerate(tokens):
+                if shard.token_delay_s > 0:
+                    time.sleep(shard.token_delay_s)  # simulated compute for one token
+                if not context.is_active():
+                    return
+                token = chat_pb2.Token(
+                    text=text, index=index, turn=turn, turns_held=turn, shard_id=shard.shard_id
+                )
+                if index == len(tokens) - 1:  # saved before the last token goes out
+                    reply = "".join(tokens).strip()
+                    token = session.checkpoint(with_turn(history, request.prompt, reply), token)
+                yield token
 
     def History(self, request: Any, context: Any) -> Any:
         key = _session_of(request, context)
         if not key:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no session key (field or metadata)")
-        return _history_reply(self._shard.sessions, key, self._shard.shard_id)
+        with self._shard.sessions.turn(context, key) as session:
+            return _history_reply(session.state, self._shard.shard_id)
 
 
-def _history_reply(sessions: ChatSessions, key: str, shard_id: str) -> Any:
-    turns = sessions.turns(key)
+def _history_reply(state: Sequence[Any], shard_id: str) -> Any:
+    turns = turn_records(state)
     return chat_pb2.HistoryReply(
         turns=[chat_pb2.Turn(prompt=t.prompt, reply=t.reply) for t in turns],
         shard_id=shard_id,
@@ -107,7 +113,7 @@ class AsyncChatShard(AsyncShardServer):
 
     def __init__(self, *, token_delay_s: float = 0.001, **kwargs: Any) -> None:
         self.token_delay_s = token_delay_s
-        self.sessions = ChatSessions()
+        kwargs.setdefault("session_codec", CHAT_CODEC)
         super().__init__(**kwargs)
 
     def add_services(self, server: grpc.aio.Server) -> None:
@@ -117,14 +123,6 @@ class AsyncChatShard(AsyncShardServer):
     def health_service_names(self) -> Sequence[str]:
         """The chat service's name, for the health service."""
         return (CHAT_SERVICE,)
-
-    def list_sessions(self) -> Sequence[SessionSummary]:
-        """Every session with history on this shard."""
-        return self.sessions.summaries()
-
-    def session_count(self) -> int:
-        """How many sessions have history on this shard."""
-        return len(self.sessions)
 
 
 class _AsyncChatServicer:
@@ -136,19 +134,26 @@ class _AsyncChatServicer:
         if not key:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no session key")
         shard = self._shard
-        turn = len(shard.sessions.turns(key)) + 1
-        max_tokens = min(request.max_tokens or DEFAULT_MAX_TOKENS, _MAX_TOKENS_LIMIT)
-        tokens = compose_reply(shard.shard_id, turn, request.prompt, max_tokens)
-        for index, text in enumerate(tokens):
-            if shard.token_delay_s > 0:
-                await asyncio.sleep(shard.token_delay_s)  # simulated compute for one token
-            yield chat_pb2.Token(
-                text=text, index=index, turn=turn, turns_held=turn, shard_id=shard.shard_id
-            )
-        shard.sessions.add_turn(key, request.prompt, "".join(tokens).strip())
+        async with shard.sessions.aturn(context, key) as session:
+            history = session.state
+            turn = len(history) + 1
+            max_tokens = min(request.max_tokens or DEFAULT_MAX_TOKENS, _MAX_TOKENS_LIMIT)
+            tokens = compose_reply(shard.shard_id, turn, request.prompt, max_tokens)
+            for index, text in enumerate(tokens):
+                if shard.token_delay_s > 0:
+                    await asyncio.sleep(shard.token_delay_s)  # simulated compute for one token
+                token = chat_pb2.Token(
+                    text=text, index=index, turn=turn, turns_held=turn, shard_id=shard.shard_id
+                )
+                if index == len(tokens) - 1:  # saved before the last token goes out
+                    reply = "".join(tokens).strip()
+                    new_state = with_turn(history, request.prompt, reply)
+                    token = await session.checkpoint(new_state, token)
+                yield token
 
     async def History(self, request: Any, context: Any) -> Any:
         key = _session_of(request, context)
         if not key:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no session key")
-        return _history_reply(self._shard.sessions, key, self._shard.shard_id)
+        async with self._shard.sessions.aturn(context, key) as session:
+            return _history_reply(session.state, self._shard.shard_id)

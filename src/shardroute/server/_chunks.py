@@ -1,0 +1,119 @@
+"""Session state in chunks (``ExportSession`` / ``ImportSession``): pure, no I/O.
+
+A transfer is a run of :class:`~shardroute._proto.shard_pb2.SessionChunk` sharing
+``session_key`` and ``epoch``, in ``offset`` order, each with ``total_bytes``; the last
+has ``last = true`` and the CRC-32 (zlib) of the whole state. An empty state is one
+empty last chunk.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+from shardroute._proto import shard_pb2
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "ChunkAssembler", "ChunkError", "chunk_size", "split_chunks"]
+
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+_ENVELOPE_BYTES = 64 * 1024  # room for a chunk's other fields under the message limit
+
+
+class ChunkError(ValueError):
+    """A transfer is malformed; ``corrupt`` is True for a CRC-32 mismatch."""
+
+    def __init__(self, message: str, *, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+def chunk_size(requested: int, max_message_bytes: int) -> int:
+    """The chunk size to use: ``requested`` (0: 1 MiB), kept under the message limit."""
+    size = requested or DEFAULT_CHUNK_BYTES
+    return max(1, min(size, max_message_bytes - _ENVELOPE_BYTES))
+
+
+def split_chunks(session_key: str, epoch: int, data: bytes, size: int) -> Iterator[object]:
+    """The chunks of one transfer of ``data`` (at least one, the last with the CRC-32)."""
+    total = len(data)
+    view = memoryview(data)
+    offset = 0
+    while True:
+        end = min(total, offset + size)
+        last = end >= total
+        yield shard_pb2.SessionChunk(
+            session_key=session_key,
+            epoch=epoch,
+            offset=offset,
+            data=bytes(view[offset:end]),
+            total_bytes=total,
+            last=last,
+            crc32=zlib.crc32(data) if last else 0,
+        )
+        if last:
+            return
+        offset = end
+
+
+class ChunkAssembler:
+    """Checks and joins the chunks of one incoming transfer.
+
+    Feed every chunk to :meth:`add`; after the last one, :attr:`data` is the verified
+    state. Any inconsistency (key or epoch changing, an offset gap, a size over
+    ``total_bytes``, a CRC-32 mismatch, chunks after the last) raises :class:`ChunkError`.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._parts: list[bytes] = []
+        self._received = 0
+        self._crc = 0
+        self.session_key = ""
+        self.epoch = 0
+        self.total_bytes = -1
+        self.done = False
+
+    def add(self, chunk: shard_pb2.SessionChunk) -> None:
+        """Check one chunk and keep its data."""
+        if self.done:
+            raise ChunkError("chunk after the last one")
+        if self.total_bytes < 0:
+            if not chunk.session_key:
+                raise ChunkError("the first chunk has no session_key")
+            if chunk.total_bytes > self._max_bytes:
+                raise ChunkError(
+                    f"state of {chunk.total_bytes} bytes is over this shard's limit of "
+                    f"{self._max_bytes} bytes"
+                )
+            self.session_key, self.epoch = chunk.session_key, chunk.epoch
+            self.total_bytes = chunk.total_bytes
+        elif (chunk.session_key, chunk.epoch, chunk.total_bytes) != (
+            self.session_key,
+            self.epoch,
+            self.total_bytes,
+        ):
+            raise ChunkError("session_key, epoch or total_bytes changed within one transfer")
+        if chunk.offset != self._received:
+            raise ChunkError(f"chunk at offset {chunk.offset}, expected {self._received}")
+        self._received += len(chunk.data)
+        if self._received > self.total_bytes:
+            raise ChunkError(f"more than total_bytes={self.total_bytes} bytes received")
+        self._crc = zlib.crc32(chunk.data, self._crc)
+        self._parts.append(chunk.data)
+        if chunk.last:
+            if self._received != self.total_bytes:
+                raise ChunkError(
+                    f"{self._received} bytes received, total_bytes says {self.total_bytes}"
+                )
+            if self._crc != chunk.crc32:
+                raise ChunkError(
+                    f"CRC-32 mismatch: computed {self._crc:08x}, the last chunk says "
+                    f"{chunk.crc32:08x}",
+                    corrupt=True,
+                )
+            self.done = True
+
+    @property
+    def data(self) -> bytes:
+        """The whole state (only meaningful once :attr:`done`)."""
+        return b"".join(self._parts)

@@ -1,0 +1,702 @@
+"""The sessions a shard holds: state in memory, write-through checkpoints, ownership.
+
+:class:`SessionHost` is the ready helper every :class:`~shardroute.server.ShardServer`
+owns as ``shard.sessions``. It keeps each held session's state (decoded, and as the
+bytes last saved), the session store version last read or written, a busy flag (the
+per-session lock: one turn of a session at a time) and a frozen flag (an export is in
+progress). It applies the ownership rules (:mod:`shardroute.server._ownership`) to every
+call and carries the decision out: serve, take over from the store, redirect, or hold.
+
+Mutable state (``_held``, ``_hints``) changes only under ``_cond``, in short steps that do
+no I/O; store and etcd I/O happen between those steps, on an entry marked busy so no
+other call of the same session touches it meanwhile. Every method blocks (a held call
+waits on the condition), so the asyncio server calls them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+
+from shardroute import metadata
+from shardroute.errors import (
+    EtcdUnavailable,
+    MalformedRecord,
+    ShardRouteError,
+    StaleState,
+    StateTooLarge,
+)
+from shardroute.model import Override, Topology
+from shardroute.server._core import SessionSummary
+from shardroute.server._ownership import Action, decide, epoch_is_stale, newest_override
+
+__all__ = [
+    "AsyncTurn",
+    "JsonCodec",
+    "Refused",
+    "SessionCodec",
+    "SessionHost",
+    "Turn",
+]
+
+log = logging.getLogger("shardroute.server")
+
+S = TypeVar("S")
+
+_MAX_HINTS = 65536
+
+
+class SessionCodec(Protocol[S]):
+    """Turns a session's state object into bytes and back (store and migration)."""
+
+    def encode(self, state: S) -> bytes:
+        """The state as bytes."""
+        ...
+
+    def decode(self, data: bytes) -> S:
+        """The state from bytes made by :meth:`encode`."""
+        ...
+
+    def empty(self) -> S:
+        """The state of a new session."""
+        ...
+
+
+class JsonCodec:
+    """State as compact JSON (UTF-8). ``empty`` makes a new session's state
+    (default: ``{}``); the state must be JSON-serialisable (dicts, lists, strings, ...)."""
+
+    def __init__(self, empty: Callable[[], Any] = dict) -> None:
+        self._empty = empty
+
+    def encode(self, state: Any) -> bytes:
+        """Compact JSON, keys sorted."""
+        return json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
+
+    def decode(self, data: bytes) -> Any:
+        """Parse the JSON; empty bytes give a new session's state."""
+        return json.loads(data) if data else self._empty()
+
+    def empty(self) -> Any:
+        """A new session's state."""
+        return self._empty()
+
+
+class _Store(Protocol):
+    max_bytes: int
+
+    def load(self, session_key: str) -> Any: ...
+
+    def save(self, session_key: str, data: bytes, *, owner: str, expected_version: int) -> int: ...
+
+
+class _Overrides(Protocol):
+    def get(self, session_key: str) -> Override | None: ...
+
+    def swap(
+        self,
+        session_key: str,
+        expected: Override | None,
+        new: Override | None,
+        *,
+        lease: int | None = None,
+    ) -> Override | None: ...
+
+
+class Refused(ShardRouteError):
+    """A session call this shard will not run: ``code`` (a ``grpc.StatusCode``) and
+    ``details`` are what the caller gets; ``redirect`` names the owner when set."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, redirect: str = "") -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.redirect = redirect
+
+    @property
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata to send with the error."""
+        return ((metadata.REDIRECT, self.redirect),) if self.redirect else ()
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """One held session (mutated only under the host's condition)."""
+
+    state: Any
+    data: bytes
+    version: int
+    busy: bool = False
+    frozen: bool = False
+    imported: bool = False
+    loading: bool = False
+    last_used: float = 0.0
+
+
+class SessionHost:
+    """The sessions one shard holds, with ownership decisions and write-through
+    checkpoints (docs/server.md, "Sessions").
+
+    Use it from a handler::
+
+        with shard.sessions.turn(context) as session:
+            history = session.state              # treat it as read-only
+            ... produce all but the last reply message ...
+            yield session.checkpoint(history + [turn], reply=last_message)
+
+    Args:
+        shard_id: this shard's id (the owner written with the state).
+        codec: state object ↔ bytes (default :class:`JsonCodec`).
+        hold_timeout_s: how long a call of a moving session waits for the move to
+            commit or roll back before it fails with UNAVAILABLE.
+        max_state_bytes: the largest state an import accepts.
+        on_warm: called with ``(session_key, state)`` by :meth:`warm`.
+
+    The store, the override store, the topology and the lease come from the server at
+    ``start()`` (:meth:`attach`). Thread contract: every method may be called from any
+    thread; methods that wait (turns, exports) block the calling thread.
+    """
+
+    def __init__(
+        self,
+        shard_id: str,
+        *,
+        codec: SessionCodec[Any] | None = None,
+        hold_timeout_s: float = 5.0,
+        max_state_bytes: int = 256 * 1024 * 1024,
+        on_warm: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        self.shard_id = shard_id
+        self.codec: SessionCodec[Any] = codec if codec is not None else JsonCodec()
+        self.hold_timeout_s = hold_timeout_s
+        self.max_state_bytes = max_state_bytes
+        self._on_warm = on_warm
+        self._store: _Store | None = None
+        self._overrides: _Overrides | None = None
+        self._topology: Callable[[], Topology | None] = lambda: None
+        self._lease: Callable[[], int | None] = lambda: None
+        # Mutable state, changed only under _cond: the held sessions, and what movers
+        # told this shard about overrides (ahead of the topology watch), bounded LRU.
+        self._cond = threading.Condition()
+        self._held: dict[str, _Entry] = {}
+        self._hints: OrderedDict[str, Override] = OrderedDict()
+        self.takeovers_total = 0
+        """Sessions this shard took over from the store."""
+        self.redirects_total = 0
+        """Calls answered with a redirect."""
+        self.conflicts_total = 0
+        """Checkpoints that lost their compare-and-swap (turn aborted, copy dropped)."""
+
+    # -- wiring (by the server) -----------------------------------------------------
+
+    def attach(
+        self,
+        store: _Store,
+        *,
+        overrides: _Overrides | None = None,
+        topology: Callable[[], Topology | None] | None = None,
+        lease: Callable[[], int | None] | None = None,
+    ) -> None:
+        """Give the host its session store, override store, topology view and lease."""
+        self._store = store
+        self._overrides = overrides
+        if topology is not None:
+            self._topology = topology
+        if lease is not None:
+            self._lease = lease
+
+    @property
+    def store(self) -> Any:
+        """The session store (set once the server started)."""
+        return self._store
+
+    def topology_changed(self, _topology: object = None) -> None:
+        """Wake held calls so they decide again (the topology source's subscriber)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- views ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __contains__(self, session_key: object) -> bool:
+        entry = self._held.get(session_key) if isinstance(session_key, str) else None
+        return entry is not None and not entry.loading
+
+    def keys(self) -> list[str]:
+        """The keys of the sessions held now."""
+        with self._cond:
+            return [k for k, e in self._held.items() if not e.loading]
+
+    def summaries(self) -> list[SessionSummary]:
+        """Every held session with its state size and last use."""
+        with self._cond:
+            return [
+                SessionSummary(k, len(e.data), e.last_used)
+                for k, e in self._held.items()
+                if not e.loading
+            ]
+
+    def epoch(self, session_key: str) -> int:
+        """The session's override epoch as this shard knows it (0: none)."""
+        known = self._known(session_key)
+        return known.epoch if known else 0
+
+    def peek(self, session_key: str) -> Any:
+        """The held state of a session, or None (no ownership check, no lock)."""
+        entry = self._held.get(session_key)
+        return None if entry is None or entry.loading else entry.state
+
+    def is_frozen(self, session_key: str) -> bool:
+        """Whether an export froze the session here."""
+        entry = self._held.get(session_key)
+        return entry is not None and entry.frozen
+
+    # -- turns ----------------------------------------------------------------------
+
+    def turn(self, context: Any, session_key: str | None = None) -> Turn:
+        """A turn of the call's session, as a context manager (sync handlers).
+
+        Entering decides ownership and takes the session's lock: the call is redirected
+        (``FAILED_PRECONDITION`` + ``x-shardroute-redirect``), held, taken over or
+        served. ``session_key`` defaults to the call's ``x-shardroute-session``.
+        """
+        return Turn(self, context, session_key)
+
+    def aturn(self, context: Any, session_key: str | None = None) -> AsyncTurn:
+        """The asyncio twin of :meth:`turn` (``async with``)."""
+        return AsyncTurn(self, context, session_key)
+
+    def begin(self, session_key: str, reason: str | None = None) -> Any:
+        """Decide ownership for one call and lock the session; returns its entry.
+
+        Raises :class:`Refused` (redirect, hold timeout, store failure). Pair with
+        :meth:`end`. Prefer :meth:`turn`, which does both.
+        """
+        deadline = time.monotonic() + self.hold_timeout_s
+        fresh: Override | None = None
+        read_directly = False
+        while True:
+            with self._cond:
+                entry = self._held.get(session_key)
+                if entry is not None and entry.busy:
+                    self._cond.wait()  # the session's lock: one turn at a time
+                    continue
+                override = newest_override(self._topology_override(session_key), fresh)
+                override = newest_override(override, self._hints.get(session_key))
+                owns = override is not None and override.owner == self.shard_id
+                held = entry is not None and (not entry.imported or owns)
+                decision = decide(
+                    shard_id=self.shard_id,
+                    override=override,
+                    live=self._live(),
+                    held=held,
+                    frozen=entry is not None and entry.frozen,
+                    reason=reason,
+                )
+                action = decision.action
+                if action is Action.SERVE and entry is not None:
+                    entry.busy = True
+                    entry.imported = False
+                    return entry
+                if action is Action.HOLD:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise Refused(
+                            grpc.StatusCode.UNAVAILABLE,
+                            f"session {session_key!r} is moving and the move did not finish "
+                            f"within {self.hold_timeout_s}s; retry",
+                        )
+                    self._cond.wait(remaining)
+                    continue
+                need_read = not read_directly and self._overrides is not None
+                if action is Action.REDIRECT and not (need_read and entry is not None):
+                    if entry is not None and not entry.frozen:
+                        del self._held[session_key]  # a stale copy: the owner is elsewhere
+                    self.redirects_total += 1
+                    raise Refused(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"session {session_key!r} is owned by shard {decision.owner!r}",
+                        redirect=decision.owner,
+                    )
+                if action is Action.TAKE_OVER and not need_read:
+                    placeholder = _Entry(None, b"", 0, busy=True, loading=True)
+                    self._held[session_key] = placeholder
+                    break
+            # In doubt (a take-over, or a redirect away from a session held here): read
+            # the override once from etcd, then decide again with it.
+            fresh = self._read_override(session_key)
+            read_directly = True
+        try:
+            self._take_over(session_key, placeholder, fresh)
+        except BaseException:
+            with self._cond:
+                if self._held.get(session_key) is placeholder:
+                    del self._held[session_key]
+                self._cond.notify_all()
+            raise
+        return placeholder
+
+    def _take_over(self, key: str, entry: _Entry, current: Override | None) -> None:
+        store = self._require_store()
+        try:
+            stored = store.load(key)
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
+        except MalformedRecord as exc:
+            raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
+        data = stored.data if stored is not None else b""
+        try:
+            state = self.codec.decode(data) if stored is not None else self.codec.empty()
+        except Exception as exc:
+            raise Refused(
+                grpc.StatusCode.DATA_LOSS, f"stored state of session {key!r} does not decode: {exc}"
+            ) from exc
+        if (stored is not None and stored.owner != self.shard_id) or (
+            current is not None and current.owner != self.shard_id
+        ):
+            self._swap_to_self(key, current)
+        with self._cond:
+            entry.state, entry.data = state, data
+            entry.version = stored.version if stored is not None else 0
+            entry.loading = False
+            entry.last_used = time.time()
+            self.takeovers_total += 1
+        log.info(
+            "shard %s took over session %s (stored version %d)", self.shard_id, key, entry.version
+        )
+
+    def _swap_to_self(self, key: str, current: Override | None) -> None:
+        overrides = self._overrides
+        if overrides is None:
+            return
+        lease = self._lease()
+        new = Override(self.shard_id, (current.epoch if current else 0) + 1)
+        try:
+            written = overrides.swap(key, current, new, lease=lease)
+        except StaleState as exc:
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"session {key!r} changed owner while this shard took it over; retry",
+            ) from exc
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
+        if written is not None:
+            with self._cond:
+                self._hint(key, written)
+
+    def checkpoint(self, session_key: str, entry: Any, new_state: Any) -> None:
+        """Save a turn's new state (compare-and-swap on the version), then keep it.
+
+        Raises :class:`Refused`: ``ABORTED`` when another shard wrote the session
+        meanwhile (the local copy is dropped), ``RESOURCE_EXHAUSTED`` when the state is
+        over the store's limit, ``UNAVAILABLE`` when the store is unreachable.
+        """
+        assert isinstance(entry, _Entry)
+        data = self.codec.encode(new_state)
+        store = self._require_store()
+        try:
+            version = store.save(
+                session_key, data, owner=self.shard_id, expected_version=entry.version
+            )
+        except StaleState as exc:
+            with self._cond:
+                if self._held.get(session_key) is entry:
+                    del self._held[session_key]
+                self.conflicts_total += 1
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"session {session_key!r} was written by another shard during this turn; "
+                "the turn was not saved (retry: the next call follows the new owner)",
+            ) from exc
+        except StateTooLarge as exc:
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
+        except EtcdUnavailable as exc:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE, f"session store unreachable; turn not saved: {exc}"
+            ) from exc
+        with self._cond:
+            entry.state, entry.data, entry.version = new_state, data, version
+
+    def end(self, session_key: str, entry: Any) -> None:
+        """Unlock the session after a turn (any outcome). A session that was never saved
+        (a read of an unknown session, a first turn that failed) is not kept."""
+        with self._cond:
+            entry.busy = False
+            entry.last_used = time.time()
+            if entry.version == 0 and not entry.imported and self._held.get(session_key) is entry:
+                del self._held[session_key]
+            self._cond.notify_all()
+
+    # -- migration ------------------------------------------------------------------
+
+    def export(self, session_key: str, epoch: int) -> bytes:
+        """The session's state for ``ExportSession``: waits for its in-flight turn, then
+        freezes it (new turns are held until :meth:`release`). A session not held here is
+        loaded from the store. Raises :class:`Refused` (stale epoch, unknown session)."""
+        with self._cond:
+            self._check_epoch(session_key, epoch)
+            while True:
+                entry = self._held.get(session_key)
+                if entry is None or not entry.busy:
+                    break
+                self._cond.wait()
+            if entry is not None and not entry.loading:
+                entry.frozen = True
+                return entry.data
+        stored = self._load(session_key)
+        if stored is None:
+            raise Refused(grpc.StatusCode.NOT_FOUND, f"no state for session {session_key!r}")
+        data: bytes = stored.data
+        return data
+
+    def import_state(self, session_key: str, epoch: int, data: bytes) -> int:
+        """Hold an imported state (not yet owned: served once the override names this
+        shard). Returns its size. Raises :class:`Refused` when it does not decode."""
+        try:
+            state = self.codec.decode(data)
+        except Exception as exc:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"imported state does not decode: {exc}"
+            ) from exc
+        stored = self._load(session_key)
+        version = stored.version if stored is not None else 0
+        with self._cond:
+            current = self._held.get(session_key)
+            if current is not None and current.busy:
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"session {session_key!r} has a turn in progress on this shard",
+                )
+            self._held[session_key] = _Entry(
+                state, data, version, imported=True, last_used=time.time()
+            )
+            self._cond.notify_all()
+        return len(data)
+
+    def warm(self, session_key: str, epoch: int) -> bool:
+        """Pre-warm an imported or held session (calls ``on_warm``); False when the
+        session is not held here."""
+        with self._cond:
+            self._check_epoch(session_key, epoch)
+            entry = self._held.get(session_key)
+            if entry is None or entry.loading:
+                return False
+            state = entry.state
+        if self._on_warm is not None:
+            self._on_warm(session_key, state)
+        return True
+
+    def release(self, session_key: str, epoch: int, new_owner: str) -> bool:
+        """End a move on this shard. ``new_owner`` set (and not this shard): drop the
+        session; held and later calls are redirected there. Empty (rollback) or this
+        shard: unfreeze and serve. Returns whether the shard held the session."""
+        with self._cond:
+            entry = self._held.get(session_key)
+            owner = new_owner or self.shard_id
+            if owner == self.shard_id:
+                self._check_epoch(session_key, epoch)
+                if entry is not None:
+                    entry.frozen = False
+                    if new_owner:
+                        entry.imported = False
+            elif entry is not None and not entry.busy:
+                del self._held[session_key]
+            self._hint(session_key, Override(owner, epoch))
+            self._cond.notify_all()
+            return entry is not None
+
+    def drop(self, session_key: str) -> bool:
+        """Forget a held session (not busy); True when it was held."""
+        with self._cond:
+            entry = self._held.get(session_key)
+            if entry is None or entry.busy:
+                return False
+            del self._held[session_key]
+            self._cond.notify_all()
+            return True
+
+    # -- internals ------------------------------------------------------------------
+
+    def _require_store(self) -> _Store:
+        if self._store is None:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the shard has not started yet")
+        return self._store
+
+    def _load(self, key: str) -> Any:
+        try:
+            return self._require_store().load(key)
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
+        except MalformedRecord as exc:
+            raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
+
+    def _read_override(self, key: str) -> Override | None:
+        if self._overrides is None:
+            return None
+        try:
+            return self._overrides.get(key)
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
+        except MalformedRecord:
+            log.warning("shard %s: malformed override of session %s", self.shard_id, key)
+            return None
+
+    def _topology_override(self, key: str) -> Override | None:
+        topology = self._topology()
+        return None if topology is None else topology.overrides.get(key)
+
+    def _known(self, key: str) -> Override | None:
+        return newest_override(self._topology_override(key), self._hints.get(key))
+
+    def _live(self) -> Collection[str]:
+        topology = self._topology()
+        return () if topology is None else topology.shards
+
+    def _check_epoch(self, key: str, epoch: int) -> None:
+        known = self._known(key)
+        if epoch_is_stale(epoch, known):
+            assert known is not None
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stale epoch {epoch} for session {key!r}: this shard knows epoch {known.epoch}",
+            )
+
+    def _hint(self, key: str, override: Override) -> None:
+        # Called with _cond held.
+        self._hints[key] = override
+        self._hints.move_to_end(key)
+        while len(self._hints) > _MAX_HINTS:
+            self._hints.popitem(last=False)
+
+
+def _reason(context: Any) -> str | None:
+    return metadata.get(context.invocation_metadata(), metadata.REASON)
+
+
+def _key(context: Any, session_key: str | None) -> str:
+    return session_key or metadata.get(context.invocation_metadata(), metadata.SESSION_KEY) or ""
+
+
+_NO_KEY = "no session key: pass session_key=, or call through a shardroute client"
+
+
+class _TurnBase(Generic[S]):
+    def __init__(self, host: SessionHost, context: Any, session_key: str | None) -> None:
+        self._host = host
+        self._context = context
+        self.key = _key(context, session_key)
+        self._entry: _Entry | None = None
+        self.checkpointed = False
+
+    @property
+    def state(self) -> S:
+        """The session's state at the start of this turn (treat it as read-only: a new
+        state is saved with ``checkpoint``)."""
+        if self._entry is None:
+            raise RuntimeError("a turn's state is only available inside its 'with' block")
+        state: S = self._entry.state
+        return state
+
+    @property
+    def version(self) -> int:
+        """The store version of :attr:`state` (0: never saved)."""
+        return 0 if self._entry is None else self._entry.version
+
+
+class Turn(_TurnBase[Any]):
+    """One call's hold on a session (sync). See :meth:`SessionHost.turn`."""
+
+    def __enter__(self) -> Turn:
+        if not self.key:
+            self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_KEY)
+        try:
+            self._entry = self._host.begin(self.key, _reason(self._context))
+        except Refused as refused:
+            self._abort(refused)
+        return self
+
+    def checkpoint(self, new_state: Any, reply: Any = None) -> Any:
+        """Save ``new_state`` to the session store before the last reply message is sent;
+        returns ``reply`` so the last message goes out only after the save::
+
+            yield session.checkpoint(new_state, reply=last_message)
+
+        On a lost compare-and-swap the call ends with ``ABORTED`` (the local copy is
+        dropped); over the store's limit with ``RESOURCE_EXHAUSTED``.
+        """
+        if self._entry is None:
+            raise RuntimeError("checkpoint() outside the turn's 'with' block")
+        try:
+            self._host.checkpoint(self.key, self._entry, new_state)
+        except Refused as refused:
+            self._abort(refused)
+        self.checkpointed = True
+        return reply
+
+    def _abort(self, refused: Refused) -> None:
+        if refused.trailers:
+            self._context.set_trailing_metadata(refused.trailers)
+        self._context.abort(refused.code, refused.details)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._host.end(self.key, entry)
+
+
+class AsyncTurn(_TurnBase[Any]):
+    """One call's hold on a session (asyncio). See :meth:`SessionHost.aturn`; the
+    blocking steps run in a worker thread."""
+
+    async def __aenter__(self) -> AsyncTurn:
+        if not self.key:
+            await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_KEY)
+        try:
+            self._entry = await asyncio.to_thread(
+                self._host.begin, self.key, _reason(self._context)
+            )
+        except Refused as refused:
+            await self._abort(refused)
+        return self
+
+    async def checkpoint(self, new_state: Any, reply: Any = None) -> Any:
+        """Save ``new_state`` before the last reply message; returns ``reply``
+        (see :meth:`Turn.checkpoint`)."""
+        if self._entry is None:
+            raise RuntimeError("checkpoint() outside the turn's 'async with' block")
+        try:
+            await asyncio.to_thread(self._host.checkpoint, self.key, self._entry, new_state)
+        except Refused as refused:
+            await self._abort(refused)
+        self.checkpointed = True
+        return reply
+
+    async def _abort(self, refused: Refused) -> None:
+        await self._context.abort(refused.code, refused.details, trailing_metadata=refused.trailers)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._host.end(self.key, entry)
