@@ -385,3 +385,17 @@ def test_sigkill_of_a_chat_shard_the_conversation_continues_elsewhere(
         assert history.turns[0].reply.startswith(f"[{first}] turn 1")
     finally:
         cluster.close()
+
+
+def test_drain_moves_held_sessions_to_another_shard(
+    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient
+) -> None:
+    a, b = pair
+    for turn in (1, 2):
+        _generate(a.address, "d", f"q{turn}")
+    a.drain(grace_s=5)
+    override = OverrideStore(etcd, "chat").get("d")
+    assert override is not None and override.owner == "b" and not override.moving_to
+    assert "d" in b.sessions and len(b.sessions.peek("d")) == 2
+    tokens = _generate(b.address, "d", "q3")
+    assert (tokens[-1].turns_held, tokens[-1].shard_id) == (3, "b")

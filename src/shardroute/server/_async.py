@@ -71,8 +71,10 @@ class AsyncShardServer(ShardServerBase):
         """Add your servicers to ``server`` (called once by :meth:`start`, before bind)."""
 
     async def migrate_sessions_before_stop(self, deadline: float) -> None:
-        """Move sessions elsewhere before stopping (drain). Returns at once for now;
-        sessions not moved are taken over from the session store by other shards."""
+        """Move sessions elsewhere before stopping (drain), as
+        :meth:`ShardServer.migrate_sessions_before_stop` does (the mover runs in a
+        thread); sessions not moved are taken over from the session store by others."""
+        await asyncio.to_thread(self._migrate_held_sessions, deadline)
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -307,6 +307,27 @@ class ShardServerBase:
             etcd.close()
         self._sessions.topology_changed()
 
+    def _migrate_held_sessions(self, deadline: float) -> tuple[int, int]:
+        """Move every held session to other shards (drain), at most
+        ``max_concurrent_moves`` at once; returns (moved, failed). Blocking."""
+        import time
+
+        from shardroute.migration import Migrator
+
+        keys = self._sessions.keys()
+        source, etcd = self._topology_source, self._session_etcd
+        if not keys or source is None or etcd is None:
+            return 0, 0
+        timeout = max(1.0, deadline - time.monotonic())
+        with Migrator(
+            etcd, self.service, source, store=self._sessions.store, timeout=timeout
+        ) as mover:
+            results, errors = mover.migrate_many(keys, max_concurrent=self.max_concurrent_moves)
+        for key, error in errors.items():
+            log.warning("shard %s: session %s not moved (%s)", self.shard_id, key, error)
+        log.info("shard %s: %d sessions moved, %d not", self.shard_id, len(results), len(errors))
+        return len(results), len(errors)
+
     # -- migration RPCs (blocking, shared by both shells) --------------------------
 
     def _export_chunks(self, request: shard_pb2.ExportSessionRequest) -> list[Any]:

@@ -99,10 +99,12 @@ class ShardServer(ShardServerBase):
     def migrate_sessions_before_stop(self, deadline: float) -> None:
         """Move the sessions this shard holds elsewhere before it stops (drain).
 
-        ``deadline`` is a ``time.monotonic()`` value. Returns at once for now: the
-        mover (``shardroute.migration.Migrator``) plugs in here. Sessions not moved are
+        ``deadline`` is a ``time.monotonic()`` value. Default: every held session is
+        moved by a :class:`~shardroute.migration.Migrator` (to the router's choice among
+        active shards), at most ``max_concurrent_moves`` at once. Sessions not moved are
         still in the session store: their next turn is taken over by another shard.
         """
+        self._migrate_held_sessions(deadline)
 
     # -- lifecycle --------------------------------------------------------------------
 
