@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -562,7 +562,8 @@ class SessionHost:
 
     def _live(self) -> Collection[str]:
         topology = self._topology()
-        return () if topology is None else topology.shards
+        # Without a topology (standalone shard) every shard a mover named counts as alive.
+        return _EVERYONE if topology is None else topology.shards
 
     def _check_epoch(self, key: str, epoch: int) -> None:
         known = self._known(key)
@@ -579,6 +580,20 @@ class SessionHost:
         self._hints.move_to_end(key)
         while len(self._hints) > _MAX_HINTS:
             self._hints.popitem(last=False)
+
+
+class _Everyone(Collection[str]):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_EVERYONE = _Everyone()
 
 
 def _reason(context: Any) -> str | None:
