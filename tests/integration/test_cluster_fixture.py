@@ -30,7 +30,7 @@ def test_cluster_registers_every_shard_in_alternating_zones(shard_cluster: Shard
         assert topology.shard(shard_id).address == address
         assert topology.shard(shard_id).state is ShardState.ACTIVE
         assert topology.load(shard_id) is not None
-        tokens = _generate(address, "s", "hi")
+        tokens = _generate(address, f"s-{shard_id}", "hi")
         assert tokens[0].shard_id == shard_id and tokens[0].turns_held == 1
 
 
