@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import signal
 import sys
@@ -76,6 +77,8 @@ class _Tally:
     unsure: set[str] = field(default_factory=set)
     """Sessions whose last turn failed mid-reply: it may or may not have been applied."""
     moved: set[str] = field(default_factory=set)
+    busy: set[str] = field(default_factory=set)
+    """Sessions with a turn in flight: a conversation has one turn at a time."""
 
     def record(self, session: str, shard: str, held: int) -> None:
         """A turn of ``session`` answered by ``shard``, which holds ``held`` turns."""
@@ -98,8 +101,8 @@ class _Tally:
         self.last_shard[session] = shard
 
 
-def _turn(chat: Any, session: str, max_tokens: int, tally: _Tally) -> tuple[str, int] | None:
-    """One chat turn; returns (shard, turns_held) or None after an error."""
+def _turn(chat: Any, session: str, max_tokens: int) -> tuple[str, int] | None:
+    """One chat turn; returns (shard, turns_held), or None for an empty reply."""
     request = chat_pb2.GenerateRequest(prompt="tell me more", max_tokens=max_tokens)
     last: Any = None
     for token in chat.Generate(request, session_key=session, timeout=10):
@@ -118,23 +121,42 @@ def _worker(
     weights = [1.0 / (i + 1) for i in range(config.sessions)]  # Zipf-like popularity
     while not stop.is_set():
         session = rng.choices(sessions, weights)[0]
-        result = None
-        for attempt in range(2):  # an application retries a failed turn once
-            try:
-                result = _turn(chat, session, config.max_tokens, tally)
-                break
-            except ShardRouteError:
-                if stop.is_set():
-                    return  # shutting down (Ctrl-C): the client or shards are going away
-                with tally.lock:
-                    tally.unsure.add(session)
-                    if attempt == 0:
-                        tally.retried += 1
         with tally.lock:
-            if result is None:
+            if session in tally.busy:
+                continue  # someone is mid-turn in this conversation: pick another
+            tally.busy.add(session)
+        try:
+            _conversation_turn(chat, session, config, tally, stop)
+        except Exception:  # a bug must show in the summary, not end the thread quietly
+            logging.getLogger("shardroute.demo").exception("turn of %s failed", session)
+            with tally.lock:
                 tally.errors += 1
-            else:
-                tally.record(session, *result)
+        finally:
+            with tally.lock:
+                tally.busy.discard(session)
+
+
+def _conversation_turn(
+    chat: Any, session: str, config: DemoConfig, tally: _Tally, stop: threading.Event
+) -> None:
+    """One turn of ``session``, retried like an application would (3 tries)."""
+    result = None
+    for attempt in range(3):
+        try:
+            result = _turn(chat, session, config.max_tokens)
+            break
+        except ShardRouteError:
+            if stop.is_set():
+                return  # shutting down (Ctrl-C): the client or shards are going away
+            with tally.lock:
+                tally.unsure.add(session)
+                tally.retried += 1
+            stop.wait(0.05 * (attempt + 1))  # back off before the application retries
+    with tally.lock:
+        if result is None:
+            tally.errors += 1
+        else:
+            tally.record(session, *result)
 
 
 def _view(client: ShardClient, tally: _Tally, elapsed: float, events: list[str]) -> str:

@@ -42,11 +42,17 @@ def test_demo_json_summary_and_cleanup() -> None:
         "affinity_hit_rate",
         "shards_killed",
         "duration_s",
+        "lost_turns",
+        "sessions_migrated",
+        "redirects",
     ):
         assert key in summary
     assert summary["requests"] > 100
     assert summary["shards_killed"] == 1 and summary["shards_drained"] == 1
+    assert summary["shards_added"] == 1
     assert summary["errors"] == 0
+    assert summary["lost_turns"] == 0  # a kill, a drain and a scale-up lose no answered turn
+    assert summary["sessions_migrated"] > 0
     assert 0.5 < summary["affinity_hit_rate"] <= 1.0
     assert 5.5 < summary["duration_s"] < 30
     assert processes_in_session(proc.pid) == []  # etcd and every shard are gone
