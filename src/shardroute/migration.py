@@ -98,6 +98,9 @@ class Migrator:
         self._etcd = etcd if close_etcd else None
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        self._active = 0
+        self.peak_concurrent = 0
+        """Most migrations this mover ran at the same time."""
 
     # -- one session ------------------------------------------------------------------
 
@@ -111,6 +114,16 @@ class Migrator:
             ConfigError: the session has no owner, or ``target`` is its owner already.
             EtcdUnavailable: etcd cannot be reached (nothing changed).
         """
+        with self._lock:
+            self._active += 1
+            self.peak_concurrent = max(self.peak_concurrent, self._active)
+        try:
+            return self._migrate(session_key, target)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _migrate(self, session_key: str, target: str | None) -> MigrationResult:
         started = time.monotonic()
         topology = self.topology.current()
         current = self.overrides.get(session_key)

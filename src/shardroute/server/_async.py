@@ -276,6 +276,7 @@ class AsyncShardServer(ShardServerBase):
 
         async def drain(request: Any, context: Any) -> Any:
             if self.state is ServerState.SERVING:
+                self._take_drain_request(request)
                 self.begin_drain(request.grace_s or None)
                 while self.state is ServerState.SERVING:
                     await asyncio.sleep(0)

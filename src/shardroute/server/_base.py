@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -127,6 +128,10 @@ class ShardServerBase:
         self._address = ""
         self._session_store_arg = session_store
         self.max_concurrent_moves = max_concurrent_moves
+        self.migrate_on_drain = True
+        """Whether a drain moves held sessions away (a Drain RPC may turn it off)."""
+        self.last_drain: DrainSummary | None = None
+        """Moves of the last drain (None before any)."""
         self._sessions = SessionHost(
             shard_id,
             codec=session_codec,
@@ -307,22 +312,30 @@ class ShardServerBase:
             etcd.close()
         self._sessions.topology_changed()
 
+    def _take_drain_request(self, request: shard_pb2.DrainRequest) -> None:
+        """Apply a Drain RPC's options: whether to move sessions, and the cap on moves."""
+        self.migrate_on_drain = request.migrate_sessions
+        if request.max_concurrent_moves > 0:
+            self.max_concurrent_moves = request.max_concurrent_moves
+
     def _migrate_held_sessions(self, deadline: float) -> tuple[int, int]:
         """Move every held session to other shards (drain), at most
-        ``max_concurrent_moves`` at once; returns (moved, failed). Blocking."""
+        ``max_concurrent_moves`` at once; returns (moved, failed) and records
+        :attr:`last_drain`. Blocking."""
         import time
 
         from shardroute.migration import Migrator
 
         keys = self._sessions.keys()
         source, etcd = self._topology_source, self._session_etcd
-        if not keys or source is None or etcd is None:
+        if not keys or source is None or etcd is None or not self.migrate_on_drain:
             return 0, 0
         timeout = max(1.0, deadline - time.monotonic())
         with Migrator(
             etcd, self.service, source, store=self._sessions.store, timeout=timeout
         ) as mover:
             results, errors = mover.migrate_many(keys, max_concurrent=self.max_concurrent_moves)
+        self.last_drain = DrainSummary(len(results), len(errors), mover.peak_concurrent)
         for key, error in errors.items():
             log.warning("shard %s: session %s not moved (%s)", self.shard_id, key, error)
         log.info("shard %s: %d sessions moved, %d not", self.shard_id, len(results), len(errors))
@@ -416,6 +429,15 @@ def chunk_refusal(error: ChunkError) -> Refused:
     INVALID_ARGUMENT otherwise."""
     code = grpc.StatusCode.DATA_LOSS if error.corrupt else grpc.StatusCode.INVALID_ARGUMENT
     return Refused(code, f"ImportSession refused: {error}")
+
+
+@dataclass(frozen=True, slots=True)
+class DrainSummary:
+    """What the last drain's session moves did."""
+
+    moved: int
+    failed: int
+    peak_concurrent_moves: int
 
 
 def control_handler(

@@ -316,6 +316,7 @@ class ShardServer(ShardServerBase):
             from shardroute._proto import shard_pb2
 
             if self.state is ServerState.SERVING:
+                self._take_drain_request(request)
                 self.begin_drain(request.grace_s or None)
                 self._lifecycle.wait_for(
                     frozenset({ServerState.DRAINING, ServerState.STOPPING, ServerState.STOPPED})
