@@ -48,13 +48,14 @@ def test_migration_under_concurrent_turns_keeps_history_in_order(client: ShardCl
         turn(client, session, f"p{i}")
     answered = [f"p{i}" for i in range(3)]
     failures: list[BaseException] = []
+    owners: list[str] = []
     stop = threading.Event()
 
     def talk() -> None:
         i = 3
         while not stop.is_set():
             try:
-                turn(client, session, f"p{i}")
+                owners.append(turn(client, session, f"p{i}").shard_id)
                 answered.append(f"p{i}")
             except ShardRouteError as exc:
                 failures.append(exc)
@@ -67,7 +68,7 @@ def test_migration_under_concurrent_turns_keeps_history_in_order(client: ShardCl
         before = len(answered)
         while len(answered) < before + 3:
             stop.wait(0.01)
-        source = client.route(session).shard.id
+        source = owners[-1]  # where the conversation lives (the reply says)
         target = next(s for s in client.source.current().shards if s != source)
         result = client.migrate(session, target=target)
         assert (result.source, result.target) == (source, target)

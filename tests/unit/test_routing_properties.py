@@ -39,7 +39,7 @@ def test_no_shard_is_pushed_above_ceil_c_times_its_fair_share(
 ) -> None:
     shards = [Shard(id=f"s{i}", address="x", weight=weights[i], capacity=10**6) for i in range(n)]
     t = topology(shards, {f"s{i}": initial[i] for i in range(n)})
-    r = Router(RoutingPolicy(balance_factor=c, memo_size=10**6))
+    r = Router(RoutingPolicy(balance_factor=c, memo_size=10**6, spill_floor=0))
     w_total = sum(weights[:n])
     for k in range(sessions):
         before = {s.id: r.load(s.id) for s in shards}

@@ -105,7 +105,7 @@ def test_full_home_spills_and_the_session_stays_when_home_cools() -> None:
 
 def test_bound_uses_ceil_of_c_times_average_including_the_request() -> None:
     shards = flat(4)
-    r = Router(RoutingPolicy(balance_factor=1.5))
+    r = Router(RoutingPolicy(balance_factor=1.5, spill_floor=0))
     key = KEYS[0]
     home = r.route(key, topo(shards)).home.id
     others = [s.id for s in shards if s.id != home]
@@ -113,7 +113,7 @@ def test_bound_uses_ceil_of_c_times_average_including_the_request() -> None:
     for h in range(0, 20):
         loads = {home: h, **dict.fromkeys(others, 4)}
         bound = math.ceil(1.5 * (12 + h + 1) / 4)
-        d = Router(RoutingPolicy(balance_factor=1.5)).route(key, topo(shards, loads))
+        d = Router(RoutingPolicy(balance_factor=1.5, spill_floor=0)).route(key, topo(shards, loads))
         assert (d.shard.id == home) == (h + 1 <= bound), (h, bound, d.reason)
 
 
@@ -123,7 +123,7 @@ def test_weight_scales_the_fair_share() -> None:
     # total 51 (with the request), W = 4: big's bound = ceil(1.25*51*3/4) = 48,
     # small's = ceil(1.25*51/4) = 16. With equal weights both bounds would be 32.
     t = topo([big, small], loads={"big": 30, "small": 20})
-    r = Router()
+    r = Router(RoutingPolicy(spill_floor=0))
     decisions = [r.route(k, t) for k in KEYS]
     assert {d.home.id for d in decisions} == {"big", "small"}
     assert all(d.shard.id == "big" for d in decisions)
@@ -133,7 +133,7 @@ def test_weight_scales_the_fair_share() -> None:
 def test_in_flight_accounting_drives_spill_and_is_released() -> None:
     shards = flat(2, capacity=1000)
     t = topo(shards)
-    r = Router()
+    r = Router(RoutingPolicy(spill_floor=0))
     key = KEYS[3]
     home = r.route(key, t).shard.id
     other = next(s.id for s in shards if s.id != home)
@@ -423,3 +423,18 @@ def test_equal_shards_mapping_reuses_the_ring() -> None:
     assert r.ring is ring
     r.prepare(topo([*shards, Shard(id="s99", address="x")]))
     assert r.ring is not ring and len(r.ring) == 5
+
+
+def test_spill_floor_keeps_small_loads_home() -> None:
+    shards = [Shard(f"s{i}", f"h:{i + 1}", capacity=64) for i in range(3)]
+    key = "conv-floor"
+    home = Router(RoutingPolicy(spill_floor=0)).route(key, topo(shards, {})).shard.id
+    loads = {home: 1}  # one request in flight in the whole service, at the home
+    plain = Router(RoutingPolicy(spill_floor=0)).route(key, topo(shards, loads))
+    assert plain.shard.id != home and plain.reason is Reason.SPILL  # c x average of 1 call
+    floored = Router(RoutingPolicy(spill_floor=0.1)).route(key, topo(shards, loads))
+    assert floored.shard.id == home and floored.reason is Reason.AFFINITY
+    busy = {home: 7}  # 7 >= floor(0.1 x 64) = 6: the balance bound applies again
+    assert Router().route(key, topo(shards, busy)).shard.id != home
+    with pytest.raises(ConfigError, match="spill_floor"):
+        RoutingPolicy(spill_floor=1.5)

@@ -46,6 +46,12 @@ class RoutingPolicy:
             reshuffles every home; more points balance better and build slower.
         max_fallbacks: most fallback shards a decision lists (>= 0).
         retry_after_s: the ``retry_after_s`` hint of :class:`~shardroute.errors.Overloaded`.
+        spill_floor: share of a shard's ``capacity`` (in [0, 1]) under which the balance
+            bound never spills a session off its home. Bounded loads alone spill as soon
+            as a shard has more than ``c`` times the average, which at low traffic means
+            one or two requests; for stateful sessions a spill moves the conversation,
+            so small absolute loads stay home. 0 gives the plain algorithm. The priority
+            ceilings apply regardless.
 
     Raises:
         ConfigError: on construction, if a value is out of range.
@@ -58,6 +64,7 @@ class RoutingPolicy:
     vnodes_per_weight: int = 160
     max_fallbacks: int = 8
     retry_after_s: float = 0.5
+    spill_floor: float = 0.1
 
     def __post_init__(self) -> None:
         c = self.balance_factor
@@ -93,6 +100,9 @@ class RoutingPolicy:
         ra = self.retry_after_s
         if not _is_number(ra) or not math.isfinite(ra) or ra < 0:
             raise ConfigError(f"routing: retry_after_s must be a number >= 0, got {ra!r}")
+        sf = self.spill_floor
+        if not _is_number(sf) or not 0.0 <= sf <= 1.0:
+            raise ConfigError(f"routing: spill_floor must be a number in [0, 1], got {sf!r}")
 
     @classmethod
     def from_mapping(

@@ -42,6 +42,7 @@ class _State:
         "config_obj",
         "cur",
         "eligible",
+        "floors",
         "ids",
         "limits",
         "loads_obj",
@@ -69,6 +70,7 @@ class _State:
         views_zr: dict[tuple[str | None, str], PlanView],
         rep: tuple[int, ...],
         limits: Mapping[str, tuple[int, ...]],
+        floors: tuple[int, ...],
         eligible: tuple[bool, ...],
         weights: tuple[float, ...],
         total_weight: float,
@@ -83,6 +85,7 @@ class _State:
         self.views_zr = views_zr
         self.rep = rep
         self.limits = limits
+        self.floors = floors
         self.eligible = eligible
         self.ids = tuple(s.id for s in ring.shards)
         self.weights = weights
@@ -236,7 +239,7 @@ class Router:
             # limits and share are 0 for shards that take no sessions: no extra test
             s = view.owners[i]
             load = st.cur[s]
-            if load < limits[s] and load < (self._total + 1) * st.share[s]:
+            if load < limits[s] and (load < st.floors[s] or load < (self._total + 1) * st.share[s]):
                 d = view.decisions[i]
                 if d is None:
                     d = view.decisions[i] = self._affinity(st, view, i)
@@ -421,6 +424,7 @@ class Router:
                 total -= self._load(st, s)
                 weight -= st.weights[s]
         scale = st.policy.balance_factor * (total + 1) / weight * _SAFE if weight > 0 else 0.0
+        floors = st.floors
         kmax = st.policy.max_fallbacks
         chosen = spare = -1
         chosen_tier = spare_tier = 0
@@ -437,7 +441,7 @@ class Router:
                     break
                 continue
             load = self._load(st, s)
-            if load < limits[s] and load < scale * st.weights[s]:
+            if load < limits[s] and (load < floors[s] or load < scale * st.weights[s]):
                 chosen, chosen_tier = s, t
                 continue
             if spare < 0 and load < limits[s]:
@@ -543,6 +547,7 @@ class Router:
         if previous is not None and previous.ring is ring and previous.policy == policy:
             eligible, weights = previous.eligible, previous.weights
             total_weight, share, limits = previous.total_weight, previous.share, previous.limits
+            floors = previous.floors
         else:
             eligible = tuple(
                 s.state is ShardState.ACTIVE and s.weight > 0 and ring.index.get(s.id) is not None
@@ -566,6 +571,10 @@ class Router:
                 )
                 for name, ceiling in policy.priority_ceilings.items()
             }
+            floors = tuple(
+                math.floor(policy.spill_floor * s.capacity + 1e-9) if ok else 0
+                for s, ok in zip(shards, eligible, strict=True)
+            )
         if previous is not None and previous.ring is ring and previous.loads_obj is loads_obj:
             rep = previous.rep
         else:
@@ -580,6 +589,7 @@ class Router:
             views_zr=views_zr,
             rep=rep,
             limits=limits,
+            floors=floors,
             eligible=eligible,
             weights=weights,
             total_weight=total_weight,
