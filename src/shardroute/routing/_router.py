@@ -239,7 +239,7 @@ class Router:
             # limits and share are 0 for shards that take no sessions: no extra test
             s = view.owners[i]
             load = st.cur[s]
-            if load < limits[s] and (load < st.floors[s] or load < (self._total + 1) * st.share[s]):
+            if load < limits[s] and (load < (self._total + 1) * st.share[s] or load < st.floors[s]):
                 d = view.decisions[i]
                 if d is None:
                     d = view.decisions[i] = self._affinity(st, view, i)
@@ -441,7 +441,7 @@ class Router:
                     break
                 continue
             load = self._load(st, s)
-            if load < limits[s] and (load < floors[s] or load < scale * st.weights[s]):
+            if load < limits[s] and (load < scale * st.weights[s] or load < floors[s]):
                 chosen, chosen_tier = s, t
                 continue
             if spare < 0 and load < limits[s]:
