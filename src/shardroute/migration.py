@@ -180,7 +180,7 @@ class Migrator:
         )
 
     def migrate_many(
-        self, session_keys: Iterable[str], *, max_concurrent: int = 8
+        self, session_keys: Iterable[str], *, max_concurrent: int = 4
     ) -> tuple[list[MigrationResult], dict[str, ShardRouteError]]:
         """Move several sessions, at most ``max_concurrent`` at once (each to the router's
         choice). Returns the results and the errors by session key."""

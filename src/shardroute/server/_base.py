@@ -92,7 +92,7 @@ class ShardServerBase:
         session_store: Any = None,
         session_codec: SessionCodec[Any] | None = None,
         hold_timeout_s: float = 5.0,
-        max_concurrent_moves: int = 8,
+        max_concurrent_moves: int = 4,
     ) -> None:
         if hold_timeout_s <= 0:
             raise ConfigError(f"hold_timeout_s must be > 0, got {hold_timeout_s!r}")
