@@ -121,7 +121,13 @@ def _translated(fn: Callable[P, R]) -> Callable[P, R]:
         except etcd_exc.RevisionCompactedError as exc:
             raise Compacted(exc.compacted_revision) from exc
         except grpc.RpcError as exc:
-            raise _from_rpc_error(exc) from exc
+            error = _from_rpc_error(exc)
+            if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+                # An expired auth token: authenticate again on the next call.
+                client = args[0] if args else None
+                if isinstance(client, EtcdClient):
+                    client._forget_connection()
+            raise error from exc
         except (etcd_exc.Etcd3Exception, ValueError, OSError) as exc:
             raise EtcdUnavailable(f"etcd is unreachable: {exc or type(exc).__name__}") from exc
 
@@ -133,6 +139,10 @@ def _from_rpc_error(exc: grpc.RpcError) -> ShardRouteError:
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     if code is grpc.StatusCode.OUT_OF_RANGE and "compacted" in (details or ""):
         return Compacted(0)
+    if code is grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in (details or ""):
+        return ConfigError(f"etcd refused the user name or password: {details}")
+    if code is grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in (details or ""):
+        return ConfigError("etcd has authentication enabled: pass a user and password")
     return EtcdUnavailable(f"etcd call failed: {code.name if code else 'error'}: {details}")
 
 
@@ -199,13 +209,25 @@ class EtcdClient:
                     opts=_CHANNEL_OPTIONS,
                 )
             )
-        return etcd3.MultiEndpointEtcd3Client(
+        client = etcd3.MultiEndpointEtcd3Client(
             endpoints=endpoints,
             timeout=opts.timeout,
             user=opts.user,
             password=opts.password,
             failover=True,
         )
+        if creds is None:
+            # gRPC refuses call credentials on a plaintext channel; the auth token also
+            # travels as plain metadata, which etcd accepts, so use only that.
+            client.call_credentials = None
+        return client
+
+    def _forget_connection(self) -> None:
+        """Drop the connection so the next call connects (and authenticates) again."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def close(self) -> None:
         """Close the channels. Idempotent."""
