@@ -12,16 +12,18 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from shardroute.errors import EtcdBinaryNotFound, EtcdUnavailable
 
-__all__ = ["EtcdServer", "find_etcd_binary", "free_port"]
+__all__ = ["EtcdServer", "EtcdTls", "find_etcd_binary", "free_port"]
 
 ENV_VAR = "SHARDROUTE_ETCD_BIN"
 
@@ -54,6 +56,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS for an :class:`EtcdServer`'s client port: PEM file paths.
+
+    ``client_ca``: when set, etcd requires client certificates signed by it.
+    """
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    client_ca: str | None = None
+
+    def args(self) -> list[str]:
+        """etcd's flags for this setup."""
+        flags = [f"--cert-file={self.cert_file}", f"--key-file={self.key_file}"]
+        if self.client_ca:
+            flags += ["--client-cert-auth", f"--trusted-ca-file={self.client_ca}"]
+        return flags
+
+    def client_context(self) -> ssl.SSLContext:
+        """An SSL context for the health check: trusts the server's CA and, when etcd
+        requires client certificates, presents the server's own pair (signed by that CA
+        in the tests)."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_ca:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
 class EtcdServer:
     """One etcd member on loopback with its data in a temporary directory.
 
@@ -69,6 +100,7 @@ class EtcdServer:
         data_dir: str | None = None,
         start_timeout: float = 20.0,
         extra_args: tuple[str, ...] = (),
+        tls: EtcdTls | None = None,
     ) -> None:
         self.binary = binary or find_etcd_binary()
         self._own_dir = data_dir is None
@@ -77,6 +109,7 @@ class EtcdServer:
         self.peer_port = free_port()
         self.start_timeout = start_timeout
         self.extra_args = extra_args
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path = self.base_dir / "etcd.log"
 
@@ -99,7 +132,8 @@ class EtcdServer:
         """Start etcd and wait until it is healthy."""
         if self.running:
             return self
-        client = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        client = f"{scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             self.binary,
@@ -112,6 +146,7 @@ class EtcdServer:
             f"--initial-cluster=shardroute-test={peer}",
             "--log-level=error",
             "--unsafe-no-fsync",
+            *(self.tls.args() if self.tls else ()),
             *self.extra_args,
         ]
         log = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child process
@@ -126,14 +161,16 @@ class EtcdServer:
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
-        url = f"http://127.0.0.1:{self.client_port}/health"
+        scheme = "https" if self.tls else "http"
+        url = f"{scheme}://127.0.0.1:{self.client_port}/health"
+        context = self.tls.client_context() if self.tls else None
         delay = 0.01
         while time.monotonic() < deadline:
             if not self.running:
                 raise EtcdUnavailable(f"etcd exited at start-up: {self._log_tail()}")
             with (
                 contextlib.suppress(urllib.error.URLError, OSError, ValueError),
-                urllib.request.urlopen(url, timeout=1) as response,
+                urllib.request.urlopen(url, timeout=1, context=context) as response,
             ):
                 if b'"health":"true"' in response.read():
                     return
