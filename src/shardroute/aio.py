@@ -17,6 +17,7 @@ import grpc.aio
 from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
+from shardroute.model import Shard
 from shardroute.routing import Router
 from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
 
@@ -121,7 +122,8 @@ class AsyncShardClient(ClientShell):
     ) -> Any:
         core = self._core
         router = core.router
-        for shard in attempts:
+        shard: Shard | None = attempts.first()
+        while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
             router.begin(shard.id)
@@ -130,10 +132,13 @@ class AsyncShardClient(ClientShell):
                     request, timeout=timeout, metadata=attempts.metadata_for(shard)
                 )
             except grpc.RpcError as error:
-                attempts.failed(shard, error)
-                continue
-            finally:
                 router.end(shard.id)
+                shard = attempts.failed(shard, error)
+                continue
+            except BaseException:
+                router.end(shard.id)
+                raise
+            router.end(shard.id)
             attempts.succeeded(shard)
             return response
         raise attempts.exhausted()
@@ -143,7 +148,8 @@ class AsyncShardClient(ClientShell):
     ) -> AsyncIterator[Any]:
         core = self._core
         router = core.router
-        for shard in attempts:
+        shard: Shard | None = attempts.first()
+        while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
             router.begin(shard.id)
@@ -154,12 +160,16 @@ class AsyncShardClient(ClientShell):
                     attempts.received = True
                     yield message
             except grpc.RpcError as error:
-                attempts.failed(shard, error)
-                continue
+                failed: grpc.RpcError | None = error
+            else:
+                failed = None
             finally:
                 router.end(shard.id)
                 if call is not None:
                     call.cancel()
+            if failed is not None:
+                shard = attempts.failed(shard, failed)
+                continue
             attempts.succeeded(shard)
             return
         raise attempts.exhausted()

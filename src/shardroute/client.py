@@ -12,6 +12,7 @@ from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import ConfigError
+from shardroute.model import Shard
 from shardroute.routing import Router
 from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
 
@@ -122,17 +123,21 @@ class ShardClient(ClientShell):
     def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
         core = self._core
         router = core.router
-        for shard in attempts:
+        shard: Shard | None = attempts.first()
+        while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
             router.begin(shard.id)
             try:
                 response = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
             except grpc.RpcError as error:
-                attempts.failed(shard, error)
-                continue
-            finally:
                 router.end(shard.id)
+                shard = attempts.failed(shard, error)
+                continue
+            except BaseException:
+                router.end(shard.id)
+                raise
+            router.end(shard.id)
             attempts.succeeded(shard)
             return response
         raise attempts.exhausted()
@@ -142,7 +147,8 @@ class ShardClient(ClientShell):
     ) -> Iterator[Any]:
         core = self._core
         router = core.router
-        for shard in attempts:
+        shard: Shard | None = attempts.first()
+        while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
             router.begin(shard.id)
@@ -153,12 +159,16 @@ class ShardClient(ClientShell):
                     attempts.received = True
                     yield message
             except grpc.RpcError as error:
-                attempts.failed(shard, error)
-                continue
+                failed: grpc.RpcError | None = error
+            else:
+                failed = None
             finally:
                 router.end(shard.id)
                 if call is not None:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
+            if failed is not None:
+                shard = attempts.failed(shard, failed)
+                continue
             attempts.succeeded(shard)
             return
         raise attempts.exhausted()

@@ -111,12 +111,10 @@ def _attempts(idempotent: bool, clock: Clock, n: int = 3, timeout: float = 10) -
 def test_attempts_move_on_only_when_allowed() -> None:
     clock = Clock()
     plan = _attempts(False, clock)
-    shards = iter(plan)
-    first = next(shards)
+    first = plan.first()
     assert dict(plan.metadata_for(first)) == {"x-shardroute-session": "k"}
-    plan.failed(first, FakeRpcError(U, "failed to connect"))
-    second = next(shards)
-    assert second.id == "s1" and plan.failed_over
+    second = plan.failed(first, FakeRpcError(U, "failed to connect"))
+    assert second is not None and second.id == "s1" and plan.failed_over
     assert dict(plan.metadata_for(second))["x-shardroute-reason"] == "failover"
     assert dict(plan.metadata_for(second))["x-shardroute-shard"] == "s1"
     with pytest.raises(OutcomeUnknown, match="not marked idempotent"):
@@ -127,10 +125,11 @@ def test_attempts_exhausted_and_errors_translated() -> None:
     clock = Clock()
     plan = _attempts(True, clock)
     shards = []
+    shard: Shard | None = plan.first()
     with pytest.raises(ShardUnavailable) as info:
-        for shard in plan:
+        while shard is not None:
             shards.append(shard)
-            plan.failed(shard, FakeRpcError(U, "failed to connect"))
+            shard = plan.failed(shard, FakeRpcError(U, "failed to connect"))
     assert len(shards) == 3
     assert info.value.tried == ("s0", "s1", "s2")
     for code, details, error in [
@@ -146,7 +145,7 @@ def test_attempts_exhausted_and_errors_translated() -> None:
 def test_attempt_timeout_counts_down_and_expires() -> None:
     clock = Clock()
     plan = _attempts(True, clock, timeout=1.0)
-    shard = next(iter(plan))
+    shard = plan.first()
     clock.now += 0.25
     assert plan.timeout() == pytest.approx(0.75)
     clock.now += 1
@@ -166,3 +165,12 @@ def test_describe_stub_rejects_non_stubs() -> None:
         describe_stub(NotAStub)
     with pytest.raises(ConfigError, match="not a generated gRPC stub"):
         describe_stub(int)
+
+
+def test_no_fallbacks_left_returns_none() -> None:
+    plan = _attempts(True, Clock(), n=2)
+    first = plan.first()
+    second = plan.failed(first, FakeRpcError(U, "failed to connect"))
+    assert second is not None and second.id == "s1"
+    assert plan.failed(second, FakeRpcError(U, "Socket closed")) is None  # idempotent: go on
+    assert plan.exhausted().tried == ("s0", "s1")

@@ -9,7 +9,7 @@ translated error. The clients only make the gRPC call itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -44,10 +44,11 @@ class CallRules:
 class Attempts:
     """The attempts of one call: iterate for the shard to try next.
 
-    Protocol, for each shard yielded: make the call with ``timeout()`` and
-    ``metadata_for(shard)``; on success call :meth:`succeeded`; on a gRPC error call
-    :meth:`failed` (which raises when the error must reach the caller). When iteration
-    ends without success, raise :meth:`exhausted`.
+    Protocol: start with ``shard = first()``; for each shard, make the call with
+    ``timeout()`` and ``metadata_for(shard)``; on success call :meth:`succeeded`; on a
+    gRPC error ``shard = failed(shard, error)``, which returns the next shard to try,
+    None when there is none (then raise :meth:`exhausted`), or raises when the error
+    must reach the caller. (A plain loop, not a generator: this runs on every call.)
 
     Built once per call, so it is kept small: eight slots, no allocation until a
     failure happens.
@@ -92,26 +93,27 @@ class Attempts:
         self.received = False
         """Set by the stream shell once a message arrived: no failover after that."""
 
-    def __iter__(self) -> Iterator[Shard]:
-        decision = self._decision
+    def first(self) -> Shard:
+        """The shard of the first attempt (the routing decision's choice)."""
         self.attempt = 1
-        yield decision.shard
-        budget = self._rules.retry.max_attempts
-        fallbacks = iter(decision.fallbacks)
-        while True:
-            detour = self._detour
-            if isinstance(detour, Shard):  # a redirect: followed once, outside the budget
-                self._detour = detour.id
-                self.attempt += 1
-                yield detour
-                continue
-            if self.attempt >= budget:
-                return
-            shard = next(fallbacks, None)
-            if shard is None:
-                return
+        return self._decision.shard
+
+    def _next(self) -> Shard | None:
+        """The shard of the next attempt: a redirect's target (followed once, outside
+        the budget), else the next fallback while the budget allows; None when done."""
+        detour = self._detour
+        if isinstance(detour, Shard):
+            self._detour = detour.id
             self.attempt += 1
-            yield shard
+            return detour
+        if self.attempt >= self._rules.retry.max_attempts:
+            return None
+        used = self.attempt - 1 - (detour is not None)  # fallbacks tried so far
+        fallbacks = self._decision.fallbacks
+        if used >= len(fallbacks):
+            return None
+        self.attempt += 1
+        return fallbacks[used]
 
     @property
     def tried(self) -> tuple[str, ...]:
@@ -167,10 +169,12 @@ class Attempts:
             redirected = self._detour == shard.id
             rules.stats.succeeded("redirect" if redirected else "failover", not redirected)
 
-    def failed(self, shard: Shard, error: grpc.RpcError) -> None:
-        """The attempt on ``shard`` failed with ``error``: raise, or return to go on."""
+    def failed(self, shard: Shard, error: grpc.RpcError) -> Shard | None:
+        """The attempt on ``shard`` failed with ``error``: raise it (translated), or
+        return the shard to try next (None: no more)."""
         try:
             self._failed(shard, error)
+            return self._next()
         except BaseException:
             if self._rules.stats is not None:
                 self._rules.stats.failed()
