@@ -6,6 +6,7 @@ the routing decision, the failover rules and outlier ejection are written once.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -192,12 +193,48 @@ class RoutedStub:
         return sorted(self._methods)
 
 
-class ClientShell:
+class ClientShell(abc.ABC):
     """What both clients expose over their :class:`ClientCore`: the topology source,
     the router, ejection state, call stats, ``route`` and ``stub``. Subclasses add the
     call loops (``_unary`` and ``_stream``, with or without ``await``)."""
 
     _core: ClientCore[Any]
+
+    def __init__(
+        self,
+        source: TopologySource,
+        *,
+        zone: str | None = None,
+        region: str | None = None,
+        timeout: float = 30.0,
+        router: Router | None = None,
+        retry: RetryPolicy | None = None,
+        outlier: OutlierDetector | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._core = ClientCore(
+            source,
+            zone=zone,
+            region=region,
+            timeout=timeout,
+            router=router,
+            retry=retry,
+            outlier=outlier,
+            max_message_bytes=max_message_bytes,
+            channel_options=channel_options,
+            create_channel=self._create_channel,
+            close_channel=self._close_channel,
+        )
+        self._owned_source: TopologySource | None = None
+
+    @abc.abstractmethod
+    def _create_channel(self, address: str, options: list[tuple[str, Any]]) -> Any:
+        """A channel to ``address`` (sync or asyncio)."""
+
+    @abc.abstractmethod
+    def _close_channel(self, channel: Any) -> None:
+        """Close a channel of a shard that left."""
 
     @property
     def source(self) -> TopologySource:
@@ -228,8 +265,10 @@ class ClientShell:
         """Wrap a generated stub class; its methods take ``session_key=`` and route."""
         return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
 
+    @abc.abstractmethod
     def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
-        raise NotImplementedError  # pragma: no cover - every shell defines it
+        """The call loop of a unary method."""
 
+    @abc.abstractmethod
     def _stream(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
-        raise NotImplementedError  # pragma: no cover - every shell defines it
+        """The call loop of a server-streaming method."""

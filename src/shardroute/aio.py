@@ -14,12 +14,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, ClientShell
+from shardroute._core import ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
 from shardroute.model import Shard
-from shardroute.routing import Router
-from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
+from shardroute.transport import Attempts, MethodSpec
 
 __all__ = ["AsyncShardClient"]
 
@@ -43,35 +42,11 @@ class AsyncShardClient(ClientShell):
     thread; channels of shards that left are closed on the loop.
     """
 
-    def __init__(
-        self,
-        source: TopologySource,
-        *,
-        zone: str | None = None,
-        region: str | None = None,
-        timeout: float = 30.0,
-        router: Router | None = None,
-        retry: RetryPolicy | None = None,
-        outlier: OutlierDetector | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        channel_options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
+    def __init__(self, source: TopologySource, **kwargs: Any) -> None:
+        """Same arguments as :class:`~shardroute.client.ShardClient`."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: set[asyncio.Future[None]] = set()
-        self._core: ClientCore[grpc.aio.Channel] = ClientCore(
-            source,
-            zone=zone,
-            region=region,
-            timeout=timeout,
-            router=router,
-            retry=retry,
-            outlier=outlier,
-            max_message_bytes=max_message_bytes,
-            channel_options=channel_options,
-            create_channel=self._create_channel,
-            close_channel=self._close_channel,
-        )
-        self._owned_source: TopologySource | None = None
+        super().__init__(source, **kwargs)
 
     @classmethod
     async def connect(

@@ -7,14 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._core import DEFAULT_MAX_MESSAGE_BYTES, ClientCore, ClientShell
+from shardroute._core import ClientShell
 from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.etcd import EtcdTopologySource
-from shardroute.discovery.source import TopologySource
 from shardroute.errors import ConfigError
 from shardroute.model import Shard
-from shardroute.routing import Router
-from shardroute.transport import Attempts, MethodSpec, OutlierDetector, RetryPolicy
+from shardroute.transport import Attempts, MethodSpec
 
 if TYPE_CHECKING:
     from shardroute.migration import MigrationResult, Migrator
@@ -43,36 +41,19 @@ class ShardClient(ClientShell):
 
     Thread contract: one client is shared by all threads. ``close()`` is idempotent;
     the client closes a source it created itself (``connect``), not one it was given.
+
+    Constructor: ``ShardClient(source, *, zone=None, region=None, timeout=30.0,
+    router=None, retry=None, outlier=None, max_message_bytes=4 MiB,
+    channel_options=())`` (docs/client.md).
     """
 
-    def __init__(
-        self,
-        source: TopologySource,
-        *,
-        zone: str | None = None,
-        region: str | None = None,
-        timeout: float = 30.0,
-        router: Router | None = None,
-        retry: RetryPolicy | None = None,
-        outlier: OutlierDetector | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        channel_options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self._core: ClientCore[grpc.Channel] = ClientCore(
-            source,
-            zone=zone,
-            region=region,
-            timeout=timeout,
-            router=router,
-            retry=retry,
-            outlier=outlier,
-            max_message_bytes=max_message_bytes,
-            channel_options=channel_options,
-            create_channel=lambda address, options: grpc.insecure_channel(address, options),
-            close_channel=lambda channel: channel.close(),
-        )
-        self._owned_source: TopologySource | None = None
-        self._migrator: Migrator | None = None
+    _migrator: Migrator | None = None
+
+    def _create_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        return grpc.insecure_channel(address, options)
+
+    def _close_channel(self, channel: grpc.Channel) -> None:
+        channel.close()
 
     @classmethod
     def connect(
