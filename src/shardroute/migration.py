@@ -24,6 +24,8 @@ from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import (
     ConfigError,
+    EtcdUnavailable,
+    LeaseNotFound,
     MigrationConflict,
     MigrationFailed,
     ShardRouteError,
@@ -126,6 +128,7 @@ class Migrator:
     def _migrate(self, session_key: str, target: str | None) -> MigrationResult:
         started = time.monotonic()
         topology = self.topology.current()
+        self._prune(topology)
         current = self.overrides.get(session_key)
         if current is not None and current.moving_to:
             raise MigrationConflict(
@@ -145,14 +148,19 @@ class Migrator:
                 session_key,
             ) from exc
         assert fenced is not None
+        commit = next_override(fenced, target_shard.id)
         try:
             data, from_store = self._export(session_key, fenced, source_shard)
             self._import(session_key, fenced, target_shard, data)
-            committed = self._swap(
-                session_key, fenced, next_override(fenced, target_shard.id), target_shard
-            )
+            committed = self._commit(session_key, fenced, commit, target_shard)
         except BaseException as exc:
-            self._roll_back(session_key, fenced, source_shard, target_shard)
+            self._roll_back(session_key, fenced, source_id, source_shard, target_shard)
+            if isinstance(exc, LeaseNotFound):
+                raise MigrationFailed(
+                    f"moving session {session_key!r}: the target {target_shard.id!r} lost its "
+                    "etcd lease (it is going away); rolled back",
+                    session_key,
+                ) from exc
             if isinstance(exc, StaleState):
                 raise MigrationConflict(
                     f"session {session_key!r}: the fence was broken during the move: {exc}",
@@ -180,16 +188,27 @@ class Migrator:
         )
 
     def migrate_many(
-        self, session_keys: Iterable[str], *, max_concurrent: int = 4
+        self,
+        session_keys: Iterable[str],
+        *,
+        max_concurrent: int = 4,
+        deadline: float | None = None,
     ) -> tuple[list[MigrationResult], dict[str, ShardRouteError]]:
         """Move several sessions, at most ``max_concurrent`` at once (each to the router's
-        choice). Returns the results and the errors by session key."""
+        choice). No move starts after ``deadline`` (a ``time.monotonic()`` value); the
+        sessions left get a ``MigrationFailed`` (they stay whole in the session store).
+        Returns the results and the errors by session key."""
         if max_concurrent < 1:
             raise ConfigError("max_concurrent must be >= 1")
         results: list[MigrationResult] = []
         errors: dict[str, ShardRouteError] = {}
 
         def one(key: str) -> None:
+            if deadline is not None and time.monotonic() >= deadline:
+                errors[key] = MigrationFailed(
+                    f"session {key!r} not moved: the deadline passed first", key
+                )
+                return
             try:
                 results.append(self.migrate(key))
             except ShardRouteError as exc:
@@ -251,6 +270,7 @@ class Migrator:
             request = shard_pb2.ExportSessionRequest(
                 session_key=session_key, epoch=fenced.epoch, chunk_bytes=self.chunk_bytes
             )
+            chunks = None
             try:
                 chunks = self._control(source).ExportSession(request, timeout=self.timeout)
                 return _join_chunks(session_key, chunks), False
@@ -258,6 +278,9 @@ class Migrator:
                 if not _unreachable(exc):
                     raise
                 log.warning("%s: source %s unreachable; using the store", session_key, source.id)
+            finally:
+                if chunks is not None:
+                    chunks.cancel()  # no-op once finished; stops a stream we gave up on
         stored = self.store.load(session_key)
         return (stored.data if stored is not None else b""), True
 
@@ -280,19 +303,60 @@ class Migrator:
         except grpc.RpcError as exc:  # the commit stands; the shard learns from etcd
             log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
 
+    def _commit(
+        self, session_key: str, fenced: Override, commit: Override, target: Shard
+    ) -> Override:
+        """Swap the fence for the commit. If etcd fails mid-call, read the override back:
+        the commit may have been applied before the connection broke."""
+        try:
+            committed = self._swap(session_key, fenced, commit, target)
+        except EtcdUnavailable:
+            now = self.overrides.get(session_key)
+            if now is not None and (now.owner, now.epoch, now.moving_to) == (
+                commit.owner,
+                commit.epoch,
+                "",
+            ):
+                return now
+            raise
+        assert committed is not None
+        return committed
+
     def _roll_back(
-        self, session_key: str, fenced: Override, source: Shard | None, target: Shard
+        self,
+        session_key: str,
+        fenced: Override,
+        source_id: str,
+        source: Shard | None,
+        target: Shard,
     ) -> None:
+        """Undo a move that did not commit. Every step is tried even if one fails: the
+        override back to the source (or deleted when the source is dead, so the next turn
+        takes over from the store), the source unfrozen, the target's copy dropped."""
         try:
             if source is not None:
-                back = next_override(fenced, source.id)
+                back: Override | None = next_override(fenced, source.id)
+                assert back is not None
                 self._swap(session_key, fenced, back, source)
-                self._release(source, session_key, back.epoch, "")
             else:
+                back = None
                 self.overrides.swap(session_key, fenced, None)
-            self._release(target, session_key, fenced.epoch, source.id if source else "")
         except ShardRouteError as exc:
-            log.error("%s: rollback incomplete: %s", session_key, exc)
+            log.error("%s: rollback could not restore the override: %s", session_key, exc)
+            back = None
+        if source is not None:
+            epoch = back.epoch if back is not None else fenced.epoch + 1
+            self._release(source, session_key, epoch, "")
+        self._release(target, session_key, fenced.epoch + 1, source_id)
+
+    def _prune(self, topology: Topology) -> None:
+        """Close channels to addresses no shard of ``topology`` has any more."""
+        live = {shard.address for shard in topology.shards.values()}
+        with self._lock:
+            gone = [address for address in self._channels if address not in live]
+            channels = [self._channels.pop(address) for address in gone]
+        for channel in channels:
+            channel.close()
 
     def _control(self, shard: Shard) -> Any:
         with self._lock:

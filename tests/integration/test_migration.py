@@ -156,3 +156,49 @@ def test_etcd_down_migration_fails_cleanly_and_routing_goes_on(
         client.migrate(session)
     assert client.route(session).shard.id == home  # routing on the last snapshot
     assert history(client, session) == ["hi"]  # and calls still reach the shard
+
+
+def test_failed_move_rolls_back_and_the_session_is_not_stuck(
+    client: ShardClient, etcd_server: EtcdServer
+) -> None:
+    from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+    from shardroute.discovery.keys import KeySchema
+    from shardroute.errors import MigrationFailed
+    from shardroute.testing.etcd import free_port
+
+    session = "conv-rollback"
+    turn(client, session, "one")
+    etcd = EtcdClient(EtcdOptions((etcd_server.endpoint,)))
+    try:  # a shard that is registered but cannot be reached: the import will fail
+        etcd.put(
+            KeySchema("chat").shard("ghost"), f'{{"address": "127.0.0.1:{free_port()}"}}'.encode()
+        )
+        client.source.wait_for(lambda t: "ghost" in t.shards, 10)
+        with pytest.raises(MigrationFailed, match="rolled back"):
+            client.migrate(session, target="ghost")
+        client.router.forget(session)
+        last = turn(client, session, "two")  # the source serves again (unfrozen)
+        assert last.turns_held == 2 and last.shard_id != "ghost"
+        real = next(s for s in client.source.current().shards if s not in (last.shard_id, "ghost"))
+        assert client.migrate(session, target=real).target == real  # no stale fence left
+        assert history(client, session) == ["one", "two"]
+    finally:
+        etcd.delete(KeySchema("chat").shard("ghost"))
+        etcd.close()
+
+
+def test_migrate_many_starts_nothing_after_its_deadline(client: ShardClient) -> None:
+    import time
+
+    from shardroute.discovery._etcd import EtcdClient
+    from shardroute.discovery.etcd import EtcdTopologySource
+    from shardroute.errors import MigrationFailed
+    from shardroute.migration import Migrator
+
+    turn(client, session := "conv-late", "hi")
+    source = client.source
+    assert isinstance(source, EtcdTopologySource)
+    with Migrator(EtcdClient(source.options), "chat", source, close_etcd=True) as mover:
+        results, errors = mover.migrate_many([session], deadline=time.monotonic() - 1)
+    assert results == [] and isinstance(errors[session], MigrationFailed)
+    assert history(client, session) == ["hi"]
