@@ -206,15 +206,21 @@ def test_a_held_call_is_served_when_the_move_rolls_back(
     assert tokens[-1].turns_held == 2 and tokens[-1].shard_id == "a"
 
 
-def test_a_hold_gives_up_after_hold_timeout(etcd_endpoint: str, etcd: EtcdClient) -> None:
+def test_a_hold_on_an_abandoned_fence_reclaims_the_session_after_hold_timeout(
+    etcd_endpoint: str, etcd: EtcdClient
+) -> None:
     with ChatShard(
         shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0, hold_timeout_s=0.3
     ) as a:
         _wait_until(lambda: "a" in a.topology.shards)  # type: ignore[union-attr]
         _generate(a.address, "t")
-        _fence(etcd, a, "t")
-        error, tokens = _generate_error(a.address, "t")
-        assert error.code() is grpc.StatusCode.UNAVAILABLE and tokens == []
+        fenced = _fence(etcd, a, "t")  # the mover fenced, then died
+        tokens = _generate(a.address, "t")  # held 0.3 s, then a reclaims it and serves
+        assert (tokens[-1].turns_held, tokens[-1].shard_id) == (2, "a")
+        override = OverrideStore(etcd, "chat").get("t")
+        assert override is not None
+        assert (override.owner, override.epoch, override.moving_to) == ("a", fenced.epoch + 1, "")
+        assert a.sessions.reclaims_total == 1
 
 
 def test_take_over_swaps_the_override_with_epoch_plus_one_on_its_own_lease(

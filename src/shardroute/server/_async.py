@@ -290,7 +290,13 @@ class AsyncShardServer(ShardServerBase):
 
         async def export_session(request: Any, context: Any) -> AsyncIterator[Any]:
             try:
-                chunks = await asyncio.to_thread(self._export_chunks, request)
+                # It may wait for an in-flight turn: on the sessions' executor, like turns.
+                chunks = await asyncio.get_running_loop().run_in_executor(
+                    self._sessions.executor,
+                    self._export_chunks,
+                    request,
+                    context.time_remaining(),
+                )
             except Refused as refused:
                 await abort(context, refused)
             for chunk in chunks:

@@ -7,6 +7,7 @@ the two shells only wrap them in a sync or an async handler.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from shardroute.server._core import (
     ServerState,
     SessionSummary,
 )
-from shardroute.server._sessions import Refused, SessionCodec, SessionHost
+from shardroute.server._sessions import Refused, SessionCodec, SessionHost, rpc_deadline
 
 __all__ = ["ServerLifecycleError", "ShardServerBase", "session_key"]
 
@@ -93,9 +94,12 @@ class ShardServerBase:
         session_codec: SessionCodec[Any] | None = None,
         hold_timeout_s: float = 5.0,
         max_concurrent_moves: int = 4,
+        session_idle_ttl_s: float = 600.0,
     ) -> None:
         if hold_timeout_s <= 0:
             raise ConfigError(f"hold_timeout_s must be > 0, got {hold_timeout_s!r}")
+        if not session_idle_ttl_s > 0:
+            raise ConfigError(f"session_idle_ttl_s must be > 0, got {session_idle_ttl_s!r}")
         if max_concurrent_moves < 1:
             raise ConfigError(f"max_concurrent_moves must be >= 1, got {max_concurrent_moves!r}")
         self._config = ServerConfig(
@@ -137,6 +141,8 @@ class ShardServerBase:
             codec=session_codec,
             hold_timeout_s=hold_timeout_s,
             on_warm=self.warm_session,
+            idle_ttl_s=session_idle_ttl_s,
+            wait_workers=self._config.workers,
         )
         self._session_etcd: Any = None
         self._topology_source: Any = None
@@ -311,6 +317,7 @@ class ShardServerBase:
         if etcd is not None:
             etcd.close()
         self._sessions.topology_changed()
+        self._sessions.close()
 
     def _take_drain_request(self, request: shard_pb2.DrainRequest) -> None:
         """Apply a Drain RPC's options: whether to move sessions, and the cap on moves."""
@@ -322,8 +329,6 @@ class ShardServerBase:
         """Move every held session to other shards (drain), at most
         ``max_concurrent_moves`` at once; returns (moved, failed) and records
         :attr:`last_drain`. Blocking."""
-        import time
-
         from shardroute.migration import Migrator
 
         keys = self._sessions.keys()
@@ -343,8 +348,17 @@ class ShardServerBase:
 
     # -- migration RPCs (blocking, shared by both shells) --------------------------
 
-    def _export_chunks(self, request: shard_pb2.ExportSessionRequest) -> list[Any]:
-        data = self.export_session(request.session_key, request.epoch)
+    def _export_chunks(
+        self, request: shard_pb2.ExportSessionRequest, time_remaining: float | None = None
+    ) -> list[Any]:
+        """``time_remaining``: the RPC's (``context.time_remaining()``); the export's wait
+        for the in-flight turn ends before it (:data:`rpc_deadline`)."""
+        deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        token = rpc_deadline.set(deadline)
+        try:
+            data = self.export_session(request.session_key, request.epoch)
+        finally:
+            rpc_deadline.reset(token)
         size = chunk_size(request.chunk_bytes, self._config.max_message_bytes)
         return list(split_chunks(request.session_key, request.epoch, data, size))
 

@@ -16,12 +16,14 @@ waits on the condition), so the asyncio server calls them through ``asyncio.to_t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -54,6 +56,16 @@ log = logging.getLogger("shardroute.server")
 S = TypeVar("S")
 
 _MAX_HINTS = 65536
+
+rpc_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "shardroute_rpc_deadline", default=None
+)
+"""The ``time.monotonic()`` deadline of the RPC a blocking host method serves (set by the
+server around the migration hooks; None: no deadline). :meth:`SessionHost.export` bounds
+its wait for the in-flight turn by it."""
+
+_DEADLINE_MARGIN_S = 0.05
+"""An export gives up this long before the RPC's deadline, so its answer still arrives."""
 
 
 class SessionCodec(Protocol[S]):
@@ -141,6 +153,11 @@ class _Entry:
     imported: bool = False
     loading: bool = False
     last_used: float = 0.0
+    frozen_epoch: int = 0
+    """The fence epoch of the export that froze the entry (meaningful when frozen)."""
+    releases: int = 0
+    """How many ReleaseSession calls reached this entry (an export waiting for the
+    in-flight turn refuses to freeze if one arrived meanwhile)."""
 
 
 class SessionHost:
@@ -158,9 +175,15 @@ class SessionHost:
         shard_id: this shard's id (the owner written with the state).
         codec: state object ↔ bytes (default :class:`JsonCodec`).
         hold_timeout_s: how long a call of a moving session waits for the move to
-            commit or roll back before it fails with UNAVAILABLE.
+            commit or roll back, and a call of a busy session for its turn, before it
+            fails with ABORTED (nothing executed; retry).
         max_state_bytes: the largest state an import accepts.
         on_warm: called with ``(session_key, state)`` by :meth:`warm`.
+        idle_ttl_s: a held session neither busy nor frozen and unused this long is
+            evicted (its state is in the store; the next call takes it over again).
+        wait_workers: threads of the executor the asyncio server runs the blocking
+            :meth:`begin` on (a waiting call holds one; checkpoints use another pool).
+        clock: the wall clock (``time.time``) for last use and eviction; tests inject one.
 
     The store, the override store, the topology and the lease come from the server at
     ``start()`` (:meth:`attach`). Thread contract: every method may be called from any
@@ -175,12 +198,20 @@ class SessionHost:
         hold_timeout_s: float = 5.0,
         max_state_bytes: int = 256 * 1024 * 1024,
         on_warm: Callable[[str, Any], None] | None = None,
+        idle_ttl_s: float = 600.0,
+        wait_workers: int = 64,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.shard_id = shard_id
         self.codec: SessionCodec[Any] = codec if codec is not None else JsonCodec()
         self.hold_timeout_s = hold_timeout_s
         self.max_state_bytes = max_state_bytes
+        self.idle_ttl_s = idle_ttl_s
         self._on_warm = on_warm
+        self._clock = clock
+        self._wait_workers = wait_workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._next_sweep = clock() + self._sweep_interval()
         self._store: _Store | None = None
         self._overrides: _Overrides | None = None
         self._topology: Callable[[], Topology | None] = lambda: None
@@ -190,12 +221,19 @@ class SessionHost:
         self._cond = threading.Condition()
         self._held: dict[str, _Entry] = {}
         self._hints: OrderedDict[str, Override] = OrderedDict()
+        # Epochs a rollback told this shard (ReleaseSession to itself): they fence stale
+        # migration calls but say nothing new about ownership, so they are no hints.
+        self._floors: OrderedDict[str, int] = OrderedDict()
         self.takeovers_total = 0
         """Sessions this shard took over from the store."""
         self.redirects_total = 0
         """Calls answered with a redirect."""
         self.conflicts_total = 0
         """Checkpoints that lost their compare-and-swap (turn aborted, copy dropped)."""
+        self.evictions_total = 0
+        """Idle sessions evicted (``idle_ttl_s``)."""
+        self.reclaims_total = 0
+        """Abandoned fences this shard reclaimed after a hold timed out."""
 
     # -- wiring (by the server) -----------------------------------------------------
 
@@ -219,6 +257,26 @@ class SessionHost:
     def store(self) -> Any:
         """The session store (set once the server started)."""
         return self._store
+
+    @property
+    def executor(self) -> Executor:
+        """The executor the asyncio server runs blocking :meth:`begin` calls on: its
+        own, so calls waiting for a busy or moving session never take the threads the
+        in-flight turn's checkpoint needs (created on first use)."""
+        with self._cond:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._wait_workers, thread_name_prefix=f"shardroute-{self.shard_id}-session"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        """Shut the wait executor down (the server calls it once stopped)."""
+        with self._cond:
+            executor, self._executor = self._executor, None
+            self._cond.notify_all()
+        if executor is not None:
+            executor.shutdown(wait=False)
 
     def topology_changed(self, _topology: object = None) -> None:
         """Wake held calls so they decide again (the topology source's subscriber)."""
@@ -281,20 +339,31 @@ class SessionHost:
     def begin(self, session_key: str, reason: str | None = None) -> Any:
         """Decide ownership for one call and lock the session; returns its entry.
 
-        Raises :class:`Refused` (redirect, hold timeout, store failure). Pair with
-        :meth:`end`. Prefer :meth:`turn`, which does both.
+        Raises :class:`Refused` (redirect; ``ABORTED`` when the session stays busy or
+        moving for ``hold_timeout_s``; store failure). Pair with :meth:`end`. Prefer
+        :meth:`turn`, which does both.
         """
         deadline = time.monotonic() + self.hold_timeout_s
         fresh: Override | None = None
+        use_fresh = False  # decide with the direct etcd read alone (until the next wait)
         read_directly = False
+        held_on: Override | None = None  # the override this call first held on
+        holding = reclaim_tried = False
         while True:
             with self._cond:
+                self._maybe_sweep()
                 entry = self._held.get(session_key)
                 if entry is not None and entry.busy:
-                    self._cond.wait()  # the session's lock: one turn at a time
+                    # The session's lock: one turn at a time, waited for at most the hold
+                    # timeout (an unbounded wait would pile calls up behind a long turn).
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise Refused(grpc.StatusCode.ABORTED, _busy_message(session_key))
+                    self._cond.wait(remaining)
+                    use_fresh = False
                     continue
-                override = newest_override(self._topology_override(session_key), fresh)
-                override = newest_override(override, self._hints.get(session_key))
+                override = fresh if use_fresh else self._known(session_key)
+                entry = self._settle_frozen(session_key, entry, override)
                 owns = override is not None and override.owner == self.shard_id
                 held = entry is not None and (not entry.imported or owns)
                 decision = decide(
@@ -311,33 +380,43 @@ class SessionHost:
                     entry.imported = False
                     return entry
                 if action is Action.HOLD:
+                    if not holding:
+                        holding, held_on = True, override
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if remaining > 0:
+                        self._cond.wait(remaining)
+                        use_fresh = False
+                        continue
+                    if reclaim_tried or not self._may_reclaim(held_on):
+                        raise Refused(grpc.StatusCode.ABORTED, _moving_message(session_key))
+                    reclaim_tried = True
+                else:
+                    need_read = not read_directly and self._overrides is not None
+                    if action is Action.REDIRECT and not (need_read and entry is not None):
+                        if entry is not None and not entry.frozen:
+                            del self._held[session_key]  # a stale copy: the owner is elsewhere
+                        self.redirects_total += 1
                         raise Refused(
-                            grpc.StatusCode.UNAVAILABLE,
-                            f"session {session_key!r} is moving and the move did not finish "
-                            f"within {self.hold_timeout_s}s; retry",
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"session {session_key!r} is owned by shard {decision.owner!r}",
+                            redirect=decision.owner,
                         )
-                    self._cond.wait(remaining)
-                    continue
-                need_read = not read_directly and self._overrides is not None
-                if action is Action.REDIRECT and not (need_read and entry is not None):
-                    if entry is not None and not entry.frozen:
-                        del self._held[session_key]  # a stale copy: the owner is elsewhere
-                    self.redirects_total += 1
-                    raise Refused(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"session {session_key!r} is owned by shard {decision.owner!r}",
-                        redirect=decision.owner,
-                    )
-                if action is Action.TAKE_OVER and not need_read:
-                    placeholder = _Entry(None, b"", 0, busy=True, loading=True)
-                    self._held[session_key] = placeholder
-                    break
-            # In doubt (a take-over, or a redirect away from a session held here): read
-            # the override once from etcd, then decide again with it.
-            fresh = self._read_override(session_key)
-            read_directly = True
+                    if action is Action.TAKE_OVER and not need_read:
+                        placeholder = _Entry(None, b"", 0, busy=True, loading=True)
+                        self._held[session_key] = placeholder
+                        break
+            if action is Action.HOLD:
+                # The hold timed out on a fence that never moved: the mover may be dead.
+                assert held_on is not None
+                fresh = self._reclaim(session_key, held_on)
+            else:
+                # In doubt (a take-over, or a redirect away from a session held here):
+                # read the override once from etcd, then decide again with that read alone
+                # (hints and the watch are older than it).
+                fresh = self._read_override(session_key)
+                with self._cond:
+                    self._hints.pop(session_key, None)
+            read_directly = use_fresh = True
         try:
             self._take_over(session_key, placeholder, fresh)
         except BaseException:
@@ -347,6 +426,71 @@ class SessionHost:
                 self._cond.notify_all()
             raise
         return placeholder
+
+    def _settle_frozen(self, key: str, entry: _Entry | None, known: Override | None) -> Any:
+        """A frozen entry whose move ended without a ReleaseSession reaching this shard:
+        the override went past the freezing epoch without ``moving_to``. A rollback (the
+        override names this shard) unfreezes it; a commit elsewhere drops the copy.
+        Called with ``_cond`` held; returns the entry, or None when dropped."""
+        if entry is None or not entry.frozen or known is None:
+            return entry
+        if known.moving_to or known.epoch <= entry.frozen_epoch:
+            return entry
+        if known.owner == self.shard_id:
+            entry.frozen = False
+            return entry
+        del self._held[key]
+        self._cond.notify_all()
+        return None
+
+    def _may_reclaim(self, held_on: Override | None) -> bool:
+        return (
+            self._overrides is not None
+            and held_on is not None
+            and held_on.owner == self.shard_id
+            and bool(held_on.moving_to)
+        )
+
+    def _reclaim(self, key: str, held_on: Override) -> Override | None:
+        """After a hold timed out: if etcd still shows the same fence (this shard, same
+        epoch, same ``moving_to``), the mover is presumed dead; swap the override back to
+        ``{owner: self, epoch: e+1}`` on this shard's lease and unfreeze. The swap
+        compares the fence's revision, so a mover that is merely slow loses its commit
+        and rolls back. Returns the override as now known (read or written)."""
+        current = self._read_override(key)
+        if current is None or (current.owner, current.epoch, current.moving_to) != (
+            held_on.owner,
+            held_on.epoch,
+            held_on.moving_to,
+        ):
+            return current
+        assert self._overrides is not None
+        try:
+            written = self._overrides.swap(
+                key, current, Override(self.shard_id, current.epoch + 1), lease=self._lease()
+            )
+        except StaleState:
+            return self._read_override(key)
+        except EtcdUnavailable as exc:
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"{_moving_message(key)} (etcd unreachable to reclaim it: {exc})",
+            ) from exc
+        with self._cond:
+            self._hints.pop(key, None)
+            entry = self._held.get(key)
+            if entry is not None and entry.frozen:
+                entry.frozen = False
+            self.reclaims_total += 1
+            self._cond.notify_all()
+        log.warning(
+            "shard %s reclaimed session %s: the move to %s fenced at epoch %d was abandoned",
+            self.shard_id,
+            key,
+            held_on.moving_to,
+            held_on.epoch,
+        )
+        return written
 
     def _take_over(self, key: str, entry: _Entry, current: Override | None) -> None:
         store = self._require_store()
@@ -371,7 +515,7 @@ class SessionHost:
             entry.state, entry.data = state, data
             entry.version = stored.version if stored is not None else 0
             entry.loading = False
-            entry.last_used = time.time()
+            entry.last_used = self._clock()
             self.takeovers_total += 1
         log.info(
             "shard %s took over session %s (stored version %d)", self.shard_id, key, entry.version
@@ -434,26 +578,53 @@ class SessionHost:
         (a read of an unknown session, a first turn that failed) is not kept."""
         with self._cond:
             entry.busy = False
-            entry.last_used = time.time()
+            entry.last_used = self._clock()
             if entry.version == 0 and not entry.imported and self._held.get(session_key) is entry:
                 del self._held[session_key]
             self._cond.notify_all()
 
     # -- migration ------------------------------------------------------------------
 
-    def export(self, session_key: str, epoch: int) -> bytes:
+    def export(self, session_key: str, epoch: int, timeout: float | None = None) -> bytes:
         """The session's state for ``ExportSession``: waits for its in-flight turn, then
         freezes it (new turns are held until :meth:`release`). A session not held here is
-        loaded from the store. Raises :class:`Refused` (stale epoch, unknown session)."""
+        loaded from the store.
+
+        The wait is bounded by ``timeout`` (seconds), else by the RPC's deadline
+        (:data:`rpc_deadline`, set by the server); after it the epoch is checked again
+        and the session is frozen only if no newer override or ReleaseSession arrived
+        meanwhile (the mover may have given up and rolled back).
+
+        Raises :class:`Refused`: stale epoch (``FAILED_PRECONDITION``, also when the
+        epoch became stale during the wait), the turn outlived the deadline or the
+        session was released or replaced during the wait (``ABORTED``, not frozen),
+        unknown session (``NOT_FOUND``).
+        """
+        deadline = _deadline(timeout)
         with self._cond:
             self._check_epoch(session_key, epoch)
-            while True:
-                entry = self._held.get(session_key)
-                if entry is None or not entry.busy:
-                    break
-                self._cond.wait()
+            entry = self._held.get(session_key)
+            releases = entry.releases if entry is not None else 0
+            while entry is not None and entry.busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Refused(
+                        grpc.StatusCode.ABORTED,
+                        f"session {session_key!r}: the turn in flight did not end before the "
+                        "export's deadline; not frozen",
+                    )
+                self._cond.wait(remaining)
+                current = self._held.get(session_key)
+                if current is not entry or entry.releases != releases:
+                    raise Refused(
+                        grpc.StatusCode.ABORTED,
+                        f"session {session_key!r} was released or replaced while the export "
+                        "waited for its turn; not frozen",
+                    )
+            self._check_epoch(session_key, epoch)  # a rollback or commit meanwhile
             if entry is not None and not entry.loading:
                 entry.frozen = True
+                entry.frozen_epoch = epoch
                 return entry.data
         stored = self._load(session_key)
         if stored is None:
@@ -463,7 +634,14 @@ class SessionHost:
 
     def import_state(self, session_key: str, epoch: int, data: bytes) -> int:
         """Hold an imported state (not yet owned: served once the override names this
-        shard). Returns its size. Raises :class:`Refused` when it does not decode."""
+        shard). Returns its size.
+
+        Raises :class:`Refused`: ``INVALID_ARGUMENT`` when it does not decode;
+        ``FAILED_PRECONDITION`` when the epoch is older than the override this shard
+        knows, when this shard serves the session itself (owns it, or a turn, an export
+        or a load is in progress), or when the bytes are not the store's current state
+        (a turn was answered after the export: the mover rolls back).
+        """
         try:
             state = self.codec.decode(data)
         except Exception as exc:
@@ -471,19 +649,37 @@ class SessionHost:
                 grpc.StatusCode.INVALID_ARGUMENT, f"imported state does not decode: {exc}"
             ) from exc
         stored = self._load(session_key)
+        if stored is not None and stored.data != data:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"imported state of session {session_key!r} is not the stored state "
+                f"(version {stored.version}): a turn was saved after the export",
+            )
         version = stored.version if stored is not None else 0
         with self._cond:
+            self._check_epoch(session_key, epoch)
             current = self._held.get(session_key)
-            if current is not None and current.busy:
+            if current is not None and not self._replaceable(session_key, current):
                 raise Refused(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"session {session_key!r} has a turn in progress on this shard",
+                    f"session {session_key!r} is served by this shard; import refused",
                 )
             self._held[session_key] = _Entry(
-                state, data, version, imported=True, last_used=time.time()
+                state, data, version, imported=True, last_used=self._clock()
             )
             self._cond.notify_all()
         return len(data)
+
+    def _replaceable(self, key: str, entry: _Entry) -> bool:
+        """Whether an import may replace ``entry``: idle, and not this shard's to serve
+        (an imported copy not yet committed, or a stale copy the override gives to
+        another shard). Called with ``_cond`` held."""
+        if entry.busy or entry.loading or entry.frozen:
+            return False
+        known = self._known(key)
+        if known is None:
+            return entry.imported
+        return known.owner != self.shard_id
 
     def warm(self, session_key: str, epoch: int) -> bool:
         """Pre-warm an imported or held session (calls ``on_warm``); False when the
@@ -504,6 +700,8 @@ class SessionHost:
         shard: unfreeze and serve. Returns whether the shard held the session."""
         with self._cond:
             entry = self._held.get(session_key)
+            if entry is not None:
+                entry.releases += 1
             owner = new_owner or self.shard_id
             if owner == self.shard_id:
                 self._check_epoch(session_key, epoch)
@@ -511,11 +709,22 @@ class SessionHost:
                     entry.frozen = False
                     if new_owner:
                         entry.imported = False
-            elif entry is not None and not entry.busy:
-                del self._held[session_key]
-            self._hint(session_key, Override(owner, epoch))
+                # Not an ownership hint (the override may already have moved on after a
+                # rollback); the epoch only fences stale migration calls.
+                self._floor(session_key, epoch)
+            else:
+                if entry is not None and not entry.busy:
+                    del self._held[session_key]
+                self._hint(session_key, Override(owner, epoch))
             self._cond.notify_all()
             return entry is not None
+
+    def evict_idle(self) -> int:
+        """Forget held sessions neither busy nor frozen and unused for ``idle_ttl_s``
+        (their state is in the store). Returns how many. Also runs by itself at most every
+        ``min(idle_ttl_s / 4, 60)`` s when calls begin."""
+        with self._cond:
+            return self._evict_idle(self._clock())
 
     def drop(self, session_key: str) -> bool:
         """Forget a held session (not busy); True when it was held."""
@@ -567,12 +776,43 @@ class SessionHost:
 
     def _check_epoch(self, key: str, epoch: int) -> None:
         known = self._known(key)
-        if epoch_is_stale(epoch, known):
-            assert known is not None
+        floor = self._floors.get(key, 0)
+        if epoch_is_stale(epoch, known) or epoch < floor:
+            newest = max(floor, known.epoch if known is not None else 0)
             raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"stale epoch {epoch} for session {key!r}: this shard knows epoch {known.epoch}",
+                f"stale epoch {epoch} for session {key!r}: this shard knows epoch {newest}",
             )
+
+    def _floor(self, key: str, epoch: int) -> None:
+        # Called with _cond held.
+        self._floors[key] = max(epoch, self._floors.get(key, 0))
+        self._floors.move_to_end(key)
+        while len(self._floors) > _MAX_HINTS:
+            self._floors.popitem(last=False)
+
+    def _sweep_interval(self) -> float:
+        return max(1.0, min(self.idle_ttl_s / 4, 60.0))
+
+    def _maybe_sweep(self) -> None:
+        # Called with _cond held.
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_interval()
+            self._evict_idle(now)
+
+    def _evict_idle(self, now: float) -> int:
+        # Called with _cond held.
+        cutoff = now - self.idle_ttl_s
+        idle = [
+            key
+            for key, e in self._held.items()
+            if not (e.busy or e.frozen or e.loading) and e.last_used <= cutoff
+        ]
+        for key in idle:
+            del self._held[key]
+        self.evictions_total += len(idle)
+        return len(idle)
 
     def _hint(self, key: str, override: Override) -> None:
         # Called with _cond held.
@@ -580,6 +820,14 @@ class SessionHost:
         self._hints.move_to_end(key)
         while len(self._hints) > _MAX_HINTS:
             self._hints.popitem(last=False)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """A monotonic deadline: ``timeout`` from now, else the RPC's, a little early."""
+    if timeout is not None:
+        return time.monotonic() + timeout
+    deadline = rpc_deadline.get()
+    return None if deadline is None else deadline - _DEADLINE_MARGIN_S
 
 
 class _Everyone(Collection[str]):
@@ -596,6 +844,14 @@ class _Everyone(Collection[str]):
 _EVERYONE = _Everyone()
 
 
+def _moving_message(key: str) -> str:
+    return f"session {key!r} is moving; nothing was executed; retry"
+
+
+def _busy_message(key: str) -> str:
+    return f"session {key!r} is busy with another turn; nothing was executed; retry"
+
+
 def _reason(context: Any) -> str | None:
     return metadata.get(context.invocation_metadata(), metadata.REASON)
 
@@ -605,6 +861,12 @@ def _key(context: Any, session_key: str | None) -> str:
 
 
 _NO_KEY = "no session key: pass session_key=, or call through a shardroute client"
+
+
+def _end_if_begun(host: SessionHost, key: str, begun: asyncio.Future[Any]) -> None:
+    """Unlock a session a cancelled call's :meth:`SessionHost.begin` locked after all."""
+    if not begun.cancelled() and begun.exception() is None:
+        host.end(key, begun.result())
 
 
 class _TurnBase(Generic[S]):
@@ -683,10 +945,18 @@ class AsyncTurn(_TurnBase[Any]):
     async def __aenter__(self) -> AsyncTurn:
         if not self.key:
             await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, _NO_KEY)
+        host, key = self._host, self.key
+        # On the host's own executor: a call waiting here must not take a thread the
+        # in-flight turn's checkpoint (default executor) needs.
+        begun = asyncio.get_running_loop().run_in_executor(
+            host.executor, host.begin, key, _reason(self._context)
+        )
         try:
-            self._entry = await asyncio.to_thread(
-                self._host.begin, self.key, _reason(self._context)
-            )
+            self._entry = await asyncio.shield(begun)
+        except asyncio.CancelledError:
+            # The call went away while waiting; the thread may still lock the session.
+            begun.add_done_callback(lambda done: _end_if_begun(host, key, done))
+            raise
         except Refused as refused:
             await self._abort(refused)
         return self

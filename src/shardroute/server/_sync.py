@@ -333,7 +333,7 @@ class ShardServer(ShardServerBase):
 
         def export_session(request: Any, context: Any) -> Iterator[Any]:
             try:
-                chunks = self._export_chunks(request)
+                chunks = self._export_chunks(request, context.time_remaining())
             except Refused as refused:
                 abort(context, refused)
             yield from chunks

@@ -1,0 +1,530 @@
+"""Races in the shard-side session host (review findings), each pinned against real etcd:
+late imports, exports that outlive their mover, stale freezes and abandoned fences,
+cancelled and queued asyncio calls, stale hints, the ABORTED answers, idle eviction.
+
+The hosts are driven directly (no gRPC) where the race needs precise interleaving; the
+topology is "perfectly fresh": its overrides are read from etcd on every look-up."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from shardroute import metadata
+from shardroute._proto import shard_pb2, shard_pb2_grpc
+from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+from shardroute.errors import ConfigError, StaleState
+from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_pb2_grpc
+from shardroute.model import Override, Topology
+from shardroute.server import SessionHost
+from shardroute.server._sessions import Refused
+from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
+
+K = "k1"
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        tick.wait(0.005)
+
+
+class _EtcdOverrides(Mapping[str, Override]):
+    """A topology's overrides that are always current: each look-up reads etcd."""
+
+    def __init__(self, store: OverrideStore) -> None:
+        self._store = store
+
+    def __getitem__(self, key: str) -> Override:
+        found = self._store.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+class World:
+    """Shards A, T and C of service "chat" sharing one etcd (store and overrides)."""
+
+    def __init__(self, etcd: EtcdClient, live: tuple[str, ...] = ("A", "T", "C")) -> None:
+        self.store = EtcdSessionStore(etcd, "chat")
+        self.overrides = OverrideStore(etcd, "chat")
+        self.live: dict[str, Any] = {shard: object() for shard in live}
+
+    def topology(self) -> Topology:
+        return Topology("chat", shards=self.live, overrides=_EtcdOverrides(self.overrides))
+
+    def host(self, shard: str, hold: float = 1.0, **kwargs: Any) -> SessionHost:
+        host = SessionHost(shard, hold_timeout_s=hold, **kwargs)
+        host.attach(self.store, overrides=self.overrides, topology=self.topology)
+        return host
+
+    def fence(self, key: str, owner: str, moving_to: str) -> Override:
+        current = self.overrides.get(key)
+        epoch = current.epoch + 1 if current is not None else 1
+        fenced = self.overrides.swap(key, current, Override(owner, epoch, moving_to))
+        assert fenced is not None
+        return fenced
+
+    def stored(self, key: str) -> list[str]:
+        stored = self.store.load(key)
+        assert stored is not None
+        turns: list[str] = SessionHost("x").codec.decode(stored.data)
+        return turns
+
+
+def turn(host: SessionHost, key: str, text: str, reason: str | None = None) -> None:
+    entry = host.begin(key, reason)
+    try:
+        host.checkpoint(key, entry, [*(entry.state or []), text])
+    finally:
+        host.end(key, entry)
+
+
+@pytest.fixture
+def world(etcd_endpoint: str) -> Iterator[World]:
+    client = EtcdClient(EtcdOptions(endpoints=(etcd_endpoint,)))
+    yield World(client)
+    client.close()
+
+
+def _in_thread(fn: Callable[[], Any]) -> futures.Future[Any]:
+    pool = futures.ThreadPoolExecutor(1)
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)
+    return future
+
+
+# -- 1. a late import never overwrites the new owner's copy ---------------------------------
+
+
+def test_a_late_import_with_a_stale_epoch_is_refused_and_the_answered_turn_stands(
+    world: World,
+) -> None:
+    a, t = world.host("A"), world.host("T")
+    turn(a, K, "t1")
+    world.overrides.swap(K, None, Override("A", 1))
+    fence = world.fence(K, "A", "T")
+    data = a.export(K, fence.epoch)
+    turn(t, K, "t2", reason="failover")  # T takes over (epoch 3) and answers a turn
+    with pytest.raises(Refused) as refused:
+        t.import_state(K, fence.epoch, data)  # the mover's import lands late
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    turn(t, K, "t3")
+    assert world.stored(K) == ["t1", "t2", "t3"]
+
+
+def test_an_import_of_bytes_older_than_the_store_is_refused(world: World) -> None:
+    a, t = world.host("A"), world.host("T")
+    turn(a, K, "t1")
+    data = a.export(K, 1)  # no fence here: only the bytes check can catch it
+    a.release(K, 1, "")
+    turn(a, K, "t2")  # answered after the export
+    with pytest.raises(Refused) as refused:
+        t.import_state(K, 1, data)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "not the stored state" in refused.value.details and K not in t
+    # The current bytes are accepted, paired with the current version.
+    assert t.import_state(K, 1, a.export(K, 1)) > 0
+    stored = world.store.load(K)
+    assert stored is not None and t._held[K].version == stored.version
+
+
+def test_an_import_never_replaces_a_copy_this_shard_serves() -> None:
+    store = InMemorySessionStore()
+    t = SessionHost("T")
+    t.attach(store)
+    turn(t, K, "t1")  # T serves K (no override: standalone)
+    with pytest.raises(Refused) as refused:
+        t.import_state(K, 1, b'["t1"]')
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert t.peek(K) == ["t1"] and not t._held[K].imported
+
+
+def test_an_import_replaces_a_stale_copy_the_override_gives_to_another_shard(
+    world: World,
+) -> None:
+    a, t = world.host("A"), world.host("T")
+    turn(t, K, "t1")  # T served K once ...
+    turn(a, K, "t2", reason="failover")  # ... A took it over (override {A, 1})
+    fence = world.fence(K, "A", "T")  # and now moves it back to T
+    data = a.export(K, fence.epoch)
+    assert t.import_state(K, fence.epoch, data) == len(data)
+    assert t.peek(K) == ["t1", "t2"]
+
+
+# -- 2. an export that waits past its mover never freezes the session -----------------------
+
+
+def test_an_export_released_while_waiting_for_the_turn_does_not_freeze(world: World) -> None:
+    a = world.host("A")
+    turn(a, K, "t1")
+    entry = a.begin(K)  # a long turn in flight
+    fence = world.fence(K, "A", "T")
+    exported = _in_thread(lambda: a.export(K, fence.epoch))
+    with pytest.raises(futures.TimeoutError):
+        exported.result(timeout=0.05)  # it waits for the turn
+    # The mover timed out and rolled back: override {A, e+2}, release to A.
+    world.overrides.swap(K, fence, Override("A", fence.epoch + 1))
+    a.release(K, fence.epoch + 1, "")
+    a.checkpoint(K, entry, ["t1", "t2"])
+    a.end(K, entry)
+    with pytest.raises(Refused) as refused:
+        exported.result(timeout=5)
+    assert refused.value.code in (grpc.StatusCode.ABORTED, grpc.StatusCode.FAILED_PRECONDITION)
+    assert not a.is_frozen(K)
+    turn(a, K, "t3")  # served at once, not held
+    assert world.stored(K) == ["t1", "t2", "t3"]
+
+
+def test_an_export_whose_epoch_goes_stale_during_the_wait_does_not_freeze(
+    world: World,
+) -> None:
+    a = world.host("A")
+    turn(a, K, "t1")
+    entry = a.begin(K)
+    fence = world.fence(K, "A", "T")
+    exported = _in_thread(lambda: a.export(K, fence.epoch))
+    with pytest.raises(futures.TimeoutError):
+        exported.result(timeout=0.05)
+    world.overrides.swap(K, fence, Override("A", fence.epoch + 1))  # seen by the watch only
+    a.end(K, entry)
+    with pytest.raises(Refused) as refused:
+        exported.result(timeout=5)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert not a.is_frozen(K)
+
+
+class _ExportWatch:
+    """Sets ``exported`` once the export hook returned or raised (the handler is done)."""
+
+    exported: threading.Event
+
+    def export_session(self, session_key: str, epoch: int) -> bytes:
+        try:
+            return super().export_session(session_key, epoch)  # type: ignore[misc]
+        finally:
+            self.exported.set()
+
+
+class WatchedChatShard(_ExportWatch, ChatShard):
+    exported = threading.Event()
+
+
+class WatchedAsyncChatShard(_ExportWatch, AsyncChatShard):
+    exported = threading.Event()
+
+
+def test_export_over_grpc_gives_up_at_the_rpc_deadline_without_freezing() -> None:
+    WatchedChatShard.exported = threading.Event()
+    with WatchedChatShard(shard_id="src", service="chat", etcd=None, token_delay_s=0) as shard:
+        host = shard.sessions
+        turn(host, K, "t1")
+        entry = host.begin(K)  # a turn that outlives the mover's deadline
+        try:
+            with grpc.insecure_channel(shard.address) as channel:
+                control = shard_pb2_grpc.ShardControlStub(channel)
+                request = shard_pb2.ExportSessionRequest(session_key=K, epoch=1)
+                with pytest.raises(grpc.RpcError) as caught:
+                    list(control.ExportSession(request, timeout=0.5))
+            assert caught.value.code() in (
+                grpc.StatusCode.ABORTED,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        finally:
+            host.end(K, entry)
+        assert shard.exported.wait(5)  # (a stale export would have frozen it by now)
+        assert not host.is_frozen(K)
+        turn(host, K, "t2")
+
+
+# -- 3. freeze bookkeeping, abandoned fences ------------------------------------------------
+
+
+def test_a_frozen_copy_unfreezes_when_the_override_shows_a_rollback(world: World) -> None:
+    a = world.host("A")
+    turn(a, K, "t1")
+    fence = world.fence(K, "A", "T")
+    a.export(K, fence.epoch)
+    assert a.is_frozen(K)
+    # Rolled back in etcd, but the release never reached A.
+    world.overrides.swap(K, fence, Override("A", fence.epoch + 1))
+    turn(a, K, "t2")
+    assert not a.is_frozen(K) and world.stored(K) == ["t1", "t2"]
+
+
+def test_a_frozen_copy_is_dropped_and_redirected_when_the_move_committed(
+    world: World,
+) -> None:
+    a = world.host("A")
+    turn(a, K, "t1")
+    fence = world.fence(K, "A", "T")
+    a.export(K, fence.epoch)
+    world.overrides.swap(K, fence, Override("T", fence.epoch + 1))  # commit, no release
+    with pytest.raises(Refused) as refused:
+        a.begin(K)
+    assert (refused.value.code, refused.value.redirect) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "T",
+    )
+    assert K not in a
+
+
+def test_an_abandoned_fence_is_reclaimed_after_the_hold_timeout(world: World) -> None:
+    a = world.host("A", hold=0.2)
+    turn(a, K, "t1")
+    fence = world.fence(K, "A", "T")
+    a.export(K, fence.epoch)  # the mover fenced, exported, then died
+    turn(a, K, "t2")  # held for 0.2 s, then reclaimed and served
+    now = world.overrides.get(K)
+    assert now is not None and (now.owner, now.epoch, now.moving_to) == ("A", fence.epoch + 1, "")
+    assert not a.is_frozen(K) and a.reclaims_total == 1
+    assert world.stored(K) == ["t1", "t2"]
+    # A mover that was only slow loses its commit (the fence's revision moved).
+    with pytest.raises(StaleState):
+        world.overrides.swap(K, fence, Override("T", fence.epoch + 1))
+
+
+def test_a_hold_times_out_with_aborted_when_the_fence_keeps_moving(world: World) -> None:
+    a = world.host("A", hold=0.2)
+    turn(a, K, "t1")
+    world.fence(K, "A", "T")
+    looked = threading.Event()
+
+    def topology() -> Topology:
+        looked.set()
+        return world.topology()
+
+    a.attach(world.store, overrides=world.overrides, topology=topology)
+    result = _in_thread(lambda: a.begin(K))
+    assert looked.wait(5)  # the call saw the fence and holds on it
+    # Meanwhile the fence moves on (another mover, a newer epoch): not abandoned.
+    world.overrides.swap(K, world.overrides.get(K), Override("A", 5, "C"))
+    with pytest.raises(Refused) as refused:
+        result.result(timeout=5)
+    assert refused.value.code is grpc.StatusCode.ABORTED
+    assert "nothing was executed; retry" in refused.value.details
+    assert a.reclaims_total == 0
+
+
+# -- 7. hold and busy timeouts answer ABORTED on the wire -----------------------------------
+
+
+def _generate_error(address: str, key: str) -> grpc.RpcError:
+    with grpc.insecure_channel(address) as channel:
+        stub = chat_pb2_grpc.ChatStub(channel)
+        request = chat_pb2.GenerateRequest(session_key=key, prompt="hi", max_tokens=3)
+        try:
+            list(stub.Generate(request))
+        except grpc.RpcError as exc:
+            return exc
+    raise AssertionError("expected an error")
+
+
+def test_hold_and_busy_timeouts_answer_aborted_nothing_executed() -> None:
+    with ChatShard(
+        shard_id="s", service="chat", etcd=None, token_delay_s=0, hold_timeout_s=0.2
+    ) as shard:
+        host = shard.sessions
+        turn(host, "frozen", "t1")
+        host.export("frozen", 1)  # a move in progress (standalone: nothing to reclaim)
+        error = _generate_error(shard.address, "frozen")
+        assert error.code() is grpc.StatusCode.ABORTED
+        assert "is moving; nothing was executed; retry" in (error.details() or "")
+        turn(host, "busy", "t1")
+        entry = host.begin("busy")
+        try:
+            error = _generate_error(shard.address, "busy")
+        finally:
+            host.end("busy", entry)
+        assert error.code() is grpc.StatusCode.ABORTED
+        assert "busy with another turn; nothing was executed" in (error.details() or "")
+        assert host.peek("busy") == ["t1"]
+
+
+# -- 4, 5. asyncio: cancelled waits, queued calls -------------------------------------------
+
+
+class _Context:
+    def __init__(self, key: str) -> None:
+        self._md = ((metadata.SESSION_KEY, key),)
+
+    def invocation_metadata(self) -> Any:
+        return self._md
+
+    async def abort(self, code: Any, details: str, trailing_metadata: Any = ()) -> None:
+        raise Refused(code, details)
+
+
+class CountingHost(SessionHost):
+    """Counts the calls of begin that started (a waiting call is one that started)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.begins = 0
+        self._count_lock = threading.Lock()
+
+    def begin(self, session_key: str, reason: str | None = None) -> Any:
+        with self._count_lock:
+            self.begins += 1
+        return super().begin(session_key, reason)
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.002)
+
+
+def test_a_cancelled_async_call_does_not_leave_the_session_locked() -> None:
+    async def main() -> None:
+        host = CountingHost("A", hold_timeout_s=5.0)
+        host.attach(InMemorySessionStore())
+        turn(host, K, "t1")
+        entry = host.begin(K)  # turn 1 in flight
+
+        async def call(text: str) -> None:
+            async with host.aturn(_Context(K)) as session:
+                await session.checkpoint([*session.state, text])
+
+        waiting = asyncio.create_task(call("t2"))
+        await _until(lambda: host.begins == 2)  # call 2 waits for the lock in a thread
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        host.end(K, entry)  # turn 1 ends: the cancelled call's thread takes the lock
+        await asyncio.wait_for(call("t3"), 3)  # ... and gives it back
+        assert host.peek(K) == ["t1", "t3"] and not host._held[K].busy
+        host.close()
+
+    asyncio.run(main())
+
+
+def test_async_calls_queued_on_one_busy_session_do_not_starve_the_shard() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(futures.ThreadPoolExecutor(2))  # checkpoints run here
+        host = CountingHost("A", hold_timeout_s=5.0)
+        host.attach(InMemorySessionStore())
+        turn(host, K, "t0")
+        release = asyncio.Event()
+
+        async def call(text: str, key: str = K, first: bool = False) -> None:
+            async with host.aturn(_Context(key)) as session:
+                if first:
+                    await release.wait()  # streaming tokens
+                await session.checkpoint([*(session.state or []), text])
+
+        first = asyncio.create_task(call("long", first=True))
+        await _until(lambda: host.begins == 2 and host._held[K].busy)
+        queued = [asyncio.create_task(call(f"q{i}")) for i in range(8)]
+        await _until(lambda: host.begins == 10)  # all waiting, each holding a thread
+        await asyncio.wait_for(call("other", key="k2"), 3)  # another session: served
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *queued), 5)
+        assert len(host.peek(K)) == 10
+        host.close()
+
+    asyncio.run(main())
+
+
+def test_async_server_export_of_a_busy_session_honours_the_deadline() -> None:
+    async def main() -> None:
+        WatchedAsyncChatShard.exported = threading.Event()
+        shard = WatchedAsyncChatShard(shard_id="a", service="chat", etcd=None, token_delay_s=0)
+        async with shard:
+            host = shard.sessions
+            turn(host, K, "t1")
+            entry = host.begin(K)
+            try:
+                async with grpc.aio.insecure_channel(shard.address) as channel:
+                    control = shard_pb2_grpc.ShardControlStub(channel)
+                    request = shard_pb2.ExportSessionRequest(session_key=K, epoch=1)
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        _ = [c async for c in control.ExportSession(request, timeout=0.5)]
+                assert caught.value.code() in (
+                    grpc.StatusCode.ABORTED,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            finally:
+                host.end(K, entry)
+            await _until(shard.exported.is_set)
+            assert not host.is_frozen(K)
+
+    asyncio.run(main())
+
+
+# -- 6. a fresh etcd read beats stale hints --------------------------------------------------
+
+
+def test_a_direct_etcd_read_wins_over_a_stale_release_hint(world: World) -> None:
+    a, c = world.host("A"), world.host("C")
+    turn(a, K, "t1")
+    # A move A -> T committed at epoch 3; A was released to T (its hint: {T, 3}).
+    world.overrides.swap(K, None, Override("T", 3))
+    a.release(K, 3, "T")
+    # T dies: its override goes with its lease; C takes K over (epoch 1).
+    del world.live["T"]
+    world.overrides.swap(K, world.overrides.get(K), None)
+    turn(c, K, "t2", reason="failover")
+    # A plain call reaches A: the read shows C (alive), so A redirects; no take-over.
+    with pytest.raises(Refused) as refused:
+        a.begin(K)
+    assert refused.value.redirect == "C"
+    now = world.overrides.get(K)
+    assert now is not None and now.owner == "C" and world.stored(K) == ["t1", "t2"]
+
+
+def test_a_release_to_itself_fences_epochs_but_is_no_ownership_hint(world: World) -> None:
+    a = world.host("A")
+    turn(a, K, "t1")
+    a.release(K, 5, "")  # a rollback told A epoch 5
+    assert K not in a._hints
+    with pytest.raises(Refused) as refused:
+        a.export(K, 4)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert not a.is_frozen(K)
+
+
+# -- 8. idle eviction -------------------------------------------------------------------------
+
+
+def test_idle_sessions_are_evicted_after_the_ttl_busy_and_frozen_ones_stay() -> None:
+    now = [1000.0]
+    host = SessionHost("A", idle_ttl_s=60.0, clock=lambda: now[0])
+    host.attach(InMemorySessionStore())
+    for key in ("idle", "busy", "frozen"):
+        turn(host, key, "t1")
+    host.export("frozen", 1)
+    entry = host.begin("busy")
+    now[0] += 59.0
+    assert host.evict_idle() == 0
+    now[0] += 2.0
+    turn(host, "fresh", "t1")  # a call begins: the sweep runs by itself
+    assert host.keys() == ["busy", "frozen", "fresh"] and host.evictions_total == 1
+    host.end("busy", entry)
+    turn(host, "idle", "t2")  # an evicted session is taken over from the store
+    assert host.peek("idle") == ["t1", "t2"]
+
+
+def test_the_server_passes_its_idle_ttl_and_checks_it() -> None:
+    shard = ChatShard(shard_id="s", service="chat", etcd=None, session_idle_ttl_s=30.0)
+    assert shard.sessions.idle_ttl_s == 30.0
+    with pytest.raises(ConfigError):
+        ChatShard(shard_id="s", service="chat", etcd=None, session_idle_ttl_s=0)
