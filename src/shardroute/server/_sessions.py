@@ -477,7 +477,8 @@ class SessionHost:
                 f"{_moving_message(key)} (etcd unreachable to reclaim it: {exc})",
             ) from exc
         with self._cond:
-            self._hints.pop(key, None)
+            if written is not None:
+                self._hint(key, written)  # ahead of the watch: fences the mover's late calls
             entry = self._held.get(key)
             if entry is not None and entry.frozen:
                 entry.frozen = False
