@@ -335,11 +335,16 @@ class ShardServerBase:
         source, etcd = self._topology_source, self._session_etcd
         if not keys or source is None or etcd is None or not self.migrate_on_drain:
             return 0, 0
-        timeout = max(1.0, deadline - time.monotonic())
+        # Each shard call gets at most 10 s (and never past the drain's deadline); no
+        # move starts after the deadline: the sessions left stay whole in the store and
+        # are taken over by their next turn.
+        timeout = max(1.0, min(10.0, deadline - time.monotonic()))
         with Migrator(
             etcd, self.service, source, store=self._sessions.store, timeout=timeout
         ) as mover:
-            results, errors = mover.migrate_many(keys, max_concurrent=self.max_concurrent_moves)
+            results, errors = mover.migrate_many(
+                keys, max_concurrent=self.max_concurrent_moves, deadline=deadline
+            )
         self.last_drain = DrainSummary(len(results), len(errors), mover.peak_concurrent)
         for key, error in errors.items():
             log.warning("shard %s: session %s not moved (%s)", self.shard_id, key, error)

@@ -172,7 +172,7 @@ class EtcdServer:
                 contextlib.suppress(urllib.error.URLError, OSError, ValueError),
                 urllib.request.urlopen(url, timeout=1, context=context) as response,
             ):
-                if b'"health":"true"' in response.read():
+                if b'"health":"true"' in response.read() and self._grpc_ready():
                     return
             time.sleep(delay)  # polling a process we started; nothing to wait on
             delay = min(delay * 2, 0.2)
@@ -180,6 +180,21 @@ class EtcdServer:
         raise EtcdUnavailable(
             f"etcd did not become healthy in {self.start_timeout}s: {self._log_tail()}"
         )
+
+    def _grpc_ready(self) -> bool:
+        """A key-value read over gRPC answers (HTTP health can come first)."""
+        if self.tls is not None:
+            return True  # the health check above already went through TLS
+        from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+
+        client = EtcdClient(EtcdOptions((self.endpoint,), timeout=1.0))
+        try:
+            client.revision()
+            return True
+        except EtcdUnavailable:
+            return False
+        finally:
+            client.close()
 
     def _log_tail(self) -> str:
         try:
