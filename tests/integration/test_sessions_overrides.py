@@ -41,19 +41,27 @@ def test_create_then_get(overrides: OverrideStore, shared_etcd: EtcdClient) -> N
     assert overrides.get("s") is None
     stored = overrides.swap("s", None, next_override(None, "a"))
     assert stored is not None and stored.version > 0
-    assert stored == Override("a", 1, "", stored.version)
+    # A first epoch starts above etcd's revision at creation (never repeats after a delete).
+    assert 1 < stored.epoch <= stored.version
+    assert stored == Override("a", stored.epoch, "", stored.version)
     assert overrides.get("s") == stored
     found = raw(shared_etcd, overrides, "s")
-    assert found == (b'{"epoch":1,"owner":"a"}', stored.version)
+    assert found == (f'{{"epoch":{stored.epoch},"owner":"a"}}'.encode(), stored.version)
     assert overrides.key("s") == f"/shardroute/{overrides.service}/sessions/s"
 
 
 def test_swaps_increment_the_epoch(overrides: OverrideStore) -> None:
     first = overrides.swap("s", None, next_override(None, "a"))
+    assert first is not None
+    e = first.epoch
     fenced = overrides.swap("s", first, next_override(first, "a", moving_to="b"))
-    assert fenced is not None and (fenced.owner, fenced.epoch, fenced.moving_to) == ("a", 2, "b")
+    assert fenced is not None and (fenced.owner, fenced.epoch, fenced.moving_to) == (
+        "a",
+        e + 1,
+        "b",
+    )
     committed = overrides.swap("s", fenced, next_override(fenced, "b"))
-    assert committed is not None and (committed.owner, committed.epoch) == ("b", 3)
+    assert committed is not None and (committed.owner, committed.epoch) == ("b", e + 2)
     assert first is not None and first.version < fenced.version < committed.version
     assert overrides.get("s") == committed
 
@@ -64,7 +72,8 @@ def test_stale_swap_raises_and_changes_nothing(
     first = overrides.swap("s", None, next_override(None, "a"))
     second = overrides.swap("s", first, next_override(first, "b"))
     before = raw(shared_etcd, overrides, "s")
-    with pytest.raises(StaleState, match="epoch 1") as info:
+    assert first is not None
+    with pytest.raises(StaleState, match=f"epoch {first.epoch}") as info:
         overrides.swap("s", first, next_override(first, "c"))
     assert info.value.session_key == "s"
     with pytest.raises(StaleState, match="no override"):
@@ -122,6 +131,8 @@ def test_concurrent_swaps_from_the_same_expected_exactly_one_wins(
 ) -> None:
     movers = 8
     current = overrides.swap("s", None, next_override(None, "a"))
+    assert current is not None
+    start = current.epoch
     for _ in range(5):
 
         def fence(i: int, expected: Override | None = current) -> Override | None:
@@ -131,7 +142,7 @@ def test_concurrent_swaps_from_the_same_expected_exactly_one_wins(
         assert len(wins) == 1 and len(stale) == movers - 1
         current = wins[0]
         assert overrides.get("s") == current
-    assert current is not None and current.epoch == 6
+    assert current is not None and current.epoch == start + 5
 
 
 def test_concurrent_creates_exactly_one_wins(overrides: OverrideStore) -> None:
@@ -216,3 +227,13 @@ def test_etcd_down_raises_etcd_unavailable_fast(etcd_server: EtcdServer) -> None
         assert time.monotonic() - started < 3.0
     finally:
         client.close()
+
+
+def test_epochs_never_repeat_after_an_override_is_deleted(overrides: OverrideStore) -> None:
+    first = overrides.swap("s", None, next_override(None, "a"))
+    assert first is not None
+    moved = overrides.swap("s", first, next_override(first, "b"))
+    assert moved is not None
+    overrides.swap("s", moved, None)  # e.g. deleted with its owner's lease
+    again = overrides.swap("s", None, next_override(None, "c"))
+    assert again is not None and again.epoch > moved.epoch

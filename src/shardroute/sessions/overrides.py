@@ -109,6 +109,14 @@ class OverrideStore:
             return None
         if not new.owner or new.epoch < 1:
             raise ConfigError(f"invalid override {new!r}: needs an owner and an epoch >= 1")
+        if expected is None:
+            # A first override (or one after the last was deleted with its owner's lease)
+            # starts above etcd's current revision, not at 1: every earlier epoch of this
+            # key was at most the revision it was written at, so epochs never repeat and
+            # a shard that remembers an old epoch never refuses a new mover.
+            floor = self._etcd.revision()
+            if new.epoch <= floor:
+                new = Override(new.owner, floor + 1, new.moving_to)
         try:
             revision = self._etcd.put_if_version(key, encode_override(new), expected_version, lease)
         except LeaseNotFound as exc:
