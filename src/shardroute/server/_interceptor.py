@@ -109,7 +109,6 @@ class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or not is_accounted(handler_call_details.method):
             return handler
         accounting, capacity = self._accounting, self._capacity
-        h: Any = handler
 
         def unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             def wrapped(request: Any, context: Any) -> Any:
@@ -134,23 +133,7 @@ class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
             return wrapped
 
-        if h.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                unary(h.unary_unary), h.request_deserializer, h.response_serializer
-            )
-        if h.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                unary(h.stream_unary), h.request_deserializer, h.response_serializer
-            )
-        if h.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                streaming(h.unary_stream), h.request_deserializer, h.response_serializer
-            )
-        if h.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                streaming(h.stream_stream), h.request_deserializer, h.response_serializer
-            )
-        return handler
+        return _rewrap(handler, unary, streaming)
 
 
 def _finishing(responses: Iterator[Any], once: _Once) -> Iterator[Any]:
@@ -176,7 +159,6 @@ class AsyncLoadInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         if handler is None or not is_accounted(handler_call_details.method):
             return handler
         accounting, capacity = self._accounting, self._capacity
-        h: Any = handler
 
         def unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             async def wrapped(request: Any, context: Any) -> Any:
@@ -203,20 +185,32 @@ class AsyncLoadInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
 
             return wrapped
 
-        if h.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                unary(h.unary_unary), h.request_deserializer, h.response_serializer
-            )
-        if h.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                unary(h.stream_unary), h.request_deserializer, h.response_serializer
-            )
-        if h.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                streaming(h.unary_stream), h.request_deserializer, h.response_serializer
-            )
-        if h.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                streaming(h.stream_stream), h.request_deserializer, h.response_serializer
-            )
-        return handler
+        return _rewrap(handler, unary, streaming)
+
+
+def _rewrap(
+    handler: grpc.RpcMethodHandler,  # type: ignore[type-arg]
+    unary: Callable[[Any], Any],
+    streaming: Callable[[Any], Any],
+) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+    """The same RPC handler with its behaviour wrapped (``unary`` for single-response
+    kinds, ``streaming`` for streaming responses); the sync and asyncio interceptors
+    share it."""
+    h: Any = handler
+    if h.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(h.unary_unary), h.request_deserializer, h.response_serializer
+        )
+    if h.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(h.stream_unary), h.request_deserializer, h.response_serializer
+        )
+    if h.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(h.unary_stream), h.request_deserializer, h.response_serializer
+        )
+    if h.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            streaming(h.stream_stream), h.request_deserializer, h.response_serializer
+        )
+    return handler
