@@ -150,8 +150,8 @@ class Migrator:
         assert fenced is not None
         commit = next_override(fenced, target_shard.id)
         try:
-            data, from_store = self._export(session_key, fenced, source_shard)
-            self._import(session_key, fenced, target_shard, data)
+            (data, version), from_store = self._export(session_key, fenced, source_shard)
+            self._import(session_key, fenced, target_shard, data, version)
             committed = self._commit(session_key, fenced, commit, target_shard)
         except BaseException as exc:
             self._roll_back(session_key, fenced, source_id, source_shard, target_shard)
@@ -265,7 +265,9 @@ class Migrator:
 
     def _export(
         self, session_key: str, fenced: Override, source: Shard | None
-    ) -> tuple[bytes, bool]:
+    ) -> tuple[tuple[bytes, int], bool]:
+        """The state (bytes, and the store version they were saved at, 0 if unknown),
+        and whether it came from the store."""
         if source is not None:
             request = shard_pb2.ExportSessionRequest(
                 session_key=session_key, epoch=fenced.epoch, chunk_bytes=self.chunk_bytes
@@ -282,12 +284,17 @@ class Migrator:
                 if chunks is not None:
                     chunks.cancel()  # no-op once finished; stops a stream we gave up on
         stored = self.store.load(session_key)
-        return (stored.data if stored is not None else b""), True
+        if stored is None:
+            return (b"", 0), True
+        return (stored.data, stored.version), True
 
-    def _import(self, session_key: str, fenced: Override, target: Shard, data: bytes) -> None:
+    def _import(
+        self, session_key: str, fenced: Override, target: Shard, data: bytes, version: int
+    ) -> None:
         control = self._control(target)
         control.ImportSession(
-            _chunks(session_key, fenced.epoch, data, self.chunk_bytes), timeout=self.timeout
+            _chunks(session_key, fenced.epoch, data, self.chunk_bytes, version),
+            timeout=self.timeout,
         )
         control.WarmSession(
             shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
@@ -379,7 +386,7 @@ def _unreachable(error: grpc.RpcError) -> bool:
 
 
 def _chunks(
-    session_key: str, epoch: int, data: bytes, chunk_bytes: int
+    session_key: str, epoch: int, data: bytes, chunk_bytes: int, version: int = 0
 ) -> Iterator[shard_pb2.SessionChunk]:
     total = len(data)
     crc = zlib.crc32(data)
@@ -395,13 +402,14 @@ def _chunks(
             total_bytes=total,
             last=last,
             crc32=crc if last else 0,
+            state_version=version if last else 0,
         )
         if last:
             return
         offset += len(piece)
 
 
-def _join_chunks(session_key: str, chunks: Sequence[Any] | Iterator[Any]) -> bytes:
+def _join_chunks(session_key: str, chunks: Sequence[Any] | Iterator[Any]) -> tuple[bytes, int]:
     parts: list[bytes] = []
     size = 0
     for chunk in chunks:
@@ -420,7 +428,7 @@ def _join_chunks(session_key: str, chunks: Sequence[Any] | Iterator[Any]) -> byt
                     f"({size} of {chunk.total_bytes} bytes, crc mismatch)",
                     session_key,
                 )
-            return data
+            return data, int(chunk.state_version)
     raise MigrationFailed(
         f"session {session_key!r}: export ended without a last chunk", session_key
     )

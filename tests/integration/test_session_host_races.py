@@ -145,6 +145,33 @@ def test_an_import_of_bytes_older_than_the_store_is_refused(world: World) -> Non
     assert stored is not None and t._held[K].version == stored.version
 
 
+def test_an_import_with_a_version_older_than_the_store_is_refused(world: World) -> None:
+    from shardroute.server._sessions import import_version
+
+    a, t = world.host("A"), world.host("T")
+    turn(a, K, "t1")
+    data, version = a.export(K, 1), a.exported_version(K)
+    assert version > 0
+    a.release(K, 1, "")
+    turn(a, K, "t2")  # answered after the export: the store moved on
+    token = import_version.set(version)
+    try:
+        with pytest.raises(Refused) as refused:
+            t.import_state(K, 1, data)
+    finally:
+        import_version.reset(token)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "a turn was saved after the export" in refused.value.details and K not in t
+    # The current bytes with their version are accepted, with no read of the state.
+    data, version = a.export(K, 1), a.exported_version(K)
+    token = import_version.set(version)
+    try:
+        assert t.import_state(K, 1, data) > 0
+    finally:
+        import_version.reset(token)
+    assert t._held[K].version == version
+
+
 def test_an_import_never_replaces_a_copy_this_shard_serves() -> None:
     store = InMemorySessionStore()
     t = SessionHost("T")

@@ -118,7 +118,7 @@ class ExportSessionRequest(_message.Message):
     def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class SessionChunk(_message.Message):
-    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32")
+    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32", "state_version")
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class SessionChunk(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
+    STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     session_key: str
     epoch: int
     offset: int
@@ -133,7 +134,8 @@ class SessionChunk(_message.Message):
     total_bytes: int
     last: bool
     crc32: int
-    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32: _Optional[int] = ...) -> None: ...
+    state_version: int
+    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
     __slots__ = ("session_key", "epoch", "state_bytes")

@@ -268,6 +268,12 @@ class EtcdClient:
         return None if value is None else bytes(value)
 
     @_translated
+    def get_version(self, key: str) -> int:
+        """The ``mod_revision`` of a key (0 when absent), without reading its value."""
+        response = self._etcd.get_response(key, keys_only=True)
+        return int(response.kvs[0].mod_revision) if response.kvs else 0
+
+    @_translated
     def put(self, key: str, value: bytes, lease: int | None = None) -> int:
         """Write a key (attached to ``lease`` when given); returns the new revision."""
         response = self._etcd.put(key, value, lease=lease)

@@ -28,7 +28,13 @@ from shardroute.server._core import (
     ServerState,
     SessionSummary,
 )
-from shardroute.server._sessions import Refused, SessionCodec, SessionHost, rpc_deadline
+from shardroute.server._sessions import (
+    Refused,
+    SessionCodec,
+    SessionHost,
+    import_version,
+    rpc_deadline,
+)
 
 __all__ = ["ServerLifecycleError", "ShardServerBase", "session_key"]
 
@@ -365,7 +371,8 @@ class ShardServerBase:
         finally:
             rpc_deadline.reset(token)
         size = chunk_size(request.chunk_bytes, self._config.max_message_bytes)
-        return list(split_chunks(request.session_key, request.epoch, data, size))
+        version = self._sessions.exported_version(request.session_key)
+        return list(split_chunks(request.session_key, request.epoch, data, size, version))
 
     def _import_assembled(self, assembler: ChunkAssembler) -> shard_pb2.ImportSessionResponse:
         if not assembler.done:
@@ -373,7 +380,11 @@ class ShardServerBase:
                 grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk"
             )
         data = assembler.data
-        self.import_session(assembler.session_key, assembler.epoch, data)
+        token = import_version.set(assembler.state_version)
+        try:
+            self.import_session(assembler.session_key, assembler.epoch, data)
+        finally:
+            import_version.reset(token)
         return shard_pb2.ImportSessionResponse(
             session_key=assembler.session_key, epoch=assembler.epoch, state_bytes=len(data)
         )

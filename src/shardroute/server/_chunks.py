@@ -33,8 +33,11 @@ def chunk_size(requested: int, max_message_bytes: int) -> int:
     return max(1, min(size, max_message_bytes - _ENVELOPE_BYTES))
 
 
-def split_chunks(session_key: str, epoch: int, data: bytes, size: int) -> Iterator[object]:
-    """The chunks of one transfer of ``data`` (at least one, the last with the CRC-32)."""
+def split_chunks(
+    session_key: str, epoch: int, data: bytes, size: int, state_version: int = 0
+) -> Iterator[object]:
+    """The chunks of one transfer of ``data`` (at least one, the last with the CRC-32 and
+    the store version the bytes were saved at, when known)."""
     total = len(data)
     view = memoryview(data)
     offset = 0
@@ -49,6 +52,7 @@ def split_chunks(session_key: str, epoch: int, data: bytes, size: int) -> Iterat
             total_bytes=total,
             last=last,
             crc32=zlib.crc32(data) if last else 0,
+            state_version=state_version if last else 0,
         )
         if last:
             return
@@ -71,6 +75,8 @@ class ChunkAssembler:
         self.session_key = ""
         self.epoch = 0
         self.total_bytes = -1
+        self.state_version = 0
+        """The store version the sender says the bytes were saved at (0: unknown)."""
         self.done = False
 
     def add(self, chunk: shard_pb2.SessionChunk) -> None:
@@ -111,6 +117,7 @@ class ChunkAssembler:
                     f"{chunk.crc32:08x}",
                     corrupt=True,
                 )
+            self.state_version = chunk.state_version
             self.done = True
 
     @property

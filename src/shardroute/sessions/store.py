@@ -240,6 +240,13 @@ class InMemorySessionStore:
         with self._lock:
             return self._states.get(session_key)
 
+    def version(self, session_key: str) -> int:
+        """The session's stored version (0 when none), without copying its state."""
+        _KEY_CHECK.state(session_key)
+        with self._lock:
+            current = self._states.get(session_key)
+            return current.version if current else 0
+
     def save(self, session_key: str, data: bytes, *, owner: str, expected_version: int) -> int:
         """Compare-and-swap the session's state (see :meth:`SessionStore.save`)."""
         data = _check_save(session_key, data, owner, expected_version, self.max_bytes)
@@ -293,6 +300,11 @@ class EtcdSessionStore:
     def key(self, session_key: str) -> str:
         """The etcd key holding a session's state."""
         return self._keys.state(session_key)
+
+    def version(self, session_key: str) -> int:
+        """The session's stored version (0 when none), read without its value (an etcd
+        keys-only read: cheap even for a 1 MiB state)."""
+        return self._etcd.get_version(self._keys.state(session_key))
 
     def load(self, session_key: str) -> StoredState | None:
         """The session's stored state, or None (see :class:`SessionStore`).
