@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
+from concurrency import race
 
 from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.errors import ConfigError, EtcdUnavailable, MalformedRecord, StaleState
 from shardroute.model import Override
 from shardroute.sessions import OverrideStore, next_override
 from shardroute.testing.etcd import EtcdServer
-
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -98,32 +95,6 @@ def test_delete(overrides: OverrideStore) -> None:
     assert overrides.get("s") is None
     # expected=None, new=None: "must not exist" holds, nothing to do
     assert overrides.swap("s", None, None) is None
-
-
-def race(count: int, attempt: Callable[[int], T]) -> tuple[list[T], list[StaleState]]:
-    """Run ``attempt(i)`` in ``count`` threads released together; collect wins and losses."""
-    barrier = threading.Barrier(count)
-    lock = threading.Lock()
-    wins: list[T] = []
-    stale: list[StaleState] = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            result = attempt(i)
-        except StaleState as exc:
-            with lock:
-                stale.append(exc)
-        else:
-            with lock:
-                wins.append(result)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return wins, stale
 
 
 def test_concurrent_swaps_from_the_same_expected_exactly_one_wins(

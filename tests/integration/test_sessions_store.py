@@ -6,13 +6,12 @@ in its own service prefix) to stay fast; the outage test starts its own etcd.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 import pytest
+from concurrency import race
 
 from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.discovery.keys import KeySchema
@@ -27,7 +26,6 @@ from shardroute.sessions import (
 from shardroute.testing.etcd import EtcdServer
 
 MIB = 1024 * 1024
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -175,32 +173,6 @@ def test_delete_with_version_is_compare_and_swap(
         store.delete("s", expected_version=v2)
     # after a delete the session starts again from "must not exist"
     assert store.save("s", b"z", owner="b", expected_version=0) > v2
-
-
-def race(count: int, attempt: Callable[[int], T]) -> tuple[list[T], list[StaleState]]:
-    """Run ``attempt(i)`` in ``count`` threads released together; collect wins and losses."""
-    barrier = threading.Barrier(count)
-    lock = threading.Lock()
-    wins: list[T] = []
-    stale: list[StaleState] = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            result = attempt(i)
-        except StaleState as exc:
-            with lock:
-                stale.append(exc)
-        else:
-            with lock:
-                wins.append(result)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return wins, stale
 
 
 def test_concurrent_savers_exactly_one_wins_per_version(store: SessionStore) -> None:
