@@ -129,11 +129,7 @@ class AsyncShardServer(ShardServerBase):
         except EtcdUnavailable as exc:
             if not config.wait_for_etcd:
                 await self._abort_start()
-                raise EtcdUnavailable(
-                    f"shard {self.shard_id} could not follow its service's topology in etcd "
-                    f"at {', '.join(config.etcd or ())}: {exc}. start() fails fast when etcd "
-                    "is unreachable; pass wait_for_etcd=True to serve anyway"
-                ) from exc
+                raise self._topology_unreachable(exc) from exc
             log.warning("shard %s: no session overrides until etcd is back: %s", self.shard_id, exc)
         self._lifecycle.advance(ServerState.SERVING)
         log.info("shard %s serving at %s", self.shard_id, self._address)

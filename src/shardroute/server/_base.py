@@ -325,6 +325,14 @@ class ShardServerBase:
         self._sessions.topology_changed()
         self._sessions.close()
 
+    def _topology_unreachable(self, exc: EtcdUnavailable) -> EtcdUnavailable:
+        """The error ``start()`` raises when the topology cannot be followed (both shells)."""
+        return EtcdUnavailable(
+            f"shard {self.shard_id} could not follow its service's topology in etcd "
+            f"at {', '.join(self._config.etcd or ())}: {exc}. start() fails fast when etcd "
+            "is unreachable; pass wait_for_etcd=True to serve anyway"
+        )
+
     def _take_drain_request(self, request: shard_pb2.DrainRequest) -> None:
         """Apply a Drain RPC's options: whether to move sessions, and the cap on moves."""
         self.migrate_on_drain = request.migrate_sessions
