@@ -265,6 +265,17 @@ class ClientShell(abc.ABC):
         """Wrap a generated stub class; its methods take ``session_key=`` and route."""
         return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
 
+    def _end_session_call(self, session_key: str, timeout: float | None) -> Any:
+        """``ShardControl.EndSession`` for ``session_key``, routed like a turn (a result,
+        or an awaitable of one in the asyncio client)."""
+        from shardroute._proto import shard_pb2, shard_pb2_grpc
+
+        if not isinstance(session_key, str) or not session_key:
+            raise ConfigError(f"end_session needs a non-empty session key, got {session_key!r}")
+        stub = self.stub(shard_pb2_grpc.ShardControlStub)
+        request = shard_pb2.EndSessionRequest(session_key=session_key)
+        return stub.EndSession(request, session_key=session_key, timeout=timeout, idempotent=True)
+
     @abc.abstractmethod
     def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
         """The call loop of a unary method."""

@@ -92,6 +92,11 @@ class AsyncShardClient(ClientShell):
         self._closing.add(future)
         future.add_done_callback(self._closing.discard)
 
+    async def end_session(self, session_key: str, *, timeout: float | None = None) -> bool:
+        """End a conversation (see :meth:`ShardClient.end_session
+        <shardroute.client.ShardClient.end_session>`)."""
+        return bool((await self._end_session_call(session_key, timeout)).ended)
+
     async def _unary(
         self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts
     ) -> Any:

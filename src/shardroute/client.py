@@ -101,6 +101,14 @@ class ShardClient(ClientShell):
             )
         return self._migrator.migrate(session_key, target=target)
 
+    def end_session(self, session_key: str, *, timeout: float | None = None) -> bool:
+        """End a conversation: the shard that owns it deletes its stored state and its
+        override and forgets it (``ShardControl.EndSession``, routed and redirected like
+        a turn, retried as idempotent). Returns False when it had no stored state
+        (unknown, already ended or expired). A later call with the same key starts a new
+        session. Raises the call errors of :meth:`stub` methods (docs/client.md)."""
+        return bool(self._end_session_call(session_key, timeout).ended)
+
     def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
         core = self._core
         router = core.router

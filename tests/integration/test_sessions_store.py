@@ -53,8 +53,8 @@ def store_and_raw(request: pytest.FixtureRequest, service: str) -> tuple[Session
 
         def memory_version(session_key: str) -> int | None:
             with memory._lock:  # the raw dict, not load()
-                state = memory._states.get(session_key)
-            return None if state is None else state.version
+                held = memory._states.get(session_key)
+            return None if held is None else held.state.version
 
         return memory, memory_version
     etcd: EtcdClient = request.getfixturevalue("shared_etcd")

@@ -40,7 +40,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("shard_id", "service", "address", "zone", "region", "capacity", "state", "load")
+    __slots__ = ("shard_id", "service", "address", "zone", "region", "capacity", "state", "load", "checkpoints", "store_bytes_written", "sessions_ended")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,9 @@ class GetStatusResponse(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STORE_BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_ENDED_FIELD_NUMBER: _ClassVar[int]
     shard_id: str
     service: str
     address: str
@@ -57,7 +60,10 @@ class GetStatusResponse(_message.Message):
     capacity: int
     state: ShardState
     load: LoadReport
-    def __init__(self, shard_id: _Optional[str] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., zone: _Optional[str] = ..., region: _Optional[str] = ..., capacity: _Optional[int] = ..., state: _Optional[_Union[ShardState, str]] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ...) -> None: ...
+    checkpoints: int
+    store_bytes_written: int
+    sessions_ended: int
+    def __init__(self, shard_id: _Optional[str] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., zone: _Optional[str] = ..., region: _Optional[str] = ..., capacity: _Optional[int] = ..., state: _Optional[_Union[ShardState, str]] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., checkpoints: _Optional[int] = ..., store_bytes_written: _Optional[int] = ..., sessions_ended: _Optional[int] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ("grace_s", "migrate_sessions", "max_concurrent_moves")
@@ -176,3 +182,15 @@ class ReleaseSessionResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class EndSessionRequest(_message.Message):
+    __slots__ = ("session_key",)
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    session_key: str
+    def __init__(self, session_key: _Optional[str] = ...) -> None: ...
+
+class EndSessionResponse(_message.Message):
+    __slots__ = ("ended",)
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ended: bool
+    def __init__(self, ended: _Optional[bool] = ...) -> None: ...

@@ -70,6 +70,11 @@ class ShardControlStub:
                 request_serializer=shardroute_dot_v1_dot_shard__pb2.ReleaseSessionRequest.SerializeToString,
                 response_deserializer=shardroute_dot_v1_dot_shard__pb2.ReleaseSessionResponse.FromString,
                 _registered_method=True)
+        self.EndSession = channel.unary_unary(
+                '/shardroute.v1.ShardControl/EndSession',
+                request_serializer=shardroute_dot_v1_dot_shard__pb2.EndSessionRequest.SerializeToString,
+                response_deserializer=shardroute_dot_v1_dot_shard__pb2.EndSessionResponse.FromString,
+                _registered_method=True)
 
 
 class ShardControlServicer:
@@ -124,6 +129,13 @@ class ShardControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndSession(self, request, context):
+        """End a session for good (state and override deleted). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +173,11 @@ def add_ShardControlServicer_to_server(servicer, server):
                     servicer.ReleaseSession,
                     request_deserializer=shardroute_dot_v1_dot_shard__pb2.ReleaseSessionRequest.FromString,
                     response_serializer=shardroute_dot_v1_dot_shard__pb2.ReleaseSessionResponse.SerializeToString,
+            ),
+            'EndSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndSession,
+                    request_deserializer=shardroute_dot_v1_dot_shard__pb2.EndSessionRequest.FromString,
+                    response_serializer=shardroute_dot_v1_dot_shard__pb2.EndSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +369,33 @@ class ShardControl:
             '/shardroute.v1.ShardControl/ReleaseSession',
             shardroute_dot_v1_dot_shard__pb2.ReleaseSessionRequest.SerializeToString,
             shardroute_dot_v1_dot_shard__pb2.ReleaseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardroute.v1.ShardControl/EndSession',
+            shardroute_dot_v1_dot_shard__pb2.EndSessionRequest.SerializeToString,
+            shardroute_dot_v1_dot_shard__pb2.EndSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -321,6 +321,18 @@ class AsyncShardServer(ShardServerBase):
             except Refused as refused:
                 await abort(context, refused)
 
+        async def end_session(request: Any, context: Any) -> Any:
+            try:
+                # It may wait for an in-flight turn: on the sessions' executor, like turns.
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._sessions.executor,
+                    self._end_session,
+                    request,
+                    context.invocation_metadata(),
+                )
+            except Refused as refused:
+                await abort(context, refused)
+
         return control_handler(
             get_status,
             drain,
@@ -329,4 +341,5 @@ class AsyncShardServer(ShardServerBase):
             import_session,
             warm_session,
             release_session,
+            end_session,
         )

@@ -35,6 +35,7 @@ from shardroute.server._sessions import (
     import_version,
     rpc_deadline,
 )
+from shardroute.sessions.envelope import FoldPolicy
 
 __all__ = ["ServerLifecycleError", "ShardServerBase", "session_key"]
 
@@ -101,11 +102,21 @@ class ShardServerBase:
         hold_timeout_s: float = 5.0,
         max_concurrent_moves: int = 4,
         session_idle_ttl_s: float = 600.0,
+        session_ttl_s: float | None = None,
+        session_fold: FoldPolicy | Mapping[str, Any] | None = None,
     ) -> None:
         if hold_timeout_s <= 0:
             raise ConfigError(f"hold_timeout_s must be > 0, got {hold_timeout_s!r}")
         if not session_idle_ttl_s > 0:
             raise ConfigError(f"session_idle_ttl_s must be > 0, got {session_idle_ttl_s!r}")
+        if session_ttl_s is not None and not session_ttl_s > 0:
+            raise ConfigError(f"session_ttl_s must be > 0 or None, got {session_ttl_s!r}")
+        self.session_ttl_s = session_ttl_s
+        """Idle sessions' stored state expires after this long (the default stores only)."""
+        if isinstance(session_fold, Mapping):
+            session_fold = FoldPolicy(**session_fold)
+        self.session_fold = session_fold
+        """When checkpoints write a snapshot instead of a turn record (default stores only)."""
         if max_concurrent_moves < 1:
             raise ConfigError(f"max_concurrent_moves must be >= 1, got {max_concurrent_moves!r}")
         self._config = ServerConfig(
@@ -283,7 +294,11 @@ class ShardServerBase:
         config = self._config
         store = self._session_store_arg
         if config.etcd is None:
-            self._sessions.attach(store if store is not None else InMemorySessionStore())
+            ttl = self.session_ttl_s
+            fold = self.session_fold
+            self._sessions.attach(
+                store if store is not None else InMemorySessionStore(ttl_s=ttl, fold=fold)
+            )
             return
         from shardroute.discovery._etcd import EtcdClient
         from shardroute.discovery.etcd import EtcdTopologySource
@@ -302,7 +317,11 @@ class ShardServerBase:
             include_sessions=True,
         )
         self._sessions.attach(
-            store if store is not None else EtcdSessionStore(etcd, config.service),
+            store
+            if store is not None
+            else EtcdSessionStore(
+                etcd, config.service, ttl_s=self.session_ttl_s, fold=self.session_fold
+            ),
             overrides=OverrideStore(etcd, config.service),
             topology=source.current,
             lease=lease,
@@ -414,6 +433,19 @@ class ShardServerBase:
         released = self.release_session(request.session_key, request.epoch, request.new_owner)
         return shard_pb2.ReleaseSessionResponse(released=released)
 
+    def _end_session(self, request: Any, invocation: Any) -> shard_pb2.EndSessionResponse:
+        key = request.session_key or metadata.get(invocation, metadata.SESSION_KEY) or ""
+        if not key:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "EndSession needs a session key (field or x-shardroute-session metadata)",
+            )
+        try:
+            ended = self._sessions.end_session(key, metadata.get(invocation, metadata.REASON))
+        except ConfigError as exc:  # an invalid key
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        return shard_pb2.EndSessionResponse(ended=ended)
+
     # -- control service answers ----------------------------------------------------
 
     def _status(self) -> shard_pb2.GetStatusResponse:
@@ -434,6 +466,9 @@ class ShardServerBase:
                 latency_ms_p95=report.latency_ms_p95,
                 ts=report.ts,
             ),
+            checkpoints=self._sessions.checkpoints_total,
+            store_bytes_written=self._sessions.store_bytes_written,
+            sessions_ended=self._sessions.ended_total,
         )
 
     def _sessions_page(self, request: shard_pb2.ListSessionsRequest) -> Any:
@@ -486,6 +521,7 @@ def control_handler(
     import_session: Callable[[Any, Any], Any],
     warm_session: Callable[[Any, Any], Any],
     release_session: Callable[[Any, Any], Any],
+    end_session: Callable[[Any, Any], Any],
 ) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """The ``ShardControl`` service as a generic handler, from sync or async behaviours."""
     pb = shard_pb2
@@ -520,6 +556,11 @@ def control_handler(
             release_session,
             pb.ReleaseSessionRequest.FromString,
             pb.ReleaseSessionResponse.SerializeToString,
+        ),
+        "EndSession": grpc.unary_unary_rpc_method_handler(
+            end_session,
+            pb.EndSessionRequest.FromString,
+            pb.EndSessionResponse.SerializeToString,
         ),
     }
     return grpc.method_handlers_generic_handler(CONTROL_SERVICE, handlers)

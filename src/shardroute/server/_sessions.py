@@ -41,6 +41,7 @@ from shardroute.errors import (
 from shardroute.model import Override, Topology
 from shardroute.server._core import SessionSummary
 from shardroute.server._ownership import Action, decide, epoch_is_stale, newest_override
+from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
 
 __all__ = [
     "AsyncTurn",
@@ -117,6 +118,8 @@ class _Store(Protocol):
 
     def save(self, session_key: str, data: bytes, *, owner: str, expected_version: int) -> int: ...
 
+    def delete(self, session_key: str, *, expected_version: int | None = None) -> Any: ...
+
 
 class _Overrides(Protocol):
     def get(self, session_key: str) -> Override | None: ...
@@ -154,6 +157,9 @@ class _Entry:
     state: Any
     data: bytes
     version: int
+    log: LogPosition | None = None
+    """Where the stored turn log stands at ``version`` (None: unknown, e.g. after an
+    import; the next checkpoint then writes a whole snapshot)."""
     busy: bool = False
     frozen: bool = False
     imported: bool = False
@@ -240,6 +246,14 @@ class SessionHost:
         """Idle sessions evicted (``idle_ttl_s``)."""
         self.reclaims_total = 0
         """Abandoned fences this shard reclaimed after a hold timed out."""
+        self._closed = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self.checkpoints_total = 0
+        """Turns saved to the session store."""
+        self.store_bytes_written = 0
+        """Bytes the session store wrote (its ``bytes_written``, as of the last checkpoint)."""
+        self.ended_total = 0
+        """Sessions ended by :meth:`end_session`."""
 
     # -- wiring (by the server) -----------------------------------------------------
 
@@ -253,11 +267,24 @@ class SessionHost:
     ) -> None:
         """Give the host its session store, override store, topology view and lease."""
         self._store = store
+        ttl = getattr(store, "ttl_s", None)
+        if isinstance(ttl, int | float) and ttl > 0:
+            # Evict a held copy before the store can expire its state: a copy served after
+            # that would fail its checkpoint.
+            self.idle_ttl_s = min(self.idle_ttl_s, 0.9 * ttl)
         self._overrides = overrides
         if topology is not None:
             self._topology = topology
         if lease is not None:
             self._lease = lease
+        if isinstance(ttl, int | float) and ttl > 0 and self._sweeper is None:
+            self._sweeper = threading.Thread(
+                target=self._sweep_loop,
+                args=(max(0.5, min(ttl / 2, 60.0)),),
+                name=f"shardroute-{self.shard_id}-sweep",
+                daemon=True,
+            )
+            self._sweeper.start()
 
     @property
     def store(self) -> Any:
@@ -277,7 +304,8 @@ class SessionHost:
             return self._executor
 
     def close(self) -> None:
-        """Shut the wait executor down (the server calls it once stopped)."""
+        """Shut the wait executor and the sweeper down (the server calls it once stopped)."""
+        self._closed.set()
         with self._cond:
             executor, self._executor = self._executor, None
             self._cond.notify_all()
@@ -342,12 +370,13 @@ class SessionHost:
         """The asyncio twin of :meth:`turn` (``async with``)."""
         return AsyncTurn(self, context, session_key)
 
-    def begin(self, session_key: str, reason: str | None = None) -> Any:
+    def begin(self, session_key: str, reason: str | None = None, *, load: bool = True) -> Any:
         """Decide ownership for one call and lock the session; returns its entry.
 
         Raises :class:`Refused` (redirect; ``ABORTED`` when the session stays busy or
         moving for ``hold_timeout_s``; store failure). Pair with :meth:`end`. Prefer
-        :meth:`turn`, which does both.
+        :meth:`turn`, which does both. ``load=False`` locks a session this shard does
+        not hold without reading its state (:meth:`end_session`).
         """
         deadline = time.monotonic() + self.hold_timeout_s
         fresh: Override | None = None
@@ -370,6 +399,7 @@ class SessionHost:
                     continue
                 override = fresh if use_fresh else self._known(session_key)
                 entry = self._settle_frozen(session_key, entry, override)
+                entry = self._drop_if_idle(session_key, entry)
                 owns = override is not None and override.owner == self.shard_id
                 held = entry is not None and (not entry.imported or owns)
                 decision = decide(
@@ -424,7 +454,8 @@ class SessionHost:
                     self._hints.pop(session_key, None)
             read_directly = use_fresh = True
         try:
-            self._take_over(session_key, placeholder, fresh)
+            if load:
+                self._take_over(session_key, placeholder, fresh)
         except BaseException:
             with self._cond:
                 if self._held.get(session_key) is placeholder:
@@ -432,6 +463,18 @@ class SessionHost:
                 self._cond.notify_all()
             raise
         return placeholder
+
+    def _drop_if_idle(self, key: str, entry: _Entry | None) -> _Entry | None:
+        """Forget an idle held copy before serving it: unused for ``idle_ttl_s`` (which
+        :meth:`attach` keeps below the store's ``ttl_s``), its stored state may have
+        expired. Called with ``_cond`` held; returns the entry, or None when dropped."""
+        if entry is None or entry.busy or entry.frozen or entry.loading or entry.imported:
+            return entry
+        if self._clock() - entry.last_used < self.idle_ttl_s:
+            return entry
+        del self._held[key]
+        self.evictions_total += 1
+        return None
 
     def _settle_frozen(self, key: str, entry: _Entry | None, known: Override | None) -> Any:
         """A frozen entry whose move ended without a ReleaseSession reaching this shard:
@@ -521,6 +564,7 @@ class SessionHost:
         with self._cond:
             entry.state, entry.data = state, data
             entry.version = stored.version if stored is not None else 0
+            entry.log = stored.log if stored is not None else None
             entry.loading = False
             entry.last_used = self._clock()
             self.takeovers_total += 1
@@ -550,17 +594,32 @@ class SessionHost:
     def checkpoint(self, session_key: str, entry: Any, new_state: Any) -> None:
         """Save a turn's new state (compare-and-swap on the version), then keep it.
 
+        The store writes what the turn changed (a turn record) when it can, else the
+        whole state (:meth:`SessionStore.checkpoint <shardroute.sessions.SessionStore>`).
+
         Raises :class:`Refused`: ``ABORTED`` when another shard wrote the session
-        meanwhile (the local copy is dropped), ``RESOURCE_EXHAUSTED`` when the state is
-        over the store's limit, ``UNAVAILABLE`` when the store is unreachable.
+        meanwhile, or it ended or expired (the local copy is dropped),
+        ``RESOURCE_EXHAUSTED`` when the state is over the store's limit, ``UNAVAILABLE``
+        when the store is unreachable.
         """
         assert isinstance(entry, _Entry)
         data = self.codec.encode(new_state)
         store = self._require_store()
+        log: LogPosition | None = None
         try:
-            version = store.save(
-                session_key, data, owner=self.shard_id, expected_version=entry.version
-            )
+            incremental = getattr(store, "checkpoint", None)
+            if incremental is not None:
+                previous = (
+                    StoredState(entry.data, entry.version, self.shard_id, entry.log or UNKNOWN_LOG)
+                    if entry.version
+                    else None
+                )
+                saved = incremental(session_key, data, owner=self.shard_id, previous=previous)
+                version, log = saved.version, saved.log
+            else:  # a store without turn records: the whole state every turn
+                version = store.save(
+                    session_key, data, owner=self.shard_id, expected_version=entry.version
+                )
         except StaleState as exc:
             with self._cond:
                 if self._held.get(session_key) is entry:
@@ -578,7 +637,11 @@ class SessionHost:
                 grpc.StatusCode.UNAVAILABLE, f"session store unreachable; turn not saved: {exc}"
             ) from exc
         with self._cond:
-            entry.state, entry.data, entry.version = new_state, data, version
+            entry.state, entry.data, entry.version, entry.log = new_state, data, version, log
+            self.checkpoints_total += 1
+            written = getattr(store, "bytes_written", None)
+            if isinstance(written, int):
+                self.store_bytes_written = written
 
     def end(self, session_key: str, entry: Any) -> None:
         """Unlock the session after a turn (any outcome). A session that was never saved
@@ -744,6 +807,113 @@ class SessionHost:
         ``min(idle_ttl_s / 4, 60)`` s when calls begin."""
         with self._cond:
             return self._evict_idle(self._clock())
+
+    def end_session(self, session_key: str, reason: str | None = None) -> bool:
+        """End a session: delete its stored state (snapshot and log) and its override,
+        and forget it here. Returns whether it had stored state.
+
+        Ownership is decided as for a turn, so a session that lives on another shard is
+        redirected there (:class:`Refused` with ``redirect``) and one in flight or moving
+        is waited for (``ABORTED`` after ``hold_timeout_s``: nothing was deleted).
+        Idempotent: ending an unknown or already ended session returns False. A later
+        turn with the same key starts a new session.
+
+        Raises :class:`Refused`: redirect, ``ABORTED``, ``UNAVAILABLE`` (the store or
+        etcd unreachable: the session may be partly ended; retry).
+        """
+        entry = self.begin(session_key, reason, load=False)
+        try:
+            store = self._require_store()
+            try:
+                existed = bool(store.delete(session_key))
+            except EtcdUnavailable as exc:
+                raise Refused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"session store unreachable; session {session_key!r} not ended: {exc}",
+                ) from exc
+            self._delete_override(session_key)
+        finally:
+            with self._cond:
+                if self._held.get(session_key) is entry:
+                    del self._held[session_key]
+                self._hints.pop(session_key, None)
+                self.ended_total += 1
+                self._cond.notify_all()
+        log.debug("shard %s ended session %s (state: %s)", self.shard_id, session_key, existed)
+        return existed
+
+    def _delete_override(self, key: str) -> None:
+        """Delete the session's override, by compare-and-swap on what etcd holds (a
+        concurrent change wins; the override then says where the session went)."""
+        if self._overrides is None:
+            return
+        current = self._read_override(key)
+        if current is None:
+            return
+        try:
+            self._overrides.swap(key, current, None)
+        except StaleState:
+            log.info("shard %s: override of ended session %s changed meanwhile", self.shard_id, key)
+        except EtcdUnavailable as exc:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE,
+                f"etcd unreachable; the override of session {key!r} was not deleted: {exc}",
+            ) from exc
+
+    def _sweep_loop(self, interval: float) -> None:
+        """With a store ``ttl_s``: every ``interval`` s, evict idle copies, let an
+        in-memory store expire its sessions, and delete this shard's overrides of
+        sessions whose state expired (:meth:`sweep_expired`)."""
+        while not self._closed.wait(interval):
+            try:
+                self.evict_idle()
+                expire = getattr(self._store, "expire", None)
+                if expire is not None:
+                    expire()
+                self.sweep_expired()
+            except ShardRouteError as exc:
+                log.warning(
+                    "shard %s: session sweep failed (next in %.0fs): %s",
+                    self.shard_id,
+                    interval,
+                    exc,
+                )
+
+    def sweep_expired(self, limit: int = 1000) -> int:
+        """Delete overrides that name this shard for sessions it does not hold and whose
+        stored state is gone (expired after the store's ``ttl_s``), at most ``limit``
+        per sweep; each deletion is a compare-and-swap on the override as read. Returns
+        how many were deleted. Runs by itself when the store has a ``ttl_s``."""
+        topology = self._topology()
+        store = self._store
+        if topology is None or self._overrides is None or store is None:
+            return 0
+        with self._cond:
+            candidates = [
+                key
+                for key, override in topology.overrides.items()
+                if override.owner == self.shard_id
+                and not override.moving_to
+                and key not in self._held
+            ][:limit]
+        removed = 0
+        for key in candidates:
+            if self._stored_version(key) != 0:
+                continue
+            current = self._read_override(key)
+            with self._cond:
+                if key in self._held:
+                    continue
+            if current is None or current.owner != self.shard_id or current.moving_to:
+                continue
+            try:
+                self._overrides.swap(key, current, None)
+            except StaleState:
+                continue
+            removed += 1
+        if removed:
+            log.info("shard %s removed %d overrides of expired sessions", self.shard_id, removed)
+        return removed
 
     def drop(self, session_key: str) -> bool:
         """Forget a held session (not busy); True when it was held."""

@@ -357,6 +357,12 @@ class ShardServer(ShardServerBase):
             except Refused as refused:
                 abort(context, refused)
 
+        def end_session(request: Any, context: Any) -> Any:
+            try:
+                return self._end_session(request, context.invocation_metadata())
+            except Refused as refused:
+                abort(context, refused)
+
         return control_handler(
             get_status,
             drain,
@@ -365,4 +371,5 @@ class ShardServer(ShardServerBase):
             import_session,
             warm_session,
             release_session,
+            end_session,
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -77,12 +77,20 @@ def shard_zones() -> tuple[str, ...]:
 
 
 @pytest.fixture
+def shard_kwargs() -> dict[str, Any]:
+    """Extra constructor arguments (JSON-serialisable) for every shard of
+    ``shard_cluster``: override it, e.g. ``{"session_ttl_s": 60}``. Default: none."""
+    return {}
+
+
+@pytest.fixture
 def shard_cluster(
     etcd_server: EtcdServer,
     shard_server_class: str,
     shard_count: int,
     shard_service: str,
     shard_zones: tuple[str, ...],
+    shard_kwargs: dict[str, Any],
     tmp_path: Path,
 ) -> Iterator[ShardCluster]:
     """``shard_count`` real shard servers of ``shard_server_class``, each in its own
@@ -95,6 +103,7 @@ def shard_cluster(
         service=shard_service,
         zones=shard_zones,
         log_dir=tmp_path / "shards",
+        shard_kwargs=shard_kwargs,
     )
     try:
         cluster.start(shard_count)
