@@ -27,7 +27,14 @@ KEYS = KeySchema("chat")
 @pytest.fixture
 def shard_kwargs() -> dict[str, Any]:
     # a long log: these tests move and take over sessions whose turns are all records
-    return {"session_fold": {"max_turns": 1000, "max_log_bytes": 1 << 20, "record_share": 1.0}}
+    return {
+        "session_fold": {
+            "max_turns": 1000,
+            "max_log_bytes": 1 << 20,
+            "log_ratio": 1e9,
+            "record_share": 1.0,
+        }
+    }
 
 
 @pytest.fixture
@@ -144,7 +151,7 @@ def test_migration_of_an_unfolded_log(shard_client: ShardClient, etcd: EtcdClien
 
 @pytest.mark.parametrize(
     "shard_kwargs",
-    [{"session_ttl_s": 2.0, "session_fold": {"max_turns": 1000}}],
+    [{"session_ttl_s": 2.0, "session_fold": {"max_turns": 1000, "log_ratio": 1e9}}],
 )
 def test_idle_sessions_expire_with_their_override(
     shard_client: ShardClient, etcd: EtcdClient

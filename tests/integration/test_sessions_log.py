@@ -26,7 +26,7 @@ from shardroute.sessions import (
 from shardroute.sessions.envelope import encode_record
 from shardroute.testing.etcd import EtcdServer
 
-NO_FOLD = FoldPolicy(max_turns=10_000, max_log_bytes=2**30, record_share=1.0)
+NO_FOLD = FoldPolicy(max_turns=10_000, max_log_bytes=2**30, log_ratio=1e9, record_share=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -79,16 +79,41 @@ def test_snapshots_and_records_are_not_confused() -> None:
 
 
 def test_fold_policy_thresholds() -> None:
-    policy = FoldPolicy(max_turns=3, max_log_bytes=100, record_share=0.5)
-    assert not policy.should_fold(LogPosition(turns=2, log_bytes=10), 10, 1000)
-    assert policy.should_fold(LogPosition(turns=3, log_bytes=10), 10, 1000)  # turns
-    assert policy.should_fold(LogPosition(turns=0, log_bytes=95), 10, 1000)  # bytes
-    assert policy.should_fold(LogPosition(), 60, 100)  # a record over half the state
+    policy = FoldPolicy(max_turns=3, max_log_bytes=100, log_ratio=1.0, record_share=0.5)
+    big = 10_000  # a snapshot large enough that the ratio rule stays quiet
+    assert not policy.should_fold(LogPosition(2, 10, big), 10, big)
+    assert policy.should_fold(LogPosition(3, 10, big), 10, big)  # turns
+    assert policy.should_fold(LogPosition(0, 95, big), 10, big)  # bytes
+    assert policy.should_fold(LogPosition(0, 0, big), 60, 100)  # a record over half the state
+    assert policy.should_fold(LogPosition(1, 40, 50), 10, big)  # the log reached the snapshot
+    assert not policy.should_fold(LogPosition(1, 30, 50), 10, big)
+
+
+def test_fold_policy_keeps_writes_linear() -> None:
+    """Simulated: 2,000 turns of 1 KiB; total bytes written stay O(n) (about 3n)."""
+    policy = FoldPolicy(max_turns=10**6, max_log_bytes=2**40)
+    position, state, written = LogPosition(), 0, 0
+    for _ in range(2000):
+        state += 1024
+        if position.snapshot_bytes == 0 or policy.should_fold(position, 1024, state):
+            position, written = LogPosition(snapshot_bytes=state), written + state
+        else:
+            position = LogPosition(
+                position.turns + 1, position.log_bytes + 1024, position.snapshot_bytes
+            )
+            written += 1024
+    assert written < 4 * state
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_turns": -1}, {"max_log_bytes": 1.5}, {"record_share": 2.0}, {"max_turns": True}],
+    [
+        {"max_turns": -1},
+        {"max_log_bytes": 1.5},
+        {"record_share": 2.0},
+        {"max_turns": True},
+        {"log_ratio": 0},
+    ],
 )
 def test_fold_policy_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):

@@ -94,14 +94,18 @@ class StoredState:
 class FoldPolicy:
     """When a checkpoint writes a new snapshot (a *fold*) instead of a turn record.
 
-    A fold happens when the log already holds ``max_turns`` records, when it would pass
-    ``max_log_bytes``, or when the record would be larger than ``record_share`` of the
-    whole state (a record that big saves nothing over a snapshot). Folding bounds what a
-    reader (take-over, migration) reads: at most one snapshot plus ``max_log_bytes``.
+    A fold happens when the log would reach ``log_ratio`` times the snapshot's size (so
+    snapshots grow geometrically and a conversation of n bytes costs O(n) bytes of
+    writes in all, about 3n with the default 1.0), when the log already holds
+    ``max_turns`` records, when it would pass ``max_log_bytes``, or when the record
+    would be larger than ``record_share`` of the whole state (a record that big saves
+    nothing over a snapshot). The caps bound what a reader (take-over, migration) reads:
+    one snapshot plus at most ``max_log_bytes`` of records, ``max_turns`` keys.
     """
 
-    max_turns: int = 64
-    max_log_bytes: int = 256 * 1024
+    max_turns: int = 256
+    max_log_bytes: int = 512 * 1024
+    log_ratio: float = 1.0
     record_share: float = 0.5
 
     def __post_init__(self) -> None:
@@ -111,18 +115,22 @@ class FoldPolicy:
                 raise ConfigError(f"FoldPolicy.{name} must be an int >= 0, got {value!r}")
         if not 0.0 <= self.record_share <= 1.0:
             raise ConfigError(f"FoldPolicy.record_share must be in [0, 1], got {self.record_share}")
+        if not self.log_ratio > 0:
+            raise ConfigError(f"FoldPolicy.log_ratio must be > 0, got {self.log_ratio}")
 
     def should_fold(self, position: LogPosition, record_bytes: int, state_bytes: int) -> bool:
         """Whether a turn adding ``record_bytes`` of record data to a log at ``position``
         (the new state being ``state_bytes`` long) should write a snapshot instead."""
+        log_bytes = position.log_bytes + record_bytes
         return (
-            position.turns >= self.max_turns
-            or position.log_bytes + record_bytes > self.max_log_bytes
+            log_bytes >= self.log_ratio * position.snapshot_bytes
+            or position.turns >= self.max_turns
+            or log_bytes > self.max_log_bytes
             or record_bytes > self.record_share * state_bytes
         )
 
 
-NEVER_FOLD = FoldPolicy(max_turns=2**31, max_log_bytes=2**62, record_share=1.0)
+NEVER_FOLD = FoldPolicy(max_turns=2**31, max_log_bytes=2**62, log_ratio=2.0**62, record_share=1.0)
 """A policy that appends every turn (tests of the log itself)."""
 
 
