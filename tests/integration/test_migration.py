@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from chat_calls import history, turn
 
 from shardroute.client import ShardClient
 from shardroute.errors import (
@@ -14,7 +15,6 @@ from shardroute.errors import (
     OutcomeUnknown,
     ShardRouteError,
 )
-from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 
@@ -22,19 +22,6 @@ from shardroute.testing.etcd import EtcdServer
 @pytest.fixture
 def shard_count() -> int:
     return 3
-
-
-def turn(client: ShardClient, session: str, prompt: str) -> chat_pb2.Token:
-    chat = client.stub(chat_pb2_grpc.ChatStub)
-    request = chat_pb2.GenerateRequest(prompt=prompt, max_tokens=3)
-    tokens = list(chat.Generate(request, session_key=session, timeout=15))
-    return tokens[-1]
-
-
-def history(client: ShardClient, session: str) -> list[str]:
-    chat = client.stub(chat_pb2_grpc.ChatStub)
-    reply = chat.History(chat_pb2.HistoryRequest(), session_key=session, idempotent=True)
-    return [t.prompt for t in reply.turns]
 
 
 @pytest.fixture

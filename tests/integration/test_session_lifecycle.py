@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from chat_calls import history, turn
 
 from shardroute.aio import AsyncShardClient
 from shardroute.client import ShardClient
 from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import ShardRouteError
-from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 
@@ -42,18 +42,6 @@ def etcd(etcd_server: EtcdServer) -> Iterator[EtcdClient]:
     client = EtcdClient(EtcdOptions((etcd_server.endpoint,)))
     yield client
     client.close()
-
-
-def turn(client: ShardClient, session: str, prompt: str) -> chat_pb2.Token:
-    chat = client.stub(chat_pb2_grpc.ChatStub)
-    request = chat_pb2.GenerateRequest(prompt=prompt, max_tokens=3)
-    return list(chat.Generate(request, session_key=session, timeout=15))[-1]
-
-
-def history(client: ShardClient, session: str) -> list[str]:
-    chat = client.stub(chat_pb2_grpc.ChatStub)
-    reply = chat.History(chat_pb2.HistoryRequest(), session_key=session, idempotent=True)
-    return [t.prompt for t in reply.turns]
 
 
 def stored_keys(etcd: EtcdClient, session: str) -> list[str]:
