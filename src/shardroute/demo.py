@@ -4,7 +4,8 @@ Everything runs on this machine and is cleaned up at the end (Ctrl-C included): 
 embedded etcd in a temp dir, 4 chat shards in 2 zones (one process each), and a
 ``ShardClient`` in this process sending chat turns for many sessions from worker
 threads. Midway one shard is SIGKILLed and another drained (SIGTERM); the live view
-shows the shards, their load and what the client did, and a summary ends the run.
+shows the shards, their load, what the client did and etcd's database size, and a
+summary ends the run, also when a scripted step (kill, add, drain) failed.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from types import FrameType
 from typing import Any, TextIO
 
 from shardroute.client import ShardClient
-from shardroute.errors import ShardRouteError
+from shardroute.discovery._etcd import EtcdClient
+from shardroute.errors import EtcdUnavailable, ShardRouteError
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.model import ShardState
 from shardroute.testing.cluster import ShardCluster
-from shardroute.testing.etcd import EtcdServer
+from shardroute.testing.etcd import DEFAULT_QUOTA_BACKEND_BYTES, EtcdServer
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -52,6 +54,71 @@ class DemoConfig:
     drain_at: float = 0.7
     """Share of the duration after which another shard is drained."""
     seed: int = 7
+    etcd_quota_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    """The embedded etcd's space quota (``--quota-backend-bytes``)."""
+
+
+MiB = 1024 * 1024
+
+
+class _EtcdSpace:
+    """Samples the embedded etcd's database size and alarms about every second, from a
+    thread, for the live view and the summary."""
+
+    def __init__(self, etcd: EtcdServer, interval_s: float = 1.0) -> None:
+        self.quota = etcd.quota_backend_bytes
+        self._client: EtcdClient = etcd.client(timeout=2.0)
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.db_size = 0
+        self.peak = 0
+        self.nospace_now = False
+        self.nospace_seen = False
+        self._thread = threading.Thread(target=self._run, name="demo-etcd-space", daemon=True)
+
+    def start(self) -> _EtcdSpace:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        """Read etcd's db size and alarms once; keeps the last values when etcd is away."""
+        try:
+            size = self._client.status().db_size
+            nospace = any(alarm.alarm == "NOSPACE" for alarm in self._client.alarms())
+        except EtcdUnavailable:
+            return
+        with self._lock:
+            self.db_size = size
+            self.peak = max(self.peak, size)
+            self.nospace_now = nospace
+            self.nospace_seen = self.nospace_seen or nospace
+
+    def lines(self) -> list[str]:
+        """The live view's etcd lines: the db size and, under NOSPACE, what it means."""
+        quota = f"{self.quota / MiB:.0f} MiB" if self.quota else "etcd's default"
+        with self._lock:
+            size, peak, nospace = self.db_size, self.peak, self.nospace_now
+        lines = [f"etcd db {size / MiB:.1f} MiB (peak {peak / MiB:.1f} MiB, quota {quota})"]
+        if nospace:
+            lines.append(
+                f"etcd NOSPACE: etcd's database hit its {quota} quota, so it refuses every "
+                "write (turn checkpoints, load reports, new shards); data already saved is "
+                "safe. Fix: compact, defrag, then 'etcdctl alarm disarm' (docs/operations.md)"
+            )
+        return lines
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sample()  # the last word for the summary
+        self._client.close()
 
 
 @dataclass
@@ -159,7 +226,9 @@ def _conversation_turn(
             tally.record(session, *result)
 
 
-def _view(client: ShardClient, tally: _Tally, elapsed: float, events: list[str]) -> str:
+def _view(
+    client: ShardClient, tally: _Tally, elapsed: float, events: list[str], space: _EtcdSpace
+) -> str:
     topology = client.source.current()
     stats = client.stats.snapshot()
     with tally.lock:
@@ -180,6 +249,7 @@ def _view(client: ShardClient, tally: _Tally, elapsed: float, events: list[str])
             f"{load.inflight if load else 0:>8} {load.sessions if load else 0:>8} "
             f"{served.get(shard.id, 0):>7}"
         )
+    lines.extend(space.lines())
     lines.extend(f"  * {event}" for event in events[-4:])
     return "\n".join(lines)
 
@@ -201,17 +271,47 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[str, Any]:
-    """Run the demo; returns the summary. ``live``: where the live view goes (or None)."""
+    """Run the demo; returns the summary. ``live``: where the live view goes (or None).
+
+    A scripted step (kill, add, drain) that raises a :class:`ShardRouteError` does not
+    end the run: it is shown in the live view and recorded in the summary's ``events``
+    and ``event_errors`` (and counted in ``errors``), and the run goes on.
+    """
     started = time.monotonic()
     events: list[str] = []
+    event_errors: list[str] = []
+    lock = threading.Lock()  # events and event_errors are also written by drain threads
     tally = _Tally()
     stop = threading.Event()
     killed: list[str] = []
     added: list[str] = []
     drained: list[str] = []
+    done: set[str] = set()
     drain_threads: list[threading.Thread] = []
+
+    def note(text: str) -> None:
+        with lock:
+            events.append(text)
+
+    def failed(step: str, exc: ShardRouteError) -> None:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        why = lines[0][:300] + (f" ... {lines[-1][:300]}" if len(lines) > 1 else "")
+        text = f"{step} failed: {type(exc).__name__}: {why}"
+        logging.getLogger("shardroute.demo").warning("%s", text)
+        with lock:
+            events.append(text)
+            event_errors.append(text)
+
+    def drain(victim: str, step: str) -> None:
+        try:
+            cluster.drain(victim)
+        except ShardRouteError as exc:
+            failed(step, exc)
+
     with contextlib.ExitStack() as cleanup, _sigterm_as_interrupt():
-        etcd = cleanup.enter_context(EtcdServer())
+        etcd = cleanup.enter_context(EtcdServer(quota_backend_bytes=config.etcd_quota_bytes))
+        space = _EtcdSpace(etcd).start()
+        cleanup.callback(space.close)
         cluster = cleanup.enter_context(
             ShardCluster(etcd.endpoint, service=SERVICE, zones=("zone-a", "zone-b"))
         )
@@ -219,7 +319,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         client = cleanup.enter_context(
             ShardClient.connect(etcd.endpoint, SERVICE, zone=CLIENT_ZONE)
         )
-        events.append(f"etcd at {etcd.endpoint}; {config.shards} chat shards in zone-a/zone-b")
+        note(f"etcd at {etcd.endpoint}; {config.shards} chat shards in zone-a/zone-b")
         workers = [
             threading.Thread(
                 target=_worker, args=(client, config, tally, stop, config.seed + i), daemon=True
@@ -237,25 +337,39 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         end_t = t_start + config.duration_s
         is_tty = live is not None and live.isatty()
         while (now := time.monotonic()) < end_t:
-            if not killed and now >= kill_t:
+            at = f"t={now - t_start:.1f}s"
+            if "kill" not in done and now >= kill_t:
+                done.add("kill")
                 victim = _pick(cluster, client, CLIENT_ZONE)
-                if victim is not None:
-                    cluster.kill(victim)
-                    killed.append(victim)
-                    events.append(f"t={now - t_start:.1f}s SIGKILL {victim} (no goodbye)")
-            if not added and now >= add_t:
-                added.append(cluster.add(zone=CLIENT_ZONE))
-                events.append(f"t={now - t_start:.1f}s added {added[-1]} in {CLIENT_ZONE}")
-            if not drained and now >= drain_t:
+                try:
+                    if victim is not None:
+                        cluster.kill(victim)
+                        killed.append(victim)
+                        note(f"{at} SIGKILL {victim} (no goodbye)")
+                except ShardRouteError as exc:
+                    failed(f"{at} SIGKILL {victim}", exc)
+            if "add" not in done and now >= add_t:
+                done.add("add")
+                try:
+                    added.append(cluster.add(zone=CLIENT_ZONE))
+                    note(f"{at} added {added[-1]} in {CLIENT_ZONE}")
+                except ShardRouteError as exc:
+                    failed(f"{at} adding a shard in {CLIENT_ZONE}", exc)
+            if "drain" not in done and now >= drain_t:
+                done.add("drain")
                 victim = _pick(cluster, client, None, exclude=killed + added)
                 if victim is not None:
                     drained.append(victim)
-                    events.append(f"t={now - t_start:.1f}s drain {victim} (SIGTERM)")
-                    thread = threading.Thread(target=cluster.drain, args=(victim,), daemon=True)
+                    note(f"{at} drain {victim} (SIGTERM)")
+                    thread = threading.Thread(
+                        target=drain, args=(victim, f"{at} drain {victim}"), daemon=True
+                    )
                     thread.start()
                     drain_threads.append(thread)
             if live is not None:
-                view = _view(client, tally, now - t_start, events)
+                with lock:
+                    shown = list(events)
+                view = _view(client, tally, time.monotonic() - t_start, shown, space)
                 live.write(("\x1b[H\x1b[J" if is_tty else "") + view + "\n\n")
                 live.flush()
             stop.wait(min(1.0, max(0.0, end_t - time.monotonic())))
@@ -263,12 +377,13 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         _join(workers)
         for thread in drain_threads:
             thread.join(30)
+        space.close()
         stats = client.stats.snapshot()
-        with tally.lock:
+        with tally.lock, lock:
             checks = tally.affinity_checks
             summary: dict[str, Any] = {
                 "requests": tally.turns + tally.errors,
-                "errors": tally.errors,
+                "errors": tally.errors + len(event_errors),
                 "failovers": stats.get("failovers", 0),
                 "spills": stats.get("spill", 0) + stats.get("zone_fallback", 0),
                 "affinity_hit_rate": round(tally.affinity_hits / checks, 4) if checks else 1.0,
@@ -281,6 +396,10 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "shards_drained": len(drained),
                 "turns_retried": tally.retried,
                 "turns_by_shard": dict(sorted(tally.served.items())),
+                "etcd_db_mb_peak": round(space.peak / MiB, 1),
+                "etcd_nospace": space.nospace_seen,
+                "events": list(events),
+                "event_errors": list(event_errors),
             }
     summary["wall_s"] = round(time.monotonic() - started, 2)
     return summary

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "EtcdBinaryNotFound",
+    "EtcdNoSpace",
     "EtcdUnavailable",
     "LeaseNotFound",
     "MalformedRecord",
@@ -70,6 +71,30 @@ class EtcdUnavailable(ShardRouteError):
     """
 
     retry_safe = True
+
+
+class EtcdNoSpace(EtcdUnavailable):
+    """etcd refused a write because its database reached its space quota
+    (``--quota-backend-bytes``) and raised the NOSPACE alarm.
+
+    Nothing was written by the refused operation, data already in etcd is safe, and reads
+    and watches keep working. Every write (puts, transactions, lease grants) fails the
+    same way until an operator frees space and disarms the alarm: compact to the current
+    revision, defragment every member, ``etcdctl alarm disarm`` (docs/operations.md,
+    "etcd: compaction, quota and NOSPACE"). Retrying is safe (nothing is duplicated) but
+    only succeeds after that recovery.
+    """
+
+    def __init__(self, details: str = "etcdserver: mvcc: database space exceeded") -> None:
+        super().__init__(
+            f"etcd is out of space (NOSPACE alarm: its database reached its quota, "
+            f"--quota-backend-bytes; etcd said {details!r}): the write was refused and "
+            "nothing was written; data already saved in etcd is safe and reads still work. "
+            "To recover, compact etcd to its current revision, defragment every member "
+            "(etcdctl defrag) and run 'etcdctl alarm disarm'; see docs/operations.md, "
+            '"etcd: compaction, quota and NOSPACE"'
+        )
+        self.details = details
 
 
 class EtcdBinaryNotFound(ShardRouteError):

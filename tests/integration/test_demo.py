@@ -55,6 +55,12 @@ def test_demo_json_summary_and_cleanup() -> None:
     assert summary["sessions_migrated"] > 0
     assert 0.5 < summary["affinity_hit_rate"] <= 1.0
     assert 5.5 < summary["duration_s"] < 30
+    # etcd's space, sampled every second: compacted, far from the quota, no alarm.
+    assert 0 < summary["etcd_db_mb_peak"] < 64
+    assert summary["etcd_nospace"] is False
+    assert summary["event_errors"] == []
+    events = " | ".join(summary["events"])
+    assert "SIGKILL" in events and "added" in events and "drain" in events
     assert processes_in_session(proc.pid) == []  # etcd and every shard are gone
 
 
@@ -68,8 +74,8 @@ def test_demo_ctrl_c_cleans_up() -> None:
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        if line.startswith("shardroute demo"):
-            break  # the live view is up: etcd and shards run
+        if line.startswith("etcd db "):
+            break  # the live view is up (its etcd line too): etcd and shards run
     assert len(processes_in_session(proc.pid)) >= 5  # demo, etcd, 4 shards
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)

