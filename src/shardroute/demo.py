@@ -54,6 +54,11 @@ class DemoConfig:
     drain_at: float = 0.7
     """Share of the duration after which another shard is drained."""
     seed: int = 7
+    turns_per_conversation: tuple[int, int] = (5, 40)
+    """A conversation lasts this many turns (uniform, inclusive), then the demo ends it
+    (``end_session``: its state and override are deleted) and starts a new one."""
+    session_ttl_s: float = 120.0
+    """Idle conversations expire from the session store after this long."""
     etcd_quota_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
     """The embedded etcd's space quota (``--quota-backend-bytes``)."""
 
@@ -146,6 +151,24 @@ class _Tally:
     moved: set[str] = field(default_factory=set)
     busy: set[str] = field(default_factory=set)
     """Sessions with a turn in flight: a conversation has one turn at a time."""
+    generation: Counter[int] = field(default_factory=Counter)
+    """Per conversation slot: how many conversations it has ended (its key's suffix)."""
+    length: dict[int, int] = field(default_factory=dict)
+    """Per conversation slot: how many turns its current conversation lasts."""
+    ended: int = 0
+
+    def key(self, slot: int) -> str:
+        """The session key of the slot's current conversation."""
+        return f"conversation-{slot:04d}-{self.generation[slot]}"
+
+    def forget(self, slot: int, session: str) -> None:
+        """The slot's conversation ended: the next one gets a new key."""
+        self.generation[slot] += 1
+        self.length.pop(slot, None)
+        self.ended += 1
+        for table in (self.answered, self.last_shard):
+            table.pop(session, None)
+        self.unsure.discard(session)
 
     def record(self, session: str, shard: str, held: int) -> None:
         """A turn of ``session`` answered by ``shard``, which holds ``held`` turns."""
@@ -184,16 +207,23 @@ def _worker(
 ) -> None:
     rng = random.Random(seed)
     chat = client.stub(chat_pb2_grpc.ChatStub)
-    sessions = [f"conversation-{i:04d}" for i in range(config.sessions)]
+    slots = list(range(config.sessions))
     weights = [1.0 / (i + 1) for i in range(config.sessions)]  # Zipf-like popularity
+    shortest, longest = config.turns_per_conversation
     while not stop.is_set():
-        session = rng.choices(sessions, weights)[0]
+        slot = rng.choices(slots, weights)[0]
         with tally.lock:
+            session = tally.key(slot)
             if session in tally.busy:
                 continue  # someone is mid-turn in this conversation: pick another
             tally.busy.add(session)
+            length = tally.length.setdefault(slot, rng.randint(shortest, longest))
         try:
             _conversation_turn(chat, session, config, tally, stop)
+            with tally.lock:
+                over = tally.answered[session] >= length
+            if over and not stop.is_set():
+                _end_conversation(client, slot, session, tally, stop)
         except Exception:  # a bug must show in the summary, not end the thread quietly
             logging.getLogger("shardroute.demo").exception("turn of %s failed", session)
             with tally.lock:
@@ -201,6 +231,26 @@ def _worker(
         finally:
             with tally.lock:
                 tally.busy.discard(session)
+
+
+def _end_conversation(
+    client: ShardClient, slot: int, session: str, tally: _Tally, stop: threading.Event
+) -> None:
+    """End a conversation that had its turns (retried like an application would)."""
+    for attempt in range(3):
+        try:
+            client.end_session(session, timeout=10)
+            break
+        except ShardRouteError:
+            if stop.is_set():
+                return
+            stop.wait(0.05 * (attempt + 1))
+    else:
+        with tally.lock:
+            tally.errors += 1
+        return
+    with tally.lock:
+        tally.forget(slot, session)
 
 
 def _conversation_turn(
@@ -234,12 +284,14 @@ def _view(
     with tally.lock:
         served = dict(tally.served)
         turns, errors, lost = tally.turns, tally.errors, tally.lost_turns
+        ended = tally.ended
         hit = tally.affinity_hits / tally.affinity_checks if tally.affinity_checks else 1.0
     lines = [
         f"shardroute demo  t={elapsed:5.1f}s  turns={turns}  errors={errors}  "
         f"failovers={stats.get('failovers', 0)}  "
         f"spills={stats.get('spill', 0) + stats.get('zone_fallback', 0)}  "
-        f"affinity={hit:.1%}  lost_turns={lost}  redirects={stats.get('redirects', 0)}",
+        f"affinity={hit:.1%}  lost_turns={lost}  redirects={stats.get('redirects', 0)}  "
+        f"ended={ended}",
         f"{'SHARD':10} {'ZONE':8} {'STATE':9} {'INFLIGHT':>8} {'SESSIONS':>8} {'TURNS':>7}",
     ]
     for shard in topology.shards.values():
@@ -313,7 +365,12 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         space = _EtcdSpace(etcd).start()
         cleanup.callback(space.close)
         cluster = cleanup.enter_context(
-            ShardCluster(etcd.endpoint, service=SERVICE, zones=("zone-a", "zone-b"))
+            ShardCluster(
+                etcd.endpoint,
+                service=SERVICE,
+                zones=("zone-a", "zone-b"),
+                shard_kwargs={"session_ttl_s": config.session_ttl_s},
+            )
         )
         cluster.start(config.shards)
         client = cleanup.enter_context(
@@ -378,6 +435,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         for thread in drain_threads:
             thread.join(30)
         space.close()
+        store = _store_activity(client)
         stats = client.stats.snapshot()
         with tally.lock, lock:
             checks = tally.affinity_checks
@@ -396,6 +454,8 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "shards_drained": len(drained),
                 "turns_retried": tally.retried,
                 "turns_by_shard": dict(sorted(tally.served.items())),
+                "conversations_ended": tally.ended,
+                "store_bytes_written_per_turn": store["bytes_per_checkpoint"],
                 "etcd_db_mb_peak": round(space.peak / MiB, 1),
                 "etcd_nospace": space.nospace_seen,
                 "events": list(events),
@@ -403,6 +463,27 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
             }
     summary["wall_s"] = round(time.monotonic() - started, 2)
     return summary
+
+
+def _store_activity(client: ShardClient) -> dict[str, Any]:
+    """Checkpoints and session store bytes of the live shards (``GetStatus``); a killed
+    shard's counters are gone with it, so this is the live shards' average."""
+    import grpc
+
+    from shardroute._proto import shard_pb2, shard_pb2_grpc
+
+    stub: Any = shard_pb2_grpc.ShardControlStub
+    checkpoints = written = 0
+    for shard in client.source.current().shards.values():
+        try:
+            with grpc.insecure_channel(shard.address) as channel:
+                status = stub(channel).GetStatus(shard_pb2.GetStatusRequest(), timeout=5)
+        except grpc.RpcError:
+            continue  # a shard that just left
+        checkpoints += status.checkpoints
+        written += status.store_bytes_written
+    per = round(written / checkpoints) if checkpoints else 0
+    return {"checkpoints": checkpoints, "bytes_per_checkpoint": per}
 
 
 def _join(threads: list[threading.Thread]) -> None:

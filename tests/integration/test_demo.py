@@ -58,6 +58,9 @@ def test_demo_json_summary_and_cleanup() -> None:
     # etcd's space, sampled every second: compacted, far from the quota, no alarm.
     assert 0 < summary["etcd_db_mb_peak"] < 64
     assert summary["etcd_nospace"] is False
+    assert summary["conversations_ended"] > 0  # conversations end (end_session) and restart
+    # a checkpoint writes about one turn (~0.3 KB), not the whole history
+    assert 0 < summary["store_bytes_written_per_turn"] < 2048
     assert summary["event_errors"] == []
     events = " | ".join(summary["events"])
     assert "SIGKILL" in events and "added" in events and "drain" in events
