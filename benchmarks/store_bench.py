@@ -22,7 +22,7 @@ import json
 import statistics
 import time
 
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.sessions import EtcdSessionStore, StoredState
 from shardroute.testing.etcd import EtcdServer
 

@@ -20,6 +20,7 @@ from typing import Any
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.records import load_to_dict, shard_to_dict
 from shardroute.errors import ConfigError, ShardRouteError, ShardUnavailable
+from shardroute.etcd import EtcdOptions
 from shardroute.model import Topology
 
 __all__ = ["main", "topology_to_dict"]
@@ -88,11 +89,10 @@ def _add_etcd_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password", help="etcd password")
 
 
-def _source(args: argparse.Namespace) -> EtcdTopologySource:
+def _etcd_options(args: argparse.Namespace) -> EtcdOptions:
     endpoints = [e for value in args.etcd for e in value.split(",") if e.strip()]
-    return EtcdTopologySource(
-        endpoints,
-        args.service,
+    return EtcdOptions(
+        tuple(endpoints),
         timeout=args.timeout,
         ca_cert=args.ca_cert,
         cert_key=args.cert_key,
@@ -100,6 +100,10 @@ def _source(args: argparse.Namespace) -> EtcdTopologySource:
         user=args.user,
         password=args.password,
     )
+
+
+def _source(args: argparse.Namespace) -> EtcdTopologySource:
+    return EtcdTopologySource(_etcd_options(args), args.service)
 
 
 def _cmd_topology(args: argparse.Namespace) -> int:
@@ -168,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from shardroute.discovery._etcd import EtcdClient
+    from shardroute.etcd import EtcdClient
     from shardroute.migration import Migrator
 
     source = _source(args)

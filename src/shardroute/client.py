@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from shardroute._core import ClientShell
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ConfigError
+from shardroute.etcd import EtcdClient
 from shardroute.model import Shard
 from shardroute.transport import Attempts, MethodSpec
 

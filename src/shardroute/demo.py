@@ -25,8 +25,8 @@ from types import FrameType
 from typing import Any, TextIO
 
 from shardroute.client import ShardClient
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.errors import EtcdUnavailable, ShardRouteError
+from shardroute.etcd import EtcdClient
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.model import ShardState
 from shardroute.testing.cluster import ShardCluster

@@ -8,9 +8,13 @@ exception as ``__cause__``.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CallFailed",
+    "ChunkError",
     "ClientClosed",
+    "Compacted",
     "ConfigError",
     "DeadlineExceeded",
     "EtcdBinaryNotFound",
@@ -24,6 +28,7 @@ __all__ = [
     "OutcomeUnknown",
     "Overloaded",
     "PayloadTooLarge",
+    "Refused",
     "ServerLifecycleError",
     "ShardRouteError",
     "ShardStartError",
@@ -268,3 +273,43 @@ class MigrationFailed(ShardRouteError):
     def __init__(self, message: str, session_key: str) -> None:
         super().__init__(message)
         self.session_key = session_key
+
+
+class Compacted(ShardRouteError):
+    """The etcd revision a watch or read asked for was compacted: do a full resync.
+    Topology sources handle it themselves (a full read, then a new watch)."""
+
+    retry_safe = True
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"etcd revision compacted (compact revision {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+class ChunkError(ShardRouteError, ValueError):
+    """A session transfer (``ExportSession`` / ``ImportSession`` chunks) is malformed;
+    ``corrupt`` is True for a CRC-32 mismatch. Nothing was imported; the mover rolls back."""
+
+    def __init__(self, message: str, *, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+class Refused(ShardRouteError):
+    """A session call a shard will not run (raised inside the shard, sent to the caller
+    as a gRPC status): ``code`` (a ``grpc.StatusCode``) and ``details`` are what the
+    caller gets; ``redirect`` names the owner when set. Nothing was executed unless the
+    message says otherwise."""
+
+    def __init__(self, code: Any, details: str, redirect: str = "") -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.redirect = redirect
+
+    @property
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata to send with the error (the redirect, when set)."""
+        from shardroute.metadata import REDIRECT
+
+        return ((REDIRECT, self.redirect),) if self.redirect else ()

@@ -20,7 +20,6 @@ from typing import Any
 import grpc
 
 from shardroute._proto import shard_pb2, shard_pb2_grpc
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import (
     ConfigError,
@@ -32,6 +31,7 @@ from shardroute.errors import (
     StaleState,
     UnknownShard,
 )
+from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
 from shardroute.routing import Router
 from shardroute.sessions import EtcdSessionStore, OverrideStore, SessionStore, next_override

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.discovery.keys import KeySchema
+from shardroute.etcd import EtcdClient, EtcdOptions
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.keys import KeySchema
+from shardroute.etcd import EtcdClient
 from shardroute.testing.etcd import free_port
 
 CLI = [sys.executable, "-m", "shardroute.cli"]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from shardroute.client import ShardClient
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.sessions import OverrideStore
 from shardroute.testing.cluster import ShardCluster

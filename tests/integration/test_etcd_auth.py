@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ConfigError
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.testing.etcd import EtcdServer
 
 

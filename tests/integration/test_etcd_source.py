@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import ConfigError, EtcdUnavailable
+from shardroute.etcd import EtcdClient
 from shardroute.model import ShardState, Topology
 from shardroute.testing.etcd import EtcdServer, free_port
 from shardroute.testing.faults import TcpProxy

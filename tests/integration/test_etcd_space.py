@@ -18,8 +18,8 @@ import pytest
 import trustme
 
 from shardroute.demo import DemoConfig, run_demo
-from shardroute.discovery._etcd import Compacted, EtcdAlarm, EtcdClient, EtcdOptions
-from shardroute.errors import EtcdNoSpace, EtcdUnavailable
+from shardroute.errors import Compacted, EtcdNoSpace, EtcdUnavailable
+from shardroute.etcd import EtcdAlarm, EtcdClient, EtcdOptions
 from shardroute.testing.etcd import EtcdServer, EtcdTls
 
 MiB = 1024 * 1024

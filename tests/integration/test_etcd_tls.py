@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import EtcdUnavailable
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.testing.etcd import EtcdServer, EtcdTls
 
 

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.keys import KeySchema
+from shardroute.etcd import EtcdClient
 from shardroute.routing import Router
 
 

@@ -148,9 +148,9 @@ def test_etcd_down_migration_fails_cleanly_and_routing_goes_on(
 def test_failed_move_rolls_back_and_the_session_is_not_stuck(
     client: ShardClient, etcd_server: EtcdServer
 ) -> None:
-    from shardroute.discovery._etcd import EtcdClient, EtcdOptions
     from shardroute.discovery.keys import KeySchema
     from shardroute.errors import MigrationFailed
+    from shardroute.etcd import EtcdClient, EtcdOptions
     from shardroute.testing.etcd import free_port
 
     session = "conv-rollback"
@@ -177,9 +177,9 @@ def test_failed_move_rolls_back_and_the_session_is_not_stuck(
 def test_migrate_many_starts_nothing_after_its_deadline(client: ShardClient) -> None:
     import time
 
-    from shardroute.discovery._etcd import EtcdClient
     from shardroute.discovery.etcd import EtcdTopologySource
     from shardroute.errors import MigrationFailed
+    from shardroute.etcd import EtcdClient
     from shardroute.migration import Migrator
 
     turn(client, session := "conv-late", "hi")

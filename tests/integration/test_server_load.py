@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 
 from shardroute import metadata
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.keys import KeySchema
+from shardroute.etcd import EtcdClient
 from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.server import ShardServer
 from shardroute.sessions import InMemorySessionStore

@@ -9,10 +9,10 @@ import grpc
 import pytest
 
 from shardroute._proto import shard_pb2, shard_pb2_grpc
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import EtcdUnavailable
+from shardroute.etcd import EtcdClient
 from shardroute.examples.chat import ChatShard
 from shardroute.model import ShardState
 from shardroute.server import ServerState, ShardServer

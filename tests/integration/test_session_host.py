@@ -16,7 +16,7 @@ import pytest
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2, shard_pb2_grpc
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.model import Override
 from shardroute.server import ShardServer

@@ -19,8 +19,8 @@ import pytest
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2, shard_pb2_grpc
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.errors import ConfigError, StaleState
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.model import Override, Topology
 from shardroute.server import SessionHost

@@ -15,9 +15,9 @@ from chat_calls import history, turn
 
 from shardroute.aio import AsyncShardClient
 from shardroute.client import ShardClient
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import ShardRouteError
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from concurrency import race
 
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.errors import MalformedRecord, StaleState
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.sessions import (
     EtcdSessionStore,
     FoldPolicy,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from concurrency import race
 
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.errors import ConfigError, EtcdUnavailable, MalformedRecord, StaleState
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.model import Override
 from shardroute.sessions import OverrideStore, next_override
 from shardroute.testing.etcd import EtcdServer

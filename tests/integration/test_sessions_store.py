@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from concurrency import race
 
-from shardroute.discovery._etcd import EtcdClient, EtcdOptions
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import EtcdUnavailable, MalformedRecord, StaleState, StateTooLarge
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.sessions import (
     EtcdSessionStore,
     InMemorySessionStore,

@@ -9,8 +9,8 @@ import pytest
 
 import shardroute
 from shardroute import errors
-from shardroute.discovery._etcd import _from_rpc_error, _translated
 from shardroute.errors import ConfigError, EtcdNoSpace, EtcdUnavailable, ShardRouteError
+from shardroute.etcd._translate import _from_rpc_error, _translated
 from shardroute.testing.etcd import DEFAULT_QUOTA_BACKEND_BYTES, EtcdServer
 
 NOSPACE = "etcdserver: mvcc: database space exceeded"

@@ -20,11 +20,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from shardroute.discovery._etcd import Compacted, EtcdClient, EtcdOptions, WatchStream
 from shardroute.discovery.changes import apply_changes, build_topology
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.source import HolderSource, SnapshotHolder
-from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
+from shardroute.errors import Compacted, ConfigError, EtcdUnavailable, ShardRouteError
+from shardroute.etcd import EtcdClient, EtcdOptions, WatchStream, etcd_options
 from shardroute.model import Topology
 
 __all__ = ["EtcdTopologySource"]
@@ -36,10 +36,11 @@ class EtcdTopologySource(HolderSource):
     """A :class:`~shardroute.discovery.source.TopologySource` fed by etcd watches.
 
     Args:
-        endpoints: etcd endpoints, ``host:port`` (one string or several; failover
-            between them).
+        endpoints: how to reach etcd: an :class:`~shardroute.etcd.EtcdOptions`, or
+            endpoints ``host:port`` (one string or several; failover between them),
+            then completed by the keyword arguments below.
         service: the service name (keys under ``/shardroute/<service>/``).
-        timeout: per-call etcd timeout in seconds.
+        timeout: per-call etcd timeout in seconds (default 5).
         ca_cert, cert_key, cert_cert: PEM file paths for TLS (client certificate optional).
         user, password: etcd authentication.
         backoff_initial_s, backoff_max_s: reconnect backoff (exponential, full jitter).
@@ -55,10 +56,10 @@ class EtcdTopologySource(HolderSource):
 
     def __init__(
         self,
-        endpoints: str | Sequence[str],
+        endpoints: EtcdOptions | str | Sequence[str],
         service: str,
         *,
-        timeout: float = 5.0,
+        timeout: float | None = None,
         ca_cert: str | None = None,
         cert_key: str | None = None,
         cert_cert: str | None = None,
@@ -71,8 +72,8 @@ class EtcdTopologySource(HolderSource):
         if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
             raise ConfigError("backoff must satisfy 0 < backoff_initial_s <= backoff_max_s")
         self._schema = KeySchema(service)
-        self._options = EtcdOptions(
-            endpoints=(endpoints,) if isinstance(endpoints, str) else tuple(endpoints),
+        self._options = etcd_options(
+            endpoints,
             timeout=timeout,
             ca_cert=ca_cert,
             cert_key=cert_key,

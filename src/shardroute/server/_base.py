@@ -17,6 +17,7 @@ import grpc
 from shardroute import metadata
 from shardroute._proto import shard_pb2
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
+from shardroute.etcd import EtcdOptions
 from shardroute.model import LoadReport, Topology
 from shardroute.server._chunks import ChunkAssembler, ChunkError, chunk_size, split_chunks
 from shardroute.server._core import (
@@ -77,7 +78,7 @@ class ShardServerBase:
         *,
         shard_id: str,
         service: str,
-        etcd: str | Sequence[str] | None,
+        etcd: EtcdOptions | str | Sequence[str] | None,
         host: str = "127.0.0.1",
         port: int = 0,
         advertise_address: str | None = None,
@@ -119,6 +120,18 @@ class ShardServerBase:
         """When checkpoints write a snapshot instead of a turn record (default stores only)."""
         if max_concurrent_moves < 1:
             raise ConfigError(f"max_concurrent_moves must be >= 1, got {max_concurrent_moves!r}")
+        if isinstance(etcd, EtcdOptions):  # the one settings object, or the keywords
+            given = (etcd_ca_cert, etcd_cert_key, etcd_cert_cert, etcd_user, etcd_password)
+            if any(value is not None for value in given):
+                raise ConfigError("pass etcd settings either as EtcdOptions or as etcd_* arguments")
+            etcd_timeout_s = etcd.timeout
+            etcd_ca_cert, etcd_cert_key, etcd_cert_cert = (
+                etcd.ca_cert,
+                etcd.cert_key,
+                etcd.cert_cert,
+            )
+            etcd_user, etcd_password = etcd.user, etcd.password
+            etcd = etcd.endpoints
         self._config = ServerConfig(
             shard_id=shard_id,
             service=service,
@@ -300,20 +313,14 @@ class ShardServerBase:
                 store if store is not None else InMemorySessionStore(ttl_s=ttl, fold=fold)
             )
             return
-        from shardroute.discovery._etcd import EtcdClient
         from shardroute.discovery.etcd import EtcdTopologySource
+        from shardroute.etcd import EtcdClient
 
         etcd = EtcdClient(config.etcd_options())
         self._session_etcd = etcd
         source = EtcdTopologySource(
-            config.etcd,
+            config.etcd_options(),
             config.service,
-            timeout=config.etcd_timeout_s,
-            ca_cert=config.etcd_ca_cert,
-            cert_key=config.etcd_cert_key,
-            cert_cert=config.etcd_cert_cert,
-            user=config.etcd_user,
-            password=config.etcd_password,
             include_sessions=True,
         )
         self._sessions.attach(

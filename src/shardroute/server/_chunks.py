@@ -12,19 +12,12 @@ import zlib
 from collections.abc import Iterator
 
 from shardroute._proto import shard_pb2
+from shardroute.errors import ChunkError
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ChunkAssembler", "ChunkError", "chunk_size", "split_chunks"]
 
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 _ENVELOPE_BYTES = 64 * 1024  # room for a chunk's other fields under the message limit
-
-
-class ChunkError(ValueError):
-    """A transfer is malformed; ``corrupt`` is True for a CRC-32 mismatch."""
-
-    def __init__(self, message: str, *, corrupt: bool = False) -> None:
-        super().__init__(message)
-        self.corrupt = corrupt
 
 
 def chunk_size(requested: int, max_message_bytes: int) -> int:

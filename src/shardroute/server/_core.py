@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from shardroute.discovery._etcd import EtcdOptions
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import ConfigError
+from shardroute.etcd import EtcdOptions
 from shardroute.model import EMPTY_MAPPING, LoadReport, Shard, ShardState
 
 __all__ = [

@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.records import encode_load, encode_shard
 from shardroute.errors import EtcdUnavailable
+from shardroute.etcd import EtcdClient
 from shardroute.model import LoadReport, ShardState
 from shardroute.server._core import LoadReportPolicy, ServerConfig
 

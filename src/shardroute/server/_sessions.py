@@ -34,6 +34,7 @@ from shardroute import metadata
 from shardroute.errors import (
     EtcdUnavailable,
     MalformedRecord,
+    Refused,
     ShardRouteError,
     StaleState,
     StateTooLarge,
@@ -132,22 +133,6 @@ class _Overrides(Protocol):
         *,
         lease: int | None = None,
     ) -> Override | None: ...
-
-
-class Refused(ShardRouteError):
-    """A session call this shard will not run: ``code`` (a ``grpc.StatusCode``) and
-    ``details`` are what the caller gets; ``redirect`` names the owner when set."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, redirect: str = "") -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-        self.redirect = redirect
-
-    @property
-    def trailers(self) -> tuple[tuple[str, str], ...]:
-        """The trailing metadata to send with the error."""
-        return ((metadata.REDIRECT, self.redirect),) if self.redirect else ()
 
 
 @dataclass(slots=True, eq=False)

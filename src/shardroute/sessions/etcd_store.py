@@ -24,11 +24,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from shardroute.discovery._etcd import EtcdClient, _is_lease_not_found, _translated
 from shardroute.discovery.keys import KeySchema, prefix_end
 from shardroute.errors import LeaseNotFound, MalformedRecord
+from shardroute.etcd import EtcdClient, txn
 from shardroute.sessions.envelope import (
     FoldPolicy,
     LogPosition,
@@ -186,7 +184,7 @@ class EtcdSessionStore:
         log = previous.log
         self._keep_alive(log.lease)
         record = encode_record(previous.data, data, owner=owner, keep=keep)
-        put = self._put(self.record_key(session_key, expected), record, log.lease)
+        put = txn.put(self.record_key(session_key, expected), record, log.lease)
         version = self._write(session_key, previous, [put], len(record))
         position = LogPosition(
             turns=log.turns + 1,
@@ -210,7 +208,7 @@ class EtcdSessionStore:
         self._keys.state(session_key)
         check_version(expected_version)
         snapshot = self.key(session_key)
-        deletes = [self._delete(snapshot), self._delete(f"{snapshot}/", prefix_end(f"{snapshot}/"))]
+        deletes = [txn.delete(snapshot), txn.delete(f"{snapshot}/", prefix_end(f"{snapshot}/"))]
         if expected_version is None:
             _ok, responses = self._txn([], deletes)
             return any(r.response_delete_range.deleted for r in responses)
@@ -230,12 +228,10 @@ class EtcdSessionStore:
         lease = self._grant()
         raw = encode_envelope(data, owner=owner)
         compare = [
-            self._compare(snapshot, "create_revision", "EQUAL", 0),
-            self._compare(
-                f"{snapshot}/", "create_revision", "EQUAL", 0, prefix_end(f"{snapshot}/")
-            ),
+            txn.compare(snapshot, "create_revision", "EQUAL", 0),
+            txn.compare(f"{snapshot}/", "create_revision", "EQUAL", 0, prefix_end(f"{snapshot}/")),
         ]
-        succeeded, responses = self._txn(compare, [self._put(snapshot, raw, lease)])
+        succeeded, responses = self._txn(compare, [txn.put(snapshot, raw, lease)])
         if not succeeded:
             raise stale(session_key, 0, "written")
         self._count(len(raw))
@@ -250,8 +246,8 @@ class EtcdSessionStore:
         self._keep_alive(lease)
         raw = encode_envelope(data, owner=owner)
         ops = [
-            self._delete(f"{snapshot}/", prefix_end(f"{snapshot}/")),
-            self._put(snapshot, raw, lease),
+            txn.delete(f"{snapshot}/", prefix_end(f"{snapshot}/")),
+            txn.put(snapshot, raw, lease),
         ]
         version = self._write(session_key, previous, ops, len(raw))
         return StoredState(data, version, owner, LogPosition(snapshot_bytes=len(data), lease=lease))
@@ -274,11 +270,11 @@ class EtcdSessionStore:
             self.record_key(session_key, previous.log.record) if previous.log.record else snapshot
         )
         return [
-            self._compare(snapshot, "mod_revision", "LESS", version + 1),
-            self._compare(
+            txn.compare(snapshot, "mod_revision", "LESS", version + 1),
+            txn.compare(
                 f"{snapshot}/", "mod_revision", "LESS", version + 1, prefix_end(f"{snapshot}/")
             ),
-            self._compare(newest, "mod_revision", "EQUAL", version),
+            txn.compare(newest, "mod_revision", "EQUAL", version),
         ]
 
     def _write(self, session_key: str, previous: StoredState, ops: list[Any], size: int) -> int:
@@ -296,21 +292,10 @@ class EtcdSessionStore:
         return int(key.rsplit("/", 1)[1])
 
     def _read(self, session_key: str, *, keys_only: bool) -> _Read:
-        import etcd3.etcdrpc as rpc
-
         snapshot = self.key(session_key)
         ranges = [
-            rpc.RequestOp(
-                request_range=rpc.RangeRequest(key=snapshot.encode(), keys_only=keys_only)
-            ),
-            rpc.RequestOp(
-                request_range=rpc.RangeRequest(
-                    key=f"{snapshot}/".encode(),
-                    range_end=prefix_end(f"{snapshot}/").encode(),
-                    keys_only=keys_only,
-                    sort_order=rpc.RangeRequest.ASCEND,
-                )
-            ),
+            txn.read(snapshot, keys_only=keys_only),
+            txn.read(f"{snapshot}/", prefix_end(f"{snapshot}/"), keys_only=keys_only),
         ]
         _ok, responses = self._txn([], ranges)
         found = [
@@ -355,61 +340,11 @@ class EtcdSessionStore:
         while len(self._refreshed) > _MAX_LEASES_TRACKED:
             self._refreshed.popitem(last=False)
 
-    # -- raw transactions (one etcd Txn each) ------------------------------------------
-
-    @staticmethod
-    def _compare(key: str, target: str, result: str, value: int, range_end: str = "") -> Any:
-        import etcd3.etcdrpc as rpc
-
-        compare = rpc.Compare(
-            key=key.encode(),
-            range_end=range_end.encode(),
-            target=getattr(rpc.Compare, target.split("_")[0].upper()),
-            result=getattr(rpc.Compare, result),
-        )
-        setattr(compare, target, value)
-        return compare
-
-    @staticmethod
-    def _put(key: str, value: bytes, lease: int) -> Any:
-        import etcd3.etcdrpc as rpc
-
-        return rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value, lease=lease))
-
-    @staticmethod
-    def _delete(key: str, range_end: str = "") -> Any:
-        import etcd3.etcdrpc as rpc
-
-        return rpc.RequestOp(
-            request_delete_range=rpc.DeleteRangeRequest(
-                key=key.encode(), range_end=range_end.encode()
-            )
-        )
-
     def _txn(self, compare: list[Any], success: list[Any]) -> tuple[bool, list[Any]]:
         try:
-            return _raw_txn(self._etcd, compare, success)
+            return self._etcd.txn(compare, success)
         except LeaseNotFound as exc:
             raise LeaseNotFound(
                 "the session's etcd lease expired (the session expired): nothing was written",
                 exc.session_key,
             ) from exc
-
-
-@_translated
-def _raw_txn(etcd: EtcdClient, compare: list[Any], success: list[Any]) -> tuple[bool, list[Any]]:
-    import etcd3.etcdrpc as rpc
-
-    client = etcd._etcd
-    try:
-        response = client.kvstub.Txn(
-            rpc.TxnRequest(compare=compare, success=success, failure=[]),
-            client.timeout,
-            credentials=client.call_credentials,
-            metadata=client.metadata,
-        )
-    except grpc.RpcError as exc:
-        if _is_lease_not_found(exc):
-            raise LeaseNotFound("etcd lease not found (expired or revoked)", "") from exc
-        raise
-    return bool(response.succeeded), list(response.responses)

@@ -8,10 +8,10 @@ take-overs rely on.
 
 from __future__ import annotations
 
-from shardroute.discovery._etcd import EtcdClient
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.records import encode_override, parse_override
 from shardroute.errors import ConfigError, LeaseNotFound, StaleState
+from shardroute.etcd import EtcdClient
 from shardroute.model import Override
 
 __all__ = ["OverrideStore", "next_override"]

@@ -201,9 +201,11 @@ class Attempts:
             raise self._unavailable() from error
         if failure is Failure.MAYBE_EXECUTED and (idempotent or self.received):
             why = "the stream had started" if self.received else "the attempt budget is spent"
+            details = error.details() if isinstance(error, grpc.Call) else ""
             raise OutcomeUnknown(
-                f"connection lost during {self._method} on shard {shard.id!r}; it may have "
-                f"executed and was not retried because {why}",
+                f"connection lost during {self._method} on shard {shard.id!r}"
+                f"{f' ({details})' if details else ''}; it may have executed and was not "
+                f"retried because {why}",
                 shard.id,
             ) from error
         raise translate(failure, error, shard.id, self._method) from error

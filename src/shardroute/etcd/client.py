@@ -1,0 +1,308 @@
+"""The etcd client: key ranges, puts, transactions, leases and watches.
+
+Wraps the ``etcd3`` package (the ``cslab-etcd3`` fork) so the client library can be
+swapped later, and translates every etcd or gRPC failure into
+:class:`~shardroute.errors.EtcdUnavailable` (or :class:`~shardroute.errors.Compacted`)
+once, here, with the original exception as ``__cause__``. A conditional write naming a
+lease etcd does not know raises :class:`~shardroute.errors.LeaseNotFound`; a write
+refused because etcd's space quota is full (the NOSPACE alarm) raises
+:class:`~shardroute.errors.EtcdNoSpace`.
+
+Thread contract: one :class:`EtcdClient` may be shared by threads; each
+:class:`~shardroute.etcd.watch.WatchStream` is consumed by one thread and cancelled
+from any.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import grpc
+
+from shardroute.discovery.keys import prefix_end
+from shardroute.errors import EtcdUnavailable, LeaseNotFound
+from shardroute.etcd._translate import _is_lease_not_found, _translated, _version_compare
+from shardroute.etcd.maintenance import Maintenance
+from shardroute.etcd.options import EtcdOptions, parse_endpoint
+from shardroute.etcd.watch import WatchStream
+
+__all__ = ["EtcdClient"]
+
+# Keep-alive pings detect a silently dead etcd (no RST) on a long-lived watch. etcd's
+# default --grpc-keepalive-min-time is 5 s, so pinging every 10 s is allowed.
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class EtcdClient(Maintenance):
+    """A small etcd v3 client: ranges, puts, leases, transactions and watches.
+
+    Construction does no I/O; the connection (and authentication) happens on first use.
+    """
+
+    def __init__(self, options: EtcdOptions) -> None:
+        self.options = options
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._closed = False
+
+    @property
+    def _etcd(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise EtcdUnavailable("etcd client is closed")
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    @_translated
+    def _connect(self) -> Any:
+        import etcd3
+        from etcd3.client import Endpoint
+
+        opts = self.options
+        creds = None
+        if opts.ca_cert is not None:
+            creds = etcd3.MultiEndpointEtcd3Client.get_secure_creds(
+                opts.ca_cert, opts.cert_key, opts.cert_cert
+            )
+        endpoints = []
+        for text in opts.endpoints:
+            host, port = parse_endpoint(text)
+            endpoints.append(
+                Endpoint(
+                    host,
+                    port,
+                    secure=creds is not None,
+                    creds=creds,
+                    time_retry=opts.retry_failed_endpoint_s,
+                    opts=_CHANNEL_OPTIONS,
+                )
+            )
+        client = etcd3.MultiEndpointEtcd3Client(
+            endpoints=endpoints,
+            timeout=opts.timeout,
+            user=opts.user,
+            password=opts.password,
+            failover=True,
+        )
+        if creds is None:
+            # gRPC refuses call credentials on a plaintext channel; the auth token also
+            # travels as plain metadata, which etcd accepts, so use only that.
+            client.call_credentials = None
+        return client
+
+    def _forget_connection(self) -> None:
+        """Drop the connection so the next call connects (and authenticates) again."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        """Close the channels. Idempotent."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- key/value ----------------------------------------------------------------
+
+    @_translated
+    def range(
+        self, start: str, end: str, revision: int | None = None
+    ) -> tuple[int, list[tuple[str, bytes, int]]]:
+        """Read keys in [start, end) at ``revision`` (latest when None).
+
+        Returns the store revision the read reflects and ``(key, value, mod_revision)``
+        tuples sorted by key.
+        """
+        kwargs: dict[str, Any] = {}
+        if revision is not None:
+            kwargs["revision"] = revision
+        response = self._etcd.get_range_response(start, end, sort_order="ascend", **kwargs)
+        items = [(kv.key.decode(), bytes(kv.value), kv.mod_revision) for kv in response.kvs]
+        return response.header.revision, items
+
+    def range_prefix(
+        self, prefix: str, revision: int | None = None
+    ) -> tuple[int, list[tuple[str, bytes, int]]]:
+        """Read every key starting with ``prefix``."""
+        return self.range(prefix, prefix_end(prefix), revision)
+
+    @_translated
+    def get(self, key: str) -> bytes | None:
+        """The value of one key, or None."""
+        value, _meta = self._etcd.get(key)
+        return None if value is None else bytes(value)
+
+    @_translated
+    def get_version(self, key: str) -> int:
+        """The ``mod_revision`` of a key (0 when absent), without reading its value."""
+        response = self._etcd.get_response(key, keys_only=True)
+        return int(response.kvs[0].mod_revision) if response.kvs else 0
+
+    @_translated
+    def put(self, key: str, value: bytes, lease: int | None = None) -> int:
+        """Write a key (attached to ``lease`` when given); returns the new revision."""
+        response = self._etcd.put(key, value, lease=lease)
+        return int(response.header.revision)
+
+    @_translated
+    def delete(self, key: str) -> bool:
+        """Delete a key; True when it existed."""
+        return bool(self._etcd.delete(key))
+
+    @_translated
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under a prefix; returns how many."""
+        return int(self._etcd.delete_prefix(prefix).deleted)
+
+    # -- compare-and-swap on one key's revision -----------------------------------
+
+    @_translated
+    def get_with_version(self, key: str) -> tuple[bytes, int] | None:
+        """The value of one key and its ``mod_revision`` (its version), or None."""
+        value, meta = self._etcd.get(key)
+        return None if value is None else (bytes(value), int(meta.mod_revision))
+
+    @_translated
+    def put_if_version(
+        self, key: str, value: bytes, expected_version: int, lease: int | None = None
+    ) -> int | None:
+        """Write ``key`` only if its ``mod_revision`` is ``expected_version``.
+
+        ``expected_version=0`` means the key must not exist. One etcd transaction:
+        returns the new revision (the key's new version), or None when the compare
+        failed (nothing written). Raises :class:`~shardroute.errors.StaleState` when
+        ``lease`` is unknown to etcd (expired or revoked; nothing written).
+        """
+        client = self._etcd
+        ops = client.transactions
+        compare = _version_compare(ops, key, expected_version)
+        try:
+            succeeded, responses = client.transaction(
+                compare=[compare], success=[ops.put(key, value, lease=lease)], failure=[]
+            )
+        except grpc.RpcError as exc:
+            if _is_lease_not_found(exc):
+                raise LeaseNotFound(
+                    f"etcd lease {lease} not found (expired or revoked): nothing was written "
+                    f"to {key!r}; read the owner's current lease and decide again",
+                    key,
+                ) from exc
+            raise
+        if not succeeded:
+            return None
+        return int(responses[0].response_put.header.revision)
+
+    @_translated
+    def delete_if_version(self, key: str, expected_version: int) -> bool:
+        """Delete ``key`` only if its ``mod_revision`` is ``expected_version``.
+
+        ``expected_version=0`` means the key must not exist (nothing to delete). Returns
+        True when the compare held (the key is gone now), False when it failed (nothing
+        changed).
+        """
+        client = self._etcd
+        ops = client.transactions
+        compare = _version_compare(ops, key, expected_version)
+        success = [ops.delete(key)] if expected_version else []
+        succeeded, _responses = client.transaction(compare=[compare], success=success, failure=[])
+        return bool(succeeded)
+
+    @_translated
+    def revision(self) -> int:
+        """The current store revision."""
+        response = self._etcd.get_response("\0")
+        return int(response.header.revision)
+
+    @_translated
+    def compact(self, revision: int) -> None:
+        """Compact history up to ``revision`` (physical, so it is done when this returns)."""
+        self._etcd.compact(revision, physical=True)
+
+    # -- raw transactions (shardroute.etcd.txn builds the parts) ----------------------
+
+    @_translated
+    def txn(self, compare: list[Any], success: list[Any]) -> tuple[bool, list[Any]]:
+        """One etcd transaction: if every ``compare`` holds, run ``success`` (puts,
+        deletes, reads; built with :mod:`shardroute.etcd.txn`) at one revision.
+        Returns whether the compares held and the ops' responses (``etcdrpc``
+        ``ResponseOp``). A put naming a lease etcd does not know raises
+        :class:`~shardroute.errors.LeaseNotFound` (nothing written)."""
+        import etcd3.etcdrpc as rpc
+
+        client = self._etcd
+        try:
+            response = client.kvstub.Txn(
+                rpc.TxnRequest(compare=compare, success=success, failure=[]),
+                client.timeout,
+                credentials=client.call_credentials,
+                metadata=client.metadata,
+            )
+        except grpc.RpcError as exc:
+            if _is_lease_not_found(exc):
+                raise LeaseNotFound(
+                    "etcd lease not found (expired or revoked): nothing was written", ""
+                ) from exc
+            raise
+        return bool(response.succeeded), list(response.responses)
+
+    # -- leases -------------------------------------------------------------------
+
+    @_translated
+    def grant_lease(self, ttl: int) -> int:
+        """Grant a lease of ``ttl`` seconds; returns its id."""
+        return int(self._etcd.lease(ttl).id)
+
+    @_translated
+    def refresh_lease(self, lease_id: int) -> int:
+        """Send one keep-alive; returns the remaining TTL (0 or less: the lease expired)."""
+        ttl = 0
+        for response in self._etcd.refresh_lease(lease_id):
+            ttl = int(response.TTL)
+        return ttl
+
+    @_translated
+    def revoke_lease(self, lease_id: int) -> None:
+        """Revoke a lease, deleting every key attached to it."""
+        self._etcd.revoke_lease(lease_id)
+
+    # -- watch --------------------------------------------------------------------
+
+    def watch_prefix(self, prefix: str, start_revision: int) -> WatchStream:
+        """Open a watch on every key under ``prefix`` from ``start_revision`` on."""
+        return self.watch_range(prefix, prefix_end(prefix), start_revision)
+
+    @_translated
+    def watch_range(self, start: str, end: str, start_revision: int) -> WatchStream:
+        """Open a watch on keys in [start, end) from ``start_revision`` on.
+
+        Returns once etcd confirmed the watch; raises :class:`Compacted` when
+        ``start_revision`` is already compacted.
+        """
+        import etcd3.etcdrpc as rpc
+
+        client = self._etcd
+        request = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=start.encode(), range_end=end.encode(), start_revision=start_revision
+            )
+        )
+        stream = WatchStream(
+            rpc.WatchStub(client.channel), request, client.call_credentials, client.metadata
+        )
+        try:
+            stream.wait_created(self.options.timeout)
+        except BaseException:
+            stream.cancel()
+            raise
+        return stream

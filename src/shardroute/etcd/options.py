@@ -1,0 +1,71 @@
+"""How to reach etcd: :class:`EtcdOptions`, the one settings object every component that
+talks to etcd takes (topology source, shard server, session store, mover, CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shardroute.errors import ConfigError
+
+__all__ = ["EtcdOptions", "parse_endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdOptions:
+    """How to reach etcd: endpoints, per-call timeout, TLS and user/password auth.
+
+    ``endpoints`` are ``host:port`` (``http://`` or ``https://`` prefixes accepted); the
+    client fails over between them. TLS is used when ``ca_cert`` is set (paths to PEM
+    files; ``cert_key``/``cert_cert`` for client certificates).
+    """
+
+    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    timeout: float = 5.0
+    ca_cert: str | None = None
+    cert_key: str | None = None
+    cert_cert: str | None = None
+    user: str | None = None
+    password: str | None = None
+    retry_failed_endpoint_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.endpoints, str):
+            object.__setattr__(self, "endpoints", (self.endpoints,))
+        if not self.endpoints:
+            raise ConfigError("at least one etcd endpoint is required")
+        for endpoint in self.endpoints:
+            parse_endpoint(endpoint)
+        if self.timeout <= 0:
+            raise ConfigError(f"etcd timeout must be > 0, got {self.timeout!r}")
+        if (self.user is None) != (self.password is None):
+            raise ConfigError("etcd user and password must be given together")
+        if (self.cert_key is None) != (self.cert_cert is None):
+            raise ConfigError("cert_key and cert_cert must be given together")
+        if self.cert_key is not None and self.ca_cert is None:
+            raise ConfigError("client certificates need ca_cert as well")
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split ``host:port`` (optionally with an http(s):// scheme) or raise ConfigError."""
+    text = endpoint.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid etcd endpoint {endpoint!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+def etcd_options(etcd: EtcdOptions | str | Sequence[str], **fields: object) -> EtcdOptions:
+    """``etcd`` as :class:`EtcdOptions`: options are used as they are (then ``fields``
+    must be empty), endpoints (one or several ``host:port``) get ``fields``."""
+    if isinstance(etcd, EtcdOptions):
+        if any(value is not None for value in fields.values()):
+            raise ConfigError("pass etcd settings either as EtcdOptions or as arguments, not both")
+        return etcd
+    endpoints = (etcd,) if isinstance(etcd, str) else tuple(etcd)
+    given = {name: value for name, value in fields.items() if value is not None}
+    return EtcdOptions(endpoints, **given)  # type: ignore[arg-type]
