@@ -173,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from shardroute.etcd import EtcdClient
-    from shardroute.migration import Migrator
+    from shardroute.sessions.migrator import Migrator
 
     source = _source(args)
     try:
@@ -203,7 +203,7 @@ def _cmd_drain(args: argparse.Namespace) -> int:
     import grpc
 
     from shardroute._proto import shard_pb2
-    from shardroute.migration import control_stub
+    from shardroute.sessions.migrator import control_stub
 
     source = _source(args)
     try:

@@ -180,7 +180,7 @@ def test_migrate_many_starts_nothing_after_its_deadline(client: ShardClient) -> 
     from shardroute.discovery.etcd import EtcdTopologySource
     from shardroute.errors import MigrationFailed
     from shardroute.etcd import EtcdClient
-    from shardroute.migration import Migrator
+    from shardroute.sessions.migrator import Migrator
 
     turn(client, session := "conv-late", "hi")
     source = client.source

@@ -19,12 +19,11 @@ import pytest
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2, shard_pb2_grpc
-from shardroute.errors import ConfigError, StaleState
+from shardroute.errors import ConfigError, Refused, StaleState
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.model import Override, Topology
 from shardroute.server import SessionHost
-from shardroute.server._sessions import Refused
 from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
 
 K = "k1"
@@ -146,7 +145,7 @@ def test_an_import_of_bytes_older_than_the_store_is_refused(world: World) -> Non
 
 
 def test_an_import_with_a_version_older_than_the_store_is_refused(world: World) -> None:
-    from shardroute.server._sessions import import_version
+    from shardroute.sessions.handoff import import_version
 
     a, t = world.host("A"), world.host("T")
     turn(a, K, "t1")

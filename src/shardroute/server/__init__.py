@@ -6,31 +6,26 @@ reports its load, serves health and control, and drains gracefully. See docs/ser
 from shardroute.errors import ServerLifecycleError
 from shardroute.server._async import AsyncShardServer
 from shardroute.server._base import session_key
-from shardroute.server._chunks import DEFAULT_CHUNK_BYTES
 from shardroute.server._core import (
     LoadAccounting,
     LoadReportPolicy,
     ServerConfig,
     ServerState,
-    SessionSummary,
 )
-from shardroute.server._ownership import Action, Decision, decide
-from shardroute.server._sessions import (
+from shardroute.server._sync import ShardServer
+from shardroute.sessions import (
     AsyncTurn,
     JsonCodec,
     Refused,
     SessionCodec,
     SessionHost,
+    SessionSummary,
     Turn,
 )
-from shardroute.server._sync import ShardServer
 
 __all__ = [
-    "DEFAULT_CHUNK_BYTES",
-    "Action",
     "AsyncShardServer",
     "AsyncTurn",
-    "Decision",
     "JsonCodec",
     "LoadAccounting",
     "LoadReportPolicy",
@@ -43,6 +38,5 @@ __all__ = [
     "SessionSummary",
     "ShardServer",
     "Turn",
-    "decide",
     "session_key",
 ]

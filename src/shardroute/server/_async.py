@@ -16,14 +16,13 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shardroute._proto import shard_pb2
-from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
+from shardroute.errors import ConfigError, EtcdUnavailable, Refused, ServerLifecycleError
 from shardroute.model import ShardState
 from shardroute.server._base import ShardServerBase, chunk_refusal, control_handler
-from shardroute.server._chunks import ChunkError
 from shardroute.server._core import ServerState
 from shardroute.server._interceptor import AsyncLoadInterceptor
 from shardroute.server._registration import Registrar
-from shardroute.server._sessions import Refused
+from shardroute.sessions.chunks import ChunkError
 
 __all__ = ["AsyncShardServer"]
 

@@ -19,7 +19,6 @@ from shardroute._proto import shard_pb2
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.etcd import EtcdOptions
 from shardroute.model import LoadReport, Topology
-from shardroute.server._chunks import ChunkAssembler, ChunkError, chunk_size, split_chunks
 from shardroute.server._core import (
     CONTROL_SERVICE,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -27,16 +26,11 @@ from shardroute.server._core import (
     LoadAccounting,
     ServerConfig,
     ServerState,
-    SessionSummary,
 )
-from shardroute.server._sessions import (
-    Refused,
-    SessionCodec,
-    SessionHost,
-    import_version,
-    rpc_deadline,
-)
+from shardroute.sessions import Refused, SessionCodec, SessionHost, SessionSummary
+from shardroute.sessions.chunks import ChunkAssembler, ChunkError, chunk_size, split_chunks
 from shardroute.sessions.envelope import FoldPolicy
+from shardroute.sessions.handoff import import_version, rpc_deadline
 
 __all__ = ["ServerLifecycleError", "ShardServerBase", "session_key"]
 
@@ -369,7 +363,7 @@ class ShardServerBase:
         """Move every held session to other shards (drain), at most
         ``max_concurrent_moves`` at once; returns (moved, failed) and records
         :attr:`last_drain`. Blocking."""
-        from shardroute.migration import Migrator
+        from shardroute.sessions.migrator import Migrator
 
         keys = self._sessions.keys()
         source, etcd = self._topology_source, self._session_etcd

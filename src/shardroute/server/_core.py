@@ -31,7 +31,6 @@ __all__ = [
     "LoadReportPolicy",
     "ServerConfig",
     "ServerState",
-    "SessionSummary",
 ]
 
 CONTROL_SERVICE = "shardroute.v1.ShardControl"
@@ -96,15 +95,6 @@ class Lifecycle:
         """Block until the state is one of ``states``; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: self._state in states, timeout)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSummary:
-    """One session a shard holds, as :meth:`ShardServer.list_sessions` reports it."""
-
-    session_key: str
-    state_bytes: int = 0
-    last_used_ts: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
+from shardroute.errors import ConfigError, EtcdUnavailable, Refused, ServerLifecycleError
 from shardroute.model import ShardState
 from shardroute.server._base import ShardServerBase, chunk_refusal, control_handler
-from shardroute.server._chunks import ChunkError
 from shardroute.server._core import ServerState
 from shardroute.server._interceptor import CountingExecutor, LoadInterceptor
 from shardroute.server._registration import Registrar
-from shardroute.server._sessions import Refused
+from shardroute.sessions.chunks import ChunkError
 
 __all__ = ["ShardServer"]
 
@@ -100,7 +99,7 @@ class ShardServer(ShardServerBase):
         """Move the sessions this shard holds elsewhere before it stops (drain).
 
         ``deadline`` is a ``time.monotonic()`` value. Default: every held session is
-        moved by a :class:`~shardroute.migration.Migrator` (to the router's choice among
+        moved by a :class:`~shardroute.sessions.Migrator` (to the router's choice among
         active shards), at most ``max_concurrent_moves`` at once. Sessions not moved are
         still in the session store: their next turn is taken over by another shard.
         """

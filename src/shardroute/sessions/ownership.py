@@ -12,17 +12,18 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from shardroute.model import Override
+from shardroute.routing import Reason
 
 __all__ = [
     "DELIBERATE_REASONS",
     "Action",
-    "Decision",
+    "OwnershipDecision",
     "decide",
     "epoch_is_stale",
     "newest_override",
 ]
 
-DELIBERATE_REASONS = frozenset({"failover", "spill", "zone_fallback"})
+DELIBERATE_REASONS = frozenset({Reason.FAILOVER, Reason.SPILL, Reason.ZONE_FALLBACK})
 """``x-shardroute-reason`` values meaning the client placed the call here on purpose."""
 
 
@@ -40,16 +41,16 @@ class Action(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class OwnershipDecision:
     """The outcome of :func:`decide`; ``owner`` is set for :attr:`Action.REDIRECT`."""
 
     action: Action
     owner: str = ""
 
 
-SERVE = Decision(Action.SERVE)
-TAKE_OVER = Decision(Action.TAKE_OVER)
-HOLD = Decision(Action.HOLD)
+SERVE = OwnershipDecision(Action.SERVE)
+TAKE_OVER = OwnershipDecision(Action.TAKE_OVER)
+HOLD = OwnershipDecision(Action.HOLD)
 
 
 def decide(
@@ -60,7 +61,7 @@ def decide(
     held: bool,
     frozen: bool,
     reason: str | None,
-) -> Decision:
+) -> OwnershipDecision:
     """Apply the ownership rules, in order, to one call of a session.
 
     Args:
@@ -81,7 +82,7 @@ def decide(
     if override is not None and override.owner != shard_id and override.owner in live:
         if reason in DELIBERATE_REASONS:
             return TAKE_OVER
-        return Decision(Action.REDIRECT, override.owner)
+        return OwnershipDecision(Action.REDIRECT, override.owner)
     if frozen or (override is not None and override.owner == shard_id and override.moving_to):
         return HOLD
     if held:

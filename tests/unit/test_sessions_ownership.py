@@ -8,9 +8,9 @@ import pytest
 
 from shardroute._proto import shard_pb2
 from shardroute.model import Override
-from shardroute.server import Action, Decision, decide
-from shardroute.server._chunks import ChunkAssembler, ChunkError, chunk_size, split_chunks
-from shardroute.server._ownership import DELIBERATE_REASONS, epoch_is_stale, newest_override
+from shardroute.sessions import Action, OwnershipDecision, decide
+from shardroute.sessions.chunks import ChunkAssembler, ChunkError, chunk_size, split_chunks
+from shardroute.sessions.ownership import DELIBERATE_REASONS, epoch_is_stale, newest_override
 
 LIVE = frozenset({"me", "other", "third"})
 
@@ -22,7 +22,7 @@ def _decide(
     frozen: bool = False,
     reason: str | None = None,
     live: frozenset[str] = LIVE,
-) -> Decision:
+) -> OwnershipDecision:
     return decide(
         shard_id="me", override=override, live=live, held=held, frozen=frozen, reason=reason
     )
@@ -35,7 +35,7 @@ def test_rule1_live_other_owner_redirects_an_undeliberate_call(
     held: bool, frozen: bool, reason: str | None
 ) -> None:
     decision = _decide(Override("other", 3), held=held, frozen=frozen, reason=reason)
-    assert decision == Decision(Action.REDIRECT, "other")
+    assert decision == OwnershipDecision(Action.REDIRECT, "other")
 
 
 @pytest.mark.parametrize("reason", sorted(DELIBERATE_REASONS))

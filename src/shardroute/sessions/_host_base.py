@@ -1,0 +1,273 @@
+"""The state every part of a shard's :class:`~shardroute.sessions.SessionHost` shares:
+the held sessions, hints and fences, and the reads behind ownership decisions.
+
+Mutable state (``_held``, ``_hints``, ``_floors``) changes only under ``_cond``, in short
+steps that do no I/O; store and etcd I/O happen between those steps, on an entry marked
+busy so no other call of the same session touches it meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from shardroute.errors import (
+    EtcdUnavailable,
+    MalformedRecord,
+    Refused,
+)
+from shardroute.model import Override, Topology
+from shardroute.sessions.codecs import JsonCodec, SessionCodec
+from shardroute.sessions.envelope import LogPosition
+from shardroute.sessions.ownership import epoch_is_stale, newest_override
+
+log = logging.getLogger("shardroute.server")
+
+_MAX_HINTS = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One session a shard holds, as ``ListSessions`` reports it."""
+
+    session_key: str
+    state_bytes: int = 0
+    last_used_ts: float = 0.0
+
+
+class _Store(Protocol):
+    max_bytes: int
+
+    def load(self, session_key: str) -> Any: ...
+
+    def save(self, session_key: str, data: bytes, *, owner: str, expected_version: int) -> int: ...
+
+    def delete(self, session_key: str, *, expected_version: int | None = None) -> Any: ...
+
+
+class _Overrides(Protocol):
+    def get(self, session_key: str) -> Override | None: ...
+
+    def swap(
+        self,
+        session_key: str,
+        expected: Override | None,
+        new: Override | None,
+        *,
+        lease: int | None = None,
+    ) -> Override | None: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """One held session (mutated only under the host's condition)."""
+
+    state: Any
+    data: bytes
+    version: int
+    log: LogPosition | None = None
+    """Where the stored turn log stands at ``version`` (None: unknown, e.g. after an
+    import; the next checkpoint then writes a whole snapshot)."""
+    busy: bool = False
+    frozen: bool = False
+    imported: bool = False
+    loading: bool = False
+    last_used: float = 0.0
+    frozen_epoch: int = 0
+    """The fence epoch of the export that froze the entry (meaningful when frozen)."""
+    releases: int = 0
+    """How many ReleaseSession calls reached this entry (an export waiting for the
+    in-flight turn refuses to freeze if one arrived meanwhile)."""
+
+
+class HostBase:
+    """The shared state and reads of :class:`~shardroute.sessions.SessionHost` (see its
+    docstring for the constructor's arguments)."""
+
+    def __init__(
+        self,
+        shard_id: str,
+        *,
+        codec: SessionCodec[Any] | None = None,
+        hold_timeout_s: float = 5.0,
+        max_state_bytes: int = 256 * 1024 * 1024,
+        on_warm: Callable[[str, Any], None] | None = None,
+        idle_ttl_s: float = 600.0,
+        wait_workers: int = 64,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.shard_id = shard_id
+        self.codec: SessionCodec[Any] = codec if codec is not None else JsonCodec()
+        self.hold_timeout_s = hold_timeout_s
+        self.max_state_bytes = max_state_bytes
+        self.idle_ttl_s = idle_ttl_s
+        self._on_warm = on_warm
+        self._clock = clock
+        self._wait_workers = wait_workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._next_sweep = clock() + self._sweep_interval()
+        self._store: _Store | None = None
+        self._overrides: _Overrides | None = None
+        self._topology: Callable[[], Topology | None] = lambda: None
+        self._lease: Callable[[], int | None] = lambda: None
+        # Mutable state, changed only under _cond: the held sessions, and what movers
+        # told this shard about overrides (ahead of the topology watch), bounded LRU.
+        self._cond = threading.Condition()
+        self._held: dict[str, _Entry] = {}
+        self._hints: OrderedDict[str, Override] = OrderedDict()
+        # Epochs a rollback told this shard (ReleaseSession to itself): they fence stale
+        # migration calls but say nothing new about ownership, so they are no hints.
+        self._floors: OrderedDict[str, int] = OrderedDict()
+        self.takeovers_total = 0
+        """Sessions this shard took over from the store."""
+        self.redirects_total = 0
+        """Calls answered with a redirect."""
+        self.conflicts_total = 0
+        """Checkpoints that lost their compare-and-swap (turn aborted, copy dropped)."""
+        self.evictions_total = 0
+        """Idle sessions evicted (``idle_ttl_s``)."""
+        self.reclaims_total = 0
+        """Abandoned fences this shard reclaimed after a hold timed out."""
+        self._closed = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self.checkpoints_total = 0
+        """Turns saved to the session store."""
+        self.store_bytes_written = 0
+        """Bytes the session store wrote (its ``bytes_written``, as of the last checkpoint)."""
+        self.ended_total = 0
+        """Sessions ended by :meth:`end_session`."""
+
+    @property
+    def store(self) -> Any:
+        """The session store (set once the server started)."""
+        return self._store
+
+    @property
+    def executor(self) -> Executor:
+        """The executor the asyncio server runs blocking :meth:`begin` calls on: its
+        own, so calls waiting for a busy or moving session never take the threads the
+        in-flight turn's checkpoint needs (created on first use)."""
+        with self._cond:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._wait_workers, thread_name_prefix=f"shardroute-{self.shard_id}-session"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        """Shut the wait executor and the sweeper down (the server calls it once stopped)."""
+        self._closed.set()
+        with self._cond:
+            executor, self._executor = self._executor, None
+            self._cond.notify_all()
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    def topology_changed(self, _topology: object = None) -> None:
+        """Wake held calls so they decide again (the topology source's subscriber)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _require_store(self) -> _Store:
+        if self._store is None:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the shard has not started yet")
+        return self._store
+
+    def _stored_version(self, key: str) -> int:
+        store = self._require_store()
+        try:
+            version = getattr(store, "version", None)
+            if version is not None:
+                return int(version(key))
+            stored = store.load(key)
+            return stored.version if stored is not None else 0
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
+
+    def _load(self, key: str) -> Any:
+        try:
+            return self._require_store().load(key)
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
+        except MalformedRecord as exc:
+            raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
+
+    def _read_override(self, key: str) -> Override | None:
+        if self._overrides is None:
+            return None
+        try:
+            return self._overrides.get(key)
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
+        except MalformedRecord:
+            log.warning("shard %s: malformed override of session %s", self.shard_id, key)
+            return None
+
+    def _topology_override(self, key: str) -> Override | None:
+        topology = self._topology()
+        return None if topology is None else topology.overrides.get(key)
+
+    def _known(self, key: str) -> Override | None:
+        return newest_override(self._topology_override(key), self._hints.get(key))
+
+    def _live(self) -> Collection[str]:
+        topology = self._topology()
+        # Without a topology (standalone shard) every shard a mover named counts as alive.
+        return _EVERYONE if topology is None else topology.shards
+
+    def _check_epoch(self, key: str, epoch: int) -> None:
+        known = self._known(key)
+        floor = self._floors.get(key, 0)
+        if epoch_is_stale(epoch, known) or epoch < floor:
+            newest = max(floor, known.epoch if known is not None else 0)
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stale epoch {epoch} for session {key!r}: this shard knows epoch {newest}",
+            )
+
+    def _floor(self, key: str, epoch: int) -> None:
+        # Called with _cond held.
+        self._floors[key] = max(epoch, self._floors.get(key, 0))
+        self._floors.move_to_end(key)
+        while len(self._floors) > _MAX_HINTS:
+            self._floors.popitem(last=False)
+
+    def _hint(self, key: str, override: Override) -> None:
+        # Called with _cond held.
+        self._hints[key] = override
+        self._hints.move_to_end(key)
+        while len(self._hints) > _MAX_HINTS:
+            self._hints.popitem(last=False)
+
+    def _sweep_interval(self) -> float:
+        return max(1.0, min(self.idle_ttl_s / 4, 60.0))
+
+
+class _Everyone(Collection[str]):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_EVERYONE = _Everyone()
+
+
+def _moving_message(key: str) -> str:
+    return f"session {key!r} is moving; nothing was executed; retry"
+
+
+def _busy_message(key: str) -> str:
+    return f"session {key!r} is busy with another turn; nothing was executed; retry"

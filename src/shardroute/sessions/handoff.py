@@ -1,0 +1,270 @@
+"""The migration side of a shard's sessions: export (freeze), import, warm, release,
+and settling or reclaiming a move that ended without telling this shard."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import Any
+
+import grpc
+
+from shardroute.errors import (
+    EtcdUnavailable,
+    Refused,
+    StaleState,
+)
+from shardroute.model import Override
+from shardroute.sessions._host_base import (
+    HostBase,
+    _Entry,
+    _moving_message,
+    log,
+)
+
+import_version: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "shardroute_import_version", default=0
+)
+"""The store version an incoming import's bytes were saved at (0: unknown), set by the
+server around the ``import_session`` hook so its signature stays as it is."""
+
+rpc_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "shardroute_rpc_deadline", default=None
+)
+"""The ``time.monotonic()`` deadline of the RPC a blocking host method serves (set by the
+server around the migration hooks; None: no deadline). :meth:`SessionHost.export` bounds
+its wait for the in-flight turn by it."""
+
+_DEADLINE_MARGIN_S = 0.05
+"""An export gives up this long before the RPC's deadline, so its answer still arrives."""
+
+
+class Handoff(HostBase):
+    """Export, import, warm and release of :class:`~shardroute.sessions.SessionHost`."""
+
+    def _settle_frozen(self, key: str, entry: _Entry | None, known: Override | None) -> Any:
+        """A frozen entry whose move ended without a ReleaseSession reaching this shard:
+        the override went past the freezing epoch without ``moving_to``. A rollback (the
+        override names this shard) unfreezes it; a commit elsewhere drops the copy.
+        Called with ``_cond`` held; returns the entry, or None when dropped."""
+        if entry is None or not entry.frozen or known is None:
+            return entry
+        if known.moving_to or known.epoch <= entry.frozen_epoch:
+            return entry
+        if known.owner == self.shard_id:
+            entry.frozen = False
+            return entry
+        del self._held[key]
+        self._cond.notify_all()
+        return None
+
+    def _may_reclaim(self, held_on: Override | None) -> bool:
+        return (
+            self._overrides is not None
+            and held_on is not None
+            and held_on.owner == self.shard_id
+            and bool(held_on.moving_to)
+        )
+
+    def _reclaim(self, key: str, held_on: Override) -> Override | None:
+        """After a hold timed out: if etcd still shows the same fence (this shard, same
+        epoch, same ``moving_to``), the mover is presumed dead; swap the override back to
+        ``{owner: self, epoch: e+1}`` on this shard's lease and unfreeze. The swap
+        compares the fence's revision, so a mover that is merely slow loses its commit
+        and rolls back. Returns the override as now known (read or written)."""
+        current = self._read_override(key)
+        if current is None or (current.owner, current.epoch, current.moving_to) != (
+            held_on.owner,
+            held_on.epoch,
+            held_on.moving_to,
+        ):
+            return current
+        assert self._overrides is not None
+        try:
+            written = self._overrides.swap(
+                key, current, Override(self.shard_id, current.epoch + 1), lease=self._lease()
+            )
+        except StaleState:
+            return self._read_override(key)
+        except EtcdUnavailable as exc:
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"{_moving_message(key)} (etcd unreachable to reclaim it: {exc})",
+            ) from exc
+        with self._cond:
+            if written is not None:
+                self._hint(key, written)  # ahead of the watch: fences the mover's late calls
+            entry = self._held.get(key)
+            if entry is not None and entry.frozen:
+                entry.frozen = False
+            self.reclaims_total += 1
+            self._cond.notify_all()
+        log.warning(
+            "shard %s reclaimed session %s: the move to %s fenced at epoch %d was abandoned",
+            self.shard_id,
+            key,
+            held_on.moving_to,
+            held_on.epoch,
+        )
+        return written
+
+    def export(self, session_key: str, epoch: int, timeout: float | None = None) -> bytes:
+        """The session's state for ``ExportSession``: waits for its in-flight turn, then
+        freezes it (new turns are held until :meth:`release`). A session not held here is
+        loaded from the store.
+
+        The wait is bounded by ``timeout`` (seconds), else by the RPC's deadline
+        (:data:`rpc_deadline`, set by the server); after it the epoch is checked again
+        and the session is frozen only if no newer override or ReleaseSession arrived
+        meanwhile (the mover may have given up and rolled back).
+
+        Raises :class:`Refused`: stale epoch (``FAILED_PRECONDITION``, also when the
+        epoch became stale during the wait), the turn outlived the deadline or the
+        session was released or replaced during the wait (``ABORTED``, not frozen),
+        unknown session (``NOT_FOUND``).
+        """
+        deadline = _deadline(timeout)
+        with self._cond:
+            self._check_epoch(session_key, epoch)
+            entry = self._held.get(session_key)
+            releases = entry.releases if entry is not None else 0
+            while entry is not None and entry.busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Refused(
+                        grpc.StatusCode.ABORTED,
+                        f"session {session_key!r}: the turn in flight did not end before the "
+                        "export's deadline; not frozen",
+                    )
+                self._cond.wait(remaining)
+                current = self._held.get(session_key)
+                if current is not entry or entry.releases != releases:
+                    raise Refused(
+                        grpc.StatusCode.ABORTED,
+                        f"session {session_key!r} was released or replaced while the export "
+                        "waited for its turn; not frozen",
+                    )
+            self._check_epoch(session_key, epoch)  # a rollback or commit meanwhile
+            if entry is not None and not entry.loading:
+                entry.frozen = True
+                entry.frozen_epoch = epoch
+                return entry.data
+        stored = self._load(session_key)
+        if stored is None:
+            raise Refused(grpc.StatusCode.NOT_FOUND, f"no state for session {session_key!r}")
+        data: bytes = stored.data
+        return data
+
+    def import_state(self, session_key: str, epoch: int, data: bytes) -> int:
+        """Hold an imported state (not yet owned: served once the override names this
+        shard). Returns its size.
+
+        Raises :class:`Refused`: ``INVALID_ARGUMENT`` when it does not decode;
+        ``FAILED_PRECONDITION`` when the epoch is older than the override this shard
+        knows, when this shard serves the session itself (owns it, or a turn, an export
+        or a load is in progress), or when the bytes are not the store's current state
+        (a turn was answered after the export: the mover rolls back).
+        """
+        try:
+            state = self.codec.decode(data)
+        except Exception as exc:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"imported state does not decode: {exc}"
+            ) from exc
+        claimed = import_version.get()
+        if claimed > 0:
+            # The sender says which stored version the bytes are: comparing versions is
+            # a keys-only read, instead of reading the whole state back.
+            version = self._stored_version(session_key)
+            if version not in (0, claimed):  # 0: nothing stored to contradict it
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"imported state of session {session_key!r} is version {claimed}, the "
+                    f"store has version {version}: a turn was saved after the export",
+                )
+        else:
+            stored = self._load(session_key)
+            if stored is not None and stored.data != data:
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"imported state of session {session_key!r} is not the stored state "
+                    f"(version {stored.version}): a turn was saved after the export",
+                )
+            version = stored.version if stored is not None else 0
+        with self._cond:
+            self._check_epoch(session_key, epoch)
+            current = self._held.get(session_key)
+            if current is not None and not self._replaceable(session_key, current):
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"session {session_key!r} is served by this shard; import refused",
+                )
+            self._held[session_key] = _Entry(
+                state, data, version, imported=True, last_used=self._clock()
+            )
+            self._cond.notify_all()
+        return len(data)
+
+    def _replaceable(self, key: str, entry: _Entry) -> bool:
+        """Whether an import may replace ``entry``: idle, and not this shard's to serve
+        (an imported copy not yet committed, or a stale copy the override gives to
+        another shard). Called with ``_cond`` held."""
+        if entry.busy or entry.loading or entry.frozen:
+            return False
+        known = self._known(key)
+        if known is None:
+            return entry.imported
+        return known.owner != self.shard_id
+
+    def warm(self, session_key: str, epoch: int) -> bool:
+        """Pre-warm an imported or held session (calls ``on_warm``); False when the
+        session is not held here."""
+        with self._cond:
+            self._check_epoch(session_key, epoch)
+            entry = self._held.get(session_key)
+            if entry is None or entry.loading:
+                return False
+            state = entry.state
+        if self._on_warm is not None:
+            self._on_warm(session_key, state)
+        return True
+
+    def release(self, session_key: str, epoch: int, new_owner: str) -> bool:
+        """End a move on this shard. ``new_owner`` set (and not this shard): drop the
+        session; held and later calls are redirected there. Empty (rollback) or this
+        shard: unfreeze and serve. Returns whether the shard held the session."""
+        with self._cond:
+            entry = self._held.get(session_key)
+            if entry is not None:
+                entry.releases += 1
+            owner = new_owner or self.shard_id
+            if owner == self.shard_id:
+                self._check_epoch(session_key, epoch)
+                if entry is not None:
+                    entry.frozen = False
+                    if new_owner:
+                        entry.imported = False
+                # Not an ownership hint (the override may already have moved on after a
+                # rollback); the epoch only fences stale migration calls.
+                self._floor(session_key, epoch)
+            else:
+                if entry is not None and not entry.busy:
+                    del self._held[session_key]
+                self._hint(session_key, Override(owner, epoch))
+            self._cond.notify_all()
+            return entry is not None
+
+    def exported_version(self, session_key: str) -> int:
+        """The store version of the copy this shard holds (0 when it holds none): what
+        an export of it was saved at."""
+        with self._cond:
+            entry = self._held.get(session_key)
+            return entry.version if entry is not None and not entry.loading else 0
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """A monotonic deadline: ``timeout`` from now, else the RPC's, a little early."""
+    if timeout is not None:
+        return time.monotonic() + timeout
+    deadline = rpc_deadline.get()
+    return None if deadline is None else deadline - _DEADLINE_MARGIN_S

@@ -1,0 +1,395 @@
+"""Move a session between shards without losing a turn (docs/migration.md, "Migration").
+
+:class:`Migrator` is the mover used by :meth:`ShardClient.migrate
+<shardroute.client.ShardClient.migrate>`, ``shardroute migrate`` and draining shards.
+Each step is fenced by the session override's epoch in etcd; a failure before the
+commit rolls back, so the session stays whole on its source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from shardroute._proto import shard_pb2, shard_pb2_grpc
+from shardroute.discovery.source import TopologySource
+from shardroute.errors import (
+    ChunkError,
+    ConfigError,
+    EtcdUnavailable,
+    LeaseNotFound,
+    MigrationConflict,
+    MigrationFailed,
+    ShardRouteError,
+    StaleState,
+    UnknownShard,
+)
+from shardroute.etcd import EtcdClient
+from shardroute.model import Override, Shard, ShardState, Topology
+from shardroute.routing import Router
+from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, ChunkAssembler, split_chunks
+from shardroute.sessions.etcd_store import EtcdSessionStore
+from shardroute.sessions.overrides import OverrideStore, next_override
+from shardroute.sessions.store import SessionStore
+from shardroute.transport.channels import ChannelPool
+
+__all__ = ["MigrationResult", "Migrator", "control_stub"]
+
+log = logging.getLogger("shardroute.migration")
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    """What one migration did."""
+
+    session_key: str
+    source: str
+    target: str
+    epoch: int
+    """The override epoch of the commit."""
+    state_bytes: int
+    from_store: bool
+    """True when the source was unreachable and the state came from the session store."""
+    duration_s: float
+
+
+class Migrator:
+    """Moves sessions of one service between its shards.
+
+    Args:
+        etcd: the etcd client (overrides and, by default, the session store).
+        service: the service name.
+        topology: a started topology source of the service (live shards, addresses,
+            leases).
+        store: the session store (default: :class:`EtcdSessionStore` on ``etcd``).
+        router: picks targets when none is given (default: a fresh :class:`Router`).
+        timeout: deadline of each shard call, in seconds.
+        chunk_bytes: size of the state chunks streamed between shards.
+        close_etcd: close ``etcd`` in :meth:`close` (when the migrator owns it).
+
+    Thread contract: ``migrate`` may be called from several threads at once (for
+    different sessions; for the same session, exactly one wins the fence).
+    """
+
+    def __init__(
+        self,
+        etcd: EtcdClient,
+        service: str,
+        topology: TopologySource,
+        *,
+        store: SessionStore | None = None,
+        router: Router | None = None,
+        timeout: float = 30.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        close_etcd: bool = False,
+    ) -> None:
+        if timeout <= 0 or chunk_bytes <= 0:
+            raise ConfigError("timeout and chunk_bytes must be > 0")
+        self.service = service
+        self.topology = topology
+        self.overrides = OverrideStore(etcd, service)
+        self.store: SessionStore = store if store is not None else EtcdSessionStore(etcd, service)
+        self.router = router if router is not None else Router()
+        self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
+        self._etcd = etcd if close_etcd else None
+        self._lock = threading.Lock()
+        self._channels: ChannelPool[grpc.Channel] = ChannelPool(
+            grpc.insecure_channel, lambda channel: channel.close()
+        )
+        self._active = 0
+        self.peak_concurrent = 0
+        """Most migrations this mover ran at the same time."""
+
+    # -- one session ------------------------------------------------------------------
+
+    def migrate(self, session_key: str, *, target: str | None = None) -> MigrationResult:
+        """Move ``session_key`` to ``target`` (or the router's choice); see the module doc.
+
+        Raises:
+            MigrationConflict: another move of this session holds the fence.
+            MigrationFailed: the move failed before its commit and was rolled back.
+            UnknownShard: ``target`` is not an active shard of the topology.
+            ConfigError: the session has no owner, or ``target`` is its owner already.
+            EtcdUnavailable: etcd cannot be reached (nothing changed).
+        """
+        with self._lock:
+            self._active += 1
+            self.peak_concurrent = max(self.peak_concurrent, self._active)
+        try:
+            return self._migrate(session_key, target)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _migrate(self, session_key: str, target: str | None) -> MigrationResult:
+        started = time.monotonic()
+        topology = self.topology.current()
+        self._prune(topology)
+        current = self.overrides.get(session_key)
+        if current is not None and current.moving_to:
+            raise MigrationConflict(
+                f"session {session_key!r} is already moving to {current.moving_to!r} "
+                f"(epoch {current.epoch})",
+                session_key,
+            )
+        source_id = self._owner(session_key, current)
+        target_shard = self._target(session_key, topology, source_id, target)
+        source_shard = topology.shards.get(source_id)
+        fence = next_override(current, source_id, moving_to=target_shard.id)
+        try:
+            fenced = self._swap(session_key, current, fence, source_shard or target_shard)
+        except StaleState as exc:
+            raise MigrationConflict(
+                f"session {session_key!r} changed hands while this move started: {exc}",
+                session_key,
+            ) from exc
+        assert fenced is not None
+        commit = next_override(fenced, target_shard.id)
+        try:
+            (data, version), from_store = self._export(session_key, fenced, source_shard)
+            self._import(session_key, fenced, target_shard, data, version)
+            committed = self._commit(session_key, fenced, commit, target_shard)
+        except BaseException as exc:
+            self._roll_back(session_key, fenced, source_id, source_shard, target_shard)
+            if isinstance(exc, LeaseNotFound):
+                raise MigrationFailed(
+                    f"moving session {session_key!r}: the target {target_shard.id!r} lost its "
+                    "etcd lease (it is going away); rolled back",
+                    session_key,
+                ) from exc
+            if isinstance(exc, StaleState):
+                raise MigrationConflict(
+                    f"session {session_key!r}: the fence was broken during the move: {exc}",
+                    session_key,
+                ) from exc
+            if isinstance(exc, ShardRouteError | grpc.RpcError):
+                raise MigrationFailed(
+                    f"moving session {session_key!r} from {source_id!r} to "
+                    f"{target_shard.id!r} failed and was rolled back: {exc}",
+                    session_key,
+                ) from exc
+            raise
+        assert committed is not None
+        if source_shard is not None:
+            self._release(source_shard, session_key, committed.epoch, target_shard.id)
+        self.router.remember(session_key, target_shard.id)
+        return MigrationResult(
+            session_key,
+            source_id,
+            target_shard.id,
+            committed.epoch,
+            len(data),
+            from_store,
+            time.monotonic() - started,
+        )
+
+    def migrate_many(
+        self,
+        session_keys: Iterable[str],
+        *,
+        max_concurrent: int = 4,
+        deadline: float | None = None,
+    ) -> tuple[list[MigrationResult], dict[str, ShardRouteError]]:
+        """Move several sessions, at most ``max_concurrent`` at once (each to the router's
+        choice). No move starts after ``deadline`` (a ``time.monotonic()`` value); the
+        sessions left get a ``MigrationFailed`` (they stay whole in the session store).
+        Returns the results and the errors by session key."""
+        if max_concurrent < 1:
+            raise ConfigError("max_concurrent must be >= 1")
+        results: list[MigrationResult] = []
+        errors: dict[str, ShardRouteError] = {}
+
+        def one(key: str) -> None:
+            if deadline is not None and time.monotonic() >= deadline:
+                errors[key] = MigrationFailed(
+                    f"session {key!r} not moved: the deadline passed first", key
+                )
+                return
+            try:
+                results.append(self.migrate(key))
+            except ShardRouteError as exc:
+                errors[key] = exc
+
+        with ThreadPoolExecutor(max_concurrent, thread_name_prefix="shardroute-move") as pool:
+            list(pool.map(one, session_keys))
+        return results, errors
+
+    def close(self) -> None:
+        """Close the channels to shards. Idempotent."""
+        self._channels.close()
+        if self._etcd is not None:
+            self._etcd.close()
+
+    def __enter__(self) -> Migrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _owner(self, session_key: str, current: Override | None) -> str:
+        if current is not None:
+            return current.owner
+        stored = self.store.load(session_key)
+        if stored is None or not stored.owner:
+            raise ConfigError(
+                f"session {session_key!r} has no owner to move it from: no override and no "
+                "stored state (a session exists once it answered a turn)"
+            )
+        return stored.owner
+
+    def _target(
+        self, session_key: str, topology: Topology, source_id: str, target: str | None
+    ) -> Shard:
+        if target is not None:
+            shard = topology.shards.get(target)
+            if shard is None or shard.state is not ShardState.ACTIVE:
+                raise UnknownShard(target)
+            if target == source_id:
+                raise ConfigError(f"session {session_key!r} already lives on {target!r}")
+            return shard
+        return self.router.route(session_key, topology, excluded=(source_id,)).shard
+
+    def _swap(
+        self, session_key: str, expected: Override | None, new: Override, holder: Shard
+    ) -> Override | None:
+        return self.overrides.swap(session_key, expected, new, lease=holder.lease or None)
+
+    def _export(
+        self, session_key: str, fenced: Override, source: Shard | None
+    ) -> tuple[tuple[bytes, int], bool]:
+        """The state (bytes, and the store version they were saved at, 0 if unknown),
+        and whether it came from the store."""
+        if source is not None:
+            request = shard_pb2.ExportSessionRequest(
+                session_key=session_key, epoch=fenced.epoch, chunk_bytes=self.chunk_bytes
+            )
+            chunks = None
+            try:
+                chunks = self._control(source).ExportSession(request, timeout=self.timeout)
+                return _joined(session_key, chunks), False
+            except grpc.RpcError as exc:
+                if not _unreachable(exc):
+                    raise
+                log.warning("%s: source %s unreachable; using the store", session_key, source.id)
+            finally:
+                if chunks is not None:
+                    chunks.cancel()  # no-op once finished; stops a stream we gave up on
+        stored = self.store.load(session_key)
+        if stored is None:
+            return (b"", 0), True
+        return (stored.data, stored.version), True
+
+    def _import(
+        self, session_key: str, fenced: Override, target: Shard, data: bytes, version: int
+    ) -> None:
+        control = self._control(target)
+        control.ImportSession(
+            split_chunks(session_key, fenced.epoch, data, self.chunk_bytes, version),
+            timeout=self.timeout,
+        )
+        control.WarmSession(
+            shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
+            timeout=self.timeout,
+        )
+
+    def _release(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
+        request = shard_pb2.ReleaseSessionRequest(
+            session_key=session_key, epoch=epoch, new_owner=new_owner
+        )
+        try:
+            self._control(shard).ReleaseSession(request, timeout=self.timeout)
+        except grpc.RpcError as exc:  # the commit stands; the shard learns from etcd
+            log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
+
+    def _commit(
+        self, session_key: str, fenced: Override, commit: Override, target: Shard
+    ) -> Override:
+        """Swap the fence for the commit. If etcd fails mid-call, read the override back:
+        the commit may have been applied before the connection broke."""
+        try:
+            committed = self._swap(session_key, fenced, commit, target)
+        except EtcdUnavailable:
+            now = self.overrides.get(session_key)
+            if now is not None and (now.owner, now.epoch, now.moving_to) == (
+                commit.owner,
+                commit.epoch,
+                "",
+            ):
+                return now
+            raise
+        assert committed is not None
+        return committed
+
+    def _roll_back(
+        self,
+        session_key: str,
+        fenced: Override,
+        source_id: str,
+        source: Shard | None,
+        target: Shard,
+    ) -> None:
+        """Undo a move that did not commit. Every step is tried even if one fails: the
+        override back to the source (or deleted when the source is dead, so the next turn
+        takes over from the store), the source unfrozen, the target's copy dropped."""
+        try:
+            if source is not None:
+                back: Override | None = next_override(fenced, source.id)
+                assert back is not None
+                self._swap(session_key, fenced, back, source)
+            else:
+                back = None
+                self.overrides.swap(session_key, fenced, None)
+        except ShardRouteError as exc:
+            log.error("%s: rollback could not restore the override: %s", session_key, exc)
+            back = None
+        if source is not None:
+            epoch = back.epoch if back is not None else fenced.epoch + 1
+            self._release(source, session_key, epoch, "")
+        self._release(target, session_key, fenced.epoch + 1, source_id)
+
+    def _prune(self, topology: Topology) -> None:
+        """Close channels to shards that left ``topology`` or moved address."""
+        self._channels.retain(topology)
+
+    def _control(self, shard: Shard) -> Any:
+        return control_stub(self._channels.channel(shard))
+
+
+def control_stub(channel: grpc.Channel) -> Any:
+    """A ``ShardControl`` stub on ``channel`` (the generated class is untyped)."""
+    factory: Any = shard_pb2_grpc.ShardControlStub
+    return factory(channel)
+
+
+def _unreachable(error: grpc.RpcError) -> bool:
+    from shardroute.transport.failures import Failure, classify
+
+    return classify(error) is Failure.NOT_SENT
+
+
+def _joined(session_key: str, chunks: Iterable[Any]) -> tuple[bytes, int]:
+    """The state an export streamed (checked by the one chunk implementation), and the
+    store version it was saved at; a malformed transfer is a :class:`MigrationFailed`."""
+    assembler = ChunkAssembler(max_bytes=2**62)
+    try:
+        for chunk in chunks:
+            assembler.add(chunk)
+    except ChunkError as exc:
+        raise MigrationFailed(
+            f"session {session_key!r}: exported state is malformed: {exc}", session_key
+        ) from exc
+    if not assembler.done:
+        raise MigrationFailed(
+            f"session {session_key!r}: export ended without a last chunk", session_key
+        )
+    return assembler.data, assembler.state_version
