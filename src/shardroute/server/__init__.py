@@ -6,13 +6,10 @@ reports its load, serves health and control, and drains gracefully. See docs/ser
 from shardroute.errors import ServerLifecycleError
 from shardroute.server._async import AsyncShardServer
 from shardroute.server._base import session_key
-from shardroute.server._core import (
-    LoadAccounting,
-    LoadReportPolicy,
-    ServerConfig,
-    ServerState,
-)
 from shardroute.server._sync import ShardServer
+from shardroute.server.config import ServerConfig
+from shardroute.server.lifecycle import ServerState
+from shardroute.server.load import LoadAccounting, LoadReportPolicy
 from shardroute.sessions import (
     AsyncTurn,
     JsonCodec,

@@ -18,10 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shardroute._proto import shard_pb2
 from shardroute.errors import ConfigError, EtcdUnavailable, Refused, ServerLifecycleError
 from shardroute.model import ShardState
-from shardroute.server._base import ShardServerBase, chunk_refusal, control_handler
-from shardroute.server._core import ServerState
+from shardroute.server._base import ShardServerBase
 from shardroute.server._interceptor import AsyncLoadInterceptor
 from shardroute.server._registration import Registrar
+from shardroute.server.control import chunk_refusal, control_handler
+from shardroute.server.lifecycle import ServerState
 from shardroute.sessions.chunks import ChunkError
 
 __all__ = ["AsyncShardServer"]
@@ -267,7 +268,7 @@ class AsyncShardServer(ShardServerBase):
 
     def _control_handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         async def get_status(request: Any, context: Any) -> Any:
-            return self._status()
+            return self._answers.status()
 
         async def drain(request: Any, context: Any) -> Any:
             if self.state is ServerState.SERVING:
@@ -278,7 +279,7 @@ class AsyncShardServer(ShardServerBase):
             return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
 
         async def list_sessions(request: Any, context: Any) -> Any:
-            return self._sessions_page(request)
+            return self._answers.sessions_page(request)
 
         async def abort(context: Any, refused: Refused) -> None:
             await context.abort(refused.code, refused.details, trailing_metadata=refused.trailers)
@@ -288,7 +289,7 @@ class AsyncShardServer(ShardServerBase):
                 # It may wait for an in-flight turn: on the sessions' executor, like turns.
                 chunks = await asyncio.get_running_loop().run_in_executor(
                     self._sessions.executor,
-                    self._export_chunks,
+                    self._answers.export_chunks,
                     request,
                     context.time_remaining(),
                 )
@@ -298,11 +299,11 @@ class AsyncShardServer(ShardServerBase):
                 yield chunk
 
         async def import_session(request_iterator: Any, context: Any) -> Any:
-            assembler = self._new_assembler()
+            assembler = self._answers.new_assembler()
             try:
                 async for chunk in request_iterator:
                     assembler.add(chunk)
-                return await asyncio.to_thread(self._import_assembled, assembler)
+                return await asyncio.to_thread(self._answers.import_assembled, assembler)
             except ChunkError as exc:
                 await abort(context, chunk_refusal(exc))
             except Refused as refused:
@@ -310,13 +311,13 @@ class AsyncShardServer(ShardServerBase):
 
         async def warm_session(request: Any, context: Any) -> Any:
             try:
-                return await asyncio.to_thread(self._warm, request)
+                return await asyncio.to_thread(self._answers.warm, request)
             except Refused as refused:
                 await abort(context, refused)
 
         async def release_session(request: Any, context: Any) -> Any:
             try:
-                return await asyncio.to_thread(self._release, request)
+                return await asyncio.to_thread(self._answers.release, request)
             except Refused as refused:
                 await abort(context, refused)
 
@@ -325,7 +326,7 @@ class AsyncShardServer(ShardServerBase):
                 # It may wait for an in-flight turn: on the sessions' executor, like turns.
                 return await asyncio.get_running_loop().run_in_executor(
                     self._sessions.executor,
-                    self._end_session,
+                    self._answers.end_session,
                     request,
                     context.invocation_metadata(),
                 )

@@ -1,6 +1,6 @@
 """Server interceptors that count load and attach it to every response's trailers.
 
-The logic lives in :class:`~shardroute.server._core.LoadAccounting`; these two classes
+The logic lives in :class:`~shardroute.server.load.LoadAccounting`; these two classes
 only wrap a handler's behaviour (sync or asyncio) so that:
 
 - a call counts as in flight from when its behaviour starts until it returns, raises,
@@ -26,7 +26,7 @@ import grpc
 import grpc.aio
 
 from shardroute import metadata
-from shardroute.server._core import LoadAccounting, is_accounted
+from shardroute.server.load import LoadAccounting, is_accounted
 
 __all__ = ["AsyncLoadInterceptor", "CountingExecutor", "LoadInterceptor"]
 

@@ -27,7 +27,8 @@ from shardroute.discovery.records import encode_load, encode_shard
 from shardroute.errors import EtcdUnavailable
 from shardroute.etcd import EtcdClient
 from shardroute.model import LoadReport, ShardState
-from shardroute.server._core import LoadReportPolicy, ServerConfig
+from shardroute.server.config import ServerConfig
+from shardroute.server.load import LoadReportPolicy
 
 __all__ = ["Registrar"]
 

@@ -15,10 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shardroute.errors import ConfigError, EtcdUnavailable, Refused, ServerLifecycleError
 from shardroute.model import ShardState
-from shardroute.server._base import ShardServerBase, chunk_refusal, control_handler
-from shardroute.server._core import ServerState
+from shardroute.server._base import ShardServerBase
 from shardroute.server._interceptor import CountingExecutor, LoadInterceptor
 from shardroute.server._registration import Registrar
+from shardroute.server.control import chunk_refusal, control_handler
+from shardroute.server.lifecycle import ServerState
 from shardroute.sessions.chunks import ChunkError
 
 __all__ = ["ShardServer"]
@@ -305,7 +306,7 @@ class ShardServer(ShardServerBase):
 
     def _control_handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         def get_status(request: Any, context: Any) -> Any:
-            return self._status()
+            return self._answers.status()
 
         def drain(request: Any, context: Any) -> Any:
             from shardroute._proto import shard_pb2
@@ -319,7 +320,7 @@ class ShardServer(ShardServerBase):
             return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
 
         def list_sessions(request: Any, context: Any) -> Any:
-            return self._sessions_page(request)
+            return self._answers.sessions_page(request)
 
         def abort(context: Any, refused: Refused) -> None:
             if refused.trailers:
@@ -328,17 +329,17 @@ class ShardServer(ShardServerBase):
 
         def export_session(request: Any, context: Any) -> Iterator[Any]:
             try:
-                chunks = self._export_chunks(request, context.time_remaining())
+                chunks = self._answers.export_chunks(request, context.time_remaining())
             except Refused as refused:
                 abort(context, refused)
             yield from chunks
 
         def import_session(request_iterator: Any, context: Any) -> Any:
-            assembler = self._new_assembler()
+            assembler = self._answers.new_assembler()
             try:
                 for chunk in request_iterator:
                     assembler.add(chunk)
-                return self._import_assembled(assembler)
+                return self._answers.import_assembled(assembler)
             except ChunkError as exc:
                 abort(context, chunk_refusal(exc))
             except Refused as refused:
@@ -346,19 +347,19 @@ class ShardServer(ShardServerBase):
 
         def warm_session(request: Any, context: Any) -> Any:
             try:
-                return self._warm(request)
+                return self._answers.warm(request)
             except Refused as refused:
                 abort(context, refused)
 
         def release_session(request: Any, context: Any) -> Any:
             try:
-                return self._release(request)
+                return self._answers.release(request)
             except Refused as refused:
                 abort(context, refused)
 
         def end_session(request: Any, context: Any) -> Any:
             try:
-                return self._end_session(request, context.invocation_metadata())
+                return self._answers.end_session(request, context.invocation_metadata())
             except Refused as refused:
                 abort(context, refused)
 

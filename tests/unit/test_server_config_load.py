@@ -9,7 +9,8 @@ import pytest
 from shardroute.errors import ConfigError
 from shardroute.model import LoadReport, ShardState
 from shardroute.server import LoadAccounting, LoadReportPolicy, ServerConfig, ServerState
-from shardroute.server._core import Lifecycle, is_accounted
+from shardroute.server.lifecycle import Lifecycle
+from shardroute.server.load import is_accounted
 
 
 def test_lifecycle_takes_each_transition_once() -> None:

@@ -1,0 +1,140 @@
+"""A shard server's configuration (:class:`ServerConfig`, validated, no I/O) and the
+names of the services every shard serves."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from shardroute.discovery.keys import KeySchema
+from shardroute.errors import ConfigError
+from shardroute.etcd import EtcdOptions
+from shardroute.model import EMPTY_MAPPING, Shard, ShardState
+
+__all__ = ["CONTROL_SERVICE", "DEFAULT_MAX_MESSAGE_BYTES", "HEALTH_SERVICE", "ServerConfig"]
+
+CONTROL_SERVICE = "shardroute.v1.ShardControl"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything a shard server is configured with; validated, no I/O.
+
+    See :class:`~shardroute.server.ShardServer` for the meaning of each field.
+    """
+
+    shard_id: str
+    service: str
+    etcd: tuple[str, ...] | None
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_address: str | None = None
+    zone: str = ""
+    region: str = ""
+    weight: float = 1.0
+    capacity: int = 64
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAPPING)
+    lease_ttl_s: int = 5
+    drain_grace_s: float = 10.0
+    max_workers: int | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    etcd_timeout_s: float = 5.0
+    etcd_ca_cert: str | None = None
+    etcd_cert_key: str | None = None
+    etcd_cert_cert: str | None = None
+    etcd_user: str | None = None
+    etcd_password: str | None = None
+    wait_for_etcd: bool = False
+
+    def __post_init__(self) -> None:
+        schema = KeySchema(self.service)
+        schema.shard(self.shard_id)  # validates the id
+        if isinstance(self.etcd, str):
+            object.__setattr__(self, "etcd", (self.etcd,))
+        elif self.etcd is not None:
+            object.__setattr__(self, "etcd", tuple(self.etcd))
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be in 0..65535, got {self.port!r}")
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ConfigError(f"weight must be a finite number > 0, got {self.weight!r}")
+        if self.capacity <= 0:
+            raise ConfigError(f"capacity must be > 0, got {self.capacity!r}")
+        if self.lease_ttl_s < 2:
+            raise ConfigError(f"lease_ttl_s must be >= 2 (etcd's minimum), got {self.lease_ttl_s}")
+        if self.drain_grace_s < 0:
+            raise ConfigError(f"drain_grace_s must be >= 0, got {self.drain_grace_s!r}")
+        if self.max_workers is not None and self.max_workers < 1:
+            raise ConfigError(f"max_workers must be >= 1, got {self.max_workers!r}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.advertise_address is not None:
+            host, sep, port = self.advertise_address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    f"advertise_address must be 'host:port', got {self.advertise_address!r}"
+                )
+        if self.etcd is not None:
+            self.etcd_options()  # validates endpoints, TLS and auth together
+
+    @property
+    def schema(self) -> KeySchema:
+        """The service's etcd key schema."""
+        return KeySchema(self.service)
+
+    @property
+    def workers(self) -> int:
+        """Worker threads of the sync server: ``max_workers`` or capacity + 8 (control,
+        health and a little headroom), so ``capacity`` user calls run at once."""
+        return self.max_workers if self.max_workers is not None else self.capacity + 8
+
+    def etcd_options(self) -> EtcdOptions:
+        """The :class:`EtcdOptions` to register with (``etcd`` must not be None)."""
+        if self.etcd is None:
+            raise ConfigError("this shard server has no etcd endpoints (standalone)")
+        return EtcdOptions(
+            endpoints=self.etcd,
+            timeout=self.etcd_timeout_s,
+            ca_cert=self.etcd_ca_cert,
+            cert_key=self.etcd_cert_key,
+            cert_cert=self.etcd_cert_cert,
+            user=self.etcd_user,
+            password=self.etcd_password,
+        )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Channel arguments of the gRPC server."""
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    def advertised(self, bound_port: int) -> str:
+        """The address written in the shard record once the server is bound."""
+        if self.advertise_address is not None:
+            return self.advertise_address
+        host = self.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{bound_port}"
+
+    def shard(self, address: str, state: ShardState) -> Shard:
+        """The shard record for ``shards/<id>``."""
+        return Shard(
+            id=self.shard_id,
+            address=address,
+            zone=self.zone,
+            region=self.region,
+            weight=self.weight,
+            capacity=self.capacity,
+            state=state,
+            labels=self.labels,
+        )
