@@ -1,0 +1,52 @@
+"""The asyncio side of :mod:`shardroute._io` (the threaded side: :mod:`.sync`)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+__all__ = ["on_call_done", "run_blocking", "run_waiting", "streams_by_yielding"]
+
+T = TypeVar("T")
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking function off the event loop (a worker thread)."""
+    return await asyncio.to_thread(fn, *args)
+
+
+async def run_waiting(
+    executor: Callable[[], Executor],
+    fn: Callable[..., T],
+    *args: Any,
+    undo: Callable[[T], None],
+) -> T:
+    """Run a blocking function that may wait a long time (for a busy or moving session)
+    on ``executor()``, its own pool, so waiting calls never take the threads other
+    blocking steps need. If the caller is cancelled while it waits, the function still
+    finishes in its thread: ``undo`` is then called with its result."""
+    begun = asyncio.get_running_loop().run_in_executor(executor(), fn, *args)
+    try:
+        return await asyncio.shield(begun)
+    except asyncio.CancelledError:
+
+        def settle(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                undo(done.result())
+
+        begun.add_done_callback(settle)
+        raise
+
+
+def on_call_done(context: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the RPC of ``context`` ends, however it ends."""
+    context.add_done_callback(lambda _context: callback())
+
+
+def streams_by_yielding(behavior: Callable[..., Any]) -> bool:
+    """Whether a streaming handler yields its messages (an async generator); one that
+    writes them with ``context.write()`` is a plain coroutine."""
+    return inspect.isasyncgenfunction(behavior)

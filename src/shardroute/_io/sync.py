@@ -1,0 +1,38 @@
+"""The threaded side of :mod:`shardroute._io` (the asyncio side: :mod:`.aio`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+__all__ = ["on_call_done", "run_blocking", "run_waiting", "streams_by_yielding"]
+
+T = TypeVar("T")
+
+
+def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking function (in the calling thread: it is a worker already)."""
+    return fn(*args)
+
+
+def run_waiting(
+    executor: Callable[[], Executor],
+    fn: Callable[..., T],
+    *args: Any,
+    undo: Callable[[T], None],
+) -> T:
+    """Run a function that may wait a long time, in the calling thread (a worker of the
+    server's pool; nothing to cancel it, so ``undo`` is never needed)."""
+    return fn(*args)
+
+
+def on_call_done(context: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the RPC of ``context`` ends, however it ends."""
+    context.add_callback(callback)
+
+
+def streams_by_yielding(behavior: Callable[..., Any]) -> bool:
+    """Whether a streaming handler's messages come from iterating what it returns:
+    always, on the threaded server."""
+    return True

@@ -1,0 +1,72 @@
+"""A handler's hold on one session for one call. The asyncio flavour is the source
+(``_async_turn.py``); the threaded one (``_sync_turn.py``) is generated from it by
+``scripts/unasync.py``; where the two differ lives in :mod:`shardroute._io`."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from shardroute._io.aio import run_blocking, run_waiting
+from shardroute.errors import Refused
+from shardroute.sessions._turn_base import NO_KEY, TurnBase, call_reason
+
+__all__ = ["AsyncTurn"]
+
+
+class AsyncTurn(TurnBase[Any]):
+    """One call's hold on a session. See :meth:`SessionHost.aturn
+    <shardroute.sessions.SessionHost.aturn>`."""
+
+    async def __aenter__(self) -> AsyncTurn:
+        if not self.key:
+            await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_KEY)
+        host, key = self._host, self.key
+        try:
+            # On the host's own executor: a call waiting for a busy or moving session must
+            # not take a thread the in-flight turn's checkpoint needs.
+            self._entry = await run_waiting(
+                lambda: host.executor,
+                host.begin,
+                key,
+                call_reason(self._context),
+                undo=lambda entry: host.end(key, entry),
+            )
+        except Refused as refused:
+            await self._abort(refused)
+        return self
+
+    async def checkpoint(self, new_state: Any, reply: Any = None) -> Any:
+        """Save ``new_state`` to the session store before the last reply message is sent;
+        returns ``reply`` so the last message goes out only after the save::
+
+            yield await session.checkpoint(new_state, reply=last_message)
+
+        On a lost compare-and-swap the call ends with ``ABORTED`` (the local copy is
+        dropped); over the store's limit with ``RESOURCE_EXHAUSTED``.
+        """
+        if self._entry is None:
+            raise RuntimeError("checkpoint() outside the turn's 'with' block")
+        try:
+            await run_blocking(self._host.checkpoint, self.key, self._entry, new_state)
+        except Refused as refused:
+            await self._abort(refused)
+        self.checkpointed = True
+        return reply
+
+    async def _abort(self, refused: Refused) -> None:
+        if refused.trailers:
+            self._context.set_trailing_metadata(refused.trailers)
+        await self._context.abort(refused.code, refused.details)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._host.end(self.key, entry)

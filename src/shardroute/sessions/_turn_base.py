@@ -1,0 +1,53 @@
+"""What :class:`~shardroute.sessions.Turn` and :class:`~shardroute.sessions.AsyncTurn`
+share (hand-written; the two turns are one async source and its generated twin)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from shardroute import metadata
+
+if TYPE_CHECKING:
+    from shardroute.sessions._host_base import _Entry
+    from shardroute.sessions.host import SessionHost
+
+__all__ = ["NO_KEY", "TurnBase", "call_key", "call_reason"]
+
+S = TypeVar("S")
+
+NO_KEY = "no session key: pass session_key=, or call through a shardroute client"
+
+
+def call_reason(context: Any) -> str | None:
+    """Why the client sent the call here (``x-shardroute-reason``), or None."""
+    return metadata.get(context.invocation_metadata(), metadata.REASON)
+
+
+def call_key(context: Any, session_key: str | None) -> str:
+    """``session_key``, else the call's ``x-shardroute-session`` ("" when neither)."""
+    return session_key or metadata.get(context.invocation_metadata(), metadata.SESSION_KEY) or ""
+
+
+class TurnBase(Generic[S]):
+    """What both turn flavours share: the call's session key, the entry, its state."""
+
+    def __init__(self, host: SessionHost, context: Any, session_key: str | None) -> None:
+        self._host = host
+        self._context = context
+        self.key = call_key(context, session_key)
+        self._entry: _Entry | None = None
+        self.checkpointed = False
+
+    @property
+    def state(self) -> S:
+        """The session's state at the start of this turn (treat it as read-only: a new
+        state is saved with ``checkpoint``)."""
+        if self._entry is None:
+            raise RuntimeError("a turn's state is only available inside its 'with' block")
+        state: S = self._entry.state
+        return state
+
+    @property
+    def version(self) -> int:
+        """The store version of :attr:`state` (0: never saved)."""
+        return 0 if self._entry is None else self._entry.version
