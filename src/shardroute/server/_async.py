@@ -145,10 +145,11 @@ class AsyncShardServer(ShardServerBase):
             await asyncio.to_thread(self._registrar.close, deregister=False)
         if self._grpc is not None:
             await self._grpc.stop(None)
-        self._finish_stop()
+        await self._finish_stop()
 
-    def _finish_stop(self) -> None:
-        self._stop_sessions()
+    async def _finish_stop(self) -> None:
+        # Closing the session host and its etcd client blocks: not on the event loop.
+        await asyncio.to_thread(self._stop_sessions)
         self._lifecycle.advance(ServerState.STOPPED)
         if self._stopped is not None:
             self._stopped.set()
@@ -170,7 +171,7 @@ class AsyncShardServer(ShardServerBase):
                     await self._wait_idle(time.monotonic() + grace)
                     await self._grpc.stop(0)
                 await stopping
-            self._finish_stop()
+            await self._finish_stop()
             log.info("shard %s stopped", self.shard_id)
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
@@ -191,14 +192,20 @@ class AsyncShardServer(ShardServerBase):
         if self._registrar is not None:
             await asyncio.to_thread(self._registrar.set_state, ShardState.DRAINING)
         await self.migrate_sessions_before_stop(deadline)
-        await self._wait_idle(deadline)
+        if not await self._wait_idle(deadline):
+            log.warning(
+                "shard %s: %d calls still in flight at the end of the grace period",
+                self.shard_id,
+                self._accounting.inflight,
+            )
         await self.stop(grace=max(0.0, deadline - time.monotonic()))
 
-    async def _wait_idle(self, deadline: float) -> None:
+    async def _wait_idle(self, deadline: float) -> bool:
         # The counters change on this loop, so they are polled here (every 10 ms) rather
-        # than waited for in a thread.
+        # than waited for in a thread. True when no call is in flight any more.
         while self._accounting.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        return not self._accounting.inflight
 
     def begin_drain(self, grace_s: float | None = None) -> None:
         """Start :meth:`drain` as a task and return at once (call it on the loop)."""

@@ -87,6 +87,8 @@ class ShardServer(ShardServerBase):
         self._executor = None
         self._health = health.HealthServicer()
         self._registrar = None
+        self._drain_lock = threading.Lock()
+        self._drain_thread: threading.Thread | None = None
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -246,13 +248,24 @@ class ShardServer(ShardServerBase):
         self.stop(grace=max(0.0, deadline - time.monotonic()))
 
     def begin_drain(self, grace_s: float | None = None) -> None:
-        """Start :meth:`drain` in a background thread and return at once."""
-        threading.Thread(
-            target=self.drain, args=(grace_s,), name=f"shardroute-drain-{self.shard_id}"
-        ).start()
+        """Start :meth:`drain` in a background thread and return at once. Only the first
+        call starts one; later calls (a second Drain RPC, a second signal) do nothing."""
+        with self._drain_lock:
+            if self._drain_thread is not None:
+                return
+            self._drain_thread = threading.Thread(
+                target=self.drain, args=(grace_s,), name=f"shardroute-drain-{self.shard_id}"
+            )
+        self._drain_thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the server stopped; False when ``timeout`` passed first."""
+        """Block until the server stopped; False when ``timeout`` passed first.
+
+        Raises :class:`ServerLifecycleError` before :meth:`start` (nothing would ever
+        stop it), as the asyncio server does.
+        """
+        if self.state is ServerState.CREATED:
+            raise ServerLifecycleError(f"shard {self.shard_id}: wait() before start()")
         return self._lifecycle.wait_for(frozenset({ServerState.STOPPED}), timeout)
 
     def serve_forever(self) -> None:

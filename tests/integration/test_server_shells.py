@@ -1,0 +1,135 @@
+"""The sync and asyncio shard servers against one suite (issue 10: the shells must not
+drift). Each test runs on both: the asyncio server on an event loop of its own thread,
+driven through the same calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from shardroute.errors import ServerLifecycleError
+from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_pb2_grpc
+from shardroute.server import ServerState
+
+
+class Shell:
+    """One shard server, sync or asyncio, behind one blocking interface."""
+
+    def __init__(self, kind: str, **kwargs: Any) -> None:
+        self.kind = kind
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if kind == "sync":
+            self.server: Any = ChatShard(**kwargs)
+        else:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, daemon=True).start()
+            self.server = self.run(_construct(kwargs))
+
+    def run(self, call: Any) -> Any:
+        if self._loop is None:
+            return call
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(30)
+
+    def do(self, name: str, *args: Any) -> Any:
+        method = getattr(self.server, name)
+        return method(*args) if self._loop is None else self.run(method(*args))
+
+    def begin_drain(self, grace: float) -> None:
+        if self._loop is None:
+            self.server.begin_drain(grace)
+        else:
+            self._loop.call_soon_threadsafe(self.server.begin_drain, grace)
+
+    def close(self) -> None:
+        if self.server.state is not ServerState.CREATED:
+            self.do("stop")
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+async def _construct(kwargs: dict[str, Any]) -> AsyncChatShard:
+    return AsyncChatShard(**kwargs)
+
+
+@pytest.fixture(params=["sync", "asyncio"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def shell(kind: str) -> Iterator[Shell]:
+    shell = Shell(kind, shard_id="s1", service="chat", etcd=None, token_delay_s=0.0)
+    yield shell
+    shell.close()
+
+
+def generate(address: str, key: str, max_tokens: int = 3) -> list[Any]:
+    with grpc.insecure_channel(address) as channel:
+        chat = chat_pb2_grpc.ChatStub(channel)
+        request = chat_pb2.GenerateRequest(session_key=key, prompt="hi", max_tokens=max_tokens)
+        return list(chat.Generate(request, timeout=20))
+
+
+def test_serves_then_stop_is_idempotent_and_final(shell: Shell) -> None:
+    shell.do("start")
+    assert shell.server.state is ServerState.SERVING
+    tokens = generate(shell.server.address, "k")
+    assert tokens[-1].turns_held == 1
+    shell.do("stop")
+    shell.do("stop")
+    assert shell.server.state is ServerState.STOPPED
+    assert shell.do("wait", 0) is True
+    with pytest.raises(ServerLifecycleError):
+        shell.do("start")
+
+
+def test_wait_before_start_is_refused(shell: Shell) -> None:
+    with pytest.raises(ServerLifecycleError, match="before start"):
+        shell.do("wait", 0.1)
+
+
+def test_drain_warns_about_calls_still_running_at_the_end_of_the_grace(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    shell = Shell(kind, shard_id="slow", service="chat", etcd=None, token_delay_s=0.1)
+    try:
+        shell.do("start")
+        errors: list[BaseException] = []
+
+        def long_call() -> None:
+            try:
+                generate(shell.server.address, "slow-session", max_tokens=40)  # ~4 s
+            except grpc.RpcError as exc:  # cut short by the stop after the grace
+                errors.append(exc)
+
+        caller = threading.Thread(target=long_call)
+        caller.start()
+        deadline = time.monotonic() + 10
+        while not shell.server.accounting.inflight:  # wait until the call is running
+            assert time.monotonic() < deadline, "the long call never started"
+            time.sleep(0.01)
+        with caplog.at_level(logging.WARNING, logger="shardroute.server"):
+            shell.do("drain", 0.3)
+        caller.join(30)
+        assert shell.server.state is ServerState.STOPPED
+        assert any("still in flight at the end of the grace" in r.message for r in caplog.records)
+    finally:
+        shell.close()
+
+
+def test_begin_drain_twice_runs_one_drain(shell: Shell, caplog: pytest.LogCaptureFixture) -> None:
+    shell.do("start")
+    with caplog.at_level(logging.INFO, logger="shardroute.server"):
+        shell.begin_drain(0.5)
+        shell.begin_drain(0.5)
+        assert shell.do("wait", 20) is True
+    drains = [r for r in caplog.records if "draining" in r.message]
+    assert len(drains) == 1
+    assert shell.server.state is ServerState.STOPPED
