@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cachetools import TTLCache
 
-__all__ = ["AffinityMemo"]
+__all__ = ["AffinityMemo", "Pin"]
+
+Pin = tuple[str, float, float]
+"""A memo entry as the router reads it: (shard id, refresh after, expires at)."""
 
 
 class _IndexedTTLCache(TTLCache[str, str, float]):
@@ -56,10 +59,13 @@ class AffinityMemo:
     """A bounded map of session key → shard id, with a sliding TTL. Thread-safe.
 
     Entries are stored in a :class:`cachetools.TTLCache` (LRU eviction beyond
-    ``maxsize``, expiry after ``ttl_s``). A lookup that finds an entry past half its
-    TTL re-inserts it, so a session idle for ``ttl_s`` is forgotten and an active
-    one is kept (an entry expires between ``ttl_s / 2`` and ``ttl_s`` after its last
-    use). Lookups take no lock; writes take one small lock.
+    ``maxsize``, expiry after ``ttl_s``). A use past half an entry's TTL re-inserts it
+    (:meth:`touch`, or :meth:`get`), so a session idle for ``ttl_s`` is forgotten and an
+    active one is kept (an entry expires between ``ttl_s / 2`` and ``ttl_s`` after its
+    last use). Lookups take no lock; writes take one small lock.
+
+    The router only reads it (:attr:`pins`, :meth:`peek`); the transport writes it
+    after a call went somewhere (``Router.settle``, ``Router.remember``).
 
     Args:
         maxsize: most entries kept; the least recently refreshed go first.
@@ -76,6 +82,42 @@ class AffinityMemo:
         # session key -> (shard id, refresh after, expires at): read without a lock
         self._index: dict[str, tuple[str, float, float]] = {}
         self._cache = _IndexedTTLCache(maxsize, self._ttl, clock, self._index)
+
+    @property
+    def pins(self) -> Mapping[str, Pin]:
+        """Read-only view of the live entries by session key: (shard id, refresh after,
+        expires at). No lock, no refresh: what the router reads. Entries past their
+        expiry may linger until the next write; readers compare ``expires at``."""
+        return self._index
+
+    def peek(self, session_key: str) -> str | None:
+        """The shard id a session is pinned to, or None. Writes nothing (no refresh,
+        no expiry sweep), unlike :meth:`get`."""
+        entry = self._index.get(session_key)
+        if entry is None or self._clock() >= entry[2]:
+            return None
+        return entry[0]
+
+    def touch(self, session_key: str) -> None:
+        """A call of a pinned session was served by its pinned shard: renew the entry
+        if it is past half its TTL."""
+        entry = self._index.get(session_key)
+        if entry is not None and self._clock() >= entry[1]:
+            with self._lock:
+                if self._index.get(session_key) == entry:
+                    self._cache[session_key] = entry[0]
+
+    def resize(self, maxsize: int, ttl_s: float) -> None:
+        """Change the size bound and TTL, keeping the live pins (the least recently
+        refreshed go first if they no longer fit). The :attr:`pins` view stays valid."""
+        with self._lock:
+            self._cache.expire(self._clock())
+            live = [(k, v) for k, (v, _, _) in self._index.items()]
+            self._index.clear()
+            self._ttl = float(ttl_s)
+            self._cache = _IndexedTTLCache(maxsize, self._ttl, self._clock, self._index)
+            for key, shard_id in live:
+                self._cache[key] = shard_id
 
     @property
     def maxsize(self) -> int:

@@ -1,0 +1,40 @@
+"""What the demo runs: :class:`DemoConfig` and its constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardroute.testing.etcd import DEFAULT_QUOTA_BACKEND_BYTES
+
+__all__ = ["CLIENT_ZONE", "SERVICE", "DemoConfig", "MiB"]
+
+SERVICE = "chat"
+CLIENT_ZONE = "zone-a"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs."""
+
+    duration_s: float = 20.0
+    shards: int = 4
+    sessions: int = 200
+    workers: int = 8
+    max_tokens: int = 8
+    kill_at: float = 0.3
+    """Share of the duration after which one shard is SIGKILLed."""
+    add_at: float = 0.5
+    """Share of the duration after which a shard is added."""
+    drain_at: float = 0.7
+    """Share of the duration after which another shard is drained."""
+    seed: int = 7
+    turns_per_conversation: tuple[int, int] = (5, 40)
+    """A conversation lasts this many turns (uniform, inclusive), then the demo ends it
+    (``end_session``: its state and override are deleted) and starts a new one."""
+    session_ttl_s: float = 120.0
+    """Idle conversations expire from the session store after this long."""
+    etcd_quota_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    """The embedded etcd's space quota (``--quota-backend-bytes``)."""
+
+
+MiB = 1024 * 1024
