@@ -1,12 +1,5 @@
-"""``shardroute demo``: chat traffic over real shards, with a shard killed and one drained.
-
-Everything runs on this machine and is cleaned up at the end (Ctrl-C included): an
-embedded etcd in a temp dir, 4 chat shards in 2 zones (one process each), and a
-``ShardClient`` in this process sending chat turns for many sessions from worker
-threads. Midway one shard is SIGKILLed and another drained (SIGTERM); the live view
-shows the shards, their load, what the client did and etcd's database size, and a
-summary ends the run, also when a scripted step (kill, add, drain) failed.
-"""
+"""The demo's run: the embedded etcd and shards, the scripted kill, add and drain, the
+live view and the summary (what it shows: :mod:`shardroute.demo`)."""
 
 from __future__ import annotations
 
