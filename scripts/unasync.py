@@ -25,6 +25,7 @@ SRC = ROOT / "src" / "shardroute"
 FILES = [
     ("sessions/_async_turn.py", "sessions/_sync_turn.py"),
     ("server/_async_interceptor.py", "server/_sync_interceptor.py"),
+    ("server/_async_control.py", "server/_sync_control.py"),
 ]
 """(async source, generated sync file), relative to src/shardroute."""
 

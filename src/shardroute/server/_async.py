@@ -7,7 +7,6 @@ import importlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -15,15 +14,13 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shardroute._proto import shard_pb2
-from shardroute.errors import ConfigError, EtcdUnavailable, Refused, ServerLifecycleError
+from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
+from shardroute.server._async_control import control_calls
 from shardroute.server._base import ShardServerBase
 from shardroute.server._interceptor import AsyncLoadInterceptor
 from shardroute.server._registration import Registrar
-from shardroute.server.control import chunk_refusal, control_handler
 from shardroute.server.lifecycle import ServerState
-from shardroute.sessions.chunks import ChunkError
 
 __all__ = ["AsyncShardServer"]
 
@@ -96,7 +93,7 @@ class AsyncShardServer(ShardServerBase):
         self._grpc = server
         self._health = importlib.import_module("grpc_health.v1._async").HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        server.add_generic_rpc_handlers((self._control_handler(),))
+        server.add_generic_rpc_handlers((control_calls(self),))
         self.add_services(server)
         try:
             self._bound_port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -272,81 +269,3 @@ class AsyncShardServer(ShardServerBase):
     async def _set_health(self, status: Any) -> None:
         for name in ("", *self.health_service_names()):
             await self._health.set(name, status)
-
-    def _control_handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-        async def get_status(request: Any, context: Any) -> Any:
-            return self._answers.status()
-
-        async def drain(request: Any, context: Any) -> Any:
-            if self.state is ServerState.SERVING:
-                self._take_drain_request(request)
-                self.begin_drain(request.grace_s or None)
-                while self.state is ServerState.SERVING:
-                    await asyncio.sleep(0)
-            return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
-
-        async def list_sessions(request: Any, context: Any) -> Any:
-            return self._answers.sessions_page(request)
-
-        async def abort(context: Any, refused: Refused) -> None:
-            await context.abort(refused.code, refused.details, trailing_metadata=refused.trailers)
-
-        async def export_session(request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                # It may wait for an in-flight turn: on the sessions' executor, like turns.
-                chunks = await asyncio.get_running_loop().run_in_executor(
-                    self._sessions.executor,
-                    self._answers.export_chunks,
-                    request,
-                    context.time_remaining(),
-                )
-            except Refused as refused:
-                await abort(context, refused)
-            for chunk in chunks:
-                yield chunk
-
-        async def import_session(request_iterator: Any, context: Any) -> Any:
-            assembler = self._answers.new_assembler()
-            try:
-                async for chunk in request_iterator:
-                    assembler.add(chunk)
-                return await asyncio.to_thread(self._answers.import_assembled, assembler)
-            except ChunkError as exc:
-                await abort(context, chunk_refusal(exc))
-            except Refused as refused:
-                await abort(context, refused)
-
-        async def warm_session(request: Any, context: Any) -> Any:
-            try:
-                return await asyncio.to_thread(self._answers.warm, request)
-            except Refused as refused:
-                await abort(context, refused)
-
-        async def release_session(request: Any, context: Any) -> Any:
-            try:
-                return await asyncio.to_thread(self._answers.release, request)
-            except Refused as refused:
-                await abort(context, refused)
-
-        async def end_session(request: Any, context: Any) -> Any:
-            try:
-                # It may wait for an in-flight turn: on the sessions' executor, like turns.
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._sessions.executor,
-                    self._answers.end_session,
-                    request,
-                    context.invocation_metadata(),
-                )
-            except Refused as refused:
-                await abort(context, refused)
-
-        return control_handler(
-            get_status,
-            drain,
-            list_sessions,
-            export_session,
-            import_session,
-            warm_session,
-            release_session,
-            end_session,
-        )

@@ -6,21 +6,19 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shardroute.errors import ConfigError, EtcdUnavailable, Refused, ServerLifecycleError
+from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
 from shardroute.server._base import ShardServerBase
 from shardroute.server._interceptor import CountingExecutor, LoadInterceptor
 from shardroute.server._registration import Registrar
-from shardroute.server.control import chunk_refusal, control_handler
+from shardroute.server._sync_control import control_calls
 from shardroute.server.lifecycle import ServerState
-from shardroute.sessions.chunks import ChunkError
 
 __all__ = ["ShardServer"]
 
@@ -132,7 +130,7 @@ class ShardServer(ShardServerBase):
         )
         self._grpc = server
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        server.add_generic_rpc_handlers((self._control_handler(),))
+        server.add_generic_rpc_handlers((control_calls(self),))
         self.add_services(server)
         try:
             self._bound_port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -316,73 +314,3 @@ class ShardServer(ShardServerBase):
     def _set_health(self, status: Any) -> None:
         for name in ("", *self.health_service_names()):
             self._health.set(name, status)
-
-    def _control_handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-        def get_status(request: Any, context: Any) -> Any:
-            return self._answers.status()
-
-        def drain(request: Any, context: Any) -> Any:
-            from shardroute._proto import shard_pb2
-
-            if self.state is ServerState.SERVING:
-                self._take_drain_request(request)
-                self.begin_drain(request.grace_s or None)
-                self._lifecycle.wait_for(
-                    frozenset({ServerState.DRAINING, ServerState.STOPPING, ServerState.STOPPED})
-                )
-            return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
-
-        def list_sessions(request: Any, context: Any) -> Any:
-            return self._answers.sessions_page(request)
-
-        def abort(context: Any, refused: Refused) -> None:
-            if refused.trailers:
-                context.set_trailing_metadata(refused.trailers)
-            context.abort(refused.code, refused.details)
-
-        def export_session(request: Any, context: Any) -> Iterator[Any]:
-            try:
-                chunks = self._answers.export_chunks(request, context.time_remaining())
-            except Refused as refused:
-                abort(context, refused)
-            yield from chunks
-
-        def import_session(request_iterator: Any, context: Any) -> Any:
-            assembler = self._answers.new_assembler()
-            try:
-                for chunk in request_iterator:
-                    assembler.add(chunk)
-                return self._answers.import_assembled(assembler)
-            except ChunkError as exc:
-                abort(context, chunk_refusal(exc))
-            except Refused as refused:
-                abort(context, refused)
-
-        def warm_session(request: Any, context: Any) -> Any:
-            try:
-                return self._answers.warm(request)
-            except Refused as refused:
-                abort(context, refused)
-
-        def release_session(request: Any, context: Any) -> Any:
-            try:
-                return self._answers.release(request)
-            except Refused as refused:
-                abort(context, refused)
-
-        def end_session(request: Any, context: Any) -> Any:
-            try:
-                return self._answers.end_session(request, context.invocation_metadata())
-            except Refused as refused:
-                abort(context, refused)
-
-        return control_handler(
-            get_status,
-            drain,
-            list_sessions,
-            export_session,
-            import_session,
-            warm_session,
-            release_session,
-            end_session,
-        )
