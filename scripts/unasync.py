@@ -26,6 +26,7 @@ FILES = [
     ("sessions/_async_turn.py", "sessions/_sync_turn.py"),
     ("server/_async_interceptor.py", "server/_sync_interceptor.py"),
     ("server/_async_control.py", "server/_sync_control.py"),
+    ("server/_async.py", "server/_sync.py"),
 ]
 """(async source, generated sync file), relative to src/shardroute."""
 
@@ -47,6 +48,8 @@ RULES = [
     (r"\bAsyncShardClient\b", "ShardClient"),
     (r"\bAsyncShardServer\b", "ShardServer"),
     (r"\b(shardroute\.\w+)\._async_(\w+)\b", r"\1._sync_\2"),
+    (r"\bshardroute\.server\._grpc_aio\b", "shardroute.server._grpc_threads"),
+    (r"\bwritten once for asyncio\b", "generated for threads"),
 ]
 """Token rewrites, applied in order (regular expressions, multiline)."""
 

@@ -6,22 +6,23 @@ import asyncio
 import inspect
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = ["on_call_done", "run_blocking", "run_waiting", "streams_by_yielding"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+async def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:
     """Run a blocking function off the event loop (a worker thread)."""
     return await asyncio.to_thread(fn, *args)
 
 
 async def run_waiting(
     executor: Callable[[], Executor],
-    fn: Callable[..., T],
-    *args: Any,
+    fn: Callable[[*Ts], T],
+    *args: *Ts,
     undo: Callable[[T], None],
 ) -> T:
     """Run a blocking function that may wait a long time (for a busy or moving session)

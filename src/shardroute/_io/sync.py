@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = ["on_call_done", "run_blocking", "run_waiting", "streams_by_yielding"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
-def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:
     """Run a blocking function (in the calling thread: it is a worker already)."""
     return fn(*args)
 
 
 def run_waiting(
     executor: Callable[[], Executor],
-    fn: Callable[..., T],
-    *args: Any,
+    fn: Callable[[*Ts], T],
+    *args: *Ts,
     undo: Callable[[T], None],
 ) -> T:
     """Run a function that may wait a long time, in the calling thread (a worker of the

@@ -1,11 +1,12 @@
-"""The asyncio shard server: ``grpc.aio.server``; same rules as the sync one."""
+"""The shard server's shell, written once for asyncio: :class:`AsyncShardServer`. The
+threaded :class:`ShardServer` (``_sync.py``) is generated from this file by
+``scripts/unasync.py``; what differs between the two lives in :mod:`._grpc_aio` and
+:mod:`._grpc_threads` (same names)."""
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import logging
-import signal
+import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -14,11 +15,20 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shardroute._io.aio import run_blocking
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
 from shardroute.server._async_control import control_calls
 from shardroute.server._base import ShardServerBase
-from shardroute.server._interceptor import AsyncLoadInterceptor
+from shardroute.server._grpc_aio import (
+    begin_stop,
+    end_stop,
+    install_signals,
+    join_background,
+    new_server,
+    start_background,
+    wait_idle,
+)
 from shardroute.server._registration import Registrar
 from shardroute.server.lifecycle import ServerState
 
@@ -28,70 +38,114 @@ log = logging.getLogger("shardroute.server")
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_STOPPED = frozenset({ServerState.STOPPED})
 
 
 class AsyncShardServer(ShardServerBase):
-    """The asyncio twin of :class:`~shardroute.server.ShardServer` (``grpc.aio.server``).
+    """One shard of a stateful service: a gRPC server that registers itself in etcd.
 
-    Same constructor arguments (``max_workers`` is ignored: handlers run on the event
-    loop) and the same lifecycle, with coroutines: ``await start()``, ``await drain()``,
-    ``await stop()``, ``await wait()``, ``await serve_forever()``, ``async with``.
+    Subclass it, override :meth:`add_services` to add your servicers, and run it::
 
-    Override :meth:`add_services` to add your servicers to the ``grpc.aio.Server``;
-    handlers are coroutines (or async generators) running on the server's event loop.
+        class ChatShard(AsyncShardServer):
+            def add_services(self, server: grpc.aio.Server) -> None:
+                chat_pb2_grpc.add_ChatServicer_to_server(ChatServicer(self), server)
 
-    Thread/async contract: create and use the server on one event loop. Registration,
-    keep-alive and load reports run in one background thread (etcd I/O is blocking), so
-    :meth:`session_count` and :meth:`list_sessions` are called from that thread too:
-    keep them thread-safe (reading ``len()`` of a dict is). The load report's
-    ``queue_depth`` is always 0: an asyncio server has no worker queue to measure.
+        await ChatShard(shard_id="s1", service="chat", etcd="10.0.0.1:2379").serve_forever()
+
+    Two flavours, one source: :class:`AsyncShardServer` (``grpc.aio``, handlers are
+    coroutines on the server's event loop; lifecycle methods are coroutines) and
+    :class:`ShardServer` (``grpc.server`` on a worker pool; ``max_workers`` threads),
+    generated from it. The asyncio server's load report has ``queue_depth`` 0 (no worker
+    queue to measure).
+
+    Args:
+        shard_id: this shard's id (unique within the service; no ``/``).
+        service: the service name (etcd keys under ``/shardroute/<service>/``).
+        etcd: etcd endpoint(s) ``host:port``; None runs standalone (no registration).
+        host, port: where to listen (port 0: a free port, see :attr:`port`).
+        advertise_address: ``host:port`` written in the record when clients must use
+            another address than the bound one (NAT, containers).
+        zone, region, weight, capacity, labels: the shard record's fields
+            (docs/etcd-schema.md). ``capacity`` is also the number of user calls
+            served at once by default.
+        lease_ttl_s: TTL of the lease holding the record and load report; a killed
+            shard disappears from every client's topology within it (≥ 2).
+        drain_grace_s: default time in-flight calls get to finish on a drain.
+        max_workers: worker threads (default ``capacity + 8``).
+        max_message_bytes: largest request or response message.
+        etcd_timeout_s, etcd_ca_cert, etcd_cert_key, etcd_cert_cert, etcd_user,
+            etcd_password: how to reach etcd (per-call timeout, TLS, authentication).
+        wait_for_etcd: when etcd is unreachable at :meth:`start`, serve anyway and
+            register in the background once it is back. Default False: ``start()``
+            fails fast with :class:`~shardroute.errors.EtcdUnavailable`.
+
+    Lifecycle: the constructor does no I/O. :meth:`start` may be called once: it binds,
+    starts gRPC, marks the health service SERVING and registers in etcd (record and load
+    report under one lease, kept alive by a daemon thread). :meth:`drain` marks the
+    shard draining (etcd record, health NOT_SERVING), runs the migration hook, waits for
+    in-flight calls up to the grace period, then stops. :meth:`stop` is idempotent: it
+    deregisters (revokes the lease) and stops gRPC; with concurrent stops, the strictest
+    (smallest) grace wins. :meth:`serve_forever` does all of it and turns SIGTERM/SIGINT
+    into a graceful drain (a second signal stops at once).
+
+    Thread contract: user handlers run on the worker pool (threads) or the event loop
+    (asyncio), so anything they share (the sessions) must be thread-safe. Lifecycle
+    methods of the threaded server may be called from any thread, those of the asyncio
+    server on its loop; hooks (:meth:`session_count`, :meth:`list_sessions`) are called
+    from the registrar thread too.
     """
 
     _grpc: grpc.aio.Server | None
+    _executor: Any
     _health: Any
     _registrar: Registrar | None
-    _stopped: asyncio.Event | None
-    _drain_task: asyncio.Task[None] | None
-    _stop_task: asyncio.Task[None] | None
+    _background: Any
 
     def _init_shell(self) -> None:
         self._grpc = None
+        self._executor = None
         self._health = None
         self._registrar = None
-        self._stopped = None
-        self._drain_task = None
-        self._stop_task = None
+        self._background = None
+        self._background_lock = threading.Lock()
 
     # -- hooks ------------------------------------------------------------------------
 
     def add_services(self, server: grpc.aio.Server) -> None:
-        """Add your servicers to ``server`` (called once by :meth:`start`, before bind)."""
+        """Add your servicers to ``server`` (called once by :meth:`start`, before bind).
+
+        Default: no user service (the shard serves only health and control).
+        """
 
     async def migrate_sessions_before_stop(self, deadline: float) -> None:
-        """Move sessions elsewhere before stopping (drain), as
-        :meth:`ShardServer.migrate_sessions_before_stop` does (the mover runs in a
-        thread); sessions not moved are taken over from the session store by others."""
-        await asyncio.to_thread(self._migrate_held_sessions, deadline)
+        """Move the sessions this shard holds elsewhere before it stops (drain).
+
+        ``deadline`` is a ``time.monotonic()`` value. Default: every held session is
+        moved by a :class:`~shardroute.sessions.Migrator` (to the router's choice among
+        active shards, in a worker thread), at most ``max_concurrent_moves`` at once.
+        Sessions not moved are still in the session store: their next turn is taken
+        over by another shard.
+        """
+        await run_blocking(self._migrate_held_sessions, deadline)
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> AsyncShardServer:
         """Bind, start serving, then register in etcd. Returns self.
 
-        Raises :class:`~shardroute.errors.EtcdUnavailable` when etcd cannot be reached
-        (unless ``wait_for_etcd``), :class:`~shardroute.errors.ConfigError` when the
-        address cannot be bound, :class:`ServerLifecycleError` when already started.
+        Raises:
+            EtcdUnavailable: etcd could not be reached to register (unless
+                ``wait_for_etcd``); the gRPC server is stopped again.
+            ConfigError: the address could not be bound.
+            ServerLifecycleError: the server was already started or stopped.
         """
         if not self._lifecycle.advance(ServerState.STARTING):
             raise ServerLifecycleError(f"shard {self.shard_id}: start() in state {self.state}")
         config = self._config
-        self._stopped = asyncio.Event()
-        server = grpc.aio.server(
-            interceptors=[AsyncLoadInterceptor(self._accounting, config.capacity)],
-            options=config.grpc_options(),
+        server, self._health, self._executor = new_server(
+            config, self._accounting, f"shardroute-{self.shard_id}"
         )
         self._grpc = server
-        self._health = importlib.import_module("grpc_health.v1._async").HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers((control_calls(self),))
         self.add_services(server)
@@ -109,7 +163,7 @@ class AsyncShardServer(ShardServerBase):
             registrar = Registrar(config, self.load)
             self._registrar = registrar
             try:
-                await asyncio.to_thread(registrar.register, self._address)
+                await run_blocking(registrar.register, self._address)
             except EtcdUnavailable as exc:
                 if not config.wait_for_etcd:
                     await self._abort_start()
@@ -119,10 +173,15 @@ class AsyncShardServer(ShardServerBase):
                         "unreachable; pass wait_for_etcd=True to serve anyway and register "
                         "once etcd is back"
                     ) from exc
-                log.warning("shard %s serving without registration: %s", self.shard_id, exc)
+                log.warning(
+                    "shard %s serving at %s without registration; retrying etcd: %s",
+                    self.shard_id,
+                    self._address,
+                    exc,
+                )
             registrar.start_keepalive()
         try:
-            await asyncio.to_thread(self._start_sessions, self._lease_id)
+            await run_blocking(self._start_sessions, self._lease_id)
         except EtcdUnavailable as exc:
             if not config.wait_for_etcd:
                 await self._abort_start()
@@ -138,58 +197,68 @@ class AsyncShardServer(ShardServerBase):
 
     async def _abort_start(self) -> None:
         self._lifecycle.advance(ServerState.STOPPING)
-        if self._registrar is not None:
-            await asyncio.to_thread(self._registrar.close, deregister=False)
+        registrar = self._registrar
+        if registrar is not None:
+            await run_blocking(lambda: registrar.close(deregister=False))
         if self._grpc is not None:
-            await self._grpc.stop(None)
+            await end_stop(begin_stop(self._grpc, None))
         await self._finish_stop()
 
     async def _finish_stop(self) -> None:
-        # Closing the session host and its etcd client blocks: not on the event loop.
-        await asyncio.to_thread(self._stop_sessions)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        # Closing the session host and its etcd client blocks: off the event loop.
+        await run_blocking(self._stop_sessions)
         self._lifecycle.advance(ServerState.STOPPED)
-        if self._stopped is not None:
-            self._stopped.set()
 
     async def stop(self, grace: float | None = None) -> None:
         """Deregister and stop serving. Idempotent; returns once stopped.
 
         ``grace``: seconds in-flight calls get to finish (None: cancel them at once).
+        New calls are refused from now on. A concurrent stop with a smaller grace wins.
         """
         if self._lifecycle.advance(ServerState.STOPPING):
             await self._set_health(_NOT_SERVING)
-            if self._registrar is not None:
-                await asyncio.to_thread(self._registrar.close, deregister=True)
+            registrar = self._registrar
+            if registrar is not None:
+                await run_blocking(lambda: registrar.close(deregister=True))
             if self._grpc is not None:
-                stopping = asyncio.ensure_future(self._grpc.stop(grace))  # refuses new calls
+                stopping = begin_stop(self._grpc, grace)  # refuses new calls from now on
                 if grace:
-                    # Health watches and control calls must not hold the stop for the
-                    # whole grace once the user's calls are done.
-                    await self._wait_idle(time.monotonic() + grace)
-                    await self._grpc.stop(0)
-                await stopping
+                    # Once the user's calls are done, what is left are health watches and
+                    # control calls: they must not hold the stop for the whole grace.
+                    await wait_idle(self._accounting, time.monotonic() + grace)
+                    await end_stop(begin_stop(self._grpc, 0))
+                await end_stop(stopping)
             await self._finish_stop()
             log.info("shard %s stopped", self.shard_id)
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
-            await self._grpc.stop(grace)
-        await self.wait()
+            begin_stop(self._grpc, grace)  # the strictest grace wins
+        await run_blocking(self._lifecycle.wait_for, _STOPPED)
 
     async def drain(self, grace_s: float | None = None) -> None:
-        """Drain gracefully, then stop (see :meth:`ShardServer.drain`)."""
+        """Drain gracefully, then stop. Returns once stopped.
+
+        Steps: state ``draining`` (etcd record rewritten, health NOT_SERVING; calls are
+        still served), :meth:`migrate_sessions_before_stop`, wait for in-flight calls up
+        to ``grace_s`` (default ``drain_grace_s``; a warning names the calls still
+        running then), deregister, stop. Calling it again, or on a server that is
+        stopping, waits for the stop.
+        """
         grace = self._config.drain_grace_s if grace_s is None or grace_s <= 0 else grace_s
         if not self._lifecycle.advance(ServerState.DRAINING):
             if self.state in (ServerState.CREATED, ServerState.STARTING):
                 await self.stop()
-            await self.wait()
+            await run_blocking(self._lifecycle.wait_for, _STOPPED)
             return
         deadline = time.monotonic() + grace
         log.info("shard %s draining (grace %.1fs)", self.shard_id, grace)
         await self._set_health(_NOT_SERVING)
         if self._registrar is not None:
-            await asyncio.to_thread(self._registrar.set_state, ShardState.DRAINING)
+            await run_blocking(self._registrar.set_state, ShardState.DRAINING)
         await self.migrate_sessions_before_stop(deadline)
-        if not await self._wait_idle(deadline):
+        if not await wait_idle(self._accounting, deadline):
             log.warning(
                 "shard %s: %d calls still in flight at the end of the grace period",
                 self.shard_id,
@@ -197,59 +266,51 @@ class AsyncShardServer(ShardServerBase):
             )
         await self.stop(grace=max(0.0, deadline - time.monotonic()))
 
-    async def _wait_idle(self, deadline: float) -> bool:
-        # The counters change on this loop, so they are polled here (every 10 ms) rather
-        # than waited for in a thread. True when no call is in flight any more.
-        while self._accounting.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return not self._accounting.inflight
-
     def begin_drain(self, grace_s: float | None = None) -> None:
-        """Start :meth:`drain` as a task and return at once (call it on the loop)."""
-        if self._drain_task is None:
-            self._drain_task = asyncio.get_running_loop().create_task(self.drain(grace_s))
+        """Start :meth:`drain` in the background and return at once. Only the first call
+        starts one; later calls (a second Drain RPC, a second signal) do nothing."""
+        with self._background_lock:
+            if self._background is None:
+                self._background = start_background(
+                    f"shardroute-drain-{self.shard_id}", lambda: self.drain(grace_s)
+                )
 
     async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the server stopped; False when ``timeout`` passed first."""
-        if self.state is ServerState.STOPPED:
-            return True
-        if self._stopped is None:
+        """Wait until the server stopped; False when ``timeout`` passed first.
+
+        Raises :class:`ServerLifecycleError` before :meth:`start` (nothing would ever
+        stop it).
+        """
+        if self.state is ServerState.CREATED:
             raise ServerLifecycleError(f"shard {self.shard_id}: wait() before start()")
-        try:
-            await asyncio.wait_for(self._stopped.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await run_blocking(self._lifecycle.wait_for, _STOPPED, timeout)
 
     async def serve_forever(self) -> None:
-        """Start (if needed) and serve until drained or stopped; SIGTERM/SIGINT begin a
-        graceful drain, a second signal stops at once (main thread's loop only)."""
+        """Start (if needed) and serve until drained or stopped.
+
+        SIGTERM and SIGINT (main thread only) begin a graceful drain; a second signal
+        stops at once. The previous signal handling is restored on return.
+        """
         if self.state is ServerState.CREATED:
             await self.start()
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
         signals = [0]
 
         def on_signal() -> None:
             signals[0] += 1
             if signals[0] == 1:
+                log.info("shard %s: signal, draining", self.shard_id)
                 self.begin_drain()
             else:
-                self._stop_task = loop.create_task(self.stop())
+                start_background(f"shardroute-stop-{self.shard_id}", self.stop)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, on_signal)
-                installed.append(sig)
-            except (RuntimeError, ValueError, NotImplementedError):
-                pass  # not the main thread, or no signal support
+        restore = install_signals(on_signal)
         try:
-            await self.wait()
-            if self._drain_task is not None:
-                await self._drain_task
+            while not await self.wait(timeout=1.0):
+                pass
+            if self._background is not None:
+                await join_background(self._background)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            restore()
 
     async def __aenter__(self) -> AsyncShardServer:
         if self.state is ServerState.CREATED:
