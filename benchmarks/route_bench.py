@@ -14,7 +14,7 @@ batches). ``ratio*`` divide by it. ``build_ms`` is the median time of ``HashRing
 
 ``max_load_over_avg``: 64 shards, c = 1.25. 100k sessions, in random order, are each
 placed by one ``route()`` call and then hold their request rate as in-flight calls
-(``begin(shard, rate)``); rates follow a Zipf law (exponent 1.1 over the session's rank,
+(``InFlight.begin(shard, rate)``); rates follow a Zipf law (exponent 1.1 over the session's rank,
 ceil(64 / rank**1.1), so 1 to 64 concurrent calls). The figure is the largest shard load
 over the average, after all sessions are placed. ``moved_fraction_add_one``: share of 100k
 keys whose home changes when a 65th shard joins 64.
@@ -38,6 +38,7 @@ import uhashring  # benchmark-only dependency (the "test" extra)
 
 from shardroute.model import LoadReport, Shard, Topology
 from shardroute.routing import HashRing, Router, RoutingPolicy
+from shardroute.transport import InFlight
 
 BATCH = 200
 
@@ -94,7 +95,8 @@ def bench_size(n: int, keys: list[str], rng: random.Random) -> dict[str, float]:
     for key in keys:  # warm: decision caches filled, spilled sessions pinned
         route(key, topology)
         route(key, topology, zone="zone-1")
-        route_stressed(key, skewed)
+        # route() writes nothing: pin the sessions as the transport does after a call
+        stressed.settle(key, route_stressed(key, skewed))
     ring = uhashring.HashRing(nodes=list(topology.shards))
     get_node = ring.get_node
     for key in keys[:1000]:
@@ -152,11 +154,13 @@ def max_load_over_avg(sessions: int, rng: random.Random) -> float:
     }
     topology = Topology(service="bench", shards=MappingProxyType(shards))
     router = Router(RoutingPolicy(balance_factor=1.25, memo_size=sessions + 1))
+    flight = InFlight()  # the transport's in-flight count, as the client keeps it
+    flight.rebase(router.basis(topology))
     rates = zipf_rates(sessions, rng)
     for i, rate in enumerate(rates):
-        decision = router.route(f"user-{rng.getrandbits(64):016x}-{i}", topology)
-        router.begin(decision.shard.id, rate)
-    loads = [router.load(s) for s in shards]
+        decision = router.route(f"user-{rng.getrandbits(64):016x}-{i}", topology, loads=flight)
+        flight.begin(decision.shard.id, rate)
+    loads = [router.load(s, flight) for s in shards]
     avg = sum(loads) / len(loads)
     log(f"zipf placement: total {sum(loads)}, avg {avg:.1f}, max {max(loads)}, min {min(loads)}")
     return max(loads) / avg

@@ -17,6 +17,7 @@ from shardroute.routing import Decision, Router
 from shardroute.transport import (
     Attempts,
     ChannelPool,
+    InFlight,
     MethodSpec,
     OutlierDetector,
     RetryPolicy,
@@ -61,6 +62,7 @@ class ClientCore(Generic[C]):
         self.retry = retry if retry is not None else RetryPolicy()
         self.outlier = outlier if outlier is not None else OutlierDetector()
         self.stats = CallStats()
+        self.inflight = InFlight()  # this client's calls per shard: the router's load input
         self.rules = CallRules(
             self.retry,
             self.outlier,
@@ -76,11 +78,12 @@ class ClientCore(Generic[C]):
         self.channels: ChannelPool[C] = ChannelPool(
             lambda address: create_channel(address, options), close_channel
         )
-        self.router.prepare(source.current())
+        self._on_topology(source.current())
         self._unsubscribe = source.subscribe(self._on_topology)
 
     def _on_topology(self, topology: Topology) -> None:
         self.router.prepare(topology)  # build the ring here, off the request path
+        self.inflight.rebase(self.router.basis(topology))
         for shard_id in self.channels.retain(topology):
             self.outlier.forget(shard_id)
 
@@ -93,6 +96,7 @@ class ClientCore(Generic[C]):
             zone=self.zone,
             region=self.region,
             excluded=self.outlier.ejected(),
+            loads=self.inflight,
         )
 
     def bind(
@@ -109,6 +113,7 @@ class ClientCore(Generic[C]):
         source = self.source
         outlier = self.outlier
         rules = self.rules
+        inflight = self.inflight
         path = spec.path
 
         def call(
@@ -134,6 +139,7 @@ class ClientCore(Generic[C]):
                 zone=self.zone,
                 region=self.region,
                 excluded=outlier.ejected(),
+                loads=inflight,
             )
             attempts = Attempts(
                 decision,
@@ -243,8 +249,13 @@ class ClientShell(abc.ABC):
 
     @property
     def router(self) -> Router:
-        """The router (its policy, memo and in-flight counts)."""
+        """The router (its policy and affinity memo)."""
         return self._core.router
+
+    @property
+    def inflight(self) -> InFlight:
+        """This client's calls in flight per shard (a load input of the router)."""
+        return self._core.inflight
 
     @property
     def outlier(self) -> OutlierDetector:

@@ -101,24 +101,24 @@ class AsyncShardClient(ClientShell):
         self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts
     ) -> Any:
         core = self._core
-        router = core.router
+        inflight = core.inflight
         shard: Shard | None = attempts.first()
         while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
-            router.begin(shard.id)
+            inflight.begin(shard.id)
             try:
                 response = await method(
                     request, timeout=timeout, metadata=attempts.metadata_for(shard)
                 )
             except grpc.RpcError as error:
-                router.end(shard.id)
+                inflight.end(shard.id)
                 shard = attempts.failed(shard, error)
                 continue
             except BaseException:
-                router.end(shard.id)
+                inflight.end(shard.id)
                 raise
-            router.end(shard.id)
+            inflight.end(shard.id)
             attempts.succeeded(shard)
             return response
         raise attempts.exhausted()
@@ -127,12 +127,12 @@ class AsyncShardClient(ClientShell):
         self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts
     ) -> AsyncIterator[Any]:
         core = self._core
-        router = core.router
+        inflight = core.inflight
         shard: Shard | None = attempts.first()
         while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
-            router.begin(shard.id)
+            inflight.begin(shard.id)
             call = None
             try:
                 call = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
@@ -144,7 +144,7 @@ class AsyncShardClient(ClientShell):
             else:
                 failed = None
             finally:
-                router.end(shard.id)
+                inflight.end(shard.id)
                 if call is not None:
                     call.cancel()
             if failed is not None:

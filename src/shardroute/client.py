@@ -111,22 +111,22 @@ class ShardClient(ClientShell):
 
     def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
         core = self._core
-        router = core.router
+        inflight = core.inflight
         shard: Shard | None = attempts.first()
         while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
-            router.begin(shard.id)
+            inflight.begin(shard.id)
             try:
                 response = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
             except grpc.RpcError as error:
-                router.end(shard.id)
+                inflight.end(shard.id)
                 shard = attempts.failed(shard, error)
                 continue
             except BaseException:
-                router.end(shard.id)
+                inflight.end(shard.id)
                 raise
-            router.end(shard.id)
+            inflight.end(shard.id)
             attempts.succeeded(shard)
             return response
         raise attempts.exhausted()
@@ -135,12 +135,12 @@ class ShardClient(ClientShell):
         self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts
     ) -> Iterator[Any]:
         core = self._core
-        router = core.router
+        inflight = core.inflight
         shard: Shard | None = attempts.first()
         while shard is not None:
             method = core.channels.callable_for(shard, spec)
             timeout = attempts.timeout()
-            router.begin(shard.id)
+            inflight.begin(shard.id)
             call = None
             try:
                 call = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
@@ -152,7 +152,7 @@ class ShardClient(ClientShell):
             else:
                 failed = None
             finally:
-                router.end(shard.id)
+                inflight.end(shard.id)
                 if call is not None:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
             if failed is not None:

@@ -189,7 +189,7 @@ def test_stream_happy_path_and_early_stop(client: ShardClient) -> None:
     stream = count(b"4", session_key="conv-s")
     next(stream)
     stream.close()  # stops the call; in-flight accounting is released
-    assert client.router.inflight_count(home) == 0
+    assert client.inflight.count(home) == 0
 
 
 def test_application_error_is_call_failed(client: ShardClient) -> None:

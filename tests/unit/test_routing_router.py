@@ -14,6 +14,7 @@ import pytest
 from shardroute.errors import ConfigError, NoShardAvailable, Overloaded
 from shardroute.model import LoadReport, Shard, ShardState, Topology
 from shardroute.routing import Decision, Reason, Router, RoutingPolicy
+from shardroute.transport import InFlight
 
 KEYS = [f"session-{i}" for i in range(200)]
 
@@ -95,6 +96,7 @@ def test_full_home_spills_and_the_session_stays_when_home_cools() -> None:
     home = r.route(key, topo(shards)).home.id
     hot = topo(shards, loads={home: 50})  # avg (50+1)/4 -> bound ceil(1.25*12.75)=16
     d = r.route(key, hot)
+    r.settle(key, d)  # the call went there (the transport reports it)
     assert d.reason is Reason.SPILL and d.shard.id != home and d.home.id == home
     assert r.pinned(key) == d.shard.id
     cool = topo(shards, loads={})
@@ -134,38 +136,40 @@ def test_in_flight_accounting_drives_spill_and_is_released() -> None:
     shards = flat(2, capacity=1000)
     t = topo(shards)
     r = Router(RoutingPolicy(spill_floor=0))
+    flight = InFlight()  # the transport's count, the router's load input
     key = KEYS[3]
-    home = r.route(key, t).shard.id
+    home = r.route(key, t, loads=flight).shard.id
     other = next(s.id for s in shards if s.id != home)
     for _ in range(10):
-        r.begin(home)
-    assert r.inflight_count(home) == 10 and r.load(home) == 10
+        flight.begin(home)
+    assert flight.count(home) == 10 and r.load(home, flight) == 10
     # total 10: bound for home = ceil(1.25 * 11 / 2) = 7 -> full
-    d = r.route(key, t)
+    d = r.route(key, t, loads=flight)
     assert d.shard.id == other and d.reason is Reason.SPILL
     r.forget(key)
     for _ in range(10):
-        r.end(home)
-    r.end(home)  # one too many: clamps at zero
-    assert r.inflight_count(home) == 0
-    assert r.route(key, t).shard.id == home
-    with r.inflight(other):
-        assert r.load(other) == 1
-    assert r.load(other) == 0
+        flight.end(home)
+    flight.end(home)  # one too many: clamps at zero
+    assert flight.count(home) == 0
+    assert r.route(key, t, loads=flight).shard.id == home
+    with flight.inflight(other):
+        assert r.load(other, flight) == 1
+    assert r.load(other, flight) == 0
 
 
 def test_load_is_the_max_of_report_and_own_count() -> None:
     shards = flat(2)
     r = Router()
     t = topo(shards, loads={"s00": 5})
+    flight = InFlight()
     r.prepare(t)
-    r.begin("s00", 3)
-    assert r.load("s00") == 5
-    r.begin("s00", 4)
-    assert r.load("s00") == 7
+    flight.begin("s00", 3)
+    assert r.load("s00", flight) == 5
+    flight.begin("s00", 4)
+    assert r.load("s00", flight) == 7
     t2 = replace(t, loads=MappingProxyType({"s00": LoadReport(inflight=2, queue_depth=20)}))
     r.prepare(t2)
-    assert r.load("s00") == 22
+    assert r.load("s00", flight) == 22
 
 
 # ------------------------------------------------------------------ affinity memory
@@ -184,12 +188,15 @@ def test_memo_survives_until_the_shard_leaves_or_drains() -> None:
 
     draining = with_state(t, target, ShardState.DRAINING)
     d = r.route(key, draining)
+    r.settle(key, d)  # the call went home
     assert d.shard.id == home and d.reason is Reason.AFFINITY
     assert r.pinned(key) is None  # pin dropped once re-placed home
 
     r.remember(key, target)
     gone = topo([s for s in shards if s.id != target])
-    assert r.route(key, gone).shard.id == home and r.pinned(key) is None
+    d = r.route(key, gone)
+    r.settle(key, d)
+    assert d.shard.id == home and r.pinned(key) is None
 
     r.remember(key, "no-such-shard")
     assert r.route(key, t).reason is Reason.AFFINITY
@@ -207,6 +214,7 @@ def test_memo_gives_way_at_the_hard_ceiling_not_at_the_balance_bound() -> None:
     assert d.shard.id == target and d.reason is Reason.MEMO
     # at the ceiling: re-placed, home has room
     d = r.route(key, topo(shards, loads={target: 9}))
+    r.settle(key, d)
     assert d.shard.id == home and r.pinned(key) is None
 
 
@@ -219,7 +227,9 @@ def test_memo_ttl_uses_the_injected_clock() -> None:
     target = next(s for s in t.shards if s != home)
     r.remember(key, target)
     now[0] = 29.0
-    assert r.route(key, t).shard.id == target  # used past half its TTL: refreshed
+    d = r.route(key, t)
+    r.settle(key, d)  # a call served by the pinned shard renews the pin
+    assert d.shard.id == target  # used past half its TTL: refreshed
     now[0] = 58.0
     assert r.route(key, t).shard.id == target
     now[0] = 200.0

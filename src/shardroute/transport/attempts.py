@@ -156,13 +156,15 @@ class Attempts:
         return self.attempt > 1
 
     def succeeded(self, shard: Shard) -> None:
-        """The attempt on ``shard`` succeeded. After a failover the session is pinned
-        to ``shard`` (its context is there now)."""
+        """The attempt on ``shard`` succeeded: the call went somewhere, so the affinity
+        memo learns it (``Router.settle``). After a failover or a redirect the session
+        is pinned to ``shard`` (its context is there now)."""
         rules = self._rules
         rules.outlier.success(shard.id)
         if self.attempt == 1:
             if rules.stats is not None:
                 rules.stats.succeeded(self._decision.reason.value, False)
+            rules.router.settle(self._session_key, self._decision)
             return
         rules.router.remember(self._session_key, shard.id)
         if rules.stats is not None:
