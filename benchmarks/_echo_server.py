@@ -1,19 +1,31 @@
-"""A bytes echo gRPC server for benchmarks: prints its port, serves until stdin closes."""
+"""A bytes echo gRPC server for benchmarks: prints its port, serves until stdin closes.
+
+``/bench.Echo/Echo`` answers the request; ``/bench.Echo/Stream`` streams it back three
+times (the benchmarks time the first message).
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 
 
+def stream(request: bytes, context: Any) -> Iterator[bytes]:
+    for _ in range(3):
+        yield request
+
+
 def main() -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)

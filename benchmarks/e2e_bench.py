@@ -1,34 +1,69 @@
-"""Routed (ShardClient) versus direct sync unary calls to the same shard servers.
+"""Routed (ShardClient / AsyncShardClient) versus direct calls to the same shard servers.
 
-Starts 2 echo shard servers in subprocesses. In interleaved A/B slices, the same
-sessions' calls go either straight to their shard's channel (direct, a plain stub) or
-through ShardClient (routing, in-flight accounting, metadata, failover plan). Then the
-client's own per-call cost is measured with every channel replaced by a no-op stub.
-Prints one JSON line:
+Starts 2 echo shard servers in subprocesses. Everything is measured as a ratio against
+a plain gRPC stub in the same run, in interleaved A/B slices (the machine's noise falls
+on both sides):
 
-    {"direct_p50_us", "routed_p50_us", "p50_ratio", "p99_ratio", "throughput_ratio",
-     "client_overhead_us"}
+- unary: the same sessions' calls go straight to their shard's channel (direct, a plain
+  stub) or through the client (routing, in-flight accounting, metadata, failover plan):
+  ``p50_ratio``, ``p99_ratio``, ``throughput_ratio`` (direct time / routed time);
+- stream: time to the first message of a server-streaming call (``stream_ttfm_ratio``);
+- concurrency: one client shared by 8 threads (``--aio``: 8 tasks on one event loop),
+  each calling sessions on both shards; ``concurrent_throughput_ratio`` is routed calls
+  per second over direct calls per second;
+- ``client_overhead_us``: the client's own cost per unary call with every channel
+  replaced by a no-op stub (best of 7 rounds of 20,000 calls, a fresh client);
+  ``client_overhead_memo_us`` the same with every session pinned off its home (the
+  affinity memo's path: two more metadata entries, the pin check and its renewal).
 
-Goals: p50_ratio <= 1.05, client_overhead_us <= 5.
+``--aio`` measures ``AsyncShardClient`` against plain ``grpc.aio`` stubs, with the same
+keys. ``*_same_metadata`` repeat two ratios against direct calls that carry the one
+metadata entry routed calls send (the session key), which isolates the client's own
+cost. Routed calls by reason go to stderr (under concurrency the bounded-load rule
+spills and pins sessions, whose calls then carry two more entries). Prints one JSON
+line:
+
+    {"mode", "direct_p50_us", "routed_p50_us", "p50_ratio", "p99_ratio",
+     "throughput_ratio", "stream_direct_ttfm_us", "stream_routed_ttfm_us",
+     "stream_ttfm_ratio", "concurrent_throughput_ratio", "concurrency",
+     "p50_ratio_same_metadata", "concurrent_throughput_ratio_same_metadata",
+     "client_overhead_us", "client_overhead_memo_us", "calls_each"}
+
+Goals (issue 10): p50_ratio <= 1.03 (sync), <= 1.05 (--aio); stream_ttfm_ratio <= 1.05;
+concurrent_throughput_ratio >= 0.97; client_overhead_us <= 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import grpc
+import grpc.aio
 
+from shardroute import metadata
+from shardroute.aio import AsyncShardClient
 from shardroute.client import ShardClient
 from shardroute.discovery.memory import InMemoryTopologySource
 from shardroute.model import Shard
 from shardroute.transport import ChannelPool
+
+PAYLOAD = b"x" * 64
+SESSIONS = [f"conv-{i}" for i in range(64)]
+SESSION_MD = [((metadata.SESSION_KEY, key),) for key in SESSIONS]  # what routed calls send
+CONCURRENCY = 8
+clock = time.perf_counter
 
 
 def _same(data: bytes) -> bytes:
@@ -42,6 +77,9 @@ class EchoStub:
         self.Echo = channel.unary_unary(
             "/bench.Echo/Echo", request_serializer=_same, response_deserializer=_same
         )
+        self.Stream = channel.unary_stream(
+            "/bench.Echo/Stream", request_serializer=_same, response_deserializer=_same
+        )
 
 
 class _NoopChannel:
@@ -49,85 +87,295 @@ class _NoopChannel:
         return lambda request, timeout=None, metadata=None: request
 
 
+class _AioNoopChannel:
+    def unary_unary(self, path: str, **_: Any) -> Any:
+        async def call(request: bytes, timeout: Any = None, metadata: Any = None) -> bytes:
+            return request
+
+        return call
+
+
+def log(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def order(r: int) -> list[int]:
+    """The sides of concurrent round ``r``: rotated, so no side always runs first."""
+    return [(r + k) % 3 for k in range(3)]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--slices", type=int, default=40, help="A/B slice pairs")
-    parser.add_argument("--calls", type=int, default=250, help="calls per slice")
-    args = parser.parse_args()
-
-    server_script = Path(__file__).with_name("_echo_server.py")
+def start_servers(n: int) -> tuple[list[subprocess.Popen[bytes]], list[Shard]]:
+    script = Path(__file__).with_name("_echo_server.py")
     procs = [
-        subprocess.Popen(
-            [sys.executable, str(server_script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        for _ in range(2)
+        subprocess.Popen([sys.executable, str(script)], stdin=PIPE, stdout=PIPE) for _ in range(n)
     ]
-    try:
-        ports = [int(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
-        shards = [Shard(f"s{i}", f"127.0.0.1:{port}") for i, port in enumerate(ports)]
-        source = InMemoryTopologySource("bench", shards)
-        client = ShardClient(source, timeout=10)
-        routed = client.stub(EchoStub).Echo
-        direct_stubs = {s.id: EchoStub(grpc.insecure_channel(s.address)).Echo for s in shards}
-        sessions = [f"conv-{i}" for i in range(64)]
-        homes = [direct_stubs[client.route(k).shard.id] for k in sessions]
-        payload = b"x" * 64
-        for k, stub in zip(sessions, homes, strict=True):  # warm both paths
-            stub(payload, timeout=10)
-            routed(payload, session_key=k)
+    ports = [int(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+    return procs, [Shard(f"s{i}", f"127.0.0.1:{port}") for i, port in enumerate(ports)]
 
-        direct_us: list[float] = []
-        routed_us: list[float] = []
-        direct_time = routed_time = 0.0
-        clock = time.perf_counter
-        for _ in range(args.slices):
-            start = clock()
-            for i in range(args.calls):
-                t = clock()
-                homes[i % 64](payload, timeout=10)
-                direct_us.append((clock() - t) * 1e6)
-            direct_time += clock() - start
-            start = clock()
-            for i in range(args.calls):
-                t = clock()
-                routed(payload, session_key=sessions[i % 64])
-                routed_us.append((clock() - t) * 1e6)
-            routed_time += clock() - start
 
-        # The client's own cost: the same routed calls on no-op channels.
-        client._core.channels = ChannelPool(lambda address: _NoopChannel(), lambda ch: None)
-        # Best of 7 rounds, as timeit does: the machine's noise only ever adds time.
-        n = 20_000
+class Samples:
+    """Per-call microseconds and total seconds of one side of an A/B comparison."""
+
+    def __init__(self) -> None:
+        self.us: list[float] = []
+        self.seconds = 0.0
+
+
+def pin_off_home(client: ShardClient | AsyncShardClient, shards: list[Shard]) -> None:
+    """Pin every session to the shard that is not its home (the memo path)."""
+    for key in SESSIONS:
+        home = client.route(key).shard.id
+        client.router.remember(key, next(s.id for s in shards if s.id != home))
+
+
+def summary(
+    mode: str,
+    unary: tuple[Samples, Samples, Samples],
+    stream: tuple[Samples, Samples],
+    concurrent: tuple[Samples, Samples, Samples],
+    overhead_us: list[float],
+) -> dict[str, Any]:
+    (direct, routed, direct_md), (sd, sr), (cd, cr, cmd) = unary, stream, concurrent
+    d50, r50 = statistics.median(direct.us), statistics.median(routed.us)
+    md50 = statistics.median(direct_md.us)
+    t_d, t_r = statistics.median(sd.us), statistics.median(sr.us)
+    return {
+        "mode": mode,
+        "direct_p50_us": round(d50, 1),
+        "routed_p50_us": round(r50, 1),
+        "p50_ratio": round(r50 / d50, 3),
+        "p99_ratio": round(percentile(routed.us, 0.99) / percentile(direct.us, 0.99), 3),
+        "throughput_ratio": round(direct.seconds / routed.seconds, 3),
+        "stream_direct_ttfm_us": round(t_d, 1),
+        "stream_routed_ttfm_us": round(t_r, 1),
+        "stream_ttfm_ratio": round(t_r / t_d, 3),
+        "concurrent_throughput_ratio": round(cd.seconds / cr.seconds, 3),
+        "concurrency": CONCURRENCY,
+        # the same ratios against direct calls that carry the session metadata entry
+        # routed calls send: what is left is the client's own cost
+        "p50_ratio_same_metadata": round(r50 / md50, 3),
+        "concurrent_throughput_ratio_same_metadata": round(cmd.seconds / cr.seconds, 3),
+        "client_overhead_us": round(overhead_us[0], 2),
+        "client_overhead_memo_us": round(overhead_us[1], 2),
+        "calls_each": len(direct.us),
+    }
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+def timed(samples: Samples, calls: int, one: Callable[[int], object]) -> None:
+    start = clock()
+    for i in range(calls):
+        t = clock()
+        one(i)
+        samples.us.append((clock() - t) * 1e6)
+    samples.seconds += clock() - start
+
+
+def first_message(start: Callable[[], Iterator[bytes]]) -> float:
+    """Seconds from starting a stream to its first message (then drained, untimed)."""
+    t = clock()
+    stream = start()
+    next(stream)
+    elapsed = clock() - t
+    for _ in stream:  # drain it, untimed
+        pass
+    return elapsed
+
+
+def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
+    client = ShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    routed = client.stub(EchoStub)
+    direct = {s.id: EchoStub(grpc.insecure_channel(s.address)) for s in shards}
+    homes = [direct[client.route(k).shard.id] for k in SESSIONS]
+    for k, stub in zip(SESSIONS, homes, strict=True):  # warm both paths
+        stub.Echo(PAYLOAD, timeout=10)
+        routed.Echo(PAYLOAD, session_key=k)
+
+    unary = Samples(), Samples(), Samples()
+    for _ in range(args.slices):
+        timed(unary[0], args.calls, lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10))
+        timed(unary[1], args.calls, lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64]))
+        timed(
+            unary[2],
+            args.calls,
+            lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+        )
+
+    stream = Samples(), Samples()
+    for _ in range(args.stream_slices):
+        for i in range(args.stream_calls):
+            home, key = homes[i % 64], SESSIONS[i % 64]
+            stream[0].us.append(first_message(partial(home.Stream, PAYLOAD, timeout=10)) * 1e6)
+            routed_call = partial(routed.Stream, PAYLOAD, session_key=key)
+            stream[1].us.append(first_message(routed_call) * 1e6)
+
+    concurrent = Samples(), Samples(), Samples()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+
+        def direct_worker(n: int) -> None:
+            for i in range(args.thread_calls):
+                homes[(i + n) % 64].Echo(PAYLOAD, timeout=10)
+
+        def routed_worker(n: int) -> None:
+            for i in range(args.thread_calls):
+                routed.Echo(PAYLOAD, session_key=SESSIONS[(i + n) % 64])
+
+        def direct_md_worker(n: int) -> None:
+            for i in range(args.thread_calls):
+                homes[(i + n) % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[(i + n) % 64])
+
+        workers = [direct_worker, routed_worker, direct_md_worker]
+        for r in range(args.rounds):
+            for k in order(r):
+                start = clock()
+                list(pool.map(workers[k], [n * 8 for n in range(CONCURRENCY)]))
+                concurrent[k].seconds += clock() - start
+    log(f"sync routed calls by reason: {client.stats.snapshot()}")
+
+    client.close()
+    # The client's own cost: routed calls on no-op channels, on a fresh client (the
+    # concurrent phase pinned sessions), then with every session pinned off its home.
+    noop = ShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    noop._core.channels = ChannelPool(lambda address: _NoopChannel(), lambda ch: None)
+    echo = noop.stub(EchoStub).Echo
+    overhead: list[float] = []
+    for pinned in (False, True):
+        if pinned:
+            pin_off_home(noop, shards)
         for i in range(1000):
-            routed(payload, session_key=sessions[i % 64])
+            echo(PAYLOAD, session_key=SESSIONS[i % 64])
+        rounds = []
+        for _ in range(7):  # best of 7, as timeit does: the machine's noise only adds time
+            start = clock()
+            for i in range(20_000):
+                echo(PAYLOAD, session_key=SESSIONS[i % 64])
+            rounds.append((clock() - start) / 20_000 * 1e6)
+        overhead.append(min(rounds))
+    noop.close()
+    return summary("sync", unary, stream, concurrent, overhead)
+
+
+# ----------------------------------------------------------------------------- asyncio
+
+
+async def atimed(samples: Samples, calls: int, one: Callable[[int], Awaitable[object]]) -> None:
+    start = clock()
+    for i in range(calls):
+        t = clock()
+        await one(i)
+        samples.us.append((clock() - t) * 1e6)
+    samples.seconds += clock() - start
+
+
+async def afirst_message(start: Callable[[], Any]) -> float:
+    t = clock()
+    iterator = start().__aiter__()
+    await iterator.__anext__()
+    elapsed = clock() - t
+    async for _ in iterator:
+        pass
+    return elapsed
+
+
+async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
+    client = AsyncShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    routed = client.stub(EchoStub)
+    channels = {s.id: grpc.aio.insecure_channel(s.address) for s in shards}
+    direct = {sid: EchoStub(ch) for sid, ch in channels.items()}
+    homes = [direct[client.route(k).shard.id] for k in SESSIONS]
+    for k, stub in zip(SESSIONS, homes, strict=True):
+        await stub.Echo(PAYLOAD, timeout=10)
+        await routed.Echo(PAYLOAD, session_key=k)
+
+    unary = Samples(), Samples(), Samples()
+    for _ in range(args.slices):
+        await atimed(unary[0], args.calls, lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10))
+        await atimed(
+            unary[1], args.calls, lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64])
+        )
+        await atimed(
+            unary[2],
+            args.calls,
+            lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+        )
+
+    stream = Samples(), Samples()
+    for _ in range(args.stream_slices):
+        for i in range(args.stream_calls):
+            home, key = homes[i % 64], SESSIONS[i % 64]
+            direct_ttfm = await afirst_message(partial(home.Stream, PAYLOAD, timeout=10))
+            routed_ttfm = await afirst_message(partial(routed.Stream, PAYLOAD, session_key=key))
+            stream[0].us.append(direct_ttfm * 1e6)
+            stream[1].us.append(routed_ttfm * 1e6)
+
+    async def direct_task(n: int) -> None:
+        for i in range(args.thread_calls):
+            await homes[(i + n) % 64].Echo(PAYLOAD, timeout=10)
+
+    async def routed_task(n: int) -> None:
+        for i in range(args.thread_calls):
+            await routed.Echo(PAYLOAD, session_key=SESSIONS[(i + n) % 64])
+
+    async def direct_md_task(n: int) -> None:
+        for i in range(args.thread_calls):
+            await homes[(i + n) % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[(i + n) % 64])
+
+    concurrent = Samples(), Samples(), Samples()
+    tasks = [direct_task, routed_task, direct_md_task]
+    for r in range(args.rounds):
+        for k in order(r):
+            start = clock()
+            await asyncio.gather(*(tasks[k](n * 8) for n in range(CONCURRENCY)))
+            concurrent[k].seconds += clock() - start
+    log(f"aio routed calls by reason: {client.stats.snapshot()}")
+
+    await client.close()
+    for ch in channels.values():
+        await ch.close()
+    noop = AsyncShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    noop._core.channels = ChannelPool(lambda address: _AioNoopChannel(), lambda ch: None)
+    echo = noop.stub(EchoStub).Echo
+    overhead: list[float] = []
+    for pinned in (False, True):
+        if pinned:
+            pin_off_home(noop, shards)
+        for i in range(1000):
+            await echo(PAYLOAD, session_key=SESSIONS[i % 64])
         rounds = []
         for _ in range(7):
             start = clock()
-            for i in range(n):
-                routed(payload, session_key=sessions[i % 64])
-            rounds.append((clock() - start) / n * 1e6)
-        overhead_us = min(rounds)
-        client.close()
+            for i in range(20_000):
+                await echo(PAYLOAD, session_key=SESSIONS[i % 64])
+            rounds.append((clock() - start) / 20_000 * 1e6)
+        overhead.append(min(rounds))
+    await noop.close()
+    return summary("aio", unary, stream, concurrent, overhead)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--aio", action="store_true", help="AsyncShardClient vs grpc.aio")
+    parser.add_argument("--slices", type=int, default=30, help="unary A/B slice pairs")
+    parser.add_argument("--calls", type=int, default=250, help="unary calls per slice")
+    parser.add_argument("--stream-slices", type=int, default=10, help="stream slice pairs")
+    parser.add_argument("--stream-calls", type=int, default=100, help="streams per slice")
+    parser.add_argument("--rounds", type=int, default=12, help="concurrent A/B round pairs")
+    parser.add_argument("--thread-calls", type=int, default=100, help="calls per thread per round")
+    args = parser.parse_args()
+    procs, shards = start_servers(2)
+    try:
+        result = asyncio.run(run_aio(shards, args)) if args.aio else run_sync(shards, args)
     finally:
         for p in procs:
             p.stdin.close()  # type: ignore[union-attr]
             p.wait(10)
-
-    direct_p50, routed_p50 = statistics.median(direct_us), statistics.median(routed_us)
-    result = {
-        "direct_p50_us": round(direct_p50, 1),
-        "routed_p50_us": round(routed_p50, 1),
-        "p50_ratio": round(routed_p50 / direct_p50, 3),
-        "p99_ratio": round(percentile(routed_us, 0.99) / percentile(direct_us, 0.99), 3),
-        "throughput_ratio": round(direct_time / routed_time, 3),
-        "client_overhead_us": round(overhead_us, 2),
-        "calls_each": len(direct_us),
-    }
     print(json.dumps(result), flush=True)
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
+import grpc
+
+from shardroute import metadata as md_keys
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import ConfigError, UnknownMethod
-from shardroute.model import Topology
-from shardroute.routing import Decision, Router
+from shardroute.model import Shard, Topology
+from shardroute.routing import Decision, Reason, Router
 from shardroute.transport import (
     Attempts,
     ChannelPool,
@@ -23,13 +26,23 @@ from shardroute.transport import (
     RetryPolicy,
     describe_stub,
 )
-from shardroute.transport.attempts import CallRules
+from shardroute.transport.attempts import CallRules, Metadata, first_metadata
 from shardroute.transport.stats import CallStats
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "ClientShell", "RoutedStub"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 C = TypeVar("C")
+
+CallOptions: TypeAlias = tuple[str, bool, Metadata]
+"""What a call needs only when an attempt fails: (priority, idempotent, extra metadata)."""
+_PLAIN: CallOptions = ("standard", False, ())
+
+CallLoop: TypeAlias = Callable[
+    [MethodSpec, Any, str, Decision, Metadata, float, float, CallOptions], Any
+]
+"""A shell's call loop: ``(spec, request, session_key, decision, first metadata,
+timeout, started, options)`` → the response (or an iterator of them)."""
 
 
 class ClientCore(Generic[C]):
@@ -62,7 +75,12 @@ class ClientCore(Generic[C]):
         self.retry = retry if retry is not None else RetryPolicy()
         self.outlier = outlier if outlier is not None else OutlierDetector()
         self.stats = CallStats()
+        self._calls = self.stats.counter("calls")
+        self._by_reason = {reason: self.stats.counter(reason.value) for reason in Reason}
         self.inflight = InFlight()  # this client's calls per shard: the router's load input
+        self._health = self.outlier.health
+        self._pins = self.router.memo.pins
+        self._settle = self.router.affinity.settle
         self.rules = CallRules(
             self.retry,
             self.outlier,
@@ -99,22 +117,20 @@ class ClientCore(Generic[C]):
             loads=self.inflight,
         )
 
-    def bind(
-        self,
-        spec: MethodSpec,
-        unary: Callable[[MethodSpec, Any, str, Attempts], Any],
-        stream: Callable[[MethodSpec, Any, str, Attempts], Any],
-    ) -> Callable[..., Any]:
-        """The routed callable of one method: routes, plans the attempts, then hands
-        over to the shell's ``unary`` or ``stream`` loop (sync or asyncio)."""
+    def bind(self, spec: MethodSpec, unary: CallLoop, stream: CallLoop) -> Callable[..., Any]:
+        """The routed callable of one method: routes, then hands over to the shell's
+        ``unary`` or ``stream`` loop (sync or asyncio) with the first attempt's metadata.
+        Nothing is allocated for failover until an attempt fails (:meth:`failed`)."""
         run = stream if spec.kind == "unary_stream" else unary
-
-        router = self.router
-        source = self.source
-        outlier = self.outlier
-        rules = self.rules
+        route = self.router.route
+        current = self.source.current
+        ejected = self.outlier.ejected
+        health = self._health  # empty until a shard fails: then nothing can be ejected
         inflight = self.inflight
-        path = spec.path
+        zone, region, default_timeout = self.zone, self.region, self.timeout
+        clock = self.rules.clock
+        affinity = Reason.AFFINITY
+        session_header = md_keys.SESSION_KEY
 
         def call(
             request: Any,
@@ -129,33 +145,86 @@ class ClientCore(Generic[C]):
             if not session_key or not isinstance(session_key, str):
                 raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
             if timeout is None:
-                timeout = self.timeout
+                timeout = default_timeout
             elif timeout <= 0:
                 raise ConfigError(f"timeout must be > 0, got {timeout!r}")
-            decision = router.route(
+            started = clock()
+            decision = route(
                 session_key,
-                source.current(),
+                current(),
                 priority=priority,
-                zone=self.zone,
-                region=self.region,
-                excluded=outlier.ejected(),
+                zone=zone,
+                region=region,
+                excluded=ejected() if health else (),
                 loads=inflight,
             )
-            attempts = Attempts(
-                decision,
-                session_key,
-                path,
-                priority,
-                timeout,
-                idempotent,
-                rules,
-                tuple(metadata) if metadata else (),
-            )
-            return run(spec, request, session_key, attempts)
+            if metadata or idempotent or priority != "standard" or decision.reason is not affinity:
+                options: CallOptions = (priority, idempotent, tuple(metadata))
+                md = first_metadata(session_key, decision, priority, options[2])
+            else:  # the common case: one metadata entry, nothing else to carry
+                options = _PLAIN
+                md = ((session_header, session_key),)
+            return run(spec, request, session_key, decision, md, timeout, started, options)
 
         call.__name__ = spec.name
         call.__doc__ = f"Call {spec.path} on the shard serving ``session_key``."
         return call
+
+    def succeeded(
+        self, attempts: Attempts | None, session_key: str, decision: Decision, shard: Shard
+    ) -> None:
+        """The attempt on ``shard`` succeeded. Without ``attempts`` (the first attempt
+        did): outlier and stats bookkeeping, and the memo learns where the call went
+        (``Router.settle``; skipped when it went home and the session has no pin, the
+        first test of ``settle`` itself)."""
+        if attempts is not None:
+            attempts.succeeded(shard)
+            return
+        if self._health:  # some shard failed once: reset its count (else nothing to do)
+            self.outlier.success(shard.id)
+        next(self._calls)
+        reason = decision.reason
+        next(self._by_reason[reason])
+        if reason is not Reason.AFFINITY or session_key in self._pins:
+            self._settle(session_key, decision)
+
+    def failed(
+        self,
+        attempts: Attempts | None,
+        spec: MethodSpec,
+        session_key: str,
+        decision: Decision,
+        started: float,
+        timeout: float,
+        options: CallOptions,
+        shard: Shard,
+        error: grpc.RpcError,
+        received: bool = False,
+    ) -> tuple[Attempts, Shard, float, Metadata]:
+        """The attempt on ``shard`` failed with ``error`` (``received``: a stream had
+        delivered a message). Returns the call's :class:`Attempts` (built now when the
+        first attempt failed: ``timeout`` is then the call's), the next shard, its
+        timeout and its metadata. Raises the error for the caller when there is no next
+        attempt."""
+        if attempts is None:
+            priority, idempotent, extra = options
+            attempts = Attempts(
+                decision,
+                session_key,
+                spec.path,
+                priority,
+                timeout,
+                idempotent,
+                self.rules,
+                extra,
+                started=started,
+            )
+            attempts.first()
+        attempts.received = received
+        following = attempts.failed(shard, error)
+        if following is None:
+            raise attempts.exhausted()
+        return attempts, following, attempts.timeout(), attempts.metadata_for(following)
 
     def close(self) -> None:
         """Stop following the topology and close channels."""
@@ -287,10 +356,7 @@ class ClientShell(abc.ABC):
         request = shard_pb2.EndSessionRequest(session_key=session_key)
         return stub.EndSession(request, session_key=session_key, timeout=timeout, idempotent=True)
 
-    @abc.abstractmethod
-    def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
-        """The call loop of a unary method."""
-
-    @abc.abstractmethod
-    def _stream(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
-        """The call loop of a server-streaming method."""
+    # The call loops (a :data:`CallLoop` each), written in the shells with or without
+    # ``await``: ``_unary`` returns the response, ``_stream`` an iterator of them.
+    _unary: CallLoop
+    _stream: CallLoop

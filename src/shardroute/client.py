@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._core import ClientShell
+from shardroute._core import CallOptions, ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ConfigError
 from shardroute.etcd import EtcdClient
-from shardroute.model import Shard
+from shardroute.routing import Decision
 from shardroute.transport import Attempts, MethodSpec
+from shardroute.transport.attempts import Metadata
 
 if TYPE_CHECKING:
     from shardroute.migration import MigrationResult, Migrator
@@ -109,58 +110,89 @@ class ShardClient(ClientShell):
         session. Raises the call errors of :meth:`stub` methods (docs/client.md)."""
         return bool(self._end_session_call(session_key, timeout).ended)
 
-    def _unary(self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts) -> Any:
+    def _unary(
+        self,
+        spec: MethodSpec,
+        request: Any,
+        session_key: str,
+        decision: Decision,
+        md: Metadata,
+        timeout: float,
+        started: float,
+        options: CallOptions,
+    ) -> Any:
         core = self._core
-        inflight = core.inflight
-        shard: Shard | None = attempts.first()
-        while shard is not None:
-            method = core.channels.callable_for(shard, spec)
-            timeout = attempts.timeout()
-            inflight.begin(shard.id)
+        channels, inflight = core.channels, core.inflight
+        shard = decision.shard
+        attempts: Attempts | None = None  # built only if an attempt fails
+        while True:
+            shard_id = shard.id
+            method = channels.callable_for(shard, spec)
+            inflight.begin(shard_id)
             try:
-                response = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
+                response = method(request, timeout=timeout, metadata=md)
             except grpc.RpcError as error:
-                inflight.end(shard.id)
-                shard = attempts.failed(shard, error)
-                continue
+                inflight.end(shard_id)
+                failed = error
             except BaseException:
-                inflight.end(shard.id)
+                inflight.end(shard_id)
                 raise
-            inflight.end(shard.id)
-            attempts.succeeded(shard)
-            return response
-        raise attempts.exhausted()
+            else:
+                inflight.end(shard_id)
+                core.succeeded(attempts, session_key, decision, shard)
+                return response
+            attempts, shard, timeout, md = core.failed(
+                attempts, spec, session_key, decision, started, timeout, options, shard, failed
+            )
 
     def _stream(
-        self, spec: MethodSpec, request: Any, session_key: str, attempts: Attempts
+        self,
+        spec: MethodSpec,
+        request: Any,
+        session_key: str,
+        decision: Decision,
+        md: Metadata,
+        timeout: float,
+        started: float,
+        options: CallOptions,
     ) -> Iterator[Any]:
         core = self._core
-        inflight = core.inflight
-        shard: Shard | None = attempts.first()
-        while shard is not None:
-            method = core.channels.callable_for(shard, spec)
-            timeout = attempts.timeout()
-            inflight.begin(shard.id)
+        channels, inflight = core.channels, core.inflight
+        shard = decision.shard
+        attempts: Attempts | None = None  # built only if an attempt fails
+        received = False
+        while True:
+            shard_id = shard.id
+            method = channels.callable_for(shard, spec)
+            inflight.begin(shard_id)
             call = None
+            failed: grpc.RpcError | None = None
             try:
-                call = method(request, timeout=timeout, metadata=attempts.metadata_for(shard))
+                call = method(request, timeout=timeout, metadata=md)
                 for message in call:
-                    attempts.received = True
+                    received = True
                     yield message
             except grpc.RpcError as error:
-                failed: grpc.RpcError | None = error
-            else:
-                failed = None
+                failed = error
             finally:
-                inflight.end(shard.id)
+                inflight.end(shard_id)
                 if call is not None:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
-            if failed is not None:
-                shard = attempts.failed(shard, failed)
-                continue
-            attempts.succeeded(shard)
-            return
-        raise attempts.exhausted()
+            if failed is None:
+                core.succeeded(attempts, session_key, decision, shard)
+                return
+            attempts, shard, timeout, md = core.failed(
+                attempts,
+                spec,
+                session_key,
+                decision,
+                started,
+                timeout,
+                options,
+                shard,
+                failed,
+                received,
+            )
 
     def close(self) -> None:
         """Close channels (and the source if this client created it). Idempotent."""

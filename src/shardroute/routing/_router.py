@@ -89,6 +89,12 @@ class Router:
         return self._table.ring
 
     @property
+    def affinity(self) -> AffinityPolicy:
+        """The affinity policy (the memo wrapped around the ring plan): its ``settle`` is
+        what :meth:`settle` calls, for callers that want no extra hop."""
+        return self._plan
+
+    @property
     def memo(self) -> AffinityMemo:
         """The affinity memo (session key → pinned shard id)."""
         return self._memo

@@ -23,9 +23,25 @@ from shardroute.transport.outlier import OutlierDetector
 from shardroute.transport.retry import RetryPolicy
 from shardroute.transport.stats import CallStats
 
-__all__ = ["Attempts", "CallRules"]
+__all__ = ["Attempts", "CallRules", "first_metadata"]
 
 Metadata = tuple[tuple[str, str], ...]
+
+
+def first_metadata(
+    session_key: str, decision: Decision, priority: str, extra: Metadata = ()
+) -> Metadata:
+    """Request metadata of a call's first attempt: the session key; when the shard is
+    not the session's affinity choice, also the reason and the shard id meant; the
+    priority unless it is ``standard``; then the caller's own entries. (Each entry costs
+    both sides a few microseconds per call, so the common case sends one.)"""
+    md: Metadata = ((metadata.SESSION_KEY, session_key),)
+    reason = decision.reason
+    if reason is not Reason.AFFINITY:
+        md += ((metadata.REASON, reason.value), (metadata.SHARD_ID, decision.shard.id))
+    if priority != "standard":
+        md += ((metadata.PRIORITY, priority),)
+    return md + extra if extra else md
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +94,12 @@ class Attempts:
         idempotent: bool,
         rules: CallRules,
         extra_metadata: Metadata = (),
+        started: float | None = None,
     ) -> None:
         self._decision = decision
         self._session_key = session_key
         self._method = method
-        self._deadline = rules.clock() + timeout
+        self._deadline = (rules.clock() if started is None else started) + timeout
         self._rules = rules
         # Priority and idempotency are rarely not the default: keep them in one slot.
         self._flags = (priority, idempotent)
@@ -135,17 +152,17 @@ class Attempts:
         return remaining
 
     def metadata_for(self, shard: Shard) -> Metadata:
-        """Request metadata: the session key; when the shard is not the session's
-        affinity choice, also the reason and the shard id meant; the priority unless it
-        is ``standard``; then the caller's own entries. (Each entry costs both sides a
-        few microseconds per call, so the common case sends one.)"""
-        md: Metadata = ((metadata.SESSION_KEY, self._session_key),)
-        if self.attempt > 1:
-            reason = "redirect" if self._detour == shard.id else "failover"
-            md += ((metadata.REASON, reason), (metadata.SHARD_ID, shard.id))
-        elif self._decision.reason is not Reason.AFFINITY:
-            md += ((metadata.REASON, self._decision.reason.value), (metadata.SHARD_ID, shard.id))
+        """Request metadata of the attempt on ``shard``: as :func:`first_metadata`, with
+        the reason ``failover`` or ``redirect`` after the first attempt."""
         priority = self._flags[0]
+        if self.attempt == 1:
+            return first_metadata(self._session_key, self._decision, priority, self._extra)
+        reason = "redirect" if self._detour == shard.id else "failover"
+        md: Metadata = (
+            (metadata.SESSION_KEY, self._session_key),
+            (metadata.REASON, reason),
+            (metadata.SHARD_ID, shard.id),
+        )
         if priority != "standard":
             md += ((metadata.PRIORITY, priority),)
         return md + self._extra if self._extra else md

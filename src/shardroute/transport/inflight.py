@@ -36,21 +36,18 @@ class InFlight:
     Thread-safe; :meth:`begin` and :meth:`end` take no lock (under the GIL).
     """
 
-    __slots__ = ("_counts", "_lock", "_thresholds", "basis", "excess")
+    __slots__ = ("_counts", "_lock", "_thresholds", "basis", "counts", "excess")
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
+        self.counts: Mapping[str, int] = self._counts
+        """Calls in flight by shard id (read-only, live)."""
         self._thresholds: Mapping[str, int] = _EMPTY  # shard id -> reported load
-        self._lock = threading.Lock()  # creating a shard's entry; rebase; no-GIL builds
+        self._lock = threading.RLock()  # creating a shard's entry; rebase; no-GIL builds
         self.basis: Mapping[str, int] | None = None
         """The reported loads :attr:`excess` is relative to (None before a rebase)."""
         self.excess = 0
         """Sum over :attr:`basis`'s shards of max(0, in flight - reported)."""
-
-    @property
-    def counts(self) -> Mapping[str, int]:
-        """Calls in flight by shard id (read-only, live)."""
-        return self._counts
 
     def count(self, shard_id: str) -> int:
         """Calls in flight to ``shard_id``."""
@@ -58,19 +55,6 @@ class InFlight:
 
     def begin(self, shard_id: str, n: int = 1) -> None:
         """Count ``n`` calls to ``shard_id`` as in flight (call :meth:`end` when done)."""
-        if not _GIL:
-            with self._lock:
-                return self._begin(shard_id, n)
-        return self._begin(shard_id, n)
-
-    def end(self, shard_id: str, n: int = 1) -> None:
-        """Count ``n`` calls to ``shard_id`` as finished. Never goes below zero."""
-        if not _GIL:
-            with self._lock:
-                return self._end(shard_id, n)
-        return self._end(shard_id, n)
-
-    def _begin(self, shard_id: str, n: int) -> None:
         counts = self._counts
         try:
             counts[shard_id] = c = counts[shard_id] + n  # one atomic statement
@@ -82,7 +66,8 @@ class InFlight:
         if t is not None and c > t:
             self.excess += n if c - n >= t else c - t
 
-    def _end(self, shard_id: str, n: int) -> None:
+    def end(self, shard_id: str, n: int = 1) -> None:
+        """Count ``n`` calls to ``shard_id`` as finished. Never goes below zero."""
         counts = self._counts
         try:
             # one atomic statement: x is the count before, c after (clamped at zero)
@@ -114,3 +99,18 @@ class InFlight:
                 n - basis[k] for k, n in list(counts.items()) if k in basis and n > basis[k]
             )
             self.basis = basis
+
+
+if not _GIL:  # pragma: no cover - free-threaded interpreters: the same updates, locked
+    _begin, _end = InFlight.begin, InFlight.end
+
+    def _locked_begin(self: InFlight, shard_id: str, n: int = 1) -> None:
+        with self._lock:
+            _begin(self, shard_id, n)
+
+    def _locked_end(self: InFlight, shard_id: str, n: int = 1) -> None:
+        with self._lock:
+            _end(self, shard_id, n)
+
+    InFlight.begin = _locked_begin  # type: ignore[method-assign]
+    InFlight.end = _locked_end  # type: ignore[method-assign]

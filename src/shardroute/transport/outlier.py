@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shardroute.errors import ConfigError
@@ -50,12 +50,15 @@ class OutlierDetector:
         self._clock = clock
         self._lock = threading.Lock()
         self._health: dict[str, _Health] = {}
+        self.health: Mapping[str, object] = self._health
+        """Shards with a failure record, by id (read-only, live): while it is empty,
+        :meth:`success` has nothing to reset, so the clients skip it."""
         self._ejected: frozenset[str] = frozenset()
         self._next_expiry = float("inf")
 
     def ejected(self) -> frozenset[str]:
-        """Shard ids ejected right now."""
-        if self._clock() >= self._next_expiry:
+        """Shard ids ejected right now (no clock read while none is)."""
+        if self._ejected and self._clock() >= self._next_expiry:
             with self._lock:
                 self._rebuild()
         return self._ejected

@@ -35,6 +35,11 @@ class CallStats:
         self._errors = self._counter("errors")
         self._failovers = self._counter("failovers")
 
+    def counter(self, key: str) -> itertools.count[int]:
+        """The counter of ``key`` (created at zero): ``next()`` it to count one. For
+        callers that count on every call and want no lookup (the clients' hot path)."""
+        return self._counter(key)
+
     def _counter(self, key: str) -> itertools.count[int]:
         counter = self._counters.get(key)
         if counter is None:
