@@ -27,6 +27,7 @@ FILES = [
     ("server/_async_interceptor.py", "server/_sync_interceptor.py"),
     ("server/_async_control.py", "server/_sync_control.py"),
     ("server/_async.py", "server/_sync.py"),
+    ("transport/_async_calls.py", "transport/_sync_calls.py"),
 ]
 """(async source, generated sync file), relative to src/shardroute."""
 
@@ -46,6 +47,8 @@ RULES = [
     (r"\baturn\b", "turn"),
     (r"\bAsyncLoadInterceptor\b", "LoadInterceptor"),
     (r"\bAsyncShardClient\b", "ShardClient"),
+    (r"\bAsyncCallLoops\b", "CallLoops"),
+    (r"\bshardroute\.aio\.ShardClient\b", "shardroute.client.ShardClient"),
     (r"\bAsyncShardServer\b", "ShardServer"),
     (r"\b(shardroute\.\w+)\._async_(\w+)\b", r"\1._sync_\2"),
     (r"\bshardroute\.server\._grpc_aio\b", "shardroute.server._grpc_threads"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import grpc
 
@@ -28,6 +28,9 @@ from shardroute.transport import (
 )
 from shardroute.transport.attempts import CallRules, Metadata, first_metadata
 from shardroute.transport.stats import CallStats
+
+if TYPE_CHECKING:
+    from shardroute.sessions.migrator import Migrator
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "ClientShell", "RoutedStub"]
 
@@ -344,6 +347,32 @@ class ClientShell(abc.ABC):
     def stub(self, stub_class: type[Any]) -> RoutedStub:
         """Wrap a generated stub class; its methods take ``session_key=`` and route."""
         return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
+
+    _migrator: Migrator | None = None
+
+    def _mover(self) -> Migrator:
+        """The client's session mover (made on first use; needs an etcd source)."""
+        if self._migrator is None:
+            from shardroute.discovery.etcd import EtcdTopologySource
+            from shardroute.etcd import EtcdClient
+            from shardroute.sessions.migrator import Migrator
+
+            source = self._core.source
+            if not isinstance(source, EtcdTopologySource):
+                raise ConfigError("migrate() needs a client on an EtcdTopologySource")
+            self._migrator = Migrator(
+                EtcdClient(source.options),
+                source.service,
+                source,
+                router=self._core.router,
+                close_etcd=True,
+            )
+        return self._migrator
+
+    def _close_mover(self) -> None:
+        migrator, self._migrator = self._migrator, None
+        if migrator is not None:
+            migrator.close()
 
     def _end_session_call(self, session_key: str, timeout: float | None) -> Any:
         """``ShardControl.EndSession`` for ``session_key``, routed like a turn (a result,

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-from shardroute._core import CallOptions, ClientShell
+from shardroute._core import ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
-from shardroute.routing import Decision
-from shardroute.transport import Attempts, MethodSpec
-from shardroute.transport.attempts import Metadata
+from shardroute.transport._async_calls import AsyncCallLoops
+
+if TYPE_CHECKING:
+    from shardroute.sessions.migrator import MigrationResult
 
 __all__ = ["AsyncShardClient"]
 
 
-class AsyncShardClient(ClientShell):
+class AsyncShardClient(AsyncCallLoops, ClientShell):
     """Calls shards from asyncio code, choosing the shard per session in-process.
 
     ::
@@ -93,98 +94,23 @@ class AsyncShardClient(ClientShell):
         self._closing.add(future)
         future.add_done_callback(self._closing.discard)
 
+    async def migrate(self, session_key: str, target: str | None = None) -> MigrationResult:
+        """Move a session to ``target`` (or the router's choice) without losing a turn;
+        this client then sends the session there (see :meth:`ShardClient.migrate
+        <shardroute.client.ShardClient.migrate>`). The mover's etcd and shard calls
+        block, so they run in a worker thread."""
+        mover = self._mover()
+        return await asyncio.to_thread(mover.migrate, session_key, target=target)
+
     async def end_session(self, session_key: str, *, timeout: float | None = None) -> bool:
         """End a conversation (see :meth:`ShardClient.end_session
         <shardroute.client.ShardClient.end_session>`)."""
         return bool((await self._end_session_call(session_key, timeout)).ended)
 
-    async def _unary(
-        self,
-        spec: MethodSpec,
-        request: Any,
-        session_key: str,
-        decision: Decision,
-        md: Metadata,
-        timeout: float,
-        started: float,
-        options: CallOptions,
-    ) -> Any:
-        core = self._core
-        channels, inflight = core.channels, core.inflight
-        shard = decision.shard
-        attempts: Attempts | None = None  # built only if an attempt fails
-        while True:
-            shard_id = shard.id
-            method = channels.callable_for(shard, spec)
-            inflight.begin(shard_id)
-            try:
-                response = await method(request, timeout=timeout, metadata=md)
-            except grpc.RpcError as error:
-                inflight.end(shard_id)
-                failed = error
-            except BaseException:
-                inflight.end(shard_id)
-                raise
-            else:
-                inflight.end(shard_id)
-                core.succeeded(attempts, session_key, decision, shard)
-                return response
-            attempts, shard, timeout, md = core.failed(
-                attempts, spec, session_key, decision, started, timeout, options, shard, failed
-            )
-
-    async def _stream(
-        self,
-        spec: MethodSpec,
-        request: Any,
-        session_key: str,
-        decision: Decision,
-        md: Metadata,
-        timeout: float,
-        started: float,
-        options: CallOptions,
-    ) -> AsyncIterator[Any]:
-        core = self._core
-        channels, inflight = core.channels, core.inflight
-        shard = decision.shard
-        attempts: Attempts | None = None  # built only if an attempt fails
-        received = False
-        while True:
-            shard_id = shard.id
-            method = channels.callable_for(shard, spec)
-            inflight.begin(shard_id)
-            call = None
-            failed: grpc.RpcError | None = None
-            try:
-                call = method(request, timeout=timeout, metadata=md)
-                async for message in call:
-                    received = True
-                    yield message
-            except grpc.RpcError as error:
-                failed = error
-            finally:
-                inflight.end(shard_id)
-                if call is not None:
-                    call.cancel()  # no-op when finished; stops it if the caller stopped early
-            if failed is None:
-                core.succeeded(attempts, session_key, decision, shard)
-                return
-            attempts, shard, timeout, md = core.failed(
-                attempts,
-                spec,
-                session_key,
-                decision,
-                started,
-                timeout,
-                options,
-                shard,
-                failed,
-                received,
-            )
-
     async def close(self) -> None:
         """Close channels (and the source if this client created it). Idempotent."""
         self._core.close()
+        await asyncio.to_thread(self._close_mover)
         if self._closing:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._closing, return_exceptions=True)

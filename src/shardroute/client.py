@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._core import CallOptions, ClientShell
+from shardroute._core import ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
-from shardroute.errors import ConfigError
-from shardroute.etcd import EtcdClient
-from shardroute.routing import Decision
-from shardroute.transport import Attempts, MethodSpec
-from shardroute.transport.attempts import Metadata
+from shardroute.transport._sync_calls import CallLoops
 
 if TYPE_CHECKING:
-    from shardroute.migration import MigrationResult, Migrator
+    from shardroute.sessions.migrator import MigrationResult
 
 __all__ = ["ShardClient"]
 
 
-class ShardClient(ClientShell):
+class ShardClient(CallLoops, ClientShell):
     """Calls shards of one service directly, choosing the shard per session in-process.
 
     Build it from any :class:`~shardroute.discovery.source.TopologySource`, or with
@@ -47,8 +43,6 @@ class ShardClient(ClientShell):
     router=None, retry=None, outlier=None, max_message_bytes=4 MiB,
     channel_options=())`` (docs/client.md).
     """
-
-    _migrator: Migrator | None = None
 
     def _create_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
         return grpc.insecure_channel(address, options)
@@ -87,20 +81,7 @@ class ShardClient(ClientShell):
         Needs an etcd-backed topology source. Raises ``MigrationConflict``,
         ``MigrationFailed`` (rolled back), ``UnknownShard`` or ``EtcdUnavailable``.
         """
-        if self._migrator is None:
-            from shardroute.migration import Migrator
-
-            source = self._core.source
-            if not isinstance(source, EtcdTopologySource):
-                raise ConfigError("migrate() needs a client on an EtcdTopologySource")
-            self._migrator = Migrator(
-                EtcdClient(source.options),
-                source.service,
-                source,
-                router=self._core.router,
-                close_etcd=True,
-            )
-        return self._migrator.migrate(session_key, target=target)
+        return self._mover().migrate(session_key, target=target)
 
     def end_session(self, session_key: str, *, timeout: float | None = None) -> bool:
         """End a conversation: the shard that owns it deletes its stored state and its
@@ -110,95 +91,10 @@ class ShardClient(ClientShell):
         session. Raises the call errors of :meth:`stub` methods (docs/client.md)."""
         return bool(self._end_session_call(session_key, timeout).ended)
 
-    def _unary(
-        self,
-        spec: MethodSpec,
-        request: Any,
-        session_key: str,
-        decision: Decision,
-        md: Metadata,
-        timeout: float,
-        started: float,
-        options: CallOptions,
-    ) -> Any:
-        core = self._core
-        channels, inflight = core.channels, core.inflight
-        shard = decision.shard
-        attempts: Attempts | None = None  # built only if an attempt fails
-        while True:
-            shard_id = shard.id
-            method = channels.callable_for(shard, spec)
-            inflight.begin(shard_id)
-            try:
-                response = method(request, timeout=timeout, metadata=md)
-            except grpc.RpcError as error:
-                inflight.end(shard_id)
-                failed = error
-            except BaseException:
-                inflight.end(shard_id)
-                raise
-            else:
-                inflight.end(shard_id)
-                core.succeeded(attempts, session_key, decision, shard)
-                return response
-            attempts, shard, timeout, md = core.failed(
-                attempts, spec, session_key, decision, started, timeout, options, shard, failed
-            )
-
-    def _stream(
-        self,
-        spec: MethodSpec,
-        request: Any,
-        session_key: str,
-        decision: Decision,
-        md: Metadata,
-        timeout: float,
-        started: float,
-        options: CallOptions,
-    ) -> Iterator[Any]:
-        core = self._core
-        channels, inflight = core.channels, core.inflight
-        shard = decision.shard
-        attempts: Attempts | None = None  # built only if an attempt fails
-        received = False
-        while True:
-            shard_id = shard.id
-            method = channels.callable_for(shard, spec)
-            inflight.begin(shard_id)
-            call = None
-            failed: grpc.RpcError | None = None
-            try:
-                call = method(request, timeout=timeout, metadata=md)
-                for message in call:
-                    received = True
-                    yield message
-            except grpc.RpcError as error:
-                failed = error
-            finally:
-                inflight.end(shard_id)
-                if call is not None:
-                    call.cancel()  # no-op when finished; stops it if the caller stopped early
-            if failed is None:
-                core.succeeded(attempts, session_key, decision, shard)
-                return
-            attempts, shard, timeout, md = core.failed(
-                attempts,
-                spec,
-                session_key,
-                decision,
-                started,
-                timeout,
-                options,
-                shard,
-                failed,
-                received,
-            )
-
     def close(self) -> None:
         """Close channels (and the source if this client created it). Idempotent."""
         self._core.close()
-        if self._migrator is not None:
-            self._migrator.close()
+        self._close_mover()
         if self._owned_source is not None:
             self._owned_source.close()
 

@@ -15,6 +15,7 @@ from shardroute.errors import (
     OutcomeUnknown,
     ShardRouteError,
 )
+from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 
@@ -189,3 +190,26 @@ def test_migrate_many_starts_nothing_after_its_deadline(client: ShardClient) -> 
         results, errors = mover.migrate_many([session], deadline=time.monotonic() - 1)
     assert results == [] and isinstance(errors[session], MigrationFailed)
     assert history(client, session) == ["hi"]
+
+
+def test_async_client_migrates_and_follows(client: ShardClient, etcd_server: EtcdServer) -> None:
+    import asyncio
+
+    from shardroute.aio import AsyncShardClient
+
+    session = "conv-async-move"
+    turn(client, session, "one")
+    source = client.route(session).shard.id
+    target = next(s for s in client.source.current().shards if s != source)
+
+    async def move() -> tuple[str, str]:
+        async with await AsyncShardClient.connect(etcd_server.endpoint, "chat", timeout=10) as aio:
+            await asyncio.to_thread(aio.source.wait_for, lambda t: len(t) == 3, 10)
+            result = await aio.migrate(session, target=target)
+            chat = aio.stub(chat_pb2_grpc.ChatStub)
+            request = chat_pb2.GenerateRequest(prompt="two", max_tokens=3)
+            tokens = [t async for t in chat.Generate(request, session_key=session, timeout=15)]
+            return result.target, tokens[-1].shard_id
+
+    assert asyncio.run(move()) == (target, target)  # moved, and this client follows it
+    assert history(client, session) == ["one", "two"]

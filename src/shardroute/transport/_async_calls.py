@@ -1,0 +1,115 @@
+"""The client call loops. The asyncio flavour is the source (``_async_calls.py``); the
+threaded one (``_sync_calls.py``) is generated from it by ``scripts/unasync.py``.
+
+One loop per call shape: the first attempt goes to the decision's shard with no
+per-call objects; only a failure builds the attempt plan (:class:`Attempts`), which
+says where to go next (``ClientCore.failed``). In-flight counts and the affinity memo
+are updated by the core, never by the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from shardroute.transport.attempts import Attempts, Metadata
+from shardroute.transport.methods import MethodSpec
+
+if TYPE_CHECKING:
+    from shardroute._core import CallOptions, ClientCore
+    from shardroute.routing import Decision
+
+__all__ = ["AsyncCallLoops"]
+
+
+class AsyncCallLoops:
+    """``_unary`` and ``_stream`` of :class:`~shardroute.aio.AsyncShardClient` (a base
+    class: it needs the client's ``_core``)."""
+
+    _core: ClientCore[Any]
+
+    async def _unary(
+        self,
+        spec: MethodSpec,
+        request: Any,
+        session_key: str,
+        decision: Decision,
+        md: Metadata,
+        timeout: float,
+        started: float,
+        options: CallOptions,
+    ) -> Any:
+        core = self._core
+        channels, inflight = core.channels, core.inflight
+        shard = decision.shard
+        attempts: Attempts | None = None  # built only if an attempt fails
+        while True:
+            shard_id = shard.id
+            method = channels.callable_for(shard, spec)
+            inflight.begin(shard_id)
+            try:
+                response = await method(request, timeout=timeout, metadata=md)
+            except grpc.RpcError as error:
+                inflight.end(shard_id)
+                failed = error
+            except BaseException:
+                inflight.end(shard_id)
+                raise
+            else:
+                inflight.end(shard_id)
+                core.succeeded(attempts, session_key, decision, shard)
+                return response
+            attempts, shard, timeout, md = core.failed(
+                attempts, spec, session_key, decision, started, timeout, options, shard, failed
+            )
+
+    async def _stream(
+        self,
+        spec: MethodSpec,
+        request: Any,
+        session_key: str,
+        decision: Decision,
+        md: Metadata,
+        timeout: float,
+        started: float,
+        options: CallOptions,
+    ) -> AsyncIterator[Any]:
+        core = self._core
+        channels, inflight = core.channels, core.inflight
+        shard = decision.shard
+        attempts: Attempts | None = None  # built only if an attempt fails
+        received = False
+        while True:
+            shard_id = shard.id
+            method = channels.callable_for(shard, spec)
+            inflight.begin(shard_id)
+            call = None
+            failed: grpc.RpcError | None = None
+            try:
+                call = method(request, timeout=timeout, metadata=md)
+                async for message in call:
+                    received = True
+                    yield message
+            except grpc.RpcError as error:
+                failed = error
+            finally:
+                inflight.end(shard_id)
+                if call is not None:
+                    call.cancel()  # no-op when finished; stops it if the caller stopped early
+            if failed is None:
+                core.succeeded(attempts, session_key, decision, shard)
+                return
+            attempts, shard, timeout, md = core.failed(
+                attempts,
+                spec,
+                session_key,
+                decision,
+                started,
+                timeout,
+                options,
+                shard,
+                failed,
+                received,
+            )
