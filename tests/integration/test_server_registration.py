@@ -1,4 +1,6 @@
-"""A ShardServer registers its record and load report under one lease, and leaves."""
+"""A shard server registers its record and load report under one lease, and leaves.
+
+Every test runs on both shells (``ShardServer`` and ``AsyncShardServer``)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,28 @@ import time
 
 import grpc
 import pytest
+from shells import KINDS, Shell
 
 from shardroute._proto import shard_pb2, shard_pb2_grpc
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import EtcdUnavailable
 from shardroute.etcd import EtcdClient
-from shardroute.examples.chat import ChatShard
 from shardroute.model import ShardState
-from shardroute.server import ServerState, ShardServer
+from shardroute.server import AsyncShardServer, ServerState, ShardServer
 from shardroute.testing.etcd import EtcdServer, free_port
 
 
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def test_record_and_load_report_appear_under_one_lease(
-    etcd_endpoint: str, etcd: EtcdClient, schema: KeySchema
+    etcd_endpoint: str, etcd: EtcdClient, schema: KeySchema, kind: str
 ) -> None:
-    server = ChatShard(
+    shell = Shell(
+        kind,
         shard_id="s1",
         service="chat",
         etcd=etcd_endpoint,
@@ -32,8 +40,10 @@ def test_record_and_load_report_appear_under_one_lease(
         capacity=16,
         labels={"gpu": "a100"},
     )
+    server = shell.server
     assert server.state is ServerState.CREATED and server.address == ""  # no I/O yet
-    with server, EtcdTopologySource(etcd_endpoint, "chat") as source:
+    shell.do("start")
+    with EtcdTopologySource(etcd_endpoint, "chat") as source:
         topology = source.wait_for(lambda t: "s1" in t.shards and "s1" in t.loads)
         shard = topology.shard("s1")
         assert shard.address == server.address == f"127.0.0.1:{server.port}"
@@ -50,26 +60,34 @@ def test_record_and_load_report_appear_under_one_lease(
         source.wait_for(lambda t: "s1" not in t.shards and "s1" not in t.loads)
         # ... and the keep-alive notices the lost lease and registers again.
         source.wait_for(lambda t: "s1" in t.shards and "s1" in t.loads, timeout=10)
+    shell.close()
     assert etcd.get(schema.shard("s1")) is None  # stop() deregistered
     assert etcd.get(schema.load("s1")) is None
     assert server.state is ServerState.STOPPED
 
 
-def test_stop_is_idempotent_and_a_stopped_server_cannot_restart(etcd_endpoint: str) -> None:
-    server = ShardServer(shard_id="s1", service="chat", etcd=etcd_endpoint).start()
-    server.stop()
-    server.stop(grace=1.0)
-    assert server.wait(timeout=0)
+def test_stop_is_idempotent_and_a_stopped_server_cannot_restart(
+    etcd_endpoint: str, kind: str
+) -> None:
+    cls = ShardServer if kind == "sync" else AsyncShardServer
+    shell = Shell(kind, cls=cls, shard_id="s1", service="chat", etcd=etcd_endpoint)
+    shell.do("start")
+    shell.do("stop")
+    shell.do("stop", 1.0)
+    assert shell.do("wait", 0)
     with pytest.raises(RuntimeError, match="start"):
-        server.start()
+        shell.do("start")
+    shell.close()
 
 
-def test_etcd_unreachable_at_start_fails_fast_with_a_clear_error() -> None:
+def test_etcd_unreachable_at_start_fails_fast_with_a_clear_error(kind: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    server = ShardServer(shard_id="s1", service="chat", etcd=dead, etcd_timeout_s=2.0)
+    cls = ShardServer if kind == "sync" else AsyncShardServer
+    shell = Shell(kind, cls=cls, shard_id="s1", service="chat", etcd=dead, etcd_timeout_s=2.0)
+    server = shell.server
     started = time.monotonic()
     with pytest.raises(EtcdUnavailable, match=r"could not register in etcd.*wait_for_etcd=True"):
-        server.start()
+        shell.do("start")
     assert time.monotonic() - started < 5
     assert server.state is ServerState.STOPPED
     # The port was released: nothing listens there any more.
@@ -81,17 +99,20 @@ def test_etcd_unreachable_at_start_fails_fast_with_a_clear_error() -> None:
 
 
 def test_wait_for_etcd_serves_at_once_and_registers_when_etcd_comes_up(
-    etcd_server: EtcdServer,
+    etcd_server: EtcdServer, kind: str
 ) -> None:
     etcd_server.stop()
-    server = ChatShard(
+    shell = Shell(
+        kind,
         shard_id="s1",
         service="chat",
         etcd=etcd_server.endpoint,
         wait_for_etcd=True,
         etcd_timeout_s=1.0,
     )
-    with server:
+    server = shell.server
+    shell.do("start")
+    try:
         with grpc.insecure_channel(server.address) as channel:
             status = shard_pb2_grpc.ShardControlStub(channel).GetStatus(
                 shard_pb2.GetStatusRequest(), timeout=5
@@ -100,14 +121,20 @@ def test_wait_for_etcd_serves_at_once_and_registers_when_etcd_comes_up(
         etcd_server.start()
         with EtcdTopologySource(etcd_server.endpoint, "chat") as source:
             source.wait_for(lambda t: "s1" in t.shards, timeout=15)
+    finally:
+        shell.close()
 
 
-def test_get_status_answers_identity_state_and_load(etcd_endpoint: str) -> None:
-    with (
-        ChatShard(shard_id="s9", service="chat", etcd=etcd_endpoint, zone="z", capacity=5) as s,
-        grpc.insecure_channel(s.address) as channel,
-    ):
-        status = shard_pb2_grpc.ShardControlStub(channel).GetStatus(shard_pb2.GetStatusRequest())
+def test_get_status_answers_identity_state_and_load(etcd_endpoint: str, kind: str) -> None:
+    shell = Shell(kind, shard_id="s9", service="chat", etcd=etcd_endpoint, zone="z", capacity=5)
+    shell.do("start")
+    s = shell.server
+    try:
+        with grpc.insecure_channel(s.address) as channel:
+            stub = shard_pb2_grpc.ShardControlStub(channel)
+            status = stub.GetStatus(shard_pb2.GetStatusRequest())
+    finally:
+        shell.close()
     assert (status.shard_id, status.service, status.address) == ("s9", "chat", s.address)
     assert (status.zone, status.capacity, status.state) == ("z", 5, shard_pb2.SHARD_STATE_ACTIVE)
     assert status.load.ts > 0

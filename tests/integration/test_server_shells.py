@@ -4,7 +4,6 @@ driven through the same calls."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -13,52 +12,14 @@ from typing import Any
 
 import grpc
 import pytest
+from shells import KINDS, Shell
 
 from shardroute.errors import ServerLifecycleError
-from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_pb2_grpc
+from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.server import ServerState
 
 
-class Shell:
-    """One shard server, sync or asyncio, behind one blocking interface."""
-
-    def __init__(self, kind: str, **kwargs: Any) -> None:
-        self.kind = kind
-        self._loop: asyncio.AbstractEventLoop | None = None
-        if kind == "sync":
-            self.server: Any = ChatShard(**kwargs)
-        else:
-            self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, daemon=True).start()
-            self.server = self.run(_construct(kwargs))
-
-    def run(self, call: Any) -> Any:
-        if self._loop is None:
-            return call
-        return asyncio.run_coroutine_threadsafe(call, self._loop).result(30)
-
-    def do(self, name: str, *args: Any) -> Any:
-        method = getattr(self.server, name)
-        return method(*args) if self._loop is None else self.run(method(*args))
-
-    def begin_drain(self, grace: float) -> None:
-        if self._loop is None:
-            self.server.begin_drain(grace)
-        else:
-            self._loop.call_soon_threadsafe(self.server.begin_drain, grace)
-
-    def close(self) -> None:
-        if self.server.state is not ServerState.CREATED:
-            self.do("stop")
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-
-
-async def _construct(kwargs: dict[str, Any]) -> AsyncChatShard:
-    return AsyncChatShard(**kwargs)
-
-
-@pytest.fixture(params=["sync", "asyncio"])
+@pytest.fixture(params=KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
