@@ -4,7 +4,9 @@ through one blocking interface, so one test body runs against both shells."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from shardroute.examples.chat import AsyncChatShard, ChatShard
@@ -54,3 +56,12 @@ async def _construct(kwargs: dict[str, Any]) -> AsyncChatShard:
 
 async def _construct(cls: Any, kwargs: dict[str, Any]) -> Any:
     return cls(**kwargs)
+
+
+@contextlib.contextmanager
+def shell_closing(shell: Shell) -> Iterator[Shell]:
+    """Close ``shell`` (stop its server, end its loop) when the block ends."""
+    try:
+        yield shell
+    finally:
+        shell.close()

@@ -9,6 +9,8 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+import pytest
+from shells import KINDS, Shell, shell_closing
 
 from shardroute import metadata
 from shardroute.discovery.keys import KeySchema
@@ -104,11 +106,12 @@ def test_streams_count_as_in_flight_until_they_finish() -> None:
     assert 0 < p50 <= p95
 
 
-def test_chat_keeps_history_per_session_and_says_how_many_turns_it_holds() -> None:
-    with (
-        ChatShard(shard_id="c", service="chat", etcd=None) as server,
-        grpc.insecure_channel(server.address) as channel,
-    ):
+@pytest.mark.parametrize("kind", KINDS)
+def test_chat_keeps_history_per_session_and_says_how_many_turns_it_holds(kind: str) -> None:
+    shell = Shell(kind, shard_id="c", service="chat", etcd=None)
+    shell.do("start")
+    server = shell.server
+    with shell_closing(shell), grpc.insecure_channel(server.address) as channel:
         stub = chat_pb2_grpc.ChatStub(channel)
         for turn in (1, 2, 3):
             tokens = list(stub.Generate(chat_pb2.GenerateRequest(session_key="a", prompt="hi")))
