@@ -365,6 +365,7 @@ class ClientShell(abc.ABC):
                 source.service,
                 source,
                 router=self._core.router,
+                loads=self._core.inflight,
                 close_etcd=True,
             )
         return self._migrator

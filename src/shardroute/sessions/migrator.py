@@ -33,7 +33,7 @@ from shardroute.errors import (
 )
 from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
-from shardroute.routing import Router
+from shardroute.routing import OwnLoads, Router
 from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, ChunkAssembler, split_chunks
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
@@ -70,6 +70,8 @@ class Migrator:
             leases).
         store: the session store (default: :class:`EtcdSessionStore` on ``etcd``).
         router: picks targets when none is given (default: a fresh :class:`Router`).
+        loads: this process's own in-flight counts (a client's ``inflight``), so target
+            choice sees the load this process adds; None: reported loads only.
         timeout: deadline of each shard call, in seconds.
         chunk_bytes: size of the state chunks streamed between shards.
         close_etcd: close ``etcd`` in :meth:`close` (when the migrator owns it).
@@ -86,6 +88,7 @@ class Migrator:
         *,
         store: SessionStore | None = None,
         router: Router | None = None,
+        loads: OwnLoads | None = None,
         timeout: float = 30.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         close_etcd: bool = False,
@@ -97,6 +100,7 @@ class Migrator:
         self.overrides = OverrideStore(etcd, service)
         self.store: SessionStore = store if store is not None else EtcdSessionStore(etcd, service)
         self.router = router if router is not None else Router()
+        self.loads = loads
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes
         self._etcd = etcd if close_etcd else None
@@ -257,7 +261,8 @@ class Migrator:
             if target == source_id:
                 raise ConfigError(f"session {session_key!r} already lives on {target!r}")
             return shard
-        return self.router.route(session_key, topology, excluded=(source_id,)).shard
+        decision = self.router.route(session_key, topology, excluded=(source_id,), loads=self.loads)
+        return decision.shard
 
     def _swap(
         self, session_key: str, expected: Override | None, new: Override, holder: Shard
