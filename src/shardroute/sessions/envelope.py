@@ -42,6 +42,7 @@ __all__ = [
     "decode_record",
     "encode_envelope",
     "encode_record",
+    "record_keep",
 ]
 
 ENVELOPE_MAGIC = b"SRS1"
@@ -67,6 +68,17 @@ class LogPosition:
     snapshot_bytes: int = 0
     record: int = 0
     lease: int = 0
+
+    def appended(self, record_bytes: int, record: int) -> LogPosition:
+        """The position after one more turn record of ``record_bytes`` data bytes, stored
+        under id ``record``."""
+        return LogPosition(
+            turns=self.turns + 1,
+            log_bytes=self.log_bytes + record_bytes,
+            snapshot_bytes=self.snapshot_bytes,
+            record=record,
+            lease=self.lease,
+        )
 
 
 UNKNOWN_LOG = LogPosition(record=-1)
@@ -130,8 +142,14 @@ class FoldPolicy:
         )
 
 
-NEVER_FOLD = FoldPolicy(max_turns=2**31, max_log_bytes=2**62, log_ratio=2.0**62, record_share=1.0)
-"""A policy that appends every turn (tests of the log itself)."""
+def record_keep(previous: StoredState, data: bytes, fold: FoldPolicy) -> int | None:
+    """How a checkpoint from ``previous`` to ``data`` is written, decided the same way by
+    every store: the number of leading bytes a turn record keeps, or None for a snapshot
+    (the log position is unknown, or ``fold`` says to fold)."""
+    if previous.log.record < 0:
+        return None
+    keep = common_prefix(previous.data, data)
+    return None if fold.should_fold(previous.log, len(data) - keep, len(data)) else keep
 
 
 @dataclass(frozen=True, slots=True)

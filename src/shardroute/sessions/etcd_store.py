@@ -32,11 +32,11 @@ from shardroute.sessions.envelope import (
     LogPosition,
     StoredState,
     apply_record,
-    common_prefix,
     decode_envelope,
     decode_record,
     encode_envelope,
     encode_record,
+    record_keep,
 )
 from shardroute.sessions.store import (
     DEFAULT_MAX_BYTES,
@@ -178,22 +178,15 @@ class EtcdSessionStore:
             return self._create(session_key, data, owner)
         if previous.log.record < 0:  # position unknown: read it, write a snapshot
             return self._fold(session_key, data, owner, self._position(session_key, expected))
-        keep = common_prefix(previous.data, data)
-        if self.fold.should_fold(previous.log, len(data) - keep, len(data)):
+        keep = record_keep(previous, data, self.fold)
+        if keep is None:
             return self._fold(session_key, data, owner, previous)
         log = previous.log
         self._keep_alive(log.lease)
         record = encode_record(previous.data, data, owner=owner, keep=keep)
         put = txn.put(self.record_key(session_key, expected), record, log.lease)
         version = self._write(session_key, previous, [put], len(record))
-        position = LogPosition(
-            turns=log.turns + 1,
-            log_bytes=log.log_bytes + len(data) - keep,
-            snapshot_bytes=log.snapshot_bytes,
-            record=expected,
-            lease=log.lease,
-        )
-        return StoredState(data, version, owner, position)
+        return StoredState(data, version, owner, log.appended(len(data) - keep, expected))
 
     def save(self, session_key: str, data: bytes, *, owner: str, expected_version: int) -> int:
         """Compare-and-swap the session's whole state (see :meth:`SessionStore.save`)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from shardroute.discovery.keys import KeySchema
@@ -28,9 +28,9 @@ from shardroute.sessions.envelope import (
     FoldPolicy,
     LogPosition,
     StoredState,
-    common_prefix,
     encode_envelope,
     encode_record,
+    record_keep,
 )
 
 __all__ = [
@@ -190,15 +190,14 @@ class _Held:
 
     state: StoredState
     written_at: float
-    records: list[bytes] = field(default_factory=list)
 
 
 class InMemorySessionStore:
     """A :class:`SessionStore` in this process's memory, for tests and single-process use.
 
     Same semantics as :class:`~shardroute.sessions.EtcdSessionStore`, turn records and
-    folds included (it keeps the encoded records, so ``bytes_written`` and the fold
-    decisions match); versions come from one counter shared by all keys (like etcd's
+    folds included (it encodes the same records and takes the same fold decisions, so
+    ``bytes_written`` matches); versions come from one counter shared by all keys (like etcd's
     revision). Idle sessions expire exactly ``ttl_s`` after their last write, checked
     on access and by :meth:`expire`. Thread-safe; every operation is one locked step.
     """
@@ -255,22 +254,15 @@ class InMemorySessionStore:
             held = self._current(session_key)
             if (held.state.version if held else 0) != expected:
                 raise stale(session_key, expected, "written")
-            if held is None or previous is None or previous.log.record < 0:
+            if held is None or previous is None:
                 return self._snapshot(session_key, data, owner)
-            keep = common_prefix(previous.data, data)
-            if self.fold.should_fold(previous.log, len(data) - keep, len(data)):
+            keep = record_keep(previous, data, self.fold)
+            if keep is None:
                 return self._snapshot(session_key, data, owner)
             record = encode_record(previous.data, data, owner=owner, keep=keep)
             self._revision += 1
-            log = previous.log
-            position = LogPosition(
-                turns=log.turns + 1,
-                log_bytes=log.log_bytes + len(data) - keep,
-                snapshot_bytes=log.snapshot_bytes,
-                record=previous.version,
-            )
+            position = previous.log.appended(len(data) - keep, previous.version)
             state = StoredState(data, self._revision, owner, position)
-            held.records.append(record)
             held.state, held.written_at = state, self._clock()
             self.bytes_written += len(record)
             return state
@@ -319,9 +311,3 @@ class InMemorySessionStore:
             for key in idle:
                 del self._states[key]
             return len(idle)
-
-    def records(self, session_key: str) -> int:
-        """How many turn records the session's log holds now (0 right after a fold)."""
-        with self._lock:
-            held = self._current(session_key)
-            return 0 if held is None else len(held.records)
