@@ -15,15 +15,23 @@ from any.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 from typing import Any
 
 import grpc
 
 from shardroute.discovery.keys import prefix_end
-from shardroute.errors import EtcdUnavailable, LeaseNotFound
+from shardroute.errors import Compacted, ConfigError, EtcdUnavailable, LeaseNotFound
 from shardroute.etcd._translate import _is_lease_not_found, _translated, _version_compare
-from shardroute.etcd.maintenance import Maintenance
+from shardroute.etcd.maintenance import (
+    ALARM_NAMES,
+    ALARM_TYPES,
+    EtcdAlarm,
+    EtcdStatus,
+    db_size_in_use,
+)
 from shardroute.etcd.options import EtcdOptions, parse_endpoint
 from shardroute.etcd.watch import WatchStream
 
@@ -40,7 +48,7 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class EtcdClient(Maintenance):
+class EtcdClient:
     """A small etcd v3 client: ranges, puts, leases, transactions and watches.
 
     Construction does no I/O; the connection (and authentication) happens on first use.
@@ -255,6 +263,116 @@ class EtcdClient(Maintenance):
                 ) from exc
             raise
         return bool(response.succeeded), list(response.responses)
+
+    # -- maintenance: space, alarms (docs/operations.md) -----------------------------
+
+    @_translated
+    def status(self) -> EtcdStatus:
+        """The status of the member this client talks to: database size, revision, leader."""
+        import etcd3.etcdrpc as rpc
+
+        client = self._etcd
+        response = client.maintenancestub.Status(
+            rpc.StatusRequest(),
+            self.options.timeout,
+            credentials=client.call_credentials,
+            metadata=client.metadata,
+        )
+        return EtcdStatus(
+            member_id=int(response.header.member_id),
+            version=str(response.version),
+            revision=int(response.header.revision),
+            db_size=int(response.dbSize),
+            db_size_in_use=db_size_in_use(response),
+            leader=int(response.leader),
+            raft_index=int(response.raftIndex),
+        )
+
+    @_translated
+    def alarms(self) -> list[EtcdAlarm]:
+        """The cluster's active alarms (empty when all is well)."""
+        return self._alarm("GET", 0, 0)
+
+    def _alarm(self, action: str, member_id: int, alarm: int) -> list[EtcdAlarm]:
+        import etcd3.etcdrpc as rpc
+
+        client = self._etcd
+        request = rpc.AlarmRequest(
+            action=getattr(rpc.AlarmRequest, action), memberID=member_id, alarm=alarm
+        )
+        response = client.maintenancestub.Alarm(
+            request,
+            self.options.timeout,
+            credentials=client.call_credentials,
+            metadata=client.metadata,
+        )
+        return [
+            EtcdAlarm(int(item.memberID), ALARM_NAMES.get(item.alarm, f"ALARM_{item.alarm}"))
+            for item in response.alarms
+        ]
+
+    @_translated
+    def disarm_alarms(self, alarm: str = "NOSPACE") -> list[EtcdAlarm]:
+        """Disarm every active alarm of type ``alarm`` (``etcdctl alarm disarm``); returns
+        the alarms disarmed.
+
+        Disarming NOSPACE without first freeing space (compact, defragment) only lets etcd
+        raise it again on the next write: use :meth:`recover_space`.
+        """
+        if alarm not in ALARM_TYPES:
+            names = ", ".join(sorted(ALARM_TYPES))
+            raise ConfigError(f"unknown etcd alarm {alarm!r}: expected one of {names}")
+        disarmed = [item for item in self._alarm("GET", 0, 0) if item.alarm == alarm]
+        for item in disarmed:
+            self._alarm("DEACTIVATE", item.member_id, ALARM_TYPES[alarm])
+        return disarmed
+
+    @_translated
+    def defragment(self, timeout: float = 60.0) -> None:
+        """Defragment every configured endpoint's member, one after the other.
+
+        Gives the space freed by compaction back to the file system, so ``db_size``
+        falls to about the live data. A member blocks its reads and writes while it
+        defragments (a second or so per 100 MB). ``timeout``: per member.
+        """
+        import etcd3.etcdrpc as rpc
+
+        if len(self.options.endpoints) == 1:
+            members = [self]
+        else:
+            members = [
+                EtcdClient(dataclasses.replace(self.options, endpoints=(endpoint,)))
+                for endpoint in self.options.endpoints
+            ]
+        try:
+            for member in members:
+                client = member._etcd
+                client.maintenancestub.Defragment(
+                    rpc.DefragmentRequest(),
+                    timeout,
+                    credentials=client.call_credentials,
+                    metadata=client.metadata,
+                )
+        finally:
+            for member in members:
+                if member is not self:
+                    member.close()
+
+    @_translated
+    def recover_space(self, defrag_timeout: float = 60.0) -> EtcdStatus:
+        """Recover from a NOSPACE alarm (or free space before one): compact history up to
+        the current revision, defragment every endpoint, disarm NOSPACE alarms.
+
+        Every key keeps its current value; only superseded history goes, so a watcher
+        resuming from an older revision does a full resync. Returns the status
+        afterwards. If the live data alone fills the quota, writes raise
+        :class:`~shardroute.errors.EtcdNoSpace` again: delete data or raise the quota.
+        """
+        with contextlib.suppress(Compacted):  # already compacted up to the current revision
+            self.compact(self.revision())
+        self.defragment(defrag_timeout)
+        self.disarm_alarms("NOSPACE")
+        return self.status()
 
     # -- leases -------------------------------------------------------------------
 
