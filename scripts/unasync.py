@@ -52,6 +52,7 @@ RULES = [
     (r"\bAsyncShardServer\b", "ShardServer"),
     (r"\b(shardroute\.\w+)\._async_(\w+)\b", r"\1._sync_\2"),
     (r"\bshardroute\.server\._grpc_aio\b", "shardroute.server._grpc_threads"),
+    (r"\bshardroute\.server\._async\b", "shardroute.server._sync"),
     (r"\bwritten once for asyncio\b", "generated for threads"),
 ]
 """Token rewrites, applied in order (regular expressions, multiline)."""

@@ -18,7 +18,7 @@ from shardroute.server.control import chunk_refusal, control_handler
 from shardroute.server.lifecycle import ServerState
 
 if TYPE_CHECKING:
-    from shardroute.server._base import ShardServerBase
+    from shardroute.server._async import AsyncShardServer
 
 __all__ = ["control_calls"]
 
@@ -35,7 +35,7 @@ async def _abort(context: Any, refused: Refused) -> None:
     await context.abort(refused.code, refused.details)
 
 
-def control_calls(server: ShardServerBase) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """The ``ShardControl`` handler of ``server`` (its ``begin_drain`` starts a drain)."""
     answers = server._answers
     sessions = server.sessions

@@ -160,10 +160,6 @@ class ShardServerBase:
     def _init_shell(self) -> None:
         """Set up the shell's own attributes (no I/O)."""
 
-    def begin_drain(self, grace_s: float | None = None) -> None:
-        """Start a graceful drain and return at once (each shell implements it)."""
-        raise NotImplementedError
-
     # -- identity and state ---------------------------------------------------------
 
     @property

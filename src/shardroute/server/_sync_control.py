@@ -20,7 +20,7 @@ from shardroute.server.control import chunk_refusal, control_handler
 from shardroute.server.lifecycle import ServerState
 
 if TYPE_CHECKING:
-    from shardroute.server._base import ShardServerBase
+    from shardroute.server._sync import ShardServer
 
 __all__ = ["control_calls"]
 
@@ -37,7 +37,7 @@ def _abort(context: Any, refused: Refused) -> None:
     context.abort(refused.code, refused.details)
 
 
-def control_calls(server: ShardServerBase) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """The ``ShardControl`` handler of ``server`` (its ``begin_drain`` starts a drain)."""
     answers = server._answers
     sessions = server.sessions
