@@ -187,7 +187,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         for thread in drain_threads:
             thread.join(30)
         space.close()
-        store = _store_activity(client)
+        bytes_per_checkpoint = _store_bytes_per_checkpoint(client)
         stats = client.stats.snapshot()
         with tally.lock, lock:
             checks = tally.affinity_checks
@@ -207,7 +207,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "turns_retried": tally.retried,
                 "turns_by_shard": dict(sorted(tally.served.items())),
                 "conversations_ended": tally.ended,
-                "store_bytes_written_per_turn": store["bytes_per_checkpoint"],
+                "store_bytes_written_per_turn": bytes_per_checkpoint,
                 "etcd_db_mb_peak": round(space.peak / MiB, 1),
                 "etcd_nospace": space.nospace_seen,
                 "events": list(events),
@@ -217,25 +217,24 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
     return summary
 
 
-def _store_activity(client: ShardClient) -> dict[str, Any]:
-    """Checkpoints and session store bytes of the live shards (``GetStatus``); a killed
+def _store_bytes_per_checkpoint(client: ShardClient) -> int:
+    """Session store bytes per checkpoint over the live shards (``GetStatus``); a killed
     shard's counters are gone with it, so this is the live shards' average."""
     import grpc
 
-    from shardroute._proto import shard_pb2, shard_pb2_grpc
+    from shardroute._proto import shard_pb2
+    from shardroute.sessions.migrator import control_stub
 
-    stub: Any = shard_pb2_grpc.ShardControlStub
     checkpoints = written = 0
     for shard in client.source.current().shards.values():
         try:
             with grpc.insecure_channel(shard.address) as channel:
-                status = stub(channel).GetStatus(shard_pb2.GetStatusRequest(), timeout=5)
+                status = control_stub(channel).GetStatus(shard_pb2.GetStatusRequest(), timeout=5)
         except grpc.RpcError:
             continue  # a shard that just left
         checkpoints += status.checkpoints
         written += status.store_bytes_written
-    per = round(written / checkpoints) if checkpoints else 0
-    return {"checkpoints": checkpoints, "bytes_per_checkpoint": per}
+    return round(written / checkpoints) if checkpoints else 0
 
 
 def _join(threads: list[threading.Thread]) -> None:
