@@ -38,7 +38,10 @@ class ShardState(enum.StrEnum):
 class LoadReport:
     """The load a shard published: etcd ``load/<shard_id>`` or trailing metadata.
 
-    ``ts`` is the unix time the shard measured it (seconds).
+    ``ts`` is the unix time the shard measured it (seconds). ``calls_total`` counts the
+    user calls the shard started since it started (0 from shards that do not report it):
+    the difference between two reports over their ``ts`` is the shard's request rate,
+    which the autoscaler forecasts (:mod:`shardroute.scaling`).
     """
 
     inflight: int = 0
@@ -47,6 +50,7 @@ class LoadReport:
     latency_ms_p50: float = 0.0
     latency_ms_p95: float = 0.0
     ts: float = 0.0
+    calls_total: int = 0
 
     def age_s(self, now: float | None = None) -> float:
         """Seconds since the shard measured this report (never negative)."""

@@ -126,8 +126,16 @@ def parse_load(key: str, raw: bytes) -> LoadReport:
         latency_ms_p50=_number(key, obj, "latency_ms_p50", 0.0),
         latency_ms_p95=_number(key, obj, "latency_ms_p95", 0.0),
         ts=_number(key, obj, "ts", 0.0),
+        calls_total=_int(key, obj, "calls_total", 0),
     )
-    for name in ("inflight", "queue_depth", "sessions", "latency_ms_p50", "latency_ms_p95"):
+    for name in (
+        "inflight",
+        "queue_depth",
+        "sessions",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "calls_total",
+    ):
         if getattr(report, name) < 0:
             raise MalformedRecord(key, f"{name!r} must be >= 0, got {getattr(report, name)!r}")
     return report
@@ -157,6 +165,7 @@ def load_to_dict(report: LoadReport) -> dict[str, Any]:
         "latency_ms_p50": report.latency_ms_p50,
         "latency_ms_p95": report.latency_ms_p95,
         "ts": report.ts,
+        "calls_total": report.calls_total,
     }
 
 

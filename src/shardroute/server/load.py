@@ -121,6 +121,7 @@ class LoadAccounting:
             latency_ms_p50=round(p50, 3),
             latency_ms_p95=round(p95, 3),
             ts=time.time() if now is None else now,
+            calls_total=self.calls_total,
         )
 
 

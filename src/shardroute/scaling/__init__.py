@@ -1,0 +1,49 @@
+"""Autoscaling: signals, a pure advisor of composed policies, and acting on its advice
+(docs/autoscaling.md).
+
+- :mod:`~shardroute.scaling.signals`: :class:`FleetSignals` (one immutable view of the fleet)
+  and :class:`SignalHistory` (a short history plus a request-rate forecaster).
+- :mod:`~shardroute.scaling.forecast`: :class:`HoltWinters`.
+- :mod:`~shardroute.scaling.policies`: queue, latency SLO, predictive, cost-aware and HPA
+  utilisation policies, each returning a :class:`Vote` with its reason.
+- :mod:`~shardroute.scaling.advisor`: :class:`ScalingAdvisor` → :class:`ScalingAdvice`.
+"""
+
+from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
+from shardroute.scaling.forecast import HoltWinters
+from shardroute.scaling.policies import (
+    CostAwarePolicy,
+    LatencyPolicy,
+    PredictivePolicy,
+    QueuePolicy,
+    ScalingPolicy,
+    UtilisationPolicy,
+    Vote,
+)
+from shardroute.scaling.signals import (
+    CAPACITY_CLASS_LABEL,
+    COST_LABEL,
+    CapacityClass,
+    FleetSignals,
+    ShardSignals,
+    SignalHistory,
+)
+
+__all__ = [
+    "CAPACITY_CLASS_LABEL",
+    "COST_LABEL",
+    "CapacityClass",
+    "CostAwarePolicy",
+    "FleetSignals",
+    "HoltWinters",
+    "LatencyPolicy",
+    "PredictivePolicy",
+    "QueuePolicy",
+    "ScalingAdvice",
+    "ScalingAdvisor",
+    "ScalingPolicy",
+    "ShardSignals",
+    "SignalHistory",
+    "UtilisationPolicy",
+    "Vote",
+]
