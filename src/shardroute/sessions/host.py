@@ -43,6 +43,7 @@ from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
 from shardroute.sessions.handoff import Handoff
 from shardroute.sessions.lifetime import Lifetime
 from shardroute.sessions.ownership import Action, decide
+from shardroute.sessions.store import STORE_UNAVAILABLE
 from shardroute.sessions.turns import AsyncTurn, Turn
 
 __all__ = ["SessionHost"]
@@ -254,7 +255,7 @@ class SessionHost(Handoff, Lifetime):
         store = self._require_store()
         try:
             stored = store.load(key)
-        except EtcdUnavailable as exc:
+        except STORE_UNAVAILABLE as exc:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
@@ -340,7 +341,7 @@ class SessionHost(Handoff, Lifetime):
             ) from exc
         except StateTooLarge as exc:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
-        except EtcdUnavailable as exc:
+        except STORE_UNAVAILABLE as exc:
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE, f"session store unreachable; turn not saved: {exc}"
             ) from exc
@@ -379,7 +380,7 @@ class SessionHost(Handoff, Lifetime):
             store = self._require_store()
             try:
                 existed = bool(store.delete(session_key))
-            except EtcdUnavailable as exc:
+            except STORE_UNAVAILABLE as exc:
                 raise Refused(
                     grpc.StatusCode.UNAVAILABLE,
                     f"session store unreachable; session {session_key!r} not ended: {exc}",

