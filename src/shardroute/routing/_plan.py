@@ -6,7 +6,8 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
-from itertools import accumulate, chain
+from itertools import accumulate, chain, compress, repeat
+from operator import rshift
 
 from shardroute.routing._decision import Decision
 from shardroute.routing._ring import HashRing
@@ -14,12 +15,15 @@ from shardroute.routing._ring import HashRing
 __all__ = ["PlanView", "region_of_zone"]
 
 
+_MASKS = tuple(bytes(int(b == t) for b in range(256)) for t in range(3))  # tier t -> 1, else 0
+
+
 class _Tier:
     """The ring points owned by one tier's shards, in ring order."""
 
     __slots__ = ("owners", "points", "size")
 
-    def __init__(self, points: tuple[int, ...], owners: tuple[int, ...]) -> None:
+    def __init__(self, points: array[int], owners: array[int]) -> None:
         self.points = points
         self.owners = owners
         self.size = len(set(owners))
@@ -58,16 +62,20 @@ class PlanView:
             for s in ring.shards
         ]
         tiers: list[_Tier] = []
-        for t in (0, 1, 2):
-            pairs = [
-                (p, o) for p, o in zip(ring.points, ring.owners, strict=True) if tier_of[o] == t
-            ]
-            if pairs:
-                tiers.append(_Tier(tuple([p for p, _ in pairs]), tuple([o for _, o in pairs])))
+        if len(set(tier_of)) == 1:  # one tier: the ring's own arrays
+            if ring.points:
+                tiers.append(_Tier(ring.points, ring.owners))
+        else:
+            point_tiers = bytes(map(tier_of.__getitem__, ring.owners))
+            for t in (0, 1, 2):
+                mask = point_tiers.translate(_MASKS[t])
+                owners = array("I", compress(ring.owners, mask))
+                if owners:
+                    tiers.append(_Tier(array("Q", compress(ring.points, mask)), owners))
         self.tiers: tuple[_Tier, ...] = tuple(tiers)
-        first = tiers[0] if tiers else _Tier((), ())
-        self.points: tuple[int, ...] = first.points
-        self.owners: tuple[int, ...] = first.owners
+        first = tiers[0] if tiers else _Tier(array("Q"), array("I"))
+        self.points: array[int] = first.points
+        self.owners: array[int] = first.owners
         self.decisions: list[Decision | None] = [None] * len(first.points)
         self.pinned: dict[int, Decision] = {}  # memo decisions by (position << 20 | shard)
         # Bucket index over tier 0: the top ``bits`` bits of a hash select a bucket;
@@ -77,9 +85,8 @@ class PlanView:
         bits = min(18, max(8, (2 * n).bit_length()))
         self.shift = 64 - bits
         counts = [0] * ((1 << bits) + 1)
-        shift = self.shift
-        for p in first.points:
-            counts[(p >> shift) + 1] += 1
+        for b, c in Counter(map(rshift, first.points, repeat(self.shift))).items():
+            counts[b + 1] = c
         self.starts = array("l", accumulate(counts))
 
     def walk(self, i: int) -> Iterator[tuple[int, int]]:

@@ -200,12 +200,22 @@ class RouteTable:
         if region is None:
             found = self.views_zone.get(zone)
             if found is None:
-                found = self.views_zone.setdefault(zone, PlanView(self.ring, zone, None))
+                found = self.views_zone.setdefault(zone, self._shared_view(zone, None))
             return found
         found_zr = self.views_zr.get((zone, region))
         if found_zr is None:
-            found_zr = self.views_zr.setdefault((zone, region), PlanView(self.ring, zone, region))
+            found_zr = self.views_zr.setdefault((zone, region), self._shared_view(zone, region))
         return found_zr
+
+    def _shared_view(self, zone: str | None, region: str | None) -> PlanView:
+        """The view kept on the ring: every table (and router) over this ring with the
+        same ``max_fallbacks`` shares it and its decision caches."""
+        views = self.ring.views
+        key = (zone, region, self.policy.max_fallbacks)
+        found: PlanView | None = views.get(key)
+        if found is None:
+            found = views.setdefault(key, PlanView(self.ring, zone, region))
+        return found
 
     def load(self, s: int, counts: Mapping[str, int]) -> int:
         """The load of shard index ``s``: max(reported, own in-flight)."""
