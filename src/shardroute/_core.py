@@ -17,6 +17,7 @@ from shardroute.discovery.source import TopologySource
 from shardroute.errors import ConfigError, UnknownMethod
 from shardroute.model import Shard, Topology
 from shardroute.routing import Decision, Reason, Router
+from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
 from shardroute.transport import (
     Attempts,
     ChannelPool,
@@ -63,7 +64,7 @@ class ClientCore(Generic[C]):
         outlier: OutlierDetector | None,
         max_message_bytes: int,
         channel_options: Sequence[tuple[str, Any]],
-        create_channel: Callable[[str, list[tuple[str, Any]]], C],
+        create_channel: Callable[[Shard, list[tuple[str, Any]]], C],
         close_channel: Callable[[C], None],
     ) -> None:
         if timeout <= 0:
@@ -97,7 +98,7 @@ class ClientCore(Generic[C]):
             *channel_options,
         ]
         self.channels: ChannelPool[C] = ChannelPool(
-            lambda address: create_channel(address, options), close_channel
+            lambda shard: create_channel(shard, options), close_channel
         )
         self._on_topology(source.current())
         self._unsubscribe = source.subscribe(self._on_topology)
@@ -290,7 +291,12 @@ class ClientShell(abc.ABC):
         outlier: OutlierDetector | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls: ChannelSecurity = None,
+        control_token: ControlToken | None = None,
     ) -> None:
+        self._channel_maker = ChannelMaker(tls)
+        self._tls = tls
+        self._control_token = control_token
         self._core = ClientCore(
             source,
             zone=zone,
@@ -307,8 +313,8 @@ class ClientShell(abc.ABC):
         self._owned_source: TopologySource | None = None
 
     @abc.abstractmethod
-    def _create_channel(self, address: str, options: list[tuple[str, Any]]) -> Any:
-        """A channel to ``address`` (sync or asyncio)."""
+    def _create_channel(self, shard: Shard, options: list[tuple[str, Any]]) -> Any:
+        """A channel to ``shard`` (sync or asyncio; TLS as configured)."""
 
     @abc.abstractmethod
     def _close_channel(self, channel: Any) -> None:
@@ -367,6 +373,8 @@ class ClientShell(abc.ABC):
                 router=self._core.router,
                 loads=self._core.inflight,
                 close_etcd=True,
+                tls=self._tls,
+                control_token=self._control_token,
             )
         return self._migrator
 

@@ -17,6 +17,7 @@ import grpc.aio
 from shardroute._core import ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
+from shardroute.model import Shard
 from shardroute.transport._async_calls import AsyncCallLoops
 
 if TYPE_CHECKING:
@@ -70,10 +71,10 @@ class AsyncShardClient(AsyncCallLoops, ClientShell):
         client._owned_source = source
         return client
 
-    def _create_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+    def _create_channel(self, shard: Shard, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        return grpc.aio.insecure_channel(address, options)
+        return self._channel_maker.aio_channel(shard, options)
 
     def _close_channel(self, channel: grpc.aio.Channel) -> None:
         loop = self._loop

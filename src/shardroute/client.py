@@ -9,6 +9,7 @@ import grpc
 
 from shardroute._core import ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
+from shardroute.model import Shard
 from shardroute.transport._sync_calls import CallLoops
 
 if TYPE_CHECKING:
@@ -41,11 +42,14 @@ class ShardClient(CallLoops, ClientShell):
 
     Constructor: ``ShardClient(source, *, zone=None, region=None, timeout=30.0,
     router=None, retry=None, outlier=None, max_message_bytes=4 MiB,
-    channel_options=())`` (docs/client.md).
+    channel_options=(), tls=None, control_token=None)`` (docs/client.md; ``tls``: a
+    :class:`~shardroute.security.TLSConfig` or ``grpc.ChannelCredentials`` for every
+    shard channel, docs/security.md; ``control_token``: what :meth:`migrate` sends to
+    shards' control services).
     """
 
-    def _create_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
-        return grpc.insecure_channel(address, options)
+    def _create_channel(self, shard: Shard, options: list[tuple[str, Any]]) -> grpc.Channel:
+        return self._channel_maker.sync_channel(shard, options)
 
     def _close_channel(self, channel: grpc.Channel) -> None:
         channel.close()

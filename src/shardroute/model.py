@@ -73,6 +73,9 @@ class Shard:
     lease: int = 0
     """The etcd lease id the shard registered under (0: unknown). Movers attach a
     session override to its owner's lease, so the override dies with the owner."""
+    tls: bool = False
+    """Whether the shard serves TLS (docs/security.md): a client with TLS refuses to
+    send in plaintext to a shard that does not."""
 
     @property
     def available(self) -> bool:

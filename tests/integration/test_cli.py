@@ -32,7 +32,8 @@ def test_topology_json_is_one_line_with_documented_fields(
     assert [s["id"] for s in data["shards"]] == ["a", "b"]
     a, b = data["shards"]
     assert set(a) == {
-        "id", "address", "zone", "region", "weight", "capacity", "state", "labels", "load",
+        "id", "address", "zone", "region", "weight", "capacity", "state", "labels", "tls",
+        "load",
     }  # fmt: skip
     assert a["capacity"] == 4 and a["state"] == "active" and a["load"]["inflight"] == 3
     assert b["load"] is None and b["labels"] == {"gpu": "l4"} and b["zone"] == "z2"

@@ -75,7 +75,7 @@ def setup() -> Iterator[tuple[ShardClient, InMemoryTopologySource, dict[str, Any
     failing: dict[str, Any] = {}
     seen: list[Any] = []
     client._core.channels = ChannelPool(
-        lambda address: FakeChannel(address, failing, seen), lambda channel: None
+        lambda shard: FakeChannel(shard.address, failing, seen), lambda channel: None
     )
     yield client, source, failing, seen
     client.close()

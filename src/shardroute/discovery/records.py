@@ -99,6 +99,9 @@ def parse_shard(key: str, shard_id: str, raw: bytes) -> Shard:
     lease = _int(key, obj, "lease", 0)
     if lease < 0:
         raise MalformedRecord(key, f"'lease' must be >= 0, got {lease!r}")
+    tls = obj.get("tls", False)
+    if not isinstance(tls, bool):
+        raise MalformedRecord(key, f"'tls' must be true or false, got {tls!r}")
     schema = _int(key, obj, "schema", SCHEMA_VERSION)
     if schema < 1:
         raise MalformedRecord(key, f"'schema' must be >= 1, got {schema!r}")
@@ -113,6 +116,7 @@ def parse_shard(key: str, shard_id: str, raw: bytes) -> Shard:
         labels=MappingProxyType(dict(labels)),
         schema=schema,
         lease=lease,
+        tls=tls,
     )
 
 
@@ -153,6 +157,7 @@ def shard_to_dict(shard: Shard) -> dict[str, Any]:
         "labels": dict(shard.labels),
         "schema": shard.schema,
         "lease": shard.lease,
+        "tls": shard.tls,
     }
 
 

@@ -39,11 +39,20 @@ def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: 
     """The ``ShardControl`` handler of ``server`` (its ``begin_drain`` starts a drain)."""
     answers = server._answers
     sessions = server.sessions
+    guard = server._control_guard
+
+    async def authorize(context: Any) -> None:
+        """Admin methods first: an unauthorised caller is refused, nothing changed."""
+        refused = guard.refusal(context)
+        if refused is not None:
+            await _abort(context, refused)
 
     async def get_status(request: Any, context: Any) -> Any:
+        await authorize(context)
         return answers.status()
 
     async def drain(request: Any, context: Any) -> Any:
+        await authorize(context)
         if server.state is ServerState.SERVING:
             server._take_drain_request(request)
             server.begin_drain(request.grace_s or None)
@@ -51,9 +60,11 @@ def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: 
         return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
 
     async def list_sessions(request: Any, context: Any) -> Any:
+        await authorize(context)
         return answers.sessions_page(request)
 
     async def export_session(request: Any, context: Any) -> AsyncIterator[Any]:
+        await authorize(context)
         try:
             # It may wait for an in-flight turn: on the sessions' executor, like turns.
             chunks = await run_waiting(
@@ -69,6 +80,7 @@ def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: 
             yield chunk
 
     async def import_session(request_iterator: Any, context: Any) -> Any:
+        await authorize(context)
         assembler = answers.new_assembler()
         try:
             async for chunk in request_iterator:
@@ -80,12 +92,14 @@ def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: 
             await _abort(context, refused)
 
     async def warm_session(request: Any, context: Any) -> Any:
+        await authorize(context)
         try:
             return await run_blocking(answers.warm, request)
         except Refused as refused:
             await _abort(context, refused)
 
     async def release_session(request: Any, context: Any) -> Any:
+        await authorize(context)
         try:
             return await run_blocking(answers.release, request)
         except Refused as refused:

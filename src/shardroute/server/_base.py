@@ -17,6 +17,7 @@ from shardroute._proto import shard_pb2
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.etcd import EtcdOptions
 from shardroute.model import LoadReport, Topology
+from shardroute.security import ChannelSecurity, ControlAuth, ControlGuard, ServerSecurity
 from shardroute.server.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
 from shardroute.server.control import ControlAnswers
 from shardroute.server.lifecycle import Lifecycle, ServerState
@@ -82,6 +83,9 @@ class ShardServerBase:
         session_idle_ttl_s: float = 600.0,
         session_ttl_s: float | None = None,
         session_fold: FoldPolicy | Mapping[str, Any] | None = None,
+        tls: ServerSecurity = None,
+        peer_tls: ChannelSecurity = None,
+        control_auth: ControlAuth | None = None,
     ) -> None:
         if hold_timeout_s <= 0:
             raise ConfigError(f"hold_timeout_s must be > 0, got {hold_timeout_s!r}")
@@ -132,7 +136,11 @@ class ShardServerBase:
             etcd_user=etcd_user,
             etcd_password=etcd_password,
             wait_for_etcd=wait_for_etcd,
+            tls=tls,
+            peer_tls=peer_tls,
+            control_auth=control_auth,
         )
+        self._control_guard = ControlGuard(control_auth, shard_id)
         self._accounting = LoadAccounting()
         self._lifecycle = Lifecycle()
         self._bound_port = 0
@@ -344,6 +352,20 @@ class ShardServerBase:
         if request.max_concurrent_moves > 0:
             self.max_concurrent_moves = request.max_concurrent_moves
 
+    def _warn_closed_control(self) -> None:
+        """At start: a shard reachable from other machines whose control service has no
+        credentials configured admits only local callers; say so."""
+        config = self._config
+        open_to_all = config.control_auth is None or not config.control_auth.configured
+        if open_to_all and not config.loopback_only:
+            log.warning(
+                "shard %s listens on %s but its control service has no control token or "
+                "mTLS identities configured: it is closed to remote callers (movers, "
+                "drains and the CLI on other machines are refused); see docs/security.md",
+                self.shard_id,
+                config.host,
+            )
+
     def _migrate_held_sessions(self, deadline: float) -> tuple[int, int]:
         """Move every held session to other shards (drain), at most
         ``max_concurrent_moves`` at once; returns (moved, failed) and records
@@ -358,8 +380,15 @@ class ShardServerBase:
         # move starts after the deadline: the sessions left stay whole in the store and
         # are taken over by their next turn.
         timeout = max(1.0, min(10.0, deadline - time.monotonic()))
+        auth = self._config.control_auth
         with Migrator(
-            etcd, self.service, source, store=self._sessions.store, timeout=timeout
+            etcd,
+            self.service,
+            source,
+            store=self._sessions.store,
+            timeout=timeout,
+            tls=self._config.peer_tls,
+            control_token=auth.token if auth is not None else None,
         ) as mover:
             results, errors = mover.migrate_many(
                 keys, max_concurrent=self.max_concurrent_moves, deadline=deadline

@@ -79,6 +79,14 @@ class ShardServer(ShardServerBase):
         wait_for_etcd: when etcd is unreachable at :meth:`start`, serve anyway and
             register in the background once it is back. Default False: ``start()``
             fails fast with :class:`~shardroute.errors.EtcdUnavailable`.
+        tls: serve TLS (a :class:`~shardroute.security.TLSConfig` with ``cert`` and
+            ``key``; with ``ca``, mutual TLS: client certificates required) or
+            ``grpc.ServerCredentials`` of your own; None: plaintext (docs/security.md).
+        peer_tls: how this shard's drains call other shards (default: ``tls`` when it
+            is a TLSConfig, its certificate serving as a client certificate).
+        control_auth: who may call the control service
+            (:class:`~shardroute.security.ControlAuth`: a token, mTLS identities);
+            None: only callers on this machine.
 
     Lifecycle: the constructor does no I/O. :meth:`start` may be called once: it binds,
     starts gRPC, marks the health service SERVING and registers in etcd (record and load
@@ -151,7 +159,7 @@ class ShardServer(ShardServerBase):
         server.add_generic_rpc_handlers((control_calls(self),))
         self.add_services(server)
         try:
-            self._bound_port = server.add_insecure_port(f"{config.host}:{config.port}")
+            self._bound_port = config.listen(server)
         except RuntimeError as exc:
             self._abort_start()
             raise ConfigError(
@@ -159,6 +167,7 @@ class ShardServer(ShardServerBase):
             ) from exc
         server.start()
         self._address = config.advertised(self._bound_port)
+        self._warn_closed_control()
         self._set_health(_SERVING)
         if config.etcd is not None:
             registrar = Registrar(config, self.load)

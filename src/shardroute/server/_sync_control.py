@@ -41,11 +41,20 @@ def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignor
     """The ``ShardControl`` handler of ``server`` (its ``begin_drain`` starts a drain)."""
     answers = server._answers
     sessions = server.sessions
+    guard = server._control_guard
+
+    def authorize(context: Any) -> None:
+        """Admin methods first: an unauthorised caller is refused, nothing changed."""
+        refused = guard.refusal(context)
+        if refused is not None:
+            _abort(context, refused)
 
     def get_status(request: Any, context: Any) -> Any:
+        authorize(context)
         return answers.status()
 
     def drain(request: Any, context: Any) -> Any:
+        authorize(context)
         if server.state is ServerState.SERVING:
             server._take_drain_request(request)
             server.begin_drain(request.grace_s or None)
@@ -53,9 +62,11 @@ def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignor
         return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
 
     def list_sessions(request: Any, context: Any) -> Any:
+        authorize(context)
         return answers.sessions_page(request)
 
     def export_session(request: Any, context: Any) -> Iterator[Any]:
+        authorize(context)
         try:
             # It may wait for an in-flight turn: on the sessions' executor, like turns.
             chunks = run_waiting(
@@ -71,6 +82,7 @@ def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignor
             yield chunk
 
     def import_session(request_iterator: Any, context: Any) -> Any:
+        authorize(context)
         assembler = answers.new_assembler()
         try:
             for chunk in request_iterator:
@@ -82,12 +94,14 @@ def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignor
             _abort(context, refused)
 
     def warm_session(request: Any, context: Any) -> Any:
+        authorize(context)
         try:
             return run_blocking(answers.warm, request)
         except Refused as refused:
             _abort(context, refused)
 
     def release_session(request: Any, context: Any) -> Any:
+        authorize(context)
         try:
             return run_blocking(answers.release, request)
         except Refused as refused:

@@ -7,11 +7,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
+
+import grpc
 
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import ConfigError
 from shardroute.etcd import EtcdOptions
 from shardroute.model import EMPTY_MAPPING, Shard, ShardState
+from shardroute.security import ChannelSecurity, ControlAuth, ServerSecurity, TLSConfig
 
 __all__ = ["CONTROL_SERVICE", "DEFAULT_MAX_MESSAGE_BYTES", "HEALTH_SERVICE", "ServerConfig"]
 
@@ -50,8 +54,21 @@ class ServerConfig:
     etcd_user: str | None = None
     etcd_password: str | None = None
     wait_for_etcd: bool = False
+    tls: ServerSecurity = None
+    peer_tls: ChannelSecurity = None
+    control_auth: ControlAuth | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tls, TLSConfig | grpc.ServerCredentials | None):
+            raise ConfigError(
+                f"tls must be a TLSConfig or grpc.ServerCredentials, got {self.tls!r}"
+            )
+        if isinstance(self.tls, TLSConfig) and (self.tls.cert is None or self.tls.key is None):
+            raise ConfigError("a TLS shard server needs TLSConfig(cert=..., key=...)")
+        if self.peer_tls is None and isinstance(self.tls, TLSConfig):
+            object.__setattr__(self, "peer_tls", self.tls)  # its certificate as a client's
+        if not isinstance(self.control_auth, ControlAuth | None):
+            raise ConfigError(f"control_auth must be a ControlAuth, got {self.control_auth!r}")
         schema = KeySchema(self.service)
         schema.shard(self.shard_id)  # validates the id
         if isinstance(self.etcd, str):
@@ -115,6 +132,25 @@ class ServerConfig:
             ("grpc.so_reuseport", 0),
         ]
 
+    def listen(self, server: Any) -> int:
+        """Add the listening port to ``server`` (a ``grpc.Server`` or ``grpc.aio.Server``):
+        TLS when :attr:`tls` is set. Returns the bound port; raises RuntimeError when the
+        address cannot be bound."""
+        address = f"{self.host}:{self.port}"
+        if self.tls is None:
+            port: int = server.add_insecure_port(address)
+            return port
+        credentials = self.tls.server_credentials() if isinstance(self.tls, TLSConfig) else self.tls
+        port = server.add_secure_port(address, credentials)
+        return port
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the server listens on loopback addresses only."""
+        return self.host in ("127.0.0.1", "localhost", "::1", "[::1]") or self.host.startswith(
+            "127."
+        )
+
     def advertised(self, bound_port: int) -> str:
         """The address written in the shard record once the server is bound."""
         if self.advertise_address is not None:
@@ -137,4 +173,5 @@ class ServerConfig:
             capacity=self.capacity,
             state=state,
             labels=self.labels,
+            tls=self.tls is not None,
         )

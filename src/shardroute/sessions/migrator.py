@@ -9,6 +9,7 @@ commit rolls back, so the session stays whole on its source.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ from shardroute.errors import (
 from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
 from shardroute.routing import OwnLoads, Router
+from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
 from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, ChunkAssembler, split_chunks
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
@@ -75,6 +77,11 @@ class Migrator:
         timeout: deadline of each shard call, in seconds.
         chunk_bytes: size of the state chunks streamed between shards.
         close_etcd: close ``etcd`` in :meth:`close` (when the migrator owns it).
+        tls: how to reach shards (:class:`~shardroute.security.TLSConfig` or
+            ``grpc.ChannelCredentials``; None: plaintext).
+        control_token: the token shards' control services ask for
+            (:class:`~shardroute.security.ControlToken`; default: from
+            ``$SHARDROUTE_CONTROL_TOKEN_FILE`` / ``$SHARDROUTE_CONTROL_TOKEN``, if set).
 
     Thread contract: ``migrate`` may be called from several threads at once (for
     different sessions; for the same session, exactly one wins the fence).
@@ -92,9 +99,11 @@ class Migrator:
         timeout: float = 30.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         close_etcd: bool = False,
+        tls: ChannelSecurity = None,
+        control_token: ControlToken | None = None,
     ) -> None:
-        if timeout <= 0 or chunk_bytes <= 0:
-            raise ConfigError("timeout and chunk_bytes must be > 0")
+        if not timeout > 0 or not math.isfinite(timeout) or chunk_bytes <= 0:
+            raise ConfigError("timeout must be a finite number > 0 and chunk_bytes > 0")
         self.service = service
         self.topology = topology
         self.overrides = OverrideStore(etcd, service)
@@ -105,9 +114,12 @@ class Migrator:
         self.chunk_bytes = chunk_bytes
         self._etcd = etcd if close_etcd else None
         self._lock = threading.Lock()
+        maker = ChannelMaker(tls)
         self._channels: ChannelPool[grpc.Channel] = ChannelPool(
-            grpc.insecure_channel, lambda channel: channel.close()
+            maker.sync_channel, lambda channel: channel.close()
         )
+        token = control_token if control_token is not None else ControlToken.from_env()
+        self._credentials = token.metadata() if token is not None else ()
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
@@ -280,7 +292,9 @@ class Migrator:
             )
             chunks = None
             try:
-                chunks = self._control(source).ExportSession(request, timeout=self.timeout)
+                chunks = self._control(source).ExportSession(
+                    request, timeout=self.timeout, metadata=self._credentials
+                )
                 return _joined(session_key, chunks), False
             except grpc.RpcError as exc:
                 if not _unreachable(exc):
@@ -301,10 +315,12 @@ class Migrator:
         control.ImportSession(
             split_chunks(session_key, fenced.epoch, data, self.chunk_bytes, version),
             timeout=self.timeout,
+            metadata=self._credentials,
         )
         control.WarmSession(
             shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
             timeout=self.timeout,
+            metadata=self._credentials,
         )
 
     def _release(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
@@ -312,7 +328,9 @@ class Migrator:
             session_key=session_key, epoch=epoch, new_owner=new_owner
         )
         try:
-            self._control(shard).ReleaseSession(request, timeout=self.timeout)
+            self._control(shard).ReleaseSession(
+                request, timeout=self.timeout, metadata=self._credentials
+            )
         except grpc.RpcError as exc:  # the commit stands; the shard learns from etcd
             log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
 

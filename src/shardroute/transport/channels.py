@@ -1,7 +1,8 @@
 """One gRPC channel per shard: created on first use, closed when the shard leaves.
 
 The pool is generic over the channel type so the sync client (``grpc.Channel``) and
-the asyncio client (``grpc.aio.Channel``) share it. Reads (``callable_for``) take no
+the asyncio client (``grpc.aio.Channel``) share it. ``create`` gets the :class:`Shard`
+(its address, and whether it serves TLS). Reads (``callable_for``) take no
 lock once a channel exists; creating and closing take a small lock.
 """
 
@@ -32,7 +33,7 @@ class _Entry(Generic[C]):
 class ChannelPool(Generic[C]):
     """Channels by shard id, with a cache of multi-callables per method path."""
 
-    def __init__(self, create: Callable[[str], C], close: Callable[[C], None]) -> None:
+    def __init__(self, create: Callable[[Shard], C], close: Callable[[C], None]) -> None:
         self._create = create
         self._close = close
         self._lock = threading.Lock()
@@ -71,7 +72,7 @@ class ChannelPool(Generic[C]):
             if entry is not None and entry.address == shard.address:
                 return entry
             stale = entry
-            entry = self._entries[shard.id] = _Entry(shard.address, self._create(shard.address))
+            entry = self._entries[shard.id] = _Entry(shard.address, self._create(shard))
         if stale is not None:
             self._close(stale.channel)
         return entry
