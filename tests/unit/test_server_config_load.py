@@ -29,6 +29,9 @@ def test_lifecycle_takes_each_transition_once() -> None:
         {"shard_id": "a/b"},
         {"capacity": 0},
         {"weight": 0.0},
+        {"weight": 1e9},  # readers would skip its record (docs/etcd-schema.md, "Bounds")
+        {"weight": float("nan")},
+        {"capacity": 10**7},
         {"lease_ttl_s": 1},
         {"port": 70000},
         {"advertise_address": "nohost"},

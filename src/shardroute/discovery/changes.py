@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from shardroute.discovery.keys import KeyKind, KeySchema
+from shardroute.discovery.keys import KeyKind, KeySchema, key_text
 from shardroute.discovery.records import decode_json, parse_load, parse_override, parse_shard
 from shardroute.errors import MalformedRecord
 from shardroute.model import LoadReport, Override, Shard, Topology
@@ -89,8 +89,13 @@ def _apply(
             kind is KeyKind.SESSION and not include_sessions
         ):
             continue
-        malformed.discard(change.key)
+        key = key_text(change.key)  # the key itself when it is UTF-8 (almost always)
+        malformed.discard(key)
         try:
+            if key is not change.key:  # etcd keys are bytes: this one is not UTF-8
+                if change.value is None:
+                    continue
+                raise MalformedRecord(key, "the key is not UTF-8")
             if kind is KeyKind.SHARD:
                 if shards is None:
                     shards = dict(topology.shards)
@@ -118,7 +123,7 @@ def _apply(
                     None if change.value is None else _freeze(decode_json(change.key, change.value))
                 )
         except MalformedRecord as exc:
-            malformed.add(change.key)
+            malformed.add(key)
             errors.append(exc)
     new_shards = topology.shards
     shards_revision = topology.shards_revision

@@ -156,7 +156,7 @@ class EtcdTopologySource(HolderSource):
         topology, errors = build_topology(
             self._schema, items, revision, previous, include_sessions=self._include_sessions
         )
-        self._holder.count_malformed(list(errors))
+        self._holder.count_malformed(errors, previous.malformed)
         self._holder.publish(topology, resync=True)
         self._holder.mark_live()
 
@@ -223,13 +223,11 @@ class EtcdTopologySource(HolderSource):
                 log.info("%s: etcd watch resumed from revision %d", self.service, start)
             self._holder.mark_live()
             for batch in stream:
+                current = self._holder.current()
                 topology, errors = apply_changes(
-                    self._holder.current(),
-                    self._schema,
-                    batch.changes,
-                    include_sessions=self._include_sessions,
+                    current, self._schema, batch.changes, include_sessions=self._include_sessions
                 )
-                self._holder.count_malformed(list(errors))
+                self._holder.count_malformed(errors, current.malformed)
                 self._holder.publish(topology)
         finally:
             with self._stream_lock:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from shardroute.errors import ConfigError
 
-__all__ = ["KeyKind", "KeySchema", "prefix_end"]
+__all__ = ["KeyKind", "KeySchema", "decode_key", "key_text", "prefix_end"]
 
 ROOT = "/shardroute"
 
@@ -91,6 +91,23 @@ class KeySchema:
             if folder == kind.value:
                 return kind, name
         return KeyKind.OTHER, rest
+
+
+def decode_key(raw: bytes) -> str:
+    """An etcd key (bytes) as text. A key that is not UTF-8 (etcd keys are any bytes)
+    keeps its bad bytes as lone surrogates (``surrogateescape``), so reading it never
+    fails and :func:`key_text` can tell it apart."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def key_text(key: str) -> str:
+    """``key`` itself when it is valid UTF-8, else a printable form of it (bad bytes as
+    ``\\xNN``) for logs and ``Topology.malformed``."""
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return key
 
 
 def prefix_end(prefix: str) -> str:

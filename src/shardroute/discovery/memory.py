@@ -48,10 +48,11 @@ class InMemoryTopologySource(HolderSource):
         """Write (or, with None, delete) a raw value under the service's key schema."""
         with self._write_lock:
             self._revision += 1
+            current = self._holder.current()
             topology, errors = apply_changes(
-                self._holder.current(), self._schema, [KeyChange(key, value, self._revision)]
+                current, self._schema, [KeyChange(key, value, self._revision)]
             )
-            self._holder.count_malformed(list(errors))
+            self._holder.count_malformed(errors, current.malformed)
             self._holder.publish(topology)
             return topology
 

@@ -16,6 +16,11 @@ from shardroute.errors import MalformedRecord
 from shardroute.model import LoadReport, Override, Shard, ShardState
 
 __all__ = [
+    "MAX_CAPACITY",
+    "MAX_COUNT",
+    "MAX_JSON_DEPTH",
+    "MAX_RECORD_BYTES",
+    "MAX_WEIGHT",
     "decode_json",
     "encode_load",
     "encode_override",
@@ -29,16 +34,52 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
+# Bounds on what a record read from etcd may hold (docs/etcd-schema.md, "Bounds"): a value
+# outside them is malformed (skipped, logged once, counted), never parsed at any cost.
+MAX_RECORD_BYTES = 64 * 1024
+"""The largest value parsed (shard record, load report, override, config)."""
+MAX_JSON_DEPTH = 32
+"""The deepest nesting of JSON objects and arrays in a value."""
+MAX_WEIGHT = 100.0
+"""The largest shard weight: the ring holds ``weight * vnodes_per_weight`` points per
+shard (16,000 at the default 160 per unit of weight)."""
+MAX_CAPACITY = 1_000_000
+"""The largest shard capacity (concurrent calls)."""
+MAX_COUNT = 1_000_000_000
+"""The largest count in a load report (``inflight``, ``queue_depth``, ``sessions``)."""
+_MAX_INT64 = 2**63 - 1
+
 
 def decode_json(key: str, raw: bytes) -> Mapping[str, Any]:
-    """Decode a JSON object, or raise :class:`MalformedRecord` naming the key."""
+    """Decode a JSON object of at most :data:`MAX_RECORD_BYTES` and :data:`MAX_JSON_DEPTH`
+    levels, or raise :class:`MalformedRecord` naming the key."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise MalformedRecord(key, f"{len(raw)} bytes, over the limit of {MAX_RECORD_BYTES}")
     try:
         value = json.loads(raw)
+    except RecursionError:
+        raise MalformedRecord(key, f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedRecord(key, f"not JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise MalformedRecord(key, f"expected a JSON object, got {type(value).__name__}")
+    if _too_deep(value):
+        raise MalformedRecord(key, f"nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def _too_deep(value: object) -> bool:
+    """Whether ``value`` nests containers deeper than :data:`MAX_JSON_DEPTH` (no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _number(key: str, obj: Mapping[str, Any], name: str, default: float) -> float:
@@ -59,9 +100,23 @@ def _int(key: str, obj: Mapping[str, Any], name: str, default: int) -> int:
 
 def _str(key: str, obj: Mapping[str, Any], name: str, default: str) -> str:
     value = obj.get(name, default)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not _utf8(value):
         raise MalformedRecord(key, f"{name!r} must be a string, got {value!r}")
     return value
+
+
+def _utf8(text: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates, ``"\\ud800"``)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _at_most(key: str, name: str, value: float, limit: float) -> None:
+    if value > limit:
+        raise MalformedRecord(key, f"{name!r} must be <= {limit!r}, got {value!r}")
 
 
 def _check_address(key: str, address: str) -> str:
@@ -80,9 +135,11 @@ def parse_shard(key: str, shard_id: str, raw: bytes) -> Shard:
     weight = _number(key, obj, "weight", 1.0)
     if weight <= 0:
         raise MalformedRecord(key, f"'weight' must be > 0, got {weight!r}")
+    _at_most(key, "weight", weight, MAX_WEIGHT)
     capacity = _int(key, obj, "capacity", 64)
     if capacity <= 0:
         raise MalformedRecord(key, f"'capacity' must be > 0, got {capacity!r}")
+    _at_most(key, "capacity", capacity, MAX_CAPACITY)
     state_text = _str(key, obj, "state", ShardState.ACTIVE.value)
     try:
         state = ShardState(state_text)
@@ -93,18 +150,21 @@ def parse_shard(key: str, shard_id: str, raw: bytes) -> Shard:
         ) from None
     labels = obj.get("labels", {})
     if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        isinstance(k, str) and isinstance(v, str) and _utf8(k) and _utf8(v)
+        for k, v in labels.items()
     ):
         raise MalformedRecord(key, f"'labels' must be an object of strings, got {labels!r}")
     lease = _int(key, obj, "lease", 0)
     if lease < 0:
         raise MalformedRecord(key, f"'lease' must be >= 0, got {lease!r}")
+    _at_most(key, "lease", lease, _MAX_INT64)
     tls = obj.get("tls", False)
     if not isinstance(tls, bool):
         raise MalformedRecord(key, f"'tls' must be true or false, got {tls!r}")
     schema = _int(key, obj, "schema", SCHEMA_VERSION)
     if schema < 1:
         raise MalformedRecord(key, f"'schema' must be >= 1, got {schema!r}")
+    _at_most(key, "schema", schema, _MAX_INT64)
     return Shard(
         id=shard_id,
         address=address,
@@ -142,6 +202,9 @@ def parse_load(key: str, raw: bytes) -> LoadReport:
     ):
         if getattr(report, name) < 0:
             raise MalformedRecord(key, f"{name!r} must be >= 0, got {getattr(report, name)!r}")
+    for name in ("inflight", "queue_depth", "sessions"):
+        _at_most(key, name, getattr(report, name), MAX_COUNT)
+    _at_most(key, "calls_total", report.calls_total, _MAX_INT64)
     return report
 
 
@@ -193,6 +256,7 @@ def parse_override(key: str, raw: bytes, version: int = 0) -> Override:
     epoch = _int(key, obj, "epoch", 0)
     if epoch < 1:
         raise MalformedRecord(key, f"'epoch' must be >= 1, got {epoch!r}")
+    _at_most(key, "epoch", epoch, _MAX_INT64)
     return Override(owner, epoch, _str(key, obj, "moving_to", ""), version)
 
 

@@ -12,7 +12,8 @@ import abc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from shardroute.errors import ShardRouteError, TopologyTimeout
@@ -170,10 +171,18 @@ class SnapshotHolder:
         """Why the view is stale, or None."""
         return self._last_error
 
-    def count_malformed(self, errors: list[Exception]) -> None:
-        """Log each malformed record once and add them to the total."""
+    def count_malformed(
+        self, errors: Sequence[Exception], known: AbstractSet[str] = frozenset()
+    ) -> None:
+        """Add malformed records met to the total, and log each key once: not again
+        while it stays malformed (``known``: the keys already skipped in the snapshot
+        the errors were met on), so a poison value rewritten every second is one line."""
+        logged: set[object] = set(known)
         for error in errors:
-            log.warning("skipping %s", error)
+            key = getattr(error, "key", None)
+            if key not in logged:
+                log.warning("skipping %s", error)
+                logged.add(key)
         self.malformed_total += len(errors)
 
 

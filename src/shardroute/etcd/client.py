@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from shardroute.discovery.keys import prefix_end
+from shardroute.discovery.keys import decode_key, prefix_end
 from shardroute.errors import Compacted, ConfigError, EtcdUnavailable, LeaseNotFound
 from shardroute.etcd._translate import _is_lease_not_found, _translated, _version_compare
 from shardroute.etcd.maintenance import (
@@ -136,7 +136,7 @@ class EtcdClient:
         if revision is not None:
             kwargs["revision"] = revision
         response = self._etcd.get_range_response(start, end, sort_order="ascend", **kwargs)
-        items = [(kv.key.decode(), bytes(kv.value), kv.mod_revision) for kv in response.kvs]
+        items = [(decode_key(kv.key), bytes(kv.value), kv.mod_revision) for kv in response.kvs]
         return response.header.revision, items
 
     def range_prefix(

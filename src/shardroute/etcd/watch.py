@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from shardroute.discovery.changes import KeyChange
+from shardroute.discovery.keys import decode_key
 from shardroute.errors import Compacted, EtcdUnavailable
 from shardroute.etcd._translate import _from_rpc_error
 
@@ -74,7 +75,7 @@ class WatchStream:
                     continue
                 changes = tuple(
                     KeyChange(
-                        event.kv.key.decode(),
+                        decode_key(event.kv.key),
                         None if event.type == 1 else bytes(event.kv.value),
                         int(event.kv.mod_revision),
                     )

@@ -3,7 +3,6 @@ names of the services every shard serves."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -12,6 +11,7 @@ from typing import Any
 import grpc
 
 from shardroute.discovery.keys import KeySchema
+from shardroute.discovery.records import MAX_CAPACITY, MAX_WEIGHT
 from shardroute.errors import ConfigError
 from shardroute.etcd import EtcdOptions
 from shardroute.model import EMPTY_MAPPING, Shard, ShardState
@@ -78,10 +78,10 @@ class ServerConfig:
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in 0..65535, got {self.port!r}")
-        if not (self.weight > 0 and math.isfinite(self.weight)):
-            raise ConfigError(f"weight must be a finite number > 0, got {self.weight!r}")
-        if self.capacity <= 0:
-            raise ConfigError(f"capacity must be > 0, got {self.capacity!r}")
+        if not 0 < self.weight <= MAX_WEIGHT:
+            raise ConfigError(f"weight must be > 0 and <= {MAX_WEIGHT}, got {self.weight!r}")
+        if not 0 < self.capacity <= MAX_CAPACITY:
+            raise ConfigError(f"capacity must be in 1..{MAX_CAPACITY}, got {self.capacity!r}")
         if self.lease_ttl_s < 2:
             raise ConfigError(f"lease_ttl_s must be >= 2 (etcd's minimum), got {self.lease_ttl_s}")
         if self.drain_grace_s < 0:
