@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xxhash import xxh3_64_intdigest
 
-from shardroute.model import Shard, ShardState, Topology
+from shardroute.model import LoadReport, Shard, ShardState, Topology
 from shardroute.routing import HashRing, Router
 from shardroute.routing._ring import _position, _sorted_arrays, _splice, vnode_count
 
@@ -111,3 +111,19 @@ def test_routers_fed_one_snapshot_share_one_ring_and_its_views() -> None:
     # a plain dict may change after the build: never shared
     plain = fleet(["a", "b"])
     assert HashRing.build(plain, 10) is not HashRing.build(plain, 10)
+
+
+def test_reported_loads_follow_a_snapshot_that_replaces_some_reports() -> None:
+    shards = MappingProxyType(fleet([f"s{i}" for i in range(20)]))
+    reports = {f"s{i}": LoadReport(inflight=i) for i in range(20)}
+    router = Router()
+    router.prepare(Topology(service="chat", shards=shards, loads=MappingProxyType(reports)))
+    changed = {**reports, "s3": LoadReport(inflight=9, queue_depth=2), "s7": LoadReport()}
+    del changed["s11"]
+    topology = Topology(service="chat", shards=shards, loads=MappingProxyType(changed))
+    router.prepare(topology)
+    fresh = Router()
+    fresh.prepare(topology)
+    assert router.basis(topology) == fresh.basis(topology)
+    assert [router.load(f"s{i}") for i in range(20)] == [fresh.load(f"s{i}") for i in range(20)]
+    assert router.load("s3") == 11 and router.load("s11") == 0
