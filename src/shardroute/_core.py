@@ -18,6 +18,10 @@ from shardroute.errors import ConfigError, UnknownMethod
 from shardroute.model import Shard, Topology
 from shardroute.routing import Decision, Reason, Router
 from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
+from shardroute.telemetry import Telemetry
+from shardroute.telemetry._setup import METRICS_STATE, TRACE_STATE
+from shardroute.telemetry.client import LIVE_CLIENTS, CallRecord, failed_over
+from shardroute.telemetry.client import ejected as report_ejection
 from shardroute.transport import (
     Attempts,
     ChannelPool,
@@ -28,6 +32,7 @@ from shardroute.transport import (
     describe_stub,
 )
 from shardroute.transport.attempts import CallRules, Metadata, first_metadata
+from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
 
 if TYPE_CHECKING:
@@ -38,9 +43,10 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "ClientShell", "RoutedStub
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 C = TypeVar("C")
 
-CallOptions: TypeAlias = tuple[str, bool, Metadata]
-"""What a call needs only when an attempt fails: (priority, idempotent, extra metadata)."""
-_PLAIN: CallOptions = ("standard", False, ())
+CallOptions: TypeAlias = tuple[str, bool, Metadata, CallRecord | None]
+"""What a call needs only when an attempt fails or is recorded: (priority, idempotent,
+extra metadata, the telemetry record or None)."""
+_PLAIN: CallOptions = ("standard", False, (), None)
 
 CallLoop: TypeAlias = Callable[
     [MethodSpec, Any, str, Decision, Metadata, float, float, CallOptions], Any
@@ -66,6 +72,7 @@ class ClientCore(Generic[C]):
         channel_options: Sequence[tuple[str, Any]],
         create_channel: Callable[[Shard, list[tuple[str, Any]]], C],
         close_channel: Callable[[C], None],
+        telemetry: Telemetry | None = None,
     ) -> None:
         if timeout <= 0:
             raise ConfigError(f"timeout must be > 0, got {timeout!r}")
@@ -82,6 +89,7 @@ class ClientCore(Generic[C]):
         self._calls = self.stats.counter("calls")
         self._by_reason = {reason: self.stats.counter(reason.value) for reason in Reason}
         self.inflight = InFlight()  # this client's calls per shard: the router's load input
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._health = self.outlier.health
         self._pins = self.router.memo.pins
         self._settle = self.router.affinity.settle
@@ -91,6 +99,7 @@ class ClientCore(Generic[C]):
             self.router,
             self.stats,
             shards=lambda: source.current().shards,
+            on_ejection=lambda shard_id, cause: report_ejection(self.telemetry, shard_id, cause),
         )
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -102,6 +111,7 @@ class ClientCore(Generic[C]):
         )
         self._on_topology(source.current())
         self._unsubscribe = source.subscribe(self._on_topology)
+        LIVE_CLIENTS.add(self)  # its gauges (staleness, channels, ejected shards)
 
     def _on_topology(self, topology: Topology) -> None:
         self.router.prepare(topology)  # build the ring here, off the request path
@@ -121,11 +131,19 @@ class ClientCore(Generic[C]):
             loads=self.inflight,
         )
 
-    def bind(self, spec: MethodSpec, unary: CallLoop, stream: CallLoop) -> Callable[..., Any]:
+    def bind(
+        self, spec: MethodSpec, loops: tuple[CallLoop, CallLoop, CallLoop, CallLoop]
+    ) -> Callable[..., Any]:
         """The routed callable of one method: routes, then hands over to the shell's
-        ``unary`` or ``stream`` loop (sync or asyncio) with the first attempt's metadata.
-        Nothing is allocated for failover until an attempt fails (:meth:`failed`)."""
-        run = stream if spec.kind == "unary_stream" else unary
+        loop (sync or asyncio; ``loops``: unary, stream, and the two recorded ones that
+        wrap them in a span) with the first attempt's metadata. Nothing is allocated
+        for failover until an attempt fails (:meth:`failed`), nothing for telemetry
+        unless it is active (checked on every call: two attribute reads)."""
+        streams = spec.kind == "unary_stream"
+        run = loops[1] if streams else loops[0]
+        recorded = recorded_call(self, spec, loops[3] if streams else loops[2])
+        explicit = self.telemetry.explicit
+        trace_state, metrics_state = TRACE_STATE, METRICS_STATE
         route = self.router.route
         current = self.source.current
         ejected = self.outlier.ejected
@@ -146,6 +164,12 @@ class ClientCore(Generic[C]):
             metadata: Sequence[tuple[str, str]] = (),
         ) -> Any:
             # The per-call hot path: kept flat (see docs/benchmarks.md).
+            if (
+                explicit
+                or trace_state._TRACER_PROVIDER is not None
+                or metrics_state._METER_PROVIDER is not None
+            ):
+                return recorded(request, session_key, timeout, priority, idempotent, metadata)
             if not session_key or not isinstance(session_key, str):
                 raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
             if timeout is None:
@@ -163,7 +187,7 @@ class ClientCore(Generic[C]):
                 loads=inflight,
             )
             if metadata or idempotent or priority != "standard" or decision.reason is not affinity:
-                options: CallOptions = (priority, idempotent, tuple(metadata))
+                options: CallOptions = (priority, idempotent, tuple(metadata), None)
                 md = first_metadata(session_key, decision, priority, options[2])
             else:  # the common case: one metadata entry, nothing else to carry
                 options = _PLAIN
@@ -211,7 +235,7 @@ class ClientCore(Generic[C]):
         timeout and its metadata. Raises the error for the caller when there is no next
         attempt."""
         if attempts is None:
-            priority, idempotent, extra = options
+            priority, idempotent, extra, _ = options
             attempts = Attempts(
                 decision,
                 session_key,
@@ -225,13 +249,20 @@ class ClientCore(Generic[C]):
             )
             attempts.first()
         attempts.received = received
-        following = attempts.failed(shard, error)
+        record = options[3]
+        try:
+            following = attempts.failed(shard, error)
+        except BaseException:
+            failed_over(record, spec.path, session_key, shard.id, attempts.last_failure, None)
+            raise
+        failed_over(record, spec.path, session_key, shard.id, attempts.last_failure, following)
         if following is None:
             raise attempts.exhausted()
         return attempts, following, attempts.timeout(), attempts.metadata_for(following)
 
     def close(self) -> None:
         """Stop following the topology and close channels."""
+        LIVE_CLIENTS.discard(self)
         self._unsubscribe()
         self.channels.close()
 
@@ -291,6 +322,7 @@ class ClientShell(abc.ABC):
         outlier: OutlierDetector | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
+        telemetry: Telemetry | None = None,
         tls: ChannelSecurity = None,
         control_token: ControlToken | None = None,
     ) -> None:
@@ -309,6 +341,7 @@ class ClientShell(abc.ABC):
             channel_options=channel_options,
             create_channel=self._create_channel,
             close_channel=self._close_channel,
+            telemetry=telemetry,
         )
         self._owned_source: TopologySource | None = None
 
@@ -352,7 +385,8 @@ class ClientShell(abc.ABC):
 
     def stub(self, stub_class: type[Any]) -> RoutedStub:
         """Wrap a generated stub class; its methods take ``session_key=`` and route."""
-        return RoutedStub(stub_class, lambda spec: self._core.bind(spec, self._unary, self._stream))
+        loops = (self._unary, self._stream, self._recorded_unary, self._recorded_stream)
+        return RoutedStub(stub_class, lambda spec: self._core.bind(spec, loops))
 
     _migrator: Migrator | None = None
 
@@ -372,6 +406,7 @@ class ClientShell(abc.ABC):
                 source,
                 router=self._core.router,
                 loads=self._core.inflight,
+                telemetry=self._core.telemetry,
                 close_etcd=True,
                 tls=self._tls,
                 control_token=self._control_token,
@@ -398,3 +433,5 @@ class ClientShell(abc.ABC):
     # ``await``: ``_unary`` returns the response, ``_stream`` an iterator of them.
     _unary: CallLoop
     _stream: CallLoop
+    _recorded_unary: CallLoop
+    _recorded_stream: CallLoop

@@ -24,6 +24,9 @@ from shardroute.server.lifecycle import Lifecycle, ServerState
 from shardroute.server.load import LoadAccounting
 from shardroute.sessions import SessionCodec, SessionHost, SessionSummary
 from shardroute.sessions.envelope import FoldPolicy
+from shardroute.telemetry import Telemetry
+from shardroute.telemetry.migration import drain_span
+from shardroute.telemetry.server import LIVE_SHARDS
 
 __all__ = ["ServerLifecycleError", "ShardServerBase", "session_key"]
 
@@ -86,6 +89,7 @@ class ShardServerBase:
         tls: ServerSecurity = None,
         peer_tls: ChannelSecurity = None,
         control_auth: ControlAuth | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if hold_timeout_s <= 0:
             raise ConfigError(f"hold_timeout_s must be > 0, got {hold_timeout_s!r}")
@@ -159,6 +163,10 @@ class ShardServerBase:
             idle_ttl_s=session_idle_ttl_s,
             wait_workers=self._config.workers,
         )
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        """Where this shard's spans and metrics go (docs/observability.md)."""
+        self._sessions.telemetry = self.telemetry
+        LIVE_SHARDS.add(self)  # its gauges: in flight, queue, sessions held
         self._answers = ControlAnswers(self)
         """The ``ShardControl`` answers (docs/protocol.md), served by the shell."""
         self._session_etcd: Any = None
@@ -381,15 +389,19 @@ class ShardServerBase:
         # are taken over by their next turn.
         timeout = max(1.0, min(10.0, deadline - time.monotonic()))
         auth = self._config.control_auth
-        with Migrator(
-            etcd,
-            self.service,
-            source,
-            store=self._sessions.store,
-            timeout=timeout,
-            tls=self._config.peer_tls,
-            control_token=auth.token if auth is not None else None,
-        ) as mover:
+        with (
+            Migrator(
+                etcd,
+                self.service,
+                source,
+                store=self._sessions.store,
+                timeout=timeout,
+                tls=self._config.peer_tls,
+                control_token=auth.token if auth is not None else None,
+                telemetry=self.telemetry,
+            ) as mover,
+            drain_span(self.telemetry, self.shard_id, len(keys)),
+        ):
             results, errors = mover.migrate_many(
                 keys, max_concurrent=self.max_concurrent_moves, deadline=deadline
             )

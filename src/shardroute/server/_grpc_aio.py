@@ -17,6 +17,7 @@ import grpc.aio
 from shardroute.server._async_interceptor import AsyncLoadInterceptor
 from shardroute.server.config import ServerConfig
 from shardroute.server.load import LoadAccounting
+from shardroute.telemetry import Telemetry
 
 __all__ = [
     "begin_stop",
@@ -30,12 +31,17 @@ __all__ = [
 
 
 def new_server(
-    config: ServerConfig, accounting: LoadAccounting, name: str
+    config: ServerConfig,
+    accounting: LoadAccounting,
+    name: str,
+    telemetry: Telemetry | None = None,
 ) -> tuple[grpc.aio.Server, Any, None]:
     """The gRPC server (load interceptor on), its health servicer, and no worker pool
     (handlers run on the event loop)."""
     server = grpc.aio.server(
-        interceptors=[AsyncLoadInterceptor(accounting, config.capacity)],
+        interceptors=[
+            AsyncLoadInterceptor(accounting, config.capacity, telemetry, config.shard_id)
+        ],
         options=config.grpc_options(),
     )
     health = importlib.import_module("grpc_health.v1._async").HealthServicer()

@@ -18,6 +18,7 @@ from shardroute.server._call_accounting import CountingExecutor
 from shardroute.server._sync_interceptor import LoadInterceptor
 from shardroute.server.config import ServerConfig
 from shardroute.server.load import LoadAccounting
+from shardroute.telemetry import Telemetry
 
 __all__ = [
     "begin_stop",
@@ -31,14 +32,17 @@ __all__ = [
 
 
 def new_server(
-    config: ServerConfig, accounting: LoadAccounting, name: str
+    config: ServerConfig,
+    accounting: LoadAccounting,
+    name: str,
+    telemetry: Telemetry | None = None,
 ) -> tuple[grpc.Server, Any, CountingExecutor]:
     """The gRPC server on a worker pool that counts its queue, with the load
     interceptor, and its health servicer."""
     executor = CountingExecutor(config.workers, accounting, name)
     server = grpc.server(
         executor,
-        interceptors=[LoadInterceptor(accounting, config.capacity)],
+        interceptors=[LoadInterceptor(accounting, config.capacity, telemetry, config.shard_id)],
         options=config.grpc_options(),
     )
     return server, health.HealthServicer(), executor

@@ -152,7 +152,7 @@ class ShardServer(ShardServerBase):
             raise ServerLifecycleError(f"shard {self.shard_id}: start() in state {self.state}")
         config = self._config
         server, self._health, self._executor = new_server(
-            config, self._accounting, f"shardroute-{self.shard_id}"
+            config, self._accounting, f"shardroute-{self.shard_id}", self.telemetry
         )
         self._grpc = server
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -14,16 +14,27 @@ import grpc
 from shardroute._io.sync import on_call_done, streams_by_yielding
 from shardroute.server._call_accounting import Once, rewrap
 from shardroute.server.load import LoadAccounting, is_accounted
+from shardroute.telemetry import Telemetry
+from shardroute.telemetry.server import ServerRecord
 
 __all__ = ["LoadInterceptor"]
 
 
 class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Load accounting for the shard's gRPC server (docs/server.md, "Load reporting")."""
+    """Load accounting for the shard's gRPC server (docs/server.md, "Load reporting"),
+    and a server span per call when telemetry is active (docs/observability.md)."""
 
-    def __init__(self, accounting: LoadAccounting, capacity: int) -> None:
+    def __init__(
+        self,
+        accounting: LoadAccounting,
+        capacity: int,
+        telemetry: Telemetry | None = None,
+        shard_id: str = "",
+    ) -> None:
         self._accounting = accounting
         self._capacity = capacity
+        self._telemetry = telemetry if telemetry is not None else Telemetry()
+        self._shard_id = shard_id
 
     def intercept_service(
         self,
@@ -34,14 +45,25 @@ class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or not is_accounted(handler_call_details.method):
             return handler
         accounting, capacity = self._accounting, self._capacity
+        telemetry, shard_id = self._telemetry, self._shard_id
+        method = handler_call_details.method
 
         def unary(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             def wrapped(request: Any, context: Any) -> Any:
                 once = Once(accounting, capacity, context)
+                record = ServerRecord.start(telemetry, shard_id, method, context)
+                if record is not None:
+                    record.attach()  # the handler's own spans are the call's children
+                error: BaseException | None = None
                 try:
                     return behavior(request, context)
+                except BaseException as failed:
+                    error = failed
+                    raise
                 finally:
                     once.finish()
+                    if record is not None:
+                        record.finish(context, error)
 
             return wrapped
 
@@ -52,13 +74,26 @@ class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
             def wrapped(request: Any, context: Any) -> Iterator[Any]:
                 once = Once(accounting, capacity, context)
+                record = ServerRecord.start(telemetry, shard_id, method, context)
+
+                def done() -> None:
+                    once.finish(trailer=False)
+                    if record is not None:
+                        record.finish(context)
+
                 # A cancelled stream may never resume its generator: finish on call end.
-                on_call_done(context, lambda: once.finish(trailer=False))
+                on_call_done(context, done)
+                error: BaseException | None = None
                 try:
                     for response in behavior(request, context):
                         yield response
+                except BaseException as failed:
+                    error = failed
+                    raise
                 finally:
                     once.finish()
+                    if record is not None:
+                        record.finish(context, error)
 
             return wrapped
 

@@ -29,6 +29,7 @@ from shardroute.sessions.codecs import JsonCodec, SessionCodec
 from shardroute.sessions.envelope import LogPosition
 from shardroute.sessions.ownership import epoch_is_stale, newest_override
 from shardroute.sessions.store import STORE_UNAVAILABLE
+from shardroute.telemetry import Telemetry
 
 log = logging.getLogger("shardroute.server")
 
@@ -142,6 +143,8 @@ class HostBase:
         self.checkpoints_total = 0
         """Turns saved to the session store."""
         self.store_bytes_written = 0
+        self.telemetry = Telemetry()
+        """Where checkpoint metrics go (the shard server sets its own)."""
         """Bytes the session store wrote (its ``bytes_written``, as of the last checkpoint)."""
         self.ended_total = 0
         """Sessions ended by :meth:`end_session`."""

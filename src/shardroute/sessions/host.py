@@ -45,6 +45,7 @@ from shardroute.sessions.lifetime import Lifetime
 from shardroute.sessions.ownership import Action, decide
 from shardroute.sessions.store import STORE_UNAVAILABLE
 from shardroute.sessions.turns import AsyncTurn, Turn
+from shardroute.telemetry.server import checkpointed
 
 __all__ = ["SessionHost"]
 
@@ -315,6 +316,7 @@ class SessionHost(Handoff, Lifetime):
         data = self.codec.encode(new_state)
         store = self._require_store()
         log: LogPosition | None = None
+        started = time.perf_counter()
         try:
             incremental = getattr(store, "checkpoint", None)
             if incremental is not None:
@@ -349,8 +351,11 @@ class SessionHost(Handoff, Lifetime):
             entry.state, entry.data, entry.version, entry.log = new_state, data, version, log
             self.checkpoints_total += 1
             written = getattr(store, "bytes_written", None)
+            wrote = len(data)
             if isinstance(written, int):
+                wrote = written - self.store_bytes_written
                 self.store_bytes_written = written
+        checkpointed(self.telemetry, self.shard_id, time.perf_counter() - started, wrote)
 
     def end(self, session_key: str, entry: Any) -> None:
         """Unlock the session after a turn (any outcome). A session that was never saved

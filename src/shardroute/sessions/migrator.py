@@ -40,6 +40,8 @@ from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, ChunkAssembler, spli
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
+from shardroute.telemetry import Telemetry
+from shardroute.telemetry.migration import MigrationTrace, attached, carry
 from shardroute.transport.channels import ChannelPool
 
 __all__ = ["MigrationResult", "Migrator", "control_stub"]
@@ -82,6 +84,8 @@ class Migrator:
         control_token: the token shards' control services ask for
             (:class:`~shardroute.security.ControlToken`; default: from
             ``$SHARDROUTE_CONTROL_TOKEN_FILE`` / ``$SHARDROUTE_CONTROL_TOKEN``, if set).
+        telemetry: where each move's span (a child per step) and metrics go
+            (docs/observability.md; default: the global OpenTelemetry providers).
 
     Thread contract: ``migrate`` may be called from several threads at once (for
     different sessions; for the same session, exactly one wins the fence).
@@ -101,6 +105,7 @@ class Migrator:
         close_etcd: bool = False,
         tls: ChannelSecurity = None,
         control_token: ControlToken | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not timeout > 0 or not math.isfinite(timeout) or chunk_bytes <= 0:
             raise ConfigError("timeout must be a finite number > 0 and chunk_bytes > 0")
@@ -113,6 +118,7 @@ class Migrator:
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes
         self._etcd = etcd if close_etcd else None
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._lock = threading.Lock()
         maker = ChannelMaker(tls)
         self._channels: ChannelPool[grpc.Channel] = ChannelPool(
@@ -160,9 +166,12 @@ class Migrator:
         target_shard = self._target(session_key, topology, source_id, target)
         source_shard = topology.shards.get(source_id)
         fence = next_override(current, source_id, moving_to=target_shard.id)
+        steps = MigrationTrace(self.telemetry, session_key, source_id, target_shard.id)
         try:
-            fenced = self._swap(session_key, current, fence, source_shard or target_shard)
+            with steps.step("fence"):
+                fenced = self._swap(session_key, current, fence, source_shard or target_shard)
         except StaleState as exc:
+            steps.finish("conflict", exc)
             raise MigrationConflict(
                 f"session {session_key!r} changed hands while this move started: {exc}",
                 session_key,
@@ -170,11 +179,14 @@ class Migrator:
         assert fenced is not None
         commit = next_override(fenced, target_shard.id)
         try:
-            (data, version), from_store = self._export(session_key, fenced, source_shard)
-            self._import(session_key, fenced, target_shard, data, version)
-            committed = self._commit(session_key, fenced, commit, target_shard)
+            (data, version), from_store = self._export(session_key, fenced, source_shard, steps)
+            self._import(session_key, fenced, target_shard, data, version, steps)
+            with steps.step("commit"):
+                committed = self._commit(session_key, fenced, commit, target_shard)
         except BaseException as exc:
-            self._roll_back(session_key, fenced, source_id, source_shard, target_shard)
+            with steps.step("rollback"):
+                self._roll_back(session_key, fenced, source_id, source_shard, target_shard)
+            steps.finish("conflict" if isinstance(exc, StaleState) else "rolled_back", exc)
             if isinstance(exc, LeaseNotFound):
                 raise MigrationFailed(
                     f"moving session {session_key!r}: the target {target_shard.id!r} lost its "
@@ -195,8 +207,10 @@ class Migrator:
             raise
         assert committed is not None
         if source_shard is not None:
-            self._release(source_shard, session_key, committed.epoch, target_shard.id)
+            with steps.step("release"):
+                self._release(source_shard, session_key, committed.epoch, target_shard.id)
         self.router.remember(session_key, target_shard.id)
+        steps.finish("committed")
         return MigrationResult(
             session_key,
             source_id,
@@ -223,6 +237,8 @@ class Migrator:
         results: list[MigrationResult] = []
         errors: dict[str, ShardRouteError] = {}
 
+        parent = carry()  # a drain's span: the parent of these moves, in the pool's threads
+
         def one(key: str) -> None:
             if deadline is not None and time.monotonic() >= deadline:
                 errors[key] = MigrationFailed(
@@ -230,7 +246,8 @@ class Migrator:
                 )
                 return
             try:
-                results.append(self.migrate(key))
+                with attached(parent):
+                    results.append(self.migrate(key))
             except ShardRouteError as exc:
                 errors[key] = exc
 
@@ -282,7 +299,7 @@ class Migrator:
         return self.overrides.swap(session_key, expected, new, lease=holder.lease or None)
 
     def _export(
-        self, session_key: str, fenced: Override, source: Shard | None
+        self, session_key: str, fenced: Override, source: Shard | None, steps: MigrationTrace
     ) -> tuple[tuple[bytes, int], bool]:
         """The state (bytes, and the store version they were saved at, 0 if unknown),
         and whether it came from the store."""
@@ -292,10 +309,11 @@ class Migrator:
             )
             chunks = None
             try:
-                chunks = self._control(source).ExportSession(
-                    request, timeout=self.timeout, metadata=self._credentials
-                )
-                return _joined(session_key, chunks), False
+                with steps.step("export"):
+                    chunks = self._control(source).ExportSession(
+                        request, timeout=self.timeout, metadata=self._credentials
+                    )
+                    return _joined(session_key, chunks), False
             except grpc.RpcError as exc:
                 if not _unreachable(exc):
                     raise
@@ -303,25 +321,34 @@ class Migrator:
             finally:
                 if chunks is not None:
                     chunks.cancel()  # no-op once finished; stops a stream we gave up on
-        stored = self.store.load(session_key)
+        with steps.step("store_load"):
+            stored = self.store.load(session_key)
         if stored is None:
             return (b"", 0), True
         return (stored.data, stored.version), True
 
     def _import(
-        self, session_key: str, fenced: Override, target: Shard, data: bytes, version: int
+        self,
+        session_key: str,
+        fenced: Override,
+        target: Shard,
+        data: bytes,
+        version: int,
+        steps: MigrationTrace,
     ) -> None:
         control = self._control(target)
-        control.ImportSession(
-            split_chunks(session_key, fenced.epoch, data, self.chunk_bytes, version),
-            timeout=self.timeout,
-            metadata=self._credentials,
-        )
-        control.WarmSession(
-            shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
-            timeout=self.timeout,
-            metadata=self._credentials,
-        )
+        with steps.step("import"):
+            control.ImportSession(
+                split_chunks(session_key, fenced.epoch, data, self.chunk_bytes, version),
+                timeout=self.timeout,
+                metadata=self._credentials,
+            )
+        with steps.step("warm"):
+            control.WarmSession(
+                shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
+                timeout=self.timeout,
+                metadata=self._credentials,
+            )
 
     def _release(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
         request = shard_pb2.ReleaseSessionRequest(

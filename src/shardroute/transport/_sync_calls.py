@@ -3,10 +3,11 @@
 """The client call loops. The asyncio flavour is the source (``_async_calls.py``); the
 threaded one (``_sync_calls.py``) is generated from it by ``scripts/unasync.py``.
 
-One loop per call shape: the first attempt goes to the decision's shard with no
-per-call objects; only a failure builds the attempt plan (:class:`Attempts`), which
-says where to go next (``ClientCore.failed``). In-flight counts and the affinity memo
-are updated by the core, never by the router.
+One loop per call shape, and a recorded form of each (telemetry active: it ends the
+call's :class:`~shardroute.telemetry.client.CallRecord`). The first attempt goes to the
+decision's shard with no per-call objects; only a failure builds the attempt plan
+(:class:`Attempts`), which says where to go next (``ClientCore.failed``). In-flight
+counts and the affinity memo are updated by the core, never by the router.
 """
 
 from __future__ import annotations
@@ -115,3 +116,51 @@ class CallLoops:
                 failed,
                 received,
             )
+
+    def _recorded_unary(
+        self,
+        spec: MethodSpec,
+        request: Any,
+        session_key: str,
+        decision: Decision,
+        md: Metadata,
+        timeout: float,
+        started: float,
+        options: CallOptions,
+    ) -> Any:
+        record = options[3]
+        assert record is not None
+        try:
+            response = self._unary(
+                spec, request, session_key, decision, md, timeout, started, options
+            )
+        except BaseException as error:
+            record.finish(error)
+            raise
+        record.finish()
+        return response
+
+    def _recorded_stream(
+        self,
+        spec: MethodSpec,
+        request: Any,
+        session_key: str,
+        decision: Decision,
+        md: Metadata,
+        timeout: float,
+        started: float,
+        options: CallOptions,
+    ) -> Iterator[Any]:
+        record = options[3]
+        assert record is not None
+        error: BaseException | None = None
+        try:
+            for message in self._stream(
+                spec, request, session_key, decision, md, timeout, started, options
+            ):
+                yield message
+        except BaseException as failed:
+            error = failed
+            raise
+        finally:
+            record.finish(error)

@@ -55,6 +55,8 @@ class CallRules:
     clock: Callable[[], float] = time.monotonic
     shards: Callable[[], Mapping[str, Shard]] | None = None
     """The current shards, to resolve a redirect's target (None: redirects fail)."""
+    on_ejection: Callable[[str, str], None] | None = None
+    """Called with (shard id, failure class) when a failure ejects a shard."""
 
 
 class Attempts:
@@ -168,6 +170,13 @@ class Attempts:
         return md + self._extra if self._extra else md
 
     @property
+    def last_failure(self) -> str:
+        """The class of the last failed attempt (a :class:`Failure` value, or
+        ``redirected``)."""
+        what = self._failures[-1][1] if self._failures else "unknown"
+        return "redirected" if what.startswith("redirected") else what
+
+    @property
     def failed_over(self) -> bool:
         """True when the call is being made on a fallback, not the first choice."""
         return self.attempt > 1
@@ -209,7 +218,10 @@ class Attempts:
             return
         failure = classify(error)
         if failure in (Failure.NOT_SENT, Failure.MAYBE_EXECUTED):
-            self._rules.outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
+            rules = self._rules
+            ejected = rules.outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
+            if ejected and rules.on_ejection is not None:
+                rules.on_ejection(shard.id, failure.value)
         self._failures.append((shard.id, failure.value))
         idempotent = self._flags[1]
         if self._rules.retry.should_retry(

@@ -1,0 +1,56 @@
+"""The routed call when telemetry is active: the client's usual steps plus a
+:class:`~shardroute.telemetry.client.CallRecord` (client span, W3C trace context in the
+call's metadata, metrics), handed to the shell's recorded loop.
+
+Kept apart from the plain path (``ClientCore.bind``), which stays flat: with no SDK
+configured, none of this runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from shardroute.errors import ConfigError, Overloaded
+from shardroute.telemetry.client import CallRecord, overloaded
+from shardroute.transport.attempts import first_metadata
+from shardroute.transport.methods import MethodSpec
+
+if TYPE_CHECKING:
+    from shardroute._core import CallLoop, CallOptions, ClientCore
+
+__all__ = ["recorded_call"]
+
+
+def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Callable[..., Any]:
+    """The recorded form of ``core``'s routed call of ``spec``: ``run`` is the shell's
+    recorded loop (it ends the record when the call ends)."""
+    telemetry = core.telemetry
+
+    def recorded(
+        request: Any,
+        session_key: str,
+        timeout: float | None,
+        priority: str,
+        idempotent: bool,
+        metadata: Sequence[tuple[str, str]],
+    ) -> Any:
+        if not session_key or not isinstance(session_key, str):
+            raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
+        if timeout is None:
+            timeout = core.timeout
+        elif timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+        started = core.rules.clock()
+        try:
+            decision = core.route(session_key, priority)
+        except Overloaded:
+            overloaded(telemetry, priority)
+            raise
+        record = CallRecord(telemetry, spec.path, session_key, decision, priority)
+        extra = (*metadata, *record.metadata)
+        options: CallOptions = (priority, idempotent, extra, record)
+        md = first_metadata(session_key, decision, priority, extra)
+        return run(spec, request, session_key, decision, md, timeout, started, options)
+
+    return recorded
