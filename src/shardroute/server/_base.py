@@ -24,7 +24,7 @@ from shardroute.server.lifecycle import Lifecycle, ServerState
 from shardroute.server.load import LoadAccounting
 from shardroute.sessions import SessionCodec, SessionHost, SessionSummary
 from shardroute.sessions.envelope import FoldPolicy
-from shardroute.sessions.store_url import check_store_choice, open_session_store
+from shardroute.sessions.migrator import MAX_CONCURRENT_MOVES
 from shardroute.telemetry import Telemetry
 from shardroute.telemetry.migration import drain_span
 from shardroute.telemetry.server import LIVE_SHARDS
@@ -104,8 +104,11 @@ class ShardServerBase:
             session_fold = FoldPolicy(**session_fold)
         self.session_fold = session_fold
         """When checkpoints write a snapshot instead of a turn record (default stores only)."""
-        if max_concurrent_moves < 1:
-            raise ConfigError(f"max_concurrent_moves must be >= 1, got {max_concurrent_moves!r}")
+        if not 1 <= max_concurrent_moves <= MAX_CONCURRENT_MOVES:
+            raise ConfigError(
+                f"max_concurrent_moves must be in 1..{MAX_CONCURRENT_MOVES}, "
+                f"got {max_concurrent_moves!r}"
+            )
         if isinstance(etcd, EtcdOptions):  # the one settings object, or the keywords
             given = (etcd_ca_cert, etcd_cert_key, etcd_cert_cert, etcd_user, etcd_password)
             if any(value is not None for value in given):
@@ -150,8 +153,7 @@ class ShardServerBase:
         self._lifecycle = Lifecycle()
         self._bound_port = 0
         self._address = ""
-        self._session_store_arg = check_store_choice(session_store)
-        self._owned_store: Any = None  # a store made here from a name or URL
+        self._session_store_arg = session_store
         self.max_concurrent_moves = max_concurrent_moves
         self.migrate_on_drain = True
         """Whether a drain moves held sessions away (a Drain RPC may turn it off)."""
@@ -303,10 +305,6 @@ class ShardServerBase:
 
         config = self._config
         store = self._session_store_arg
-        if isinstance(store, str):  # "etcd" (None: the default below), "memory", a URL
-            store = self._owned_store = open_session_store(
-                store, service=config.service, ttl_s=self.session_ttl_s, fold=self.session_fold
-            )
         if config.etcd is None:
             ttl = self.session_ttl_s
             fold = self.session_fold
@@ -351,9 +349,6 @@ class ShardServerBase:
             etcd.close()
         self._sessions.topology_changed()
         self._sessions.close()
-        owned, self._owned_store = self._owned_store, None
-        if hasattr(owned, "close"):
-            owned.close()
 
     def _topology_unreachable(self, exc: EtcdUnavailable) -> EtcdUnavailable:
         """The error ``start()`` raises when the topology cannot be followed (both shells)."""
@@ -367,7 +362,7 @@ class ShardServerBase:
         """Apply a Drain RPC's options: whether to move sessions, and the cap on moves."""
         self.migrate_on_drain = request.migrate_sessions
         if request.max_concurrent_moves > 0:
-            self.max_concurrent_moves = request.max_concurrent_moves
+            self.max_concurrent_moves = min(request.max_concurrent_moves, MAX_CONCURRENT_MOVES)
 
     def _warn_closed_control(self) -> None:
         """At start: a shard reachable from other machines whose control service has no

@@ -19,7 +19,12 @@ from shardroute._proto import shard_pb2
 from shardroute.errors import ChunkError, ConfigError, Refused
 from shardroute.server.config import CONTROL_SERVICE
 from shardroute.server.lifecycle import ServerState
-from shardroute.sessions.chunks import ChunkAssembler, chunk_size, split_chunks
+from shardroute.sessions.chunks import (
+    MIN_CHUNK_BYTES,
+    ChunkAssembler,
+    chunk_size,
+    split_chunks,
+)
 from shardroute.sessions.handoff import import_version, rpc_deadline
 
 if TYPE_CHECKING:
@@ -48,12 +53,14 @@ class ControlAnswers:
         """``time_remaining``: the RPC's (``context.time_remaining()``); the export's wait
         for the in-flight turn ends before it (:data:`rpc_deadline`)."""
         deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        self._server.sessions.verify_move(request.session_key, request.epoch, "export")
         token = rpc_deadline.set(deadline)
         try:
             data = self._server.export_session(request.session_key, request.epoch)
         finally:
             rpc_deadline.reset(token)
-        size = chunk_size(request.chunk_bytes, self._server.config.max_message_bytes)
+        requested = max(request.chunk_bytes, MIN_CHUNK_BYTES) if request.chunk_bytes else 0
+        size = chunk_size(requested, self._server.config.max_message_bytes)
         version = self._server.sessions.exported_version(request.session_key)
         return list(split_chunks(request.session_key, request.epoch, data, size, version))
 
@@ -62,6 +69,7 @@ class ControlAnswers:
             raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk"
             )
+        self._server.sessions.verify_move(assembler.session_key, assembler.epoch, "import")
         data = assembler.data
         token = import_version.set(assembler.state_version)
         try:
@@ -76,6 +84,7 @@ class ControlAnswers:
         return ChunkAssembler(self._server.sessions.max_state_bytes)
 
     def warm(self, request: shard_pb2.WarmSessionRequest) -> shard_pb2.WarmSessionResponse:
+        self._server.sessions.verify_move(request.session_key, request.epoch, "warm")
         warmed = self._server.sessions.warm(request.session_key, request.epoch)
         if not warmed:
             raise Refused(
@@ -84,6 +93,9 @@ class ControlAnswers:
         return shard_pb2.WarmSessionResponse(warmed=True)
 
     def release(self, request: shard_pb2.ReleaseSessionRequest) -> shard_pb2.ReleaseSessionResponse:
+        self._server.sessions.verify_move(
+            request.session_key, request.epoch, "release", request.new_owner
+        )
         released = self._server.release_session(
             request.session_key, request.epoch, request.new_owner
         )

@@ -68,6 +68,12 @@ class _Overrides(Protocol):
     ) -> Override | None: ...
 
 
+FREEZE_LIMIT_S = 120.0
+"""How long a session stays frozen for a move that neither commits nor rolls back (a
+mover that died after its export): then the frozen copy is dropped (its state is in the
+store) and the next turn reclaims the session (docs/migration.md)."""
+
+
 @dataclass(slots=True, eq=False)
 class _Entry:
     """One held session (mutated only under the host's condition)."""
@@ -85,6 +91,9 @@ class _Entry:
     last_used: float = 0.0
     frozen_epoch: int = 0
     """The fence epoch of the export that froze the entry (meaningful when frozen)."""
+    frozen_at: float = 0.0
+    """When the export froze it (the host's clock): a freeze no commit or rollback
+    ends within :data:`FREEZE_LIMIT_S` is dropped like an idle copy."""
     releases: int = 0
     """How many ReleaseSession calls reached this entry (an export waiting for the
     in-flight turn refuses to freeze if one arrived meanwhile)."""

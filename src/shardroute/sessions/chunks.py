@@ -14,16 +14,38 @@ from collections.abc import Iterator
 from shardroute._proto import shard_pb2
 from shardroute.errors import ChunkError
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "ChunkAssembler", "ChunkError", "chunk_size", "split_chunks"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "MIN_CHUNK_BYTES",
+    "ChunkAssembler",
+    "ChunkError",
+    "chunk_size",
+    "max_chunks",
+    "split_chunks",
+]
 
 DEFAULT_CHUNK_BYTES = 1024 * 1024
+MIN_CHUNK_BYTES = 1024
+"""The smallest chunk size a sender uses (the mover refuses a smaller ``chunk_bytes``, an
+export asked for less sends this): a transfer of n bytes then has at most
+``n // MIN_CHUNK_BYTES + 1`` chunks; a receiver accepts :func:`max_chunks` (that, plus
+some slack)."""
+_CHUNK_SLACK = 16
 _ENVELOPE_BYTES = 64 * 1024  # room for a chunk's other fields under the message limit
 
 
 def chunk_size(requested: int, max_message_bytes: int) -> int:
-    """The chunk size to use: ``requested`` (0: 1 MiB), kept under the message limit."""
+    """The chunk size to use: ``requested`` (0: 1 MiB), kept under the message limit.
+    Senders ask for at least :data:`MIN_CHUNK_BYTES` (receivers refuse a transfer in
+    more chunks than :func:`max_chunks`)."""
     size = requested or DEFAULT_CHUNK_BYTES
     return max(1, min(size, max_message_bytes - _ENVELOPE_BYTES))
+
+
+def max_chunks(total_bytes: int) -> int:
+    """The most chunks a transfer of ``total_bytes`` may come in (a stranger's stream of
+    millions of one-byte chunks is refused early)."""
+    return total_bytes // MIN_CHUNK_BYTES + _CHUNK_SLACK
 
 
 def split_chunks(
@@ -57,7 +79,8 @@ class ChunkAssembler:
 
     Feed every chunk to :meth:`add`; after the last one, :attr:`data` is the verified
     state. Any inconsistency (key or epoch changing, an offset gap, a size over
-    ``total_bytes``, a CRC-32 mismatch, chunks after the last) raises :class:`ChunkError`.
+    ``total_bytes``, a CRC-32 mismatch, chunks after the last, an empty chunk before the
+    last, more chunks than :func:`max_chunks` allows) raises :class:`ChunkError`.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -94,6 +117,13 @@ class ChunkAssembler:
             raise ChunkError("session_key, epoch or total_bytes changed within one transfer")
         if chunk.offset != self._received:
             raise ChunkError(f"chunk at offset {chunk.offset}, expected {self._received}")
+        if not chunk.data and not chunk.last:
+            raise ChunkError(f"empty chunk at offset {chunk.offset} (only the last may be empty)")
+        if len(self._parts) >= max_chunks(self.total_bytes):
+            raise ChunkError(
+                f"more than {max_chunks(self.total_bytes)} chunks for a state of "
+                f"{self.total_bytes} bytes (senders use chunks of {MIN_CHUNK_BYTES} bytes or more)"
+            )
         self._received += len(chunk.data)
         if self._received > self.total_bytes:
             raise ChunkError(f"more than total_bytes={self.total_bytes} bytes received")

@@ -148,6 +148,7 @@ class Handoff(HostBase):
             if entry is not None and not entry.loading:
                 entry.frozen = True
                 entry.frozen_epoch = epoch
+                entry.frozen_at = self._clock()
                 return entry.data
         stored = self._load(session_key)
         if stored is None:
@@ -254,12 +255,58 @@ class Handoff(HostBase):
             self._cond.notify_all()
             return entry is not None
 
+    def verify_move(self, session_key: str, epoch: int, step: str, new_owner: str = "") -> None:
+        """Refuse a migration call that no move in etcd stands behind (the control
+        service calls it before each step; docs/security.md). The session's override is
+        read from etcd and must be, for ``step``:
+
+        - ``export``: the live fence of a move off this shard at ``epoch``
+          (``{owner: this shard, epoch, moving_to: someone}``);
+        - ``import`` and ``warm``: the live fence of a move to this shard at ``epoch``;
+        - ``release``: the committed override at ``epoch`` naming ``new_owner`` (this
+          shard when empty: a rollback), with no move in progress.
+
+        So an epoch made up by a caller is refused (FAILED_PRECONDITION), and a session
+        is frozen, imported or released only as part of a move a mover fenced. A shard
+        without etcd (standalone) has nothing to check against and accepts the call.
+        """
+        if self._overrides is None:
+            return
+        current = self._read_override(session_key)
+        if _backs(current, epoch, step, self.shard_id, new_owner or self.shard_id):
+            return
+        shown = (
+            "no override"
+            if current is None
+            else f"owner {current.owner!r} epoch {current.epoch}"
+            + (f" moving to {current.moving_to!r}" if current.moving_to else "")
+        )
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{step} of session {session_key!r} at epoch {epoch} refused: etcd shows {shown}, "
+            "not a move that this call belongs to; nothing changed",
+        )
+
     def exported_version(self, session_key: str) -> int:
         """The store version of the copy this shard holds (0 when it holds none): what
         an export of it was saved at."""
         with self._cond:
             entry = self._held.get(session_key)
             return entry.version if entry is not None and not entry.loading else 0
+
+
+def _backs(current: Override | None, epoch: int, step: str, me: str, owner: str) -> bool:
+    """Whether the override ``current`` stands behind ``step`` at ``epoch`` on shard ``me``
+    (see :meth:`Handoff.verify_move`)."""
+    if current is None or current.epoch != epoch:
+        return False
+    if step == "export":
+        return current.owner == me and bool(current.moving_to)
+    if step in ("import", "warm"):
+        return current.moving_to == me
+    if step == "release":
+        return current.owner == owner and not current.moving_to
+    raise ValueError(f"unknown migration step {step!r}")
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -10,15 +10,16 @@ from shardroute.errors import (
     ShardRouteError,
     StaleState,
 )
-from shardroute.sessions._host_base import HostBase, _Entry, log
+from shardroute.sessions._host_base import FREEZE_LIMIT_S, HostBase, _Entry, log
 
 
 class Lifetime(HostBase):
     """Eviction and expiry of :class:`~shardroute.sessions.SessionHost`."""
 
     def evict_idle(self) -> int:
-        """Forget held sessions neither busy nor frozen and unused for ``idle_ttl_s``
-        (their state is in the store). Returns how many. Also runs by itself at most every
+        """Forget held sessions neither busy nor frozen and unused for ``idle_ttl_s``,
+        and those frozen for a move longer than ``FREEZE_LIMIT_S`` (their state is in
+        the store). Returns how many. Also runs by itself at most every
         ``min(idle_ttl_s / 4, 60)`` s when calls begin."""
         with self._cond:
             return self._evict_idle(self._clock())
@@ -26,10 +27,12 @@ class Lifetime(HostBase):
     def _evict_idle(self, now: float) -> int:
         # Called with _cond held.
         cutoff = now - self.idle_ttl_s
+        thawed = now - FREEZE_LIMIT_S  # frozen before this: the move was abandoned
         idle = [
             key
             for key, e in self._held.items()
-            if not (e.busy or e.frozen or e.loading) and e.last_used <= cutoff
+            if not (e.busy or e.loading)
+            and (e.frozen_at <= thawed if e.frozen else e.last_used <= cutoff)
         ]
         for key in idle:
             del self._held[key]

@@ -36,7 +36,12 @@ from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
 from shardroute.routing import OwnLoads, Router
 from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
-from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, ChunkAssembler, split_chunks
+from shardroute.sessions.chunks import (
+    DEFAULT_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    ChunkAssembler,
+    split_chunks,
+)
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
@@ -44,9 +49,12 @@ from shardroute.telemetry import Telemetry
 from shardroute.telemetry.migration import MigrationTrace, attached, carry
 from shardroute.transport.channels import ChannelPool
 
-__all__ = ["MigrationResult", "Migrator", "control_stub"]
+__all__ = ["MAX_CONCURRENT_MOVES", "MigrationResult", "Migrator", "control_stub"]
 
 log = logging.getLogger("shardroute.migration")
+
+MAX_CONCURRENT_MOVES = 64
+"""The most moves one mover runs at once (a drain's ``max_concurrent_moves`` too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +115,10 @@ class Migrator:
         control_token: ControlToken | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        if not timeout > 0 or not math.isfinite(timeout) or chunk_bytes <= 0:
-            raise ConfigError("timeout must be a finite number > 0 and chunk_bytes > 0")
+        if not timeout > 0 or not math.isfinite(timeout):
+            raise ConfigError(f"timeout must be a finite number > 0, got {timeout!r}")
+        if chunk_bytes < MIN_CHUNK_BYTES:
+            raise ConfigError(f"chunk_bytes must be >= {MIN_CHUNK_BYTES}, got {chunk_bytes!r}")
         self.service = service
         self.topology = topology
         self.overrides = OverrideStore(etcd, service)
@@ -232,8 +242,10 @@ class Migrator:
         choice). No move starts after ``deadline`` (a ``time.monotonic()`` value); the
         sessions left get a ``MigrationFailed`` (they stay whole in the session store).
         Returns the results and the errors by session key."""
-        if max_concurrent < 1:
-            raise ConfigError("max_concurrent must be >= 1")
+        if not 1 <= max_concurrent <= MAX_CONCURRENT_MOVES:
+            raise ConfigError(
+                f"max_concurrent must be in 1..{MAX_CONCURRENT_MOVES}, got {max_concurrent!r}"
+            )
         results: list[MigrationResult] = []
         errors: dict[str, ShardRouteError] = {}
 
@@ -313,7 +325,7 @@ class Migrator:
                     chunks = self._control(source).ExportSession(
                         request, timeout=self.timeout, metadata=self._credentials
                     )
-                    return _joined(session_key, chunks), False
+                    return _joined(session_key, chunks, self.store.max_bytes), False
             except grpc.RpcError as exc:
                 if not _unreachable(exc):
                     raise
@@ -427,10 +439,11 @@ def _unreachable(error: grpc.RpcError) -> bool:
     return classify(error) is Failure.NOT_SENT
 
 
-def _joined(session_key: str, chunks: Iterable[Any]) -> tuple[bytes, int]:
-    """The state an export streamed (checked by the one chunk implementation), and the
-    store version it was saved at; a malformed transfer is a :class:`MigrationFailed`."""
-    assembler = ChunkAssembler(max_bytes=2**62)
+def _joined(session_key: str, chunks: Iterable[Any], max_bytes: int) -> tuple[bytes, int]:
+    """The state an export streamed (checked by the one chunk implementation, at most
+    ``max_bytes``: what the store accepts), and the store version it was saved at; a
+    malformed or oversized transfer is a :class:`MigrationFailed`."""
+    assembler = ChunkAssembler(max_bytes=max_bytes)
     try:
         for chunk in chunks:
             assembler.add(chunk)
