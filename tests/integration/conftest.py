@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from shells import KINDS
 
 from shardroute.discovery.keys import KeySchema
 from shardroute.etcd import EtcdClient, EtcdOptions
@@ -14,6 +15,13 @@ def etcd(etcd_endpoint: str) -> Iterator[EtcdClient]:
     client = EtcdClient(EtcdOptions((etcd_endpoint,)))
     yield client
     client.close()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which shard server shell the test runs on: "sync" (ShardServer) or "asyncio"
+    (AsyncShardServer, driven through tests/integration/shells.py)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -4,15 +4,19 @@ through one blocking interface, so one test body runs against both shells."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from shardroute.examples.chat import AsyncChatShard, ChatShard
 from shardroute.server import ServerState
 
 KINDS = ("sync", "asyncio")
+
+CHAT_CLASSES = {
+    "sync": "shardroute.examples.chat:ChatShard",
+    "asyncio": "shardroute.examples.chat:AsyncChatShard",
+}
+"""The chat shard class of each shell, for ``ShardCluster(server_class=...)``."""
 
 
 class Shell:
@@ -31,7 +35,7 @@ class Shell:
     def run(self, call: Any) -> Any:
         if self._loop is None:
             return call
-        return asyncio.run_coroutine_threadsafe(call, self._loop).result(30)
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(60)
 
     def do(self, name: str, *args: Any) -> Any:
         method = getattr(self.server, name)
@@ -43,6 +47,23 @@ class Shell:
         else:
             self._loop.call_soon_threadsafe(self.server.begin_drain, grace)
 
+    def start(self) -> Shell:
+        """Start the server; returns the shell (``with Shell(...).start() as shell:``)."""
+        self.do("start")
+        return self
+
+    def in_thread(self, name: str, *args: Any) -> threading.Thread:
+        """Call the server's ``name`` from a thread of its own (a drain that blocks)."""
+        thread = threading.Thread(target=self.do, args=(name, *args), daemon=True)
+        thread.start()
+        return thread
+
+    def __enter__(self) -> Shell:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.server.state is not ServerState.CREATED:
             self.do("stop")
@@ -50,18 +71,5 @@ class Shell:
             self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-async def _construct(kwargs: dict[str, Any]) -> AsyncChatShard:
-    return AsyncChatShard(**kwargs)
-
-
 async def _construct(cls: Any, kwargs: dict[str, Any]) -> Any:
     return cls(**kwargs)
-
-
-@contextlib.contextmanager
-def shell_closing(shell: Shell) -> Iterator[Shell]:
-    """Close ``shell`` (stop its server, end its loop) when the block ends."""
-    try:
-        yield shell
-    finally:
-        shell.close()

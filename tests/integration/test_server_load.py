@@ -1,33 +1,47 @@
-"""Load accounting: the trailer on every response, queue depth, the etcd write budget."""
+"""Load accounting: the trailer on every response, queue depth, the etcd write budget.
+
+Every test runs on both shells (``ShardServer`` and ``AsyncShardServer``)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
+import grpc.aio
 import pytest
-from shells import KINDS, Shell, shell_closing
+from shells import Shell
 
 from shardroute import metadata
 from shardroute.discovery.keys import KeySchema
 from shardroute.etcd import EtcdClient
-from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
-from shardroute.server import ShardServer
+from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
+from shardroute.server import AsyncShardServer, ShardServer
 from shardroute.sessions import InMemorySessionStore
+
+RELEASE = threading.Event()
+"""Lets the Echo shards' Block and Stream calls go on (set by the test)."""
 
 
 def _identity(data: bytes) -> bytes:
     return data
 
 
+def _echo_handler(say: Any, fail: Any, block: Any, stream: Any) -> grpc.GenericRpcHandler:
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(fn, _identity, _identity)
+        for name, fn in (("Say", say), ("Fail", fail), ("Block", block))
+    }
+    handlers["Stream"] = grpc.unary_stream_rpc_method_handler(stream, _identity, _identity)
+    return grpc.method_handlers_generic_handler("t.Echo", handlers)
+
+
 class EchoShard(ShardServer):
     """A user service with its own trailing metadata, an error and a blocking call."""
-
-    release = threading.Event()
 
     def add_services(self, server: grpc.Server) -> None:
         def say(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -40,20 +54,48 @@ class EchoShard(ShardServer):
             raise AssertionError
 
         def block(request: bytes, context: grpc.ServicerContext) -> bytes:
-            self.release.wait(10)
+            RELEASE.wait(10)
             return request
 
         def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             yield b"1"
-            self.release.wait(10)
+            RELEASE.wait(10)
             yield b"2"
 
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(fn, _identity, _identity)
-            for name, fn in (("Say", say), ("Fail", fail), ("Block", block))
-        }
-        handlers["Stream"] = grpc.unary_stream_rpc_method_handler(stream, _identity, _identity)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", handlers),))
+        server.add_generic_rpc_handlers((_echo_handler(say, fail, block, stream),))
+
+
+class AsyncEchoShard(AsyncShardServer):
+    """The asyncio twin of :class:`EchoShard` (same calls, same answers)."""
+
+    def add_services(self, server: grpc.aio.Server) -> None:
+        async def say(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            context.set_trailing_metadata((("x-user", "mine"),))
+            return request
+
+        async def fail(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            context.set_trailing_metadata((("x-user", "failing"),))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no")
+            raise AssertionError
+
+        async def block(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            await asyncio.to_thread(RELEASE.wait, 10)
+            return request
+
+        async def stream(
+            request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[bytes]:
+            yield b"1"
+            await asyncio.to_thread(RELEASE.wait, 10)
+            yield b"2"
+
+        server.add_generic_rpc_handlers((_echo_handler(say, fail, block, stream),))
+
+
+def echo_shell(kind: str, **kwargs: Any) -> Shell:
+    """A started Echo shard (service "t", standalone) on the ``kind`` shell."""
+    cls = EchoShard if kind == "sync" else AsyncEchoShard
+    return Shell(kind, cls=cls, shard_id="e", service="t", etcd=None, **kwargs).start()
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -69,8 +111,9 @@ def _trailer(call: Any) -> dict[str, int]:
     return metadata.parse_load(text)
 
 
-def test_every_response_carries_the_load_and_keeps_the_users_trailers() -> None:
-    with EchoShard(shard_id="e", service="t", etcd=None, capacity=7) as server:
+def test_every_response_carries_the_load_and_keeps_the_users_trailers(kind: str) -> None:
+    with echo_shell(kind, capacity=7) as shell:
+        server = shell.server
         with grpc.insecure_channel(server.address) as channel:
             say = channel.unary_unary("/t.Echo/Say")
             reply, call = say.with_call(b"hi")
@@ -89,16 +132,14 @@ def test_every_response_carries_the_load_and_keeps_the_users_trailers() -> None:
         assert server.accounting.calls_total == 2
 
 
-def test_streams_count_as_in_flight_until_they_finish() -> None:
-    EchoShard.release.clear()
-    with (
-        EchoShard(shard_id="e", service="t", etcd=None) as server,
-        grpc.insecure_channel(server.address) as channel,
-    ):
+def test_streams_count_as_in_flight_until_they_finish(kind: str) -> None:
+    RELEASE.clear()
+    with echo_shell(kind) as shell, grpc.insecure_channel(shell.server.address) as channel:
+        server = shell.server
         stream = channel.unary_stream("/t.Echo/Stream")(b"")
         assert next(stream) == b"1"
         assert server.accounting.inflight == 1  # the stream waits between its messages
-        EchoShard.release.set()
+        RELEASE.set()
         assert list(stream) == [b"2"]
         assert _trailer(stream)["inflight"] == 0
         _wait_until(lambda: server.accounting.inflight == 0)
@@ -106,12 +147,10 @@ def test_streams_count_as_in_flight_until_they_finish() -> None:
     assert 0 < p50 <= p95
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_chat_keeps_history_per_session_and_says_how_many_turns_it_holds(kind: str) -> None:
     shell = Shell(kind, shard_id="c", service="chat", etcd=None)
-    shell.do("start")
     server = shell.server
-    with shell_closing(shell), grpc.insecure_channel(server.address) as channel:
+    with shell.start(), grpc.insecure_channel(server.address) as channel:
         stub = chat_pb2_grpc.ChatStub(channel)
         for turn in (1, 2, 3):
             tokens = list(stub.Generate(chat_pb2.GenerateRequest(session_key="a", prompt="hi")))
@@ -138,35 +177,44 @@ def test_chat_keeps_history_per_session_and_says_how_many_turns_it_holds(kind: s
             raise AssertionError("a call without a session key should fail")
 
 
-def test_queue_depth_counts_calls_waiting_for_a_worker() -> None:
-    EchoShard.release.clear()
-    with EchoShard(shard_id="e", service="t", etcd=None, max_workers=2) as server:
+@pytest.mark.parametrize(("kind", "running", "queued"), [("sync", 2, 2), ("asyncio", 4, 0)])
+def test_queue_depth_counts_calls_waiting_for_a_worker(
+    kind: str, running: int, queued: int
+) -> None:
+    """Threads: calls beyond ``max_workers`` wait in the pool's queue. asyncio: handlers
+    run on the event loop, there is no worker queue (docs/server.md): every call runs
+    and the queue depth stays 0."""
+    RELEASE.clear()
+    with echo_shell(kind, max_workers=2) as shell:
+        server = shell.server
         with (
             grpc.insecure_channel(server.address) as channel,
             futures.ThreadPoolExecutor(4) as pool,
         ):
             block = channel.unary_unary("/t.Echo/Block")
             calls = [pool.submit(block.with_call, b"x", timeout=10) for _ in range(4)]
-            _wait_until(lambda: server.accounting.inflight == 2)
-            _wait_until(lambda: server.accounting.queue_depth == 2)
-            assert server.load().queue_depth == 2
-            EchoShard.release.set()
+            _wait_until(lambda: server.accounting.inflight == running)
+            _wait_until(lambda: server.accounting.queue_depth == queued)
+            assert server.load().queue_depth == queued
+            RELEASE.set()
             for call in calls:
                 call.result()
         assert server.accounting.queue_depth == 0
 
 
 def test_load_report_writes_stay_within_the_budget_under_a_burst(
-    etcd_endpoint: str, etcd: EtcdClient, schema: KeySchema
+    etcd_endpoint: str, etcd: EtcdClient, schema: KeySchema, kind: str
 ) -> None:
     """A busy shard whose load changes all the time writes at most ~once a second."""
-    with ChatShard(
+    with Shell(
+        kind,
         shard_id="b",
         service="chat",
         etcd=etcd_endpoint,
         capacity=4,
         session_store=InMemorySessionStore(),  # only load reports write to etcd here
-    ) as server:
+    ).start() as shell:
+        server = shell.server
         start_revision = etcd.revision()
         started = time.monotonic()
         stop = threading.Event()

@@ -9,7 +9,7 @@ import time
 
 import grpc
 import pytest
-from shells import KINDS, Shell
+from shells import Shell
 
 from shardroute._proto import shard_pb2, shard_pb2_grpc
 from shardroute.discovery.etcd import EtcdTopologySource
@@ -19,11 +19,6 @@ from shardroute.etcd import EtcdClient
 from shardroute.model import ShardState
 from shardroute.server import AsyncShardServer, ServerState, ShardServer
 from shardroute.testing.etcd import EtcdServer, free_port
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def test_record_and_load_report_appear_under_one_lease(

@@ -12,16 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
-from shells import KINDS, Shell
+from shells import Shell
 
 from shardroute.errors import ServerLifecycleError
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.server import ServerState
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -8,7 +8,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
-__all__ = ["on_call_done", "run_blocking", "run_waiting", "streams_by_yielding"]
+__all__ = [
+    "finish_before_abort",
+    "on_call_done",
+    "run_blocking",
+    "run_waiting",
+    "streams_by_yielding",
+]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -45,6 +51,30 @@ async def run_waiting(
 def on_call_done(context: Any, callback: Callable[[], None]) -> None:
     """Call ``callback`` once the RPC of ``context`` ends, however it ends."""
     context.add_done_callback(lambda _context: callback())
+
+
+def finish_before_abort(context: Any, finish: Callable[[], None]) -> Any:
+    """``context`` as the handler sees it: its ``abort()`` calls ``finish`` first.
+    asyncio sends the status inside ``abort()``, so what ``finish`` does (the call's
+    accounting and load trailer) must happen before it, not after the handler."""
+    return _FinishingContext(context, finish)
+
+
+class _FinishingContext:
+    __slots__ = ("_context", "_finish")
+
+    def __init__(self, context: Any, finish: Callable[[], None]) -> None:
+        self._context = context
+        self._finish = finish
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:
+        if trailing_metadata:
+            self._context.set_trailing_metadata(trailing_metadata)
+        self._finish()
+        await self._context.abort(code, details)
 
 
 def streams_by_yielding(behavior: Callable[..., Any]) -> bool:

@@ -6,7 +6,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
-__all__ = ["on_call_done", "run_blocking", "run_waiting", "streams_by_yielding"]
+__all__ = [
+    "finish_before_abort",
+    "on_call_done",
+    "run_blocking",
+    "run_waiting",
+    "streams_by_yielding",
+]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -31,6 +37,12 @@ def run_waiting(
 def on_call_done(context: Any, callback: Callable[[], None]) -> None:
     """Call ``callback`` once the RPC of ``context`` ends, however it ends."""
     context.add_callback(callback)
+
+
+def finish_before_abort(context: Any, finish: Callable[[], None]) -> Any:
+    """``context`` itself: the threaded server sends an aborted call's status once the
+    handler has raised, so the interceptor's ``finally`` finishes the call in time."""
+    return context
 
 
 def streams_by_yielding(behavior: Callable[..., Any]) -> bool:

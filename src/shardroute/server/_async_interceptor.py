@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from shardroute._io.aio import on_call_done, streams_by_yielding
+from shardroute._io.aio import finish_before_abort, on_call_done, streams_by_yielding
 from shardroute.server._call_accounting import Once, rewrap
 from shardroute.server.load import LoadAccounting, is_accounted
 from shardroute.telemetry import Telemetry
@@ -55,7 +55,7 @@ class AsyncLoadInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                     record.attach()  # the handler's own spans are the call's children
                 error: BaseException | None = None
                 try:
-                    return await behavior(request, context)
+                    return await behavior(request, finish_before_abort(context, once.finish))
                 except BaseException as failed:
                     error = failed
                     raise
@@ -84,7 +84,9 @@ class AsyncLoadInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 on_call_done(context, done)
                 error: BaseException | None = None
                 try:
-                    async for response in behavior(request, context):
+                    async for response in behavior(
+                        request, finish_before_abort(context, once.finish)
+                    ):
                         yield response
                 except BaseException as failed:
                     error = failed

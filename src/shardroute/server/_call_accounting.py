@@ -67,7 +67,7 @@ def _add_trailer(context: Any, accounting: LoadAccounting, capacity: int) -> Non
     getter = getattr(context, "trailing_metadata", None)
     existing = getter() if callable(getter) else None
     kept = tuple((k, v) for k, v in (existing or ()) if k != metadata.LOAD)
-    # Fails only when the call is already finished (aborted on asyncio): no trailer then.
+    # Fails only when the call is already finished: no trailer then.
     with contextlib.suppress(Exception):
         context.set_trailing_metadata((*kept, _trailer(accounting, capacity)))
 

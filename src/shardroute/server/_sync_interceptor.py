@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from shardroute._io.sync import on_call_done, streams_by_yielding
+from shardroute._io.sync import finish_before_abort, on_call_done, streams_by_yielding
 from shardroute.server._call_accounting import Once, rewrap
 from shardroute.server.load import LoadAccounting, is_accounted
 from shardroute.telemetry import Telemetry
@@ -56,7 +56,7 @@ class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     record.attach()  # the handler's own spans are the call's children
                 error: BaseException | None = None
                 try:
-                    return behavior(request, context)
+                    return behavior(request, finish_before_abort(context, once.finish))
                 except BaseException as failed:
                     error = failed
                     raise
@@ -85,7 +85,7 @@ class LoadInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 on_call_done(context, done)
                 error: BaseException | None = None
                 try:
-                    for response in behavior(request, context):
+                    for response in behavior(request, finish_before_abort(context, once.finish)):
                         yield response
                 except BaseException as failed:
                     error = failed
