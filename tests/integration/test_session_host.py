@@ -1,5 +1,7 @@
 """The shard side of moving sessions, against real etcd and real gRPC (docs/migration.md):
-write-through checkpoints, redirects, holds, take-over, export/import, shard death."""
+write-through checkpoints, redirects, holds, take-over, export/import, shard death.
+
+Every test runs on both shells (``ShardServer`` and ``AsyncShardServer``)."""
 
 from __future__ import annotations
 
@@ -13,15 +15,18 @@ from typing import Any
 import etcd3
 import grpc
 import pytest
+from shells import CHAT_CLASSES, Shell
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2, shard_pb2_grpc
 from shardroute.etcd import EtcdClient, EtcdOptions
-from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
+from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.model import Override
-from shardroute.server import ShardServer
+from shardroute.server import AsyncShardServer, ShardServer
 from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
 from shardroute.testing.cluster import ShardCluster
+
+Chat = ChatShard | AsyncChatShard
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -41,14 +46,25 @@ def etcd(etcd_endpoint: str) -> Iterator[EtcdClient]:
 
 
 @pytest.fixture
-def pair(etcd_endpoint: str) -> Iterator[tuple[ChatShard, ChatShard]]:
-    """Two chat shards in this process, registered in etcd, each seeing the other."""
-    a = ChatShard(shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0)
-    b = ChatShard(shard_id="b", service="chat", etcd=etcd_endpoint, token_delay_s=0)
-    with a, b:
-        for shard in (a, b):
-            _wait_until(lambda s=shard: {"a", "b"} <= set(s.topology.shards))  # type: ignore[union-attr]
+def pair_shells(etcd_endpoint: str, kind: str) -> Iterator[tuple[Shell, Shell]]:
+    """Two chat shards in this process (of the ``kind`` shell), registered in etcd, each
+    seeing the other."""
+    with (
+        Shell(kind, shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0) as a,
+        Shell(kind, shard_id="b", service="chat", etcd=etcd_endpoint, token_delay_s=0) as b,
+    ):
+        for shell in (a, b):
+            shell.start()
+        for shard in (a.server, b.server):
+            _wait_until(lambda s=shard: {"a", "b"} <= set(s.topology.shards))
         yield a, b
+
+
+@pytest.fixture
+def pair(pair_shells: tuple[Shell, Shell]) -> tuple[Chat, Chat]:
+    """The two servers of :func:`pair_shells`."""
+    a, b = pair_shells
+    return a.server, b.server
 
 
 def _generate(address: str, key: str, prompt: str = "hi", **md: str) -> list[Any]:
@@ -80,7 +96,7 @@ def _trailer(exc: grpc.RpcError, key: str) -> str | None:
     return metadata.get(exc.trailing_metadata(), key)  # type: ignore[attr-defined]
 
 
-def _lease_of(server: ShardServer) -> int:
+def _lease_of(server: ShardServer | AsyncShardServer) -> int:
     lease = server._lease_id()  # the registrar's lease
     assert lease
     return lease
@@ -90,7 +106,7 @@ def _lease_of(server: ShardServer) -> int:
 
 
 def test_every_answered_turn_is_in_the_store_before_its_last_token(
-    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient
+    pair: tuple[Chat, Chat], etcd: EtcdClient
 ) -> None:
     a, _ = pair
     store = EtcdSessionStore(etcd, "chat")
@@ -103,7 +119,7 @@ def test_every_answered_turn_is_in_the_store_before_its_last_token(
 
 
 def test_a_lost_checkpoint_cas_aborts_before_the_last_token_and_drops_the_copy(
-    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient
+    pair: tuple[Chat, Chat], etcd: EtcdClient
 ) -> None:
     a, _ = pair
     _generate(a.address, "c")
@@ -119,9 +135,10 @@ def test_a_lost_checkpoint_cas_aborts_before_the_last_token_and_drops_the_copy(
     assert after is not None and after.owner == "zz"  # the other writer's state stands
 
 
-def test_state_over_the_store_limit_is_resource_exhausted() -> None:
+def test_state_over_the_store_limit_is_resource_exhausted(kind: str) -> None:
     store = InMemorySessionStore(max_bytes=32)
-    with ChatShard(shard_id="s", service="chat", etcd=None, session_store=store) as shard:
+    with Shell(kind, shard_id="s", service="chat", etcd=None, session_store=store).start() as s:
+        shard = s.server
         error, tokens = _generate_error(shard.address, "big")
         assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "over the store's limit of 32 bytes" in (error.details() or "")
@@ -132,7 +149,7 @@ def test_state_over_the_store_limit_is_resource_exhausted() -> None:
 
 
 def test_a_session_owned_elsewhere_is_redirected_and_nothing_executes(
-    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient
+    pair: tuple[Chat, Chat], etcd: EtcdClient
 ) -> None:
     a, b = pair
     OverrideStore(etcd, "chat").swap("r", None, Override("b", 1), lease=_lease_of(b))
@@ -144,7 +161,7 @@ def test_a_session_owned_elsewhere_is_redirected_and_nothing_executes(
     assert a.sessions.redirects_total == 1
 
 
-def _fence(etcd: EtcdClient, a: ChatShard, key: str) -> Override:
+def _fence(etcd: EtcdClient, a: Chat, key: str) -> Override:
     """What a mover does first: the override names a, moving to b."""
     overrides = OverrideStore(etcd, "chat")
     fenced = overrides.swap(key, overrides.get(key), Override("a", 1, "b"), lease=_lease_of(a))
@@ -153,7 +170,7 @@ def _fence(etcd: EtcdClient, a: ChatShard, key: str) -> Override:
     return fenced
 
 
-def _start_held_call(a: ChatShard, key: str) -> futures.Future[Any]:
+def _start_held_call(a: Chat, key: str) -> futures.Future[Any]:
     pool = futures.ThreadPoolExecutor(1)
     inflight = a.accounting.inflight
     future = pool.submit(lambda: _generate_error_or_tokens(a.address, key))
@@ -170,7 +187,7 @@ def _generate_error_or_tokens(address: str, key: str) -> Any:
 
 
 def test_a_held_call_is_redirected_when_the_move_commits(
-    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient
+    pair: tuple[Chat, Chat], etcd: EtcdClient
 ) -> None:
     a, b = pair
     _generate(a.address, "h")
@@ -191,7 +208,7 @@ def test_a_held_call_is_redirected_when_the_move_commits(
 
 
 def test_a_held_call_is_served_when_the_move_rolls_back(
-    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient
+    pair: tuple[Chat, Chat], etcd: EtcdClient
 ) -> None:
     a, _ = pair
     _generate(a.address, "h")
@@ -207,11 +224,12 @@ def test_a_held_call_is_served_when_the_move_rolls_back(
 
 
 def test_a_hold_on_an_abandoned_fence_reclaims_the_session_after_hold_timeout(
-    etcd_endpoint: str, etcd: EtcdClient
+    etcd_endpoint: str, etcd: EtcdClient, kind: str
 ) -> None:
-    with ChatShard(
-        shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0, hold_timeout_s=0.3
-    ) as a:
+    with Shell(
+        kind, shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0, hold_timeout_s=0.3
+    ).start() as shell:
+        a = shell.server
         _wait_until(lambda: "a" in a.topology.shards)  # type: ignore[union-attr]
         _generate(a.address, "t")
         fenced = _fence(etcd, a, "t")  # the mover fenced, then died
@@ -224,7 +242,7 @@ def test_a_hold_on_an_abandoned_fence_reclaims_the_session_after_hold_timeout(
 
 
 def test_take_over_swaps_the_override_with_epoch_plus_one_on_its_own_lease(
-    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient, etcd_endpoint: str
+    pair: tuple[Chat, Chat], etcd: EtcdClient, etcd_endpoint: str
 ) -> None:
     a, b = pair
     _generate(a.address, "t")
@@ -258,8 +276,10 @@ def test_take_over_swaps_the_override_with_epoch_plus_one_on_its_own_lease(
 # -- export / import ----------------------------------------------------------------------
 
 
-class BlobShard(ShardServer):
-    """A shard whose session state is raw bytes."""
+class _Blob:
+    """A shard whose session state is raw bytes (mixed into either shell)."""
+
+    sessions: Any
 
     class Codec:
         def encode(self, state: bytes) -> bytes:
@@ -272,7 +292,7 @@ class BlobShard(ShardServer):
             return b""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]
             service="blob",
             etcd=None,
             session_codec=self.Codec(),
@@ -292,7 +312,21 @@ class BlobShard(ShardServer):
             self.sessions.end(key, entry)
 
 
-def _transfer(source: ShardServer, target: ShardServer, key: str, epoch: int) -> list[Any]:
+class BlobShard(_Blob, ShardServer):
+    pass
+
+
+class AsyncBlobShard(_Blob, AsyncShardServer):
+    pass
+
+
+def blob_shell(kind: str, shard_id: str) -> Shell:
+    """A started blob shard on the ``kind`` shell."""
+    cls = BlobShard if kind == "sync" else AsyncBlobShard
+    return Shell(kind, cls=cls, shard_id=shard_id).start()
+
+
+def _transfer(source: Any, target: Any, key: str, epoch: int) -> list[Any]:
     s_channel, s_control = _control(source.address)
     t_channel, t_control = _control(target.address)
     with s_channel, t_channel:
@@ -304,9 +338,10 @@ def _transfer(source: ShardServer, target: ShardServer, key: str, epoch: int) ->
         return chunks
 
 
-def test_export_import_of_5_mib_between_two_shards() -> None:
+def test_export_import_of_5_mib_between_two_shards(kind: str) -> None:
     data = bytes(range(256)) * (5 * 1024 * 1024 // 256)
-    with BlobShard(shard_id="src") as source, BlobShard(shard_id="dst") as target:
+    with blob_shell(kind, "src") as src, blob_shell(kind, "dst") as dst:
+        source, target = src.server, dst.server
         source.put("blob", data)
         chunks = _transfer(source, target, "blob", 1)
         assert len(chunks) == 5 and all(len(c.data) <= 1024 * 1024 for c in chunks)
@@ -333,8 +368,11 @@ def _renamed(chunk: Any, key: str) -> Any:
     return copy
 
 
-def test_export_refuses_a_stale_epoch_and_loads_unheld_sessions_from_the_store() -> None:
-    with BlobShard(shard_id="src") as source:
+def test_export_refuses_a_stale_epoch_and_loads_unheld_sessions_from_the_store(
+    kind: str,
+) -> None:
+    with blob_shell(kind, "src") as shell:
+        source = shell.server
         source.put("k", b"hello")
         source.sessions.release("k", 3, "")  # this shard learned of epoch 3
         channel, control = _control(source.address)
@@ -351,8 +389,9 @@ def test_export_refuses_a_stale_epoch_and_loads_unheld_sessions_from_the_store()
         assert chunks[-1].data == b"hello" and not source.sessions.is_frozen("k")
 
 
-def test_export_waits_for_the_in_flight_turn() -> None:
-    with BlobShard(shard_id="src") as source:
+def test_export_waits_for_the_in_flight_turn(kind: str) -> None:
+    with blob_shell(kind, "src") as shell:
+        source = shell.server
         source.put("k", b"v1")
         entry = source.sessions.begin("k")  # a turn in flight
         pool = futures.ThreadPoolExecutor(1)
@@ -369,10 +408,14 @@ def test_export_waits_for_the_in_flight_turn() -> None:
 
 
 def test_sigkill_of_a_chat_shard_the_conversation_continues_elsewhere(
-    etcd_endpoint: str, tmp_path: Any
+    etcd_endpoint: str, tmp_path: Any, kind: str
 ) -> None:
     cluster = ShardCluster(
-        etcd_endpoint, service="chat", log_dir=tmp_path, shard_kwargs={"token_delay_s": 0}
+        etcd_endpoint,
+        server_class=CHAT_CLASSES[kind],
+        service="chat",
+        log_dir=tmp_path,
+        shard_kwargs={"token_delay_s": 0},
     )
     try:
         cluster.start(2)
@@ -395,14 +438,46 @@ def test_sigkill_of_a_chat_shard_the_conversation_continues_elsewhere(
 
 
 def test_drain_moves_held_sessions_to_another_shard(
-    pair: tuple[ChatShard, ChatShard], etcd: EtcdClient
+    pair_shells: tuple[Shell, Shell], etcd: EtcdClient
 ) -> None:
-    a, b = pair
+    a, b = (shell.server for shell in pair_shells)
     for turn in (1, 2):
         _generate(a.address, "d", f"q{turn}")
-    a.drain(grace_s=5)
+    pair_shells[0].do("drain", 5)
     override = OverrideStore(etcd, "chat").get("d")
     assert override is not None and override.owner == "b" and not override.moving_to
     assert "d" in b.sessions and len(b.sessions.peek("d")) == 2
     tokens = _generate(b.address, "d", "q3")
     assert (tokens[-1].turns_held, tokens[-1].shard_id) == (3, "b")
+
+
+# -- standalone shards sharing one store ---------------------------------------------------
+
+
+def test_standalone_shards_share_history_through_the_store_and_migrate(kind: str) -> None:
+    store = InMemorySessionStore()
+    with (
+        Shell(kind, shard_id="a", service="chat", etcd=None, session_store=store).start() as sa,
+        Shell(kind, shard_id="b", service="chat", etcd=None, session_store=store).start() as sb,
+    ):
+        a, b = sa.server, sb.server
+        for turn in (1, 2):
+            tokens = _generate(a.address, "k")
+            assert (tokens[-1].turns_held, tokens[-1].shard_id) == (turn, "a")
+        # b takes the session over from the shared store.
+        tokens = _generate(b.address, "k", **{metadata.REASON: "failover"})
+        assert tokens[-1].turns_held == 3
+        # a's copy is now stale: its checkpoint loses the CAS, ABORTED, copy dropped.
+        error, _ = _generate_error(a.address, "k")
+        assert error.code() is grpc.StatusCode.ABORTED and "k" not in a.sessions
+        # Export from b (freezes), import into a, release b to a: b redirects to a.
+        chunks = _transfer(b, a, "k", 1)
+        assert b.sessions.is_frozen("k") and chunks
+        channel, control = _control(b.address)
+        with channel:
+            control.ReleaseSession(
+                shard_pb2.ReleaseSessionRequest(session_key="k", epoch=1, new_owner="a")
+            )
+        error, tokens = _generate_error(b.address, "k")
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and tokens == []
+        assert _trailer(error, metadata.REDIRECT) == "a"

@@ -3,7 +3,9 @@ late imports, exports that outlive their mover, stale freezes and abandoned fenc
 cancelled and queued asyncio calls, stale hints, the ABORTED answers, idle eviction.
 
 The hosts are driven directly (no gRPC) where the race needs precise interleaving; the
-topology is "perfectly fresh": its overrides are read from etcd on every look-up."""
+topology is "perfectly fresh": its overrides are read from etcd on every look-up. The
+host is shared by both shells; the tests that go through a shard server run on both
+(``ShardServer`` and ``AsyncShardServer``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from shells import Shell
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2, shard_pb2_grpc
@@ -256,9 +259,11 @@ class WatchedAsyncChatShard(_ExportWatch, AsyncChatShard):
     exported = threading.Event()
 
 
-def test_export_over_grpc_gives_up_at_the_rpc_deadline_without_freezing() -> None:
-    WatchedChatShard.exported = threading.Event()
-    with WatchedChatShard(shard_id="src", service="chat", etcd=None, token_delay_s=0) as shard:
+def test_export_over_grpc_gives_up_at_the_rpc_deadline_without_freezing(kind: str) -> None:
+    cls = WatchedChatShard if kind == "sync" else WatchedAsyncChatShard
+    cls.exported = threading.Event()
+    with Shell(kind, cls=cls, shard_id="src", service="chat", etcd=None, token_delay_s=0) as s:
+        shard = s.start().server
         host = shard.sessions
         turn(host, K, "t1")
         entry = host.begin(K)  # a turn that outlives the mover's deadline
@@ -362,20 +367,21 @@ def _generate_error(address: str, key: str) -> grpc.RpcError:
     raise AssertionError("expected an error")
 
 
-def test_hold_and_busy_timeouts_answer_aborted_nothing_executed() -> None:
-    with ChatShard(
-        shard_id="s", service="chat", etcd=None, token_delay_s=0, hold_timeout_s=0.2
-    ) as shard:
-        host = shard.sessions
+def test_hold_and_busy_timeouts_answer_aborted_nothing_executed(kind: str) -> None:
+    with Shell(
+        kind, shard_id="s", service="chat", etcd=None, token_delay_s=0, hold_timeout_s=0.2
+    ).start() as s:
+        host = s.server.sessions
+        address = s.server.address
         turn(host, "frozen", "t1")
         host.export("frozen", 1)  # a move in progress (standalone: nothing to reclaim)
-        error = _generate_error(shard.address, "frozen")
+        error = _generate_error(address, "frozen")
         assert error.code() is grpc.StatusCode.ABORTED
         assert "is moving; nothing was executed; retry" in (error.details() or "")
         turn(host, "busy", "t1")
         entry = host.begin("busy")
         try:
-            error = _generate_error(shard.address, "busy")
+            error = _generate_error(address, "busy")
         finally:
             host.end("busy", entry)
         assert error.code() is grpc.StatusCode.ABORTED
@@ -470,32 +476,6 @@ def test_async_calls_queued_on_one_busy_session_do_not_starve_the_shard() -> Non
     asyncio.run(main())
 
 
-def test_async_server_export_of_a_busy_session_honours_the_deadline() -> None:
-    async def main() -> None:
-        WatchedAsyncChatShard.exported = threading.Event()
-        shard = WatchedAsyncChatShard(shard_id="a", service="chat", etcd=None, token_delay_s=0)
-        async with shard:
-            host = shard.sessions
-            turn(host, K, "t1")
-            entry = host.begin(K)
-            try:
-                async with grpc.aio.insecure_channel(shard.address) as channel:
-                    control = shard_pb2_grpc.ShardControlStub(channel)
-                    request = shard_pb2.ExportSessionRequest(session_key=K, epoch=1)
-                    with pytest.raises(grpc.aio.AioRpcError) as caught:
-                        _ = [c async for c in control.ExportSession(request, timeout=0.5)]
-                assert caught.value.code() in (
-                    grpc.StatusCode.ABORTED,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
-            finally:
-                host.end(K, entry)
-            await _until(shard.exported.is_set)
-            assert not host.is_frozen(K)
-
-    asyncio.run(main())
-
-
 # -- 6. a fresh etcd read beats stale hints --------------------------------------------------
 
 
@@ -549,8 +529,9 @@ def test_idle_sessions_are_evicted_after_the_ttl_busy_and_frozen_ones_stay() -> 
     assert host.peek("idle") == ["t1", "t2"]
 
 
-def test_the_server_passes_its_idle_ttl_and_checks_it() -> None:
-    shard = ChatShard(shard_id="s", service="chat", etcd=None, session_idle_ttl_s=30.0)
+def test_the_server_passes_its_idle_ttl_and_checks_it(kind: str) -> None:
+    cls = ChatShard if kind == "sync" else AsyncChatShard
+    shard = cls(shard_id="s", service="chat", etcd=None, session_idle_ttl_s=30.0)
     assert shard.sessions.idle_ttl_s == 30.0
     with pytest.raises(ConfigError):
-        ChatShard(shard_id="s", service="chat", etcd=None, session_idle_ttl_s=0)
+        cls(shard_id="s", service="chat", etcd=None, session_idle_ttl_s=0)

@@ -57,6 +57,11 @@ class AsyncTurn(TurnBase[Any]):
         return reply
 
     async def _abort(self, refused: Refused) -> None:
+        # The turn ends before the refusal goes out: asyncio sends the status at once,
+        # so whoever reads it (a retry, a test) finds the session already settled.
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            self._host.end(self.key, entry)
         if refused.trailers:
             self._context.set_trailing_metadata(refused.trailers)
         await self._context.abort(refused.code, refused.details)
