@@ -22,6 +22,8 @@ from shardroute.discovery.records import load_to_dict, shard_to_dict
 from shardroute.errors import ConfigError, ShardRouteError, ShardUnavailable
 from shardroute.etcd import EtcdOptions
 from shardroute.model import Topology
+from shardroute.security import ChannelMaker
+from shardroute.security.args import add_tls_args, control_token_from_args, tls_from_args
 
 __all__ = ["main", "topology_to_dict"]
 
@@ -148,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_etcd_args(move)
     move.add_argument("--session", required=True, help="the session key")
     move.add_argument("--to", metavar="SHARD", help="target shard (default: the router's choice)")
+    add_tls_args(move)
     move.set_defaults(func=_cmd_migrate)
     drain = commands.add_parser(
         "drain", help="drain a shard: move its sessions away, then it deregisters and stops"
@@ -157,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     drain.add_argument("--grace", type=_positive, help="seconds for in-flight calls to finish")
     drain.add_argument("--max-moves", type=int, default=0, help="concurrent session moves")
     drain.add_argument("--wait", action="store_true", help="return once the shard has left")
+    add_tls_args(drain)
     drain.set_defaults(func=_cmd_drain)
     demo = commands.add_parser(
         "demo",
@@ -178,7 +182,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     source = _source(args)
     try:
         source.start()
-        with Migrator(EtcdClient(source.options), args.service, source, close_etcd=True) as mover:
+        with Migrator(
+            EtcdClient(source.options),
+            args.service,
+            source,
+            close_etcd=True,
+            tls=tls_from_args(args),
+            control_token=control_token_from_args(args),
+        ) as mover:
             result = mover.migrate(args.session, target=args.to)
         print(
             json.dumps(
@@ -214,9 +225,12 @@ def _cmd_drain(args: argparse.Namespace) -> int:
             migrate_sessions=True,
             max_concurrent_moves=max(0, args.max_moves),
         )
-        with grpc.insecure_channel(shard.address) as channel:
+        token = control_token_from_args(args)
+        with ChannelMaker(tls_from_args(args)).sync_channel(shard) as channel:
             try:
-                control_stub(channel).Drain(request, timeout=args.timeout)
+                control_stub(channel).Drain(
+                    request, timeout=args.timeout, metadata=token.metadata() if token else ()
+                )
             except grpc.RpcError as exc:
                 raise ShardUnavailable(
                     f"shard {shard.id!r} at {shard.address} did not take the drain: "

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shardroute.errors import ConfigError, ShardRouteError
+from shardroute.security.args import add_tls_args, control_auth_from_args, tls_from_args
 from shardroute.server._async import AsyncShardServer
 from shardroute.server._sync import ShardServer
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-grace", type=float, default=10.0)
     p.add_argument("--kwargs", default="{}", help="extra constructor arguments (JSON object)")
     p.add_argument("--log-level", default="INFO")
+    add_tls_args(p, server=True)
     return p
 
 
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "labels": labels,
             "lease_ttl_s": args.lease_ttl,
             "drain_grace_s": args.drain_grace,
+            "tls": tls_from_args(args),
+            "control_auth": control_auth_from_args(args),
             **extra,
         }
         if issubclass(cls, AsyncShardServer):
