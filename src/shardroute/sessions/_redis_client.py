@@ -58,8 +58,9 @@ def translate(exc: BaseException, options: RedisOptions) -> SessionStoreUnavaila
         return SessionStoreUnavailable(
             f"Redis at {where} refused this client's credentials or ACL permissions ({exc}): "
             "nothing was written. Check the user and password, and that the ACL user may "
-            "run HGET, HGETALL, HSET, DEL, EXISTS, PEXPIRE, EVALSHA, SCRIPT LOAD and TIME "
-            "on the keys of /shardroute/* (docs/operations.md, 'Redis ACL')"
+            "run HGET, HGETALL, HSET, DEL, EXISTS, PEXPIRE, EVAL, EVALSHA, SCRIPT LOAD and "
+            "TIME (on a cluster also CLUSTER SLOTS and COMMAND) on the keys of /shardroute/* "
+            "(docs/operations.md, 'Redis ACL')"
         )
     if isinstance(exc, rx.OutOfMemoryError):
         return SessionStoreUnavailable(
