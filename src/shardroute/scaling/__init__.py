@@ -7,9 +7,19 @@
 - :mod:`~shardroute.scaling.policies`: queue, latency SLO, predictive, cost-aware and HPA
   utilisation policies, each returning a :class:`Vote` with its reason.
 - :mod:`~shardroute.scaling.advisor`: :class:`ScalingAdvisor` → :class:`ScalingAdvice`.
+- :mod:`~shardroute.scaling.autoscaler`: :class:`Actuator`, :func:`reconcile`,
+  :class:`Autoscaler`, the ``shardroute_desired_shards`` gauge.
 """
 
 from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
+from shardroute.scaling.autoscaler import (
+    DESIRED_SHARDS_GAUGE,
+    Actions,
+    Actuator,
+    Autoscaler,
+    DesiredShardsGauge,
+    reconcile,
+)
 from shardroute.scaling.forecast import HoltWinters
 from shardroute.scaling.policies import (
     CostAwarePolicy,
@@ -32,8 +42,13 @@ from shardroute.scaling.signals import (
 __all__ = [
     "CAPACITY_CLASS_LABEL",
     "COST_LABEL",
+    "DESIRED_SHARDS_GAUGE",
+    "Actions",
+    "Actuator",
+    "Autoscaler",
     "CapacityClass",
     "CostAwarePolicy",
+    "DesiredShardsGauge",
     "FleetSignals",
     "HoltWinters",
     "LatencyPolicy",
@@ -46,4 +61,5 @@ __all__ = [
     "SignalHistory",
     "UtilisationPolicy",
     "Vote",
+    "reconcile",
 ]

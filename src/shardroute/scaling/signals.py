@@ -150,6 +150,26 @@ class FleetSignals:
     ts: float
     shards: tuple[ShardSignals, ...] = ()
     malformed: frozenset[str] = frozenset()
+    # Derived once from ``shards`` (the advisor reads them many times):
+    active: tuple[ShardSignals, ...] = field(init=False, repr=False, compare=False)
+    """Shards taking new sessions."""
+    active_count: int = field(init=False, repr=False, compare=False)
+    """How many shards take new sessions."""
+    capacity: int = field(init=False, repr=False, compare=False)
+    """Summed capacity of the active shards."""
+    inflight: int = field(init=False, repr=False, compare=False)
+    """In-flight calls on active shards."""
+    queue_per_shard: float = field(init=False, repr=False, compare=False)
+    """Mean queue depth per active shard (0 with none)."""
+    utilisation: float = field(init=False, repr=False, compare=False)
+    """In-flight over capacity, active shards (0 with none)."""
+    latency_ms_p95: float = field(init=False, repr=False, compare=False)
+    """The active shards' p95 turn durations weighted by their in-flight calls (a plain
+    mean when nothing is in flight)."""
+    request_rate: float = field(init=False, repr=False, compare=False)
+    """Calls per second over every shard (draining ones still serve)."""
+    sessions: int = field(init=False, repr=False, compare=False)
+    """Sessions held by every shard."""
 
     @classmethod
     def from_topology(
@@ -168,59 +188,32 @@ class FleetSignals:
                 malformed.add(shard.id)
         return cls(now, tuple(shards), frozenset(malformed))
 
-    @property
-    def active(self) -> tuple[ShardSignals, ...]:
-        """Shards taking new sessions."""
-        return tuple(s for s in self.shards if s.active)
-
-    @property
-    def active_count(self) -> int:
-        """How many shards take new sessions."""
-        return sum(1 for s in self.shards if s.active)
-
-    @property
-    def capacity(self) -> int:
-        """Summed capacity of the active shards."""
-        return sum(s.capacity for s in self.active)
-
-    @property
-    def inflight(self) -> int:
-        """In-flight calls on active shards."""
-        return sum(s.inflight for s in self.active)
-
-    @property
-    def queue_per_shard(self) -> float:
-        """Mean queue depth per active shard (0 with none)."""
-        active = self.active
-        return sum(s.queue_depth for s in active) / len(active) if active else 0.0
-
-    @property
-    def utilisation(self) -> float:
-        """In-flight over capacity, active shards (0 with none)."""
-        capacity = self.capacity
-        return self.inflight / capacity if capacity else 0.0
-
-    @property
-    def latency_ms_p95(self) -> float:
-        """The active shards' p95 turn durations, weighted by their in-flight calls (a
-        plain mean when nothing is in flight)."""
-        reported = [s for s in self.active if s.reported]
-        if not reported:
-            return 0.0
+    def __post_init__(self) -> None:
+        active = tuple(s for s in self.shards if s.active)
+        reported = [s for s in active if s.reported]
         weight = sum(s.inflight for s in reported)
-        if weight == 0:
-            return sum(s.latency_ms_p95 for s in reported) / len(reported)
-        return sum(s.latency_ms_p95 * s.inflight for s in reported) / weight
-
-    @property
-    def request_rate(self) -> float:
-        """Calls per second over every shard (draining ones still serve)."""
-        return sum(s.rate for s in self.shards)
-
-    @property
-    def sessions(self) -> int:
-        """Sessions held by every shard."""
-        return sum(s.sessions for s in self.shards)
+        if not reported:
+            p95 = 0.0
+        elif weight == 0:
+            p95 = sum(s.latency_ms_p95 for s in reported) / len(reported)
+        else:
+            p95 = sum(s.latency_ms_p95 * s.inflight for s in reported) / weight
+        capacity = sum(s.capacity for s in active)
+        inflight = sum(s.inflight for s in active)
+        queued = sum(s.queue_depth for s in active)
+        derived = {
+            "active": active,
+            "active_count": len(active),
+            "capacity": capacity,
+            "inflight": inflight,
+            "queue_per_shard": queued / len(active) if active else 0.0,
+            "utilisation": inflight / capacity if capacity else 0.0,
+            "latency_ms_p95": p95,
+            "request_rate": sum(s.rate for s in self.shards),
+            "sessions": sum(s.sessions for s in self.shards),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     def zones(self) -> dict[str, int]:
         """Active shards per zone."""

@@ -1,0 +1,225 @@
+"""Acting on advice: the :class:`Actuator` protocol, the pure :func:`reconcile` step, the
+:class:`Autoscaler` loop and the ``shardroute_desired_shards`` gauge.
+
+The gauge is an OpenTelemetry observable gauge on the ``shardroute`` meter (the API only:
+the application picks the SDK and exporter; with the Prometheus exporter it is scraped as
+``shardroute_desired_shards{zone="..."}``). It lives here until the ``shardroute.telemetry``
+module owns every instrument; then it moves there under the same name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from opentelemetry import metrics
+
+from shardroute.discovery.source import TopologySource
+from shardroute.errors import ConfigError, ShardRouteError
+from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
+from shardroute.scaling.signals import CapacityClass, SignalHistory
+
+__all__ = [
+    "DESIRED_SHARDS_GAUGE",
+    "Actions",
+    "Actuator",
+    "Autoscaler",
+    "DesiredShardsGauge",
+    "reconcile",
+]
+
+log = logging.getLogger("shardroute.scaling")
+
+DESIRED_SHARDS_GAUGE = "shardroute_desired_shards"
+"""The gauge's name (one point per zone, attribute ``zone``)."""
+
+
+class Actuator(Protocol):
+    """Starts and drains shards. Called from the autoscaler's thread, one call at a time.
+
+    ``add_shard`` starts a shard in ``zone`` on ``capacity_class`` capacity and returns its
+    id (it need not be registered yet: the autoscaler counts it as pending until it shows
+    up in the topology). ``drain_shard`` asks a shard to drain: move its sessions to other
+    shards, then deregister and stop. It must not kill the shard.
+    """
+
+    def add_shard(self, zone: str, capacity_class: CapacityClass) -> str:
+        """Start one shard; its id."""
+        ...
+
+    def drain_shard(self, shard_id: str) -> None:
+        """Begin draining one shard (returns once the drain started)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """What to do now: shards to add (zone, class) and shard ids to drain."""
+
+    add: tuple[tuple[str, CapacityClass], ...] = ()
+    drain: tuple[str, ...] = ()
+
+
+def reconcile(advice: ScalingAdvice, pending: int = 0) -> Actions:
+    """The actions that move the fleet toward ``advice``, given ``pending`` shards already
+    started and not yet active (they count toward the advice's additions; when the advice
+    falls, fewer active shards are drained by as many). Pure."""
+    if advice.additions:
+        return Actions(add=advice.additions[pending:])
+    surplus = advice.current_shards + pending - advice.desired_shards
+    return Actions(drain=advice.drain_order[: max(0, surplus)])
+
+
+class DesiredShardsGauge:
+    """The ``shardroute_desired_shards`` observable gauge (attribute ``zone``) on
+    ``metrics.get_meter("shardroute")``, reporting the latest advice given to
+    :meth:`publish`. Thread-safe."""
+
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
+        self._per_zone: Mapping[str, int] = {}
+        meter = meter or metrics.get_meter("shardroute")
+        meter.create_observable_gauge(
+            DESIRED_SHARDS_GAUGE,
+            callbacks=[self._observe],
+            unit="{shard}",
+            description="Active shards the scaling advisor wants, by zone",
+        )
+
+    def publish(self, advice: ScalingAdvice) -> None:
+        """Report ``advice`` from now on."""
+        self._per_zone = dict(advice.per_zone)
+
+    def _observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [metrics.Observation(n, {"zone": zone}) for zone, n in self._per_zone.items()]
+
+
+class Autoscaler:
+    """Observes the topology, asks the advisor, and acts through the actuator.
+
+    Args:
+        advisor: the advisor.
+        actuator: starts and drains shards (None: advice only, for the gauge and the CLI).
+        source: a started topology source of the service.
+        interval_s: seconds between two steps (and samples of the history).
+        history: the starting history (for example one filled from past days).
+        gauge: publishes each advice (None: no gauge).
+        pending_timeout_s: a started shard not active after this long stops counting as
+            pending.
+        clock: unix time (tests pass their own).
+
+    :meth:`step` runs one round and may be called directly; :meth:`start` runs rounds in a
+    daemon thread until :meth:`close`. A failed actuator call is logged and retried at the
+    next round; it never stops the loop.
+    """
+
+    def __init__(
+        self,
+        advisor: ScalingAdvisor,
+        actuator: Actuator | None,
+        source: TopologySource,
+        *,
+        interval_s: float = 15.0,
+        history: SignalHistory | None = None,
+        gauge: DesiredShardsGauge | None = None,
+        pending_timeout_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if interval_s <= 0 or pending_timeout_s <= 0:
+            raise ConfigError("interval_s and pending_timeout_s must be > 0")
+        self.advisor = advisor
+        self.actuator = actuator
+        self.source = source
+        self.interval_s = interval_s
+        self.history = history if history is not None else SignalHistory()
+        self.gauge = gauge
+        self.pending_timeout_s = pending_timeout_s
+        self.clock = clock
+        self.advice: ScalingAdvice | None = None
+        self.scale_ups = 0
+        self.scale_downs = 0
+        self._pending: dict[str, float] = {}
+        self._draining: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        """Shards started and not active yet."""
+        return len(self._pending)
+
+    def step(self) -> ScalingAdvice:
+        """Sample the topology, advise, act; returns the advice."""
+        now = self.clock()
+        topology = self.source.current()
+        self.history = self.history.observe(topology, now)
+        active = {s.id for s in topology.shards.values() if s.available}
+        self._pending = {
+            sid: ts
+            for sid, ts in self._pending.items()
+            if sid not in active and now - ts < self.pending_timeout_s
+        }
+        self._draining &= set(topology.shards)
+        advice = self.advisor.advise(self.history, self.advice)
+        self.advice = advice
+        if self.gauge is not None:
+            self.gauge.publish(advice)
+        if self.actuator is not None:
+            self._act(reconcile(advice, self.pending), now)
+        return advice
+
+    def _act(self, actions: Actions, now: float) -> None:
+        assert self.actuator is not None
+        for zone, klass in actions.add:
+            try:
+                shard_id = self.actuator.add_shard(zone, klass)
+            except ShardRouteError as exc:
+                log.warning("could not add a shard in zone %r: %s", zone, exc)
+                continue
+            self._pending[shard_id] = now
+            self.scale_ups += 1
+            log.info("added shard %s in zone %r (%s)", shard_id, zone, klass.value)
+        for shard_id in actions.drain:
+            if shard_id in self._draining:
+                continue
+            try:
+                self.actuator.drain_shard(shard_id)
+            except ShardRouteError as exc:
+                log.warning("could not drain shard %s: %s", shard_id, exc)
+                continue
+            self._draining.add(shard_id)
+            self.scale_downs += 1
+            log.info("draining shard %s", shard_id)
+
+    def start(self) -> Autoscaler:
+        """Run :meth:`step` every ``interval_s`` in a daemon thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="shardroute-autoscaler", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except ShardRouteError as exc:
+                log.warning("autoscaler round failed: %s", exc)
+            self._stop.wait(self.interval_s)
+
+    def close(self) -> None:
+        """Stop the loop (waits for the current round). Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Autoscaler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

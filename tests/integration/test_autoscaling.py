@@ -1,0 +1,134 @@
+"""Issue 12: the autoscaler on real etcd and real chat shard processes.
+
+Load rises → the advice goes up → the actuator starts a shard → every conversation keeps
+its history. Load falls → the advice goes down → a shard is drained (SIGTERM: its sessions
+move), not killed → no turn is lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from chat_calls import history, turn
+
+from shardroute.client import ShardClient
+from shardroute.model import Topology
+from shardroute.scaling import Autoscaler, ScalingAdvice, ScalingAdvisor, UtilisationPolicy
+from shardroute.testing.actuator import LocalActuator
+from shardroute.testing.cluster import ShardCluster
+
+SHARD_KWARGS = {"token_delay_s": 0.03, "capacity": 8}
+
+
+@pytest.fixture
+def cluster(etcd_endpoint: str) -> Iterator[ShardCluster]:
+    with ShardCluster(etcd_endpoint, shard_kwargs=SHARD_KWARGS, lease_ttl_s=2) as c:
+        yield c.start(2)
+
+
+class Conversations:
+    """Conversations taking turns from a few threads; every turn's number is checked."""
+
+    def __init__(self, client: ShardClient, count: int) -> None:
+        self.client = client
+        self.turns = {f"conv-{i}": 0 for i in range(count)}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def one_round(self, keys: list[str]) -> None:
+        for key in keys:
+            expected = self.turns[key] + 1
+            try:
+                token = turn(self.client, key, f"p{expected}")
+            except Exception as exc:
+                self.errors.append(f"{key} turn {expected}: {exc!r}")
+                continue
+            if token.turn != expected:
+                self.errors.append(f"{key}: turn {token.turn}, expected {expected}")
+            self.turns[key] = expected
+
+    def start(self, threads: int) -> None:
+        keys = sorted(self.turns)
+        groups = [keys[i::threads] for i in range(threads)]
+        self._stop.clear()
+
+        def loop(group: list[str]) -> None:
+            while not self._stop.is_set():
+                self.one_round(group)
+
+        self._threads = [threading.Thread(target=loop, args=(g,), daemon=True) for g in groups]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def step_until(
+    scaler: Autoscaler, done: Callable[[ScalingAdvice], bool], timeout: float = 30.0
+) -> ScalingAdvice:
+    """Run autoscaler rounds, each on a fresher topology, until ``done`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        revision = scaler.source.current().revision
+        advice = scaler.step()
+        if done(advice):
+            return advice
+        if time.monotonic() > deadline:
+            raise AssertionError(f"advice never satisfied the test: {advice.reasons}")
+        scaler.source.wait_for(lambda t, seen=revision: t.revision > seen, timeout=5.0)
+
+
+def all_idle(topology: Topology) -> bool:
+    active = [s.id for s in topology.shards.values() if s.available]
+    return all((r := topology.loads.get(i)) is not None and r.inflight == 0 for i in active)
+
+
+def test_load_up_adds_a_shard_load_down_drains_one_and_no_turn_is_lost(
+    cluster: ShardCluster, etcd_endpoint: str
+) -> None:
+    advisor = ScalingAdvisor(
+        [UtilisationPolicy(target=0.05)], min_shards=2, max_shards=3, scale_down_window_s=0
+    )
+    actuator = LocalActuator(cluster, **SHARD_KWARGS)
+    scaler = Autoscaler(advisor, actuator, cluster.source, interval_s=0.5)
+    with ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
+        talk = Conversations(client, 24)
+        talk.one_round(sorted(talk.turns))  # every conversation exists: 2 shards hold them
+        before = set(cluster.shard_ids)
+
+        talk.start(threads=6)
+        try:
+            advice = step_until(scaler, lambda a: a.direction == "up")
+            assert advice.desired_shards == 3 and actuator.added
+            assert any("utilisation" in r for r in advice.reasons)
+            new = actuator.added[0]
+            cluster.wait_for(lambda t: new in t.shards and t.shards[new].available)
+            # Traffic goes on over three shards until the new one has served turns.
+            cluster.wait_for(
+                lambda t: (r := t.loads.get(new)) is not None and r.sessions > 0, timeout=20
+            )
+        finally:
+            talk.stop()
+        assert talk.errors == []
+
+        cluster.wait_for(all_idle, timeout=20)
+        advice = step_until(scaler, lambda a: a.direction == "down")
+        assert advice.desired_shards == 2 and len(actuator.drained) == 1
+        drained = actuator.drained[0]
+        assert cluster.wait_exit(drained, timeout=30) == 0  # a graceful drain, exit code 0
+        cluster.wait_for(lambda t: drained not in t.shards)
+        assert set(cluster.shard_ids) | {drained} == before | {new}
+        assert scaler.scale_ups == 1 and scaler.scale_downs == 1
+
+        # Every conversation goes on where it was: no turn lost, histories whole.
+        talk.one_round(sorted(talk.turns))
+        assert talk.errors == []
+        for key, turns in talk.turns.items():
+            assert history(client, key) == [f"p{n}" for n in range(1, turns + 1)]
