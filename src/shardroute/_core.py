@@ -20,7 +20,7 @@ from shardroute.routing import Decision, Reason, Router
 from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
 from shardroute.telemetry import Telemetry
 from shardroute.telemetry._setup import METRICS_STATE, TRACE_STATE
-from shardroute.telemetry.client import LIVE_CLIENTS, CallRecord, failed_over
+from shardroute.telemetry.client import LIVE_CLIENTS, CallRecord, client_instruments, failed_over
 from shardroute.telemetry.client import ejected as report_ejection
 from shardroute.transport import (
     Attempts,
@@ -112,6 +112,8 @@ class ClientCore(Generic[C]):
         self._on_topology(source.current())
         self._unsubscribe = source.subscribe(self._on_topology)
         LIVE_CLIENTS.add(self)  # its gauges (staleness, channels, ejected shards)
+        if self.telemetry.active():  # the gauges exist before the first call
+            client_instruments(self.telemetry)
 
     def _on_topology(self, topology: Topology) -> None:
         self.router.prepare(topology)  # build the ring here, off the request path

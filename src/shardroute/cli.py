@@ -3,7 +3,7 @@
     shardroute topology --etcd HOST:PORT --service NAME [--json] [--watch]
     shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
-    shardroute demo [--duration S] [--json]
+    shardroute demo [--duration S] [--json] [--metrics-port PORT]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
 """
@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--shards", type=int, default=4, help="chat shards to start (>= 3)")
     demo.add_argument("--sessions", type=int, default=200, help="conversations")
     demo.add_argument("--workers", type=int, default=8, help="client threads")
+    demo.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the demo client's metrics at http://127.0.0.1:PORT/metrics (shardroute[otel])",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -258,6 +263,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.shards < 3 or args.sessions < 1 or args.workers < 1:
         raise ConfigError("the demo needs --shards >= 3, --sessions >= 1, --workers >= 1")
+    if args.metrics_port is not None:
+        from shardroute.telemetry import serve_prometheus
+
+        serve_prometheus(args.metrics_port)
     return demo.main(
         args.duration,
         args.json,

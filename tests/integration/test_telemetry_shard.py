@@ -4,6 +4,9 @@ migration steps, drain, shard metrics, and the Prometheus endpoint over HTTP."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -185,3 +188,33 @@ def test_the_prometheus_endpoint_serves_shardroute_metrics(
     assert 'le="2e-05"' in text or 'le="2.0e-05"' in text  # the bucket advice reached it
     assert "shardroute_topology_staleness_seconds{" in text
     provider.shutdown()
+
+
+def test_the_shard_command_serves_metrics(etcd_endpoint: str) -> None:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "shardroute.server.run",
+        "--class",
+        "shardroute.examples.chat:ChatShard",
+        "--etcd",
+        etcd_endpoint,
+        "--service",
+        "chat-metrics",
+        "--shard-id",
+        "m1",
+        "--metrics-port",
+        str(port),
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as shard:
+        try:
+            assert shard.stdout is not None
+            assert shard.stdout.readline().startswith(b"READY ")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+        finally:
+            shard.kill()
+            shard.wait(15)
+    for name in ("shardroute_shard_inflight", "shardroute_shard_sessions"):
+        assert re.search(name + r'\{[^}]*shardroute_shard="m1"[^}]*\} 0\.0', text), name

@@ -27,7 +27,7 @@ from shardroute.sessions.envelope import FoldPolicy
 from shardroute.sessions.migrator import MAX_CONCURRENT_MOVES
 from shardroute.telemetry import Telemetry
 from shardroute.telemetry.migration import drain_span
-from shardroute.telemetry.server import LIVE_SHARDS
+from shardroute.telemetry.server import LIVE_SHARDS, shard_instruments
 
 __all__ = ["ServerLifecycleError", "ShardServerBase", "session_key"]
 
@@ -171,6 +171,8 @@ class ShardServerBase:
         """Where this shard's spans and metrics go (docs/observability.md)."""
         self._sessions.telemetry = self.telemetry
         LIVE_SHARDS.add(self)  # its gauges: in flight, queue, sessions held
+        if self.telemetry.active():  # the gauges exist before the first call
+            shard_instruments(self.telemetry)
         self._answers = ControlAnswers(self)
         """The ``ShardControl`` answers (docs/protocol.md), served by the shell."""
         self._session_etcd: Any = None

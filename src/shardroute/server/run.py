@@ -24,6 +24,7 @@ from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.security.args import add_tls_args, control_auth_from_args, tls_from_args
 from shardroute.server._async import AsyncShardServer
 from shardroute.server._sync import ShardServer
+from shardroute.telemetry import serve_prometheus
 
 __all__ = ["load_class", "main"]
 
@@ -60,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kwargs", default="{}", help="extra constructor arguments (JSON object)")
     p.add_argument("--log-level", default="INFO")
     add_tls_args(p, server=True)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (needs shardroute[otel])",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint")
     return p
 
 
@@ -76,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = json.loads(args.kwargs)
         if not isinstance(extra, dict):
             raise ConfigError("--kwargs must be a JSON object")
+        if args.metrics_port is not None:
+            serve_prometheus(args.metrics_port, host=args.metrics_host)
         labels = dict(item.partition("=")[::2] for item in args.label)
         kwargs: dict[str, Any] = {
             "shard_id": args.shard_id,
