@@ -82,8 +82,8 @@ def test_write_policy_bounds_the_rate_and_skips_small_changes() -> None:
     big = LoadReport(inflight=20)
     assert not policy.should_write(big, 0.5)  # under a second: never
     assert policy.should_write(big, 1.3)  # ≥ 1.2 s (1 s + at most 20 % jitter)
-    assert not policy.should_write(LoadReport(inflight=6), 1.3)  # < 10 % of 64 = 7
-    assert policy.should_write(LoadReport(inflight=7), 1.3)
+    assert not policy.should_write(LoadReport(inflight=15), 1.3)  # < 25 % of 64 = 16
+    assert policy.should_write(LoadReport(inflight=16), 1.3)
     assert policy.should_write(LoadReport(sessions=1), 1.3)
     assert policy.should_write(LoadReport(latency_ms_p95=6.0), 1.3)
     assert not policy.should_write(LoadReport(latency_ms_p95=4.0), 1.3)
