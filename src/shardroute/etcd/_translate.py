@@ -58,6 +58,12 @@ def _from_rpc_error(exc: grpc.RpcError) -> ShardRouteError:
         return ConfigError(f"etcd refused the user name or password: {details}")
     if code is grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in (details or ""):
         return ConfigError("etcd has authentication enabled: pass a user and password")
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return ConfigError(
+            f"etcd refused the operation ({details}): the etcd user's role does not cover "
+            "this key; nothing was written. Grant the role the key prefixes listed in "
+            "docs/security.md ('etcd RBAC')"
+        )
     return EtcdUnavailable(f"etcd call failed: {code.name if code else 'error'}: {details}")
 
 

@@ -227,9 +227,10 @@ class EtcdClient:
         return bool(succeeded)
 
     @_translated
-    def revision(self) -> int:
-        """The current store revision."""
-        response = self._etcd.get_response("\0")
+    def revision(self, key: str = "\0") -> int:
+        """The current store revision, read with a get of ``key`` (pass a key the etcd
+        user may read when etcd's RBAC is on: docs/security.md)."""
+        response = self._etcd.get_response(key)
         return int(response.header.revision)
 
     @_translated

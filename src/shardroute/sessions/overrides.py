@@ -114,7 +114,7 @@ class OverrideStore:
             # starts above etcd's current revision, not at 1: every earlier epoch of this
             # key was at most the revision it was written at, so epochs never repeat and
             # a shard that remembers an old epoch never refuses a new mover.
-            floor = self._etcd.revision()
+            floor = self._etcd.revision(key)  # a key this user may read
             if new.epoch <= floor:
                 new = Override(new.owner, floor + 1, new.moving_to)
         try:
