@@ -4,6 +4,7 @@
     shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
     shardroute demo [--duration S] [--json] [--metrics-port PORT]
+    shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
 """
@@ -22,6 +23,7 @@ from shardroute.discovery.records import load_to_dict, shard_to_dict
 from shardroute.errors import ConfigError, ShardRouteError, ShardUnavailable
 from shardroute.etcd import EtcdOptions
 from shardroute.model import Topology
+from shardroute.scaling.commands import add_commands as add_scaling_commands
 from shardroute.security import ChannelMaker
 from shardroute.security.args import add_tls_args, control_token_from_args, tls_from_args
 
@@ -177,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the demo client's metrics at http://127.0.0.1:PORT/metrics (shardroute[otel])",
     )
     demo.set_defaults(func=_cmd_demo)
+    add_scaling_commands(commands, _add_etcd_args, _source)
     return parser
 
 
