@@ -130,8 +130,10 @@ class RouteTable:
         self.config_error = config_error
         self.topology: object = UNSET  # the last snapshot seen to match (a shortcut)
         shards = ring.shards
-        self.ids: tuple[str, ...] = tuple(s.id for s in shards)
         same_ring = previous is not None and previous.ring is ring
+        self.ids: tuple[str, ...] = (
+            previous.ids if previous is not None and same_ring else tuple(s.id for s in shards)
+        )
         if (
             previous is not None
             and same_ring
