@@ -7,12 +7,14 @@ the routing decision, the failover rules and outlier ejection are written once.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import grpc
 
 from shardroute import metadata as md_keys
+from shardroute._validate import seconds
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import ConfigError, UnknownMethod
 from shardroute.model import Shard, Topology
@@ -74,8 +76,7 @@ class ClientCore(Generic[C]):
         close_channel: Callable[[C], None],
         telemetry: Telemetry | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+        seconds("timeout", timeout)
         if max_message_bytes <= 0:
             raise ConfigError(f"max_message_bytes must be > 0, got {max_message_bytes!r}")
         self.source = source
@@ -155,6 +156,7 @@ class ClientCore(Generic[C]):
         clock = self.rules.clock
         affinity = Reason.AFFINITY
         session_header = md_keys.SESSION_KEY
+        inf = math.inf
 
         def call(
             request: Any,
@@ -176,8 +178,8 @@ class ClientCore(Generic[C]):
                 raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
             if timeout is None:
                 timeout = default_timeout
-            elif timeout <= 0:
-                raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+            elif not 0.0 < timeout < inf:  # refuses NaN too (a comparison with NaN is false)
+                seconds("timeout", timeout)
             started = clock()
             decision = route(
                 session_key,

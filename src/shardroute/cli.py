@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from shardroute._validate import seconds
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.records import load_to_dict, shard_to_dict
 from shardroute.errors import ConfigError, ShardRouteError, ShardUnavailable
@@ -85,7 +86,7 @@ def _add_etcd_args(parser: argparse.ArgumentParser) -> None:
         help="etcd endpoint (repeat or comma-separate for several)",
     )
     parser.add_argument("--service", required=True, help="service name")
-    parser.add_argument("--timeout", type=float, default=5.0, help="etcd call timeout (s)")
+    parser.add_argument("--timeout", type=_positive, default=5.0, help="etcd call timeout (s)")
     parser.add_argument("--ca-cert", help="CA certificate (PEM) for TLS to etcd")
     parser.add_argument("--cert-key", help="client key (PEM) for TLS to etcd")
     parser.add_argument("--cert-cert", help="client certificate (PEM) for TLS to etcd")
@@ -255,10 +256,10 @@ def _cmd_drain(args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    try:
+        return seconds("the value", float(text))
+    except ValueError:  # not a number, <= 0, or NaN and inf (floats, refused too)
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}") from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from shardroute._validate import seconds
 from shardroute.discovery.changes import apply_changes, build_topology
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.source import HolderSource, SnapshotHolder
@@ -69,7 +70,8 @@ class EtcdTopologySource(HolderSource):
         backoff_max_s: float = 2.0,
         include_sessions: bool = False,
     ) -> None:
-        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
+        seconds("backoff_initial_s", backoff_initial_s)
+        if seconds("backoff_max_s", backoff_max_s) < backoff_initial_s:
             raise ConfigError("backoff must satisfy 0 < backoff_initial_s <= backoff_max_s")
         self._schema = KeySchema(service)
         self._options = etcd_options(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shardroute._validate import seconds
 from shardroute.errors import ConfigError
 
 __all__ = ["EtcdOptions", "parse_endpoint"]
@@ -36,8 +37,8 @@ class EtcdOptions:
             raise ConfigError("at least one etcd endpoint is required")
         for endpoint in self.endpoints:
             parse_endpoint(endpoint)
-        if self.timeout <= 0:
-            raise ConfigError(f"etcd timeout must be > 0, got {self.timeout!r}")
+        seconds("etcd timeout", self.timeout)
+        seconds("retry_failed_endpoint_s", self.retry_failed_endpoint_s, zero=True)
         if (self.user is None) != (self.password is None):
             raise ConfigError("etcd user and password must be given together")
         if (self.cert_key is None) != (self.cert_cert is None):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2
+from shardroute._validate import seconds
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.etcd import EtcdOptions
 from shardroute.model import LoadReport, Topology
@@ -92,12 +93,10 @@ class ShardServerBase:
         control_auth: ControlAuth | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        if hold_timeout_s <= 0:
-            raise ConfigError(f"hold_timeout_s must be > 0, got {hold_timeout_s!r}")
-        if not session_idle_ttl_s > 0:
-            raise ConfigError(f"session_idle_ttl_s must be > 0, got {session_idle_ttl_s!r}")
-        if session_ttl_s is not None and not session_ttl_s > 0:
-            raise ConfigError(f"session_ttl_s must be > 0 or None, got {session_ttl_s!r}")
+        seconds("hold_timeout_s", hold_timeout_s)
+        seconds("session_idle_ttl_s", session_idle_ttl_s)
+        if session_ttl_s is not None:
+            seconds("session_ttl_s", session_ttl_s)
         self.session_ttl_s = session_ttl_s
         """Idle sessions' stored state expires after this long (the default stores only)."""
         if isinstance(session_fold, Mapping):

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shardroute._io.sync import run_blocking
+from shardroute._validate import grace_or, seconds
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
 from shardroute.server._base import ShardServerBase
@@ -227,6 +228,8 @@ class ShardServer(ShardServerBase):
         ``grace``: seconds in-flight calls get to finish (None: cancel them at once).
         New calls are refused from now on. A concurrent stop with a smaller grace wins.
         """
+        if grace is not None:
+            seconds("grace", grace, zero=True)
         if self._lifecycle.advance(ServerState.STOPPING):
             self._set_health(_NOT_SERVING)
             registrar = self._registrar
@@ -256,7 +259,7 @@ class ShardServer(ShardServerBase):
         running then), deregister, stop. Calling it again, or on a server that is
         stopping, waits for the stop.
         """
-        grace = self._config.drain_grace_s if grace_s is None or grace_s <= 0 else grace_s
+        grace = grace_or(grace_s, self._config.drain_grace_s)
         if not self._lifecycle.advance(ServerState.DRAINING):
             if self.state in (ServerState.CREATED, ServerState.STARTING):
                 self.stop()
@@ -279,6 +282,7 @@ class ShardServer(ShardServerBase):
     def begin_drain(self, grace_s: float | None = None) -> None:
         """Start :meth:`drain` in the background and return at once. Only the first call
         starts one; later calls (a second Drain RPC, a second signal) do nothing."""
+        grace_or(grace_s, self._config.drain_grace_s)  # refused here, not in the background
         with self._background_lock:
             if self._background is None:
                 self._background = start_background(

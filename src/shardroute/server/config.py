@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from shardroute._validate import seconds
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.records import MAX_CAPACITY, MAX_WEIGHT
 from shardroute.errors import ConfigError
@@ -84,8 +85,7 @@ class ServerConfig:
             raise ConfigError(f"capacity must be in 1..{MAX_CAPACITY}, got {self.capacity!r}")
         if self.lease_ttl_s < 2:
             raise ConfigError(f"lease_ttl_s must be >= 2 (etcd's minimum), got {self.lease_ttl_s}")
-        if self.drain_grace_s < 0:
-            raise ConfigError(f"drain_grace_s must be >= 0, got {self.drain_grace_s!r}")
+        seconds("drain_grace_s", self.drain_grace_s, zero=True)
         if self.max_workers is not None and self.max_workers < 1:
             raise ConfigError(f"max_workers must be >= 1, got {self.max_workers!r}")
         if self.max_message_bytes < 1024:

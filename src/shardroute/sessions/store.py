@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from shardroute._validate import seconds
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import (
     ConfigError,
@@ -151,8 +152,7 @@ def check_ttl(ttl_s: float | None) -> float | None:
     """``ttl_s`` if valid (None or > 0), else :class:`~shardroute.errors.ConfigError`."""
     if ttl_s is None:
         return None
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
-        raise ConfigError(f"ttl_s must be a number of seconds > 0 or None, got {ttl_s!r}")
+    seconds("ttl_s", ttl_s)
     return float(ttl_s)
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from shardroute._validate import seconds
 from shardroute.errors import ConfigError
 
 __all__ = ["OutlierDetector"]
@@ -42,7 +43,11 @@ class OutlierDetector:
     ) -> None:
         if consecutive_failures < 1:
             raise ConfigError("consecutive_failures must be >= 1")
-        if not 0 < base_ejection_s <= max_ejection_s:
+        if (
+            not 0
+            < seconds("base_ejection_s", base_ejection_s)
+            <= seconds("max_ejection_s", max_ejection_s)
+        ):
             raise ConfigError("ejection times must satisfy 0 < base_ejection_s <= max_ejection_s")
         self.consecutive_failures = consecutive_failures
         self.base_ejection_s = base_ejection_s
