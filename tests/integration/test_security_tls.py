@@ -204,3 +204,26 @@ def test_the_server_certificate_is_reloaded_when_its_files_change(
         shutil.copyfile(fresh.cert or "", served.cert)
         shutil.copyfile(fresh.ca, served.ca)
         assert history_call(trusting_new) is not None
+
+
+def test_a_shard_cluster_over_mtls_survives_a_kill(tmp_path: Path, etcd_endpoint: str) -> None:
+    """The testing package's cluster serves mTLS with throwaway certificates (what
+    ``shardroute demo --tls`` runs): calls, a SIGKILL and the take-over from the store."""
+    from shardroute.testing.certs import throwaway_tls
+    from shardroute.testing.cluster import ShardCluster
+
+    shard_tls, client_tls = throwaway_tls(tmp_path / "certs")
+    with ShardCluster(etcd_endpoint, service="tlschat", tls=shard_tls) as cluster:
+        cluster.start(2)
+        source = EtcdTopologySource(etcd_endpoint, "tlschat")
+        source.start()
+        try:
+            _wait_until(lambda: len(source.current().shards) == 2)
+            assert all(s.tls for s in source.current().shards.values())
+            with ShardClient(source, tls=client_tls) as client:
+                turn(client, "conv-k", "before")
+                cluster.kill(client.route("conv-k").shard.id)
+                turn(client, "conv-k", "after")
+                assert history(client, "conv-k") == ["before", "after"]
+        finally:
+            source.close()

@@ -24,6 +24,7 @@ from typing import IO, Any
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ConfigError, ShardStartError
 from shardroute.model import ShardState, Topology
+from shardroute.security import TLSConfig
 
 __all__ = ["DEFAULT_SHARD_CLASS", "ShardCluster", "ShardProcess", "ShardStartError"]
 
@@ -73,6 +74,8 @@ class ShardCluster:
         drain_grace_s: the shards' default drain grace.
         log_dir: where each shard's stderr goes (``<shard_id>.log``); a temp dir if None.
         shard_kwargs: extra constructor arguments for every shard (JSON-serialisable).
+        tls: serve TLS in every shard (``--tls-*`` options of the shard command; with
+            ``ca``, mutual TLS).
         start_timeout: seconds a shard gets to print ``READY``.
 
     Lifecycle: :meth:`start` launches shards in parallel and returns once every one is
@@ -93,6 +96,7 @@ class ShardCluster:
         log_dir: str | os.PathLike[str] | None = None,
         shard_kwargs: Mapping[str, Any] | None = None,
         start_timeout: float = 30.0,
+        tls: TLSConfig | None = None,
     ) -> None:
         if not zones:
             raise ConfigError("zones must not be empty")
@@ -104,6 +108,7 @@ class ShardCluster:
         self.drain_grace_s = drain_grace_s
         self.shard_kwargs = dict(shard_kwargs or {})
         self.start_timeout = start_timeout
+        self.tls = tls
         self._log_dir_arg = log_dir
         self._log_dir: Path | None = None
         self._tmp: Any = None
@@ -275,6 +280,14 @@ class ShardCluster:
             "--kwargs",
             json.dumps(kwargs),
         ]
+        if self.tls is not None:  # paths only: the files are read by the shard
+            for flag, path in (
+                ("--tls-ca", self.tls.ca),
+                ("--tls-cert", self.tls.cert),
+                ("--tls-key", self.tls.key),
+            ):
+                if path is not None:
+                    command += [flag, path]
         env = dict(os.environ)
         paths = [p for p in sys.path if p]
         if env.get("PYTHONPATH"):
