@@ -227,3 +227,33 @@ def test_a_shard_cluster_over_mtls_survives_a_kill(tmp_path: Path, etcd_endpoint
                 assert history(client, "conv-k") == ["before", "after"]
         finally:
             source.close()
+
+
+def test_the_asyncio_shard_serves_mtls_and_reloads_its_certificate(tmp_path: Path) -> None:
+    from shells import Shell
+
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    served = _files(tmp_path, "served", old_ca, "127.0.0.1")
+    client_old = _files(tmp_path, "client-old", old_ca, "app.example")
+    with Shell("asyncio", shard_id="r", service="rotate", etcd=None, tls=served) as shell:
+        shell.start()
+        address = shell.server.address
+
+        def history_call(config: TLSConfig) -> Any:
+            with grpc.secure_channel(address, config.channel_credentials()) as channel:
+                stub = chat_pb2_grpc.ChatStub(channel)
+                md = (("x-shardroute-session", "conv-r"),)
+                return stub.History(chat_pb2.HistoryRequest(), metadata=md, timeout=5)
+
+        assert history_call(client_old) is not None
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError):
+            chat_pb2_grpc.ChatStub(channel).History(
+                chat_pb2.HistoryRequest(), metadata=(("x-shardroute-session", "c"),), timeout=5
+            )
+        fresh = _files(tmp_path, "fresh", new_ca, "127.0.0.1")
+        client_new = _files(tmp_path, "client-new", new_ca, "app.example")
+        assert served.cert and served.key and served.ca and fresh.cert and fresh.key and fresh.ca
+        shutil.copyfile(fresh.key, served.key)
+        shutil.copyfile(fresh.cert, served.cert)
+        shutil.copyfile(fresh.ca, served.ca)
+        assert history_call(client_new) is not None
