@@ -61,7 +61,8 @@ class AsyncShardClient(AsyncCallLoops, ClientShell):
         **kwargs: Any,
     ) -> AsyncShardClient:
         """A client following ``service`` in etcd (the source is started and owned)."""
-        source = EtcdTopologySource(etcd, service, **(etcd_options or {}))
+        source_options = {"telemetry": kwargs.get("telemetry"), **(etcd_options or {})}
+        source = EtcdTopologySource(etcd, service, **source_options)
         await asyncio.to_thread(source.start)
         try:
             client = cls(source, **kwargs)

@@ -42,10 +42,11 @@ class ShardClient(CallLoops, ClientShell):
 
     Constructor: ``ShardClient(source, *, zone=None, region=None, timeout=30.0,
     router=None, retry=None, outlier=None, max_message_bytes=4 MiB,
-    channel_options=(), tls=None, control_token=None)`` (docs/client.md; ``tls``: a
+    channel_options=(), tls=None, control_token=None, telemetry=None)`` (docs/client.md; ``tls``: a
     :class:`~shardroute.security.TLSConfig` or ``grpc.ChannelCredentials`` for every
     shard channel, docs/security.md; ``control_token``: what :meth:`migrate` sends to
-    shards' control services).
+    shards' control services; ``telemetry``: a :class:`~shardroute.telemetry.Telemetry`,
+    where this client's spans and metrics go, docs/observability.md).
     """
 
     def _create_channel(self, shard: Shard, options: list[tuple[str, Any]]) -> grpc.Channel:
@@ -66,9 +67,11 @@ class ShardClient(CallLoops, ClientShell):
         """A client following ``service`` in etcd (the source is started and owned).
 
         ``etcd_options`` go to :class:`~shardroute.discovery.etcd.EtcdTopologySource`
-        (timeout, TLS files, user/password); ``kwargs`` to the constructor.
+        (timeout, TLS files, user/password); ``kwargs`` to the constructor (its
+        ``telemetry`` to the source too: topology events).
         """
-        source = EtcdTopologySource(etcd, service, **(etcd_options or {}))
+        source_options = {"telemetry": kwargs.get("telemetry"), **(etcd_options or {})}
+        source = EtcdTopologySource(etcd, service, **source_options)
         source.start()
         try:
             client = cls(source, **kwargs)

@@ -27,6 +27,10 @@ from shardroute.discovery.source import HolderSource, SnapshotHolder
 from shardroute.errors import Compacted, ConfigError, EtcdUnavailable, ShardRouteError
 from shardroute.etcd import EtcdClient, EtcdOptions, WatchStream, etcd_options
 from shardroute.model import Topology
+from shardroute.telemetry import Telemetry
+from shardroute.telemetry.names import EVENT_ETCD_RESUMED, EVENT_ETCD_UNAVAILABLE
+from shardroute.telemetry.names import EVENT_TOPOLOGY_RESYNC as RESYNC
+from shardroute.telemetry.topology import topology_event
 
 __all__ = ["EtcdTopologySource"]
 
@@ -47,6 +51,8 @@ class EtcdTopologySource(HolderSource):
         backoff_initial_s, backoff_max_s: reconnect backoff (exponential, full jitter).
         include_sessions: also follow session overrides into ``Topology.overrides``
             (shard servers need them; clients do not, their hot path never reads them).
+        telemetry: where topology events go (resync, etcd lost and back;
+            docs/observability.md); default: the global OpenTelemetry providers.
 
     Lifecycle: ``start()`` reads the first snapshot in the calling thread (retrying for
     up to ``timeout`` seconds, then raising :class:`~shardroute.errors.EtcdUnavailable`
@@ -69,6 +75,7 @@ class EtcdTopologySource(HolderSource):
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         include_sessions: bool = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
         seconds("backoff_initial_s", backoff_initial_s)
         if seconds("backoff_max_s", backoff_max_s) < backoff_initial_s:
@@ -91,6 +98,8 @@ class EtcdTopologySource(HolderSource):
         self._thread: threading.Thread | None = None
         self._stream: WatchStream | None = None
         self._stream_lock = threading.Lock()
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        """Where topology events (resync, etcd lost and back) go."""
         self.resyncs = 0
         """Full re-reads done after compaction or an etcd reset."""
         self.reconnects = 0
@@ -170,6 +179,13 @@ class EtcdTopologySource(HolderSource):
                 failures = 0
             except Compacted as exc:
                 log.warning("%s: %s; resyncing", self.service, exc)
+                topology_event(
+                    RESYNC,
+                    self.service,
+                    self._holder.current().revision,
+                    str(exc),
+                    telemetry=self.telemetry,
+                )
                 try:
                     self.resyncs += 1
                     self._resync()
@@ -187,6 +203,10 @@ class EtcdTopologySource(HolderSource):
             return failures
         self._holder.mark_stale(error)
         if failures == 0:
+            revision = self._holder.current().revision
+            topology_event(
+                EVENT_ETCD_UNAVAILABLE, self.service, revision, str(error), telemetry=self.telemetry
+            )
             log.warning(
                 "%s: lost the etcd watch (%s); routing on revision %d until it is back",
                 self.service,
@@ -217,12 +237,22 @@ class EtcdTopologySource(HolderSource):
                     stream.created_revision,
                     start - 1,
                 )
+                topology_event(
+                    RESYNC,
+                    self.service,
+                    start - 1,
+                    "etcd revision went back",
+                    telemetry=self.telemetry,
+                )
                 self.resyncs += 1
                 self._resync()
                 return
             if self._holder.last_error is not None:
                 self.reconnects += 1
                 log.info("%s: etcd watch resumed from revision %d", self.service, start)
+                topology_event(
+                    EVENT_ETCD_RESUMED, self.service, start - 1, telemetry=self.telemetry
+                )
             self._holder.mark_live()
             for batch in stream:
                 current = self._holder.current()

@@ -91,6 +91,7 @@ STEP: Final = "shardroute.step"
 SOURCE_SHARD: Final = "shardroute.source"
 TARGET_SHARD: Final = "shardroute.target"
 ZONE: Final = "shardroute.zone"
+ETCD_REVISION: Final = "shardroute.revision"
 
 # -- spans and events ---------------------------------------------------------------------
 SPAN_MIGRATION: Final = "shardroute.migrate"
@@ -100,6 +101,9 @@ SPAN_DRAIN: Final = "shardroute.drain"
 EVENT_ATTEMPT_FAILED: Final = "shardroute.attempt_failed"
 EVENT_TOPOLOGY_RESYNC: Final = "shardroute.topology.resync"
 EVENT_ETCD_UNAVAILABLE: Final = "shardroute.etcd.unavailable"
+EVENT_ETCD_RESUMED: Final = "shardroute.etcd.resumed"
+EVENT: Final = "shardroute.event"
+"""Which topology event (attribute of ``shardroute.topology.events``)."""
 
 # -- client instruments ------------------------------------------------------------------
 CLIENT_DURATION: Final = "rpc.client.duration"
@@ -114,6 +118,7 @@ STALENESS: Final = "shardroute.topology.staleness"
 REVISION: Final = "shardroute.topology.revision"
 MALFORMED: Final = "shardroute.topology.malformed_records"
 CHANNELS: Final = "shardroute.client.channels"
+TOPOLOGY_EVENTS: Final = "shardroute.topology.events"
 
 # -- shard instruments -------------------------------------------------------------------
 SERVER_DURATION: Final = "rpc.server.duration"
