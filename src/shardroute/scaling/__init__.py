@@ -9,6 +9,7 @@
 - :mod:`~shardroute.scaling.advisor`: :class:`ScalingAdvisor` → :class:`ScalingAdvice`.
 - :mod:`~shardroute.scaling.autoscaler`: :class:`Actuator`, :func:`reconcile`,
   :class:`Autoscaler`, the ``shardroute_desired_shards`` gauge.
+- :mod:`~shardroute.scaling.rebalance`: :func:`plan_moves` (pure) and :class:`Rebalancer`.
 """
 
 from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
@@ -30,6 +31,14 @@ from shardroute.scaling.policies import (
     UtilisationPolicy,
     Vote,
 )
+from shardroute.scaling.rebalance import (
+    HeldSession,
+    Move,
+    Rebalancer,
+    RebalanceResult,
+    imbalance,
+    plan_moves,
+)
 from shardroute.scaling.signals import (
     CAPACITY_CLASS_LABEL,
     COST_LABEL,
@@ -50,10 +59,14 @@ __all__ = [
     "CostAwarePolicy",
     "DesiredShardsGauge",
     "FleetSignals",
+    "HeldSession",
     "HoltWinters",
     "LatencyPolicy",
+    "Move",
     "PredictivePolicy",
     "QueuePolicy",
+    "RebalanceResult",
+    "Rebalancer",
     "ScalingAdvice",
     "ScalingAdvisor",
     "ScalingPolicy",
@@ -61,5 +74,7 @@ __all__ = [
     "SignalHistory",
     "UtilisationPolicy",
     "Vote",
+    "imbalance",
+    "plan_moves",
     "reconcile",
 ]

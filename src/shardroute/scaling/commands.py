@@ -1,10 +1,12 @@
-"""The ``shardroute scale-advice`` command (docs/autoscaling.md), registered by
-:mod:`shardroute.cli`.
+"""The ``shardroute scale-advice`` and ``shardroute rebalance`` commands
+(docs/autoscaling.md), registered by :mod:`shardroute.cli`.
 
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json]
         [--interval S] [--queue-target N] [--slo-ms MS] [--target-utilisation U]
         [--horizon-s S] [--min-shards N] [--max-shards N] [--min-per-zone N]
         [--scale-down-window S] [--metrics-port PORT]
+    shardroute rebalance --etcd HOST:PORT --service NAME [--max-moves-per-s N]
+        [--max-moves N] [--dry-run] [TLS options]
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from shardroute.discovery.source import TopologySource
+from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ConfigError
 from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
 from shardroute.scaling.autoscaler import Autoscaler, DesiredShardsGauge
@@ -27,10 +29,11 @@ from shardroute.scaling.policies import (
     ScalingPolicy,
     UtilisationPolicy,
 )
+from shardroute.security.args import add_tls_args, control_token_from_args, tls_from_args
 
 __all__ = ["add_commands", "advisor_from_args", "format_advice"]
 
-SourceFactory = Callable[[argparse.Namespace], TopologySource]
+SourceFactory = Callable[[argparse.Namespace], EtcdTopologySource]
 
 
 def add_commands(
@@ -38,7 +41,7 @@ def add_commands(
     add_etcd_args: Callable[[argparse.ArgumentParser], None],
     make_source: SourceFactory,
 ) -> None:
-    """Add ``scale-advice`` to the ``shardroute`` subcommands."""
+    """Add ``scale-advice`` and ``rebalance`` to the ``shardroute`` subcommands."""
     advice = commands.add_parser(
         "scale-advice", help="how many shards the service should run, and why"
     )
@@ -54,6 +57,15 @@ def add_commands(
         "http://127.0.0.1:PORT/metrics (shardroute[otel])",
     )
     advice.set_defaults(func=lambda args: _cmd_scale_advice(args, make_source))
+    rebalance = commands.add_parser(
+        "rebalance", help="move sessions toward an even spread over the active shards"
+    )
+    add_etcd_args(rebalance)
+    add_tls_args(rebalance)
+    rebalance.add_argument("--max-moves-per-s", type=float, default=20.0, help="move rate cap")
+    rebalance.add_argument("--max-moves", type=int, default=1000, help="move budget")
+    rebalance.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
+    rebalance.set_defaults(func=lambda args: _cmd_rebalance(args, make_source))
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -132,5 +144,31 @@ def _cmd_scale_advice(args: argparse.Namespace, make_source: SourceFactory) -> i
             if not args.watch:
                 return 0
             stop.wait(args.interval)
+    finally:
+        source.close()
+
+
+def _cmd_rebalance(args: argparse.Namespace, make_source: SourceFactory) -> int:
+    from shardroute.etcd import EtcdClient
+    from shardroute.scaling.rebalance import Rebalancer
+    from shardroute.sessions.migrator import Migrator
+
+    source = make_source(args)
+    try:
+        source.start()
+        tls, token = tls_from_args(args), control_token_from_args(args)
+        with Migrator(
+            EtcdClient(source.options),
+            args.service,
+            source,
+            close_etcd=True,
+            tls=tls,
+            control_token=token,
+        ) as mover:
+            result = Rebalancer(mover, tls=tls, control_token=token).run(
+                max_moves=args.max_moves, max_moves_per_s=args.max_moves_per_s, dry_run=args.dry_run
+            )
+        print(json.dumps(result.to_dict()), flush=True)
+        return 0 if not result.failed else 1
     finally:
         source.close()
