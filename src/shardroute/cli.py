@@ -3,7 +3,7 @@
     shardroute topology --etcd HOST:PORT --service NAME [--json] [--watch]
     shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
-    shardroute demo [--duration S] [--json] [--metrics-port PORT]
+    shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis]
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
@@ -175,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--sessions", type=int, default=200, help="conversations")
     demo.add_argument("--workers", type=int, default=8, help="client threads")
     demo.add_argument(
+        "--store",
+        choices=("etcd", "redis"),
+        default="etcd",
+        help="session store: the embedded etcd, or an embedded redis-server beside it",
+    )
+    demo.add_argument(
         "--metrics-port",
         type=int,
         help="serve the demo client's metrics at http://127.0.0.1:PORT/metrics (shardroute[otel])",
@@ -277,6 +283,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         shards=args.shards,
         sessions=args.sessions,
         workers=args.workers,
+        store=args.store,
     )
 
 

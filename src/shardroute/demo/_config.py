@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardroute.errors import ConfigError
 from shardroute.testing.etcd import DEFAULT_QUOTA_BACKEND_BYTES
 
 __all__ = ["CLIENT_ZONE", "SERVICE", "DemoConfig", "MiB"]
@@ -35,6 +36,14 @@ class DemoConfig:
     """Idle conversations expire from the session store after this long."""
     etcd_quota_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
     """The embedded etcd's space quota (``--quota-backend-bytes``)."""
+    store: str = "etcd"
+    """Where conversation state lives: ``"etcd"`` (the embedded etcd) or ``"redis"`` (an
+    embedded redis-server started beside it; etcd then keeps only topology, leases and
+    overrides)."""
+
+    def __post_init__(self) -> None:
+        if self.store not in ("etcd", "redis"):
+            raise ConfigError(f"the demo's store is 'etcd' or 'redis', got {self.store!r}")
 
 
 MiB = 1024 * 1024

@@ -22,6 +22,7 @@ from shardroute.errors import ShardRouteError
 from shardroute.model import ShardState
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
+from shardroute.testing.redis import RedisServer
 
 __all__ = ["main", "run_demo"]
 
@@ -114,12 +115,17 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         etcd = cleanup.enter_context(EtcdServer(quota_backend_bytes=config.etcd_quota_bytes))
         space = EtcdSpace(etcd).start()
         cleanup.callback(space.close)
+        shard_kwargs: dict[str, Any] = {"session_ttl_s": config.session_ttl_s}
+        redis = None
+        if config.store == "redis":  # conversation state in Redis, topology in etcd
+            redis = cleanup.enter_context(RedisServer())
+            shard_kwargs["session_store"] = redis.url
         cluster = cleanup.enter_context(
             ShardCluster(
                 etcd.endpoint,
                 service=SERVICE,
                 zones=("zone-a", "zone-b"),
-                shard_kwargs={"session_ttl_s": config.session_ttl_s},
+                shard_kwargs=shard_kwargs,
             )
         )
         cluster.start(config.shards)
@@ -127,6 +133,8 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
             ShardClient.connect(etcd.endpoint, SERVICE, zone=CLIENT_ZONE)
         )
         note(f"etcd at {etcd.endpoint}; {config.shards} chat shards in zone-a/zone-b")
+        if redis is not None:
+            note(f"session store: Redis at {redis.endpoint} (etcd: topology and overrides)")
         workers = [
             threading.Thread(
                 target=worker, args=(client, config, tally, stop, config.seed + i), daemon=True
@@ -212,7 +220,10 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "etcd_nospace": space.nospace_seen,
                 "events": list(events),
                 "event_errors": list(event_errors),
+                "session_store": config.store,
             }
+        if redis is not None:
+            summary["redis_used_memory_mb"] = round(redis.used_memory() / MiB, 1)
     summary["wall_s"] = round(time.monotonic() - started, 2)
     return summary
 

@@ -26,6 +26,7 @@ from shardroute.server.load import LoadAccounting
 from shardroute.sessions import SessionCodec, SessionHost, SessionSummary
 from shardroute.sessions.envelope import FoldPolicy
 from shardroute.sessions.migrator import MAX_CONCURRENT_MOVES
+from shardroute.sessions.store_url import check_store_choice, open_session_store
 from shardroute.telemetry import Telemetry
 from shardroute.telemetry.migration import drain_span
 from shardroute.telemetry.server import LIVE_SHARDS, shard_instruments
@@ -152,7 +153,8 @@ class ShardServerBase:
         self._lifecycle = Lifecycle()
         self._bound_port = 0
         self._address = ""
-        self._session_store_arg = session_store
+        self._session_store_arg = check_store_choice(session_store)
+        self._owned_store: Any = None  # a store made here from a name or URL
         self.max_concurrent_moves = max_concurrent_moves
         self.migrate_on_drain = True
         """Whether a drain moves held sessions away (a Drain RPC may turn it off)."""
@@ -306,6 +308,10 @@ class ShardServerBase:
 
         config = self._config
         store = self._session_store_arg
+        if isinstance(store, str):  # "etcd" (None: the default below), "memory", a URL
+            store = self._owned_store = open_session_store(
+                store, service=config.service, ttl_s=self.session_ttl_s, fold=self.session_fold
+            )
         if config.etcd is None:
             ttl = self.session_ttl_s
             fold = self.session_fold
@@ -350,6 +356,9 @@ class ShardServerBase:
             etcd.close()
         self._sessions.topology_changed()
         self._sessions.close()
+        owned, self._owned_store = self._owned_store, None
+        if hasattr(owned, "close"):
+            owned.close()
 
     def _topology_unreachable(self, exc: EtcdUnavailable) -> EtcdUnavailable:
         """The error ``start()`` raises when the topology cannot be followed (both shells)."""
