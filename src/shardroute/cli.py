@@ -5,6 +5,7 @@
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
     shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis]
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
+    shardroute demo --autoscale [--duration S] [--json]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
 """
@@ -175,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--sessions", type=int, default=200, help="conversations")
     demo.add_argument("--workers", type=int, default=8, help="client threads")
     demo.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="traffic ramps up, peaks and falls; an autoscaler starts and drains shards",
+    )
+    demo.add_argument(
         "--store",
         choices=("etcd", "redis"),
         default="etcd",
@@ -271,6 +277,12 @@ def _positive(text: str) -> float:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from shardroute import demo
 
+    if args.autoscale:
+        from shardroute.demo._autoscale import main as autoscale_main
+
+        return autoscale_main(
+            args.duration, args.json, sessions=max(1, args.sessions), workers=args.workers
+        )
     if args.shards < 3 or args.sessions < 1 or args.workers < 1:
         raise ConfigError("the demo needs --shards >= 3, --sessions >= 1, --workers >= 1")
     if args.metrics_port is not None:

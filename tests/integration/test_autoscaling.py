@@ -96,7 +96,7 @@ def test_load_up_adds_a_shard_load_down_drains_one_and_no_turn_is_lost(
     advisor = ScalingAdvisor(
         [UtilisationPolicy(target=0.05)], min_shards=2, max_shards=3, scale_down_window_s=0
     )
-    actuator = LocalActuator(cluster, **SHARD_KWARGS)
+    actuator = LocalActuator(cluster, shard_kwargs=SHARD_KWARGS)
     scaler = Autoscaler(advisor, actuator, cluster.source, interval_s=0.5)
     with ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
         talk = Conversations(client, 24)

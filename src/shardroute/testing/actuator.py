@@ -42,11 +42,11 @@ class LocalActuator:
         cluster: ShardCluster,
         *,
         costs: Mapping[CapacityClass, float] = DEFAULT_COSTS,
-        **shard_kwargs: Any,
+        shard_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.cluster = cluster
         self.costs = dict(costs)
-        self.shard_kwargs = shard_kwargs
+        self.shard_kwargs = dict(shard_kwargs or {})
         self.added: list[str] = []
         self.drained: list[str] = []
 
