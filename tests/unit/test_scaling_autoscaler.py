@@ -16,6 +16,7 @@ from shardroute.scaling import (
     CapacityClass,
     DesiredShardsGauge,
     QueuePolicy,
+    RebalanceResult,
     ScalingAdvice,
     ScalingAdvisor,
     UtilisationPolicy,
@@ -95,6 +96,31 @@ def test_a_round_adds_then_counts_pending_then_drains_without_repeating() -> Non
     clock[0] += 15
     scaler.step()  # the drained shards have not left yet: not drained twice
     assert len(actuator.drained) == 3
+
+
+class CountingRebalancer:
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self) -> RebalanceResult:
+        self.runs += 1
+        return RebalanceResult({}, (), 5, {}, {}, False, 0.0)
+
+
+def test_a_rebalance_runs_once_after_a_started_shard_becomes_active() -> None:
+    source = _source(2, inflight=9)
+    rebalancer = CountingRebalancer()
+    advisor = ScalingAdvisor([UtilisationPolicy(0.5)], max_shards=3)
+    scaler = Autoscaler(
+        advisor, Recorder(source), source, rebalancer=rebalancer, clock=lambda: 100.0
+    )
+    scaler.step()  # adds new-1 (max 3 shards)
+    scaler.step()
+    assert rebalancer.runs == 0  # not active yet
+    source.put_shard(Shard("new-1", "127.0.0.1:7200", zone="a", capacity=10))
+    scaler.step()
+    scaler.step()
+    assert rebalancer.runs == 1 and scaler.sessions_rebalanced == 5
 
 
 def test_a_failed_actuator_call_is_retried_next_round() -> None:

@@ -22,7 +22,15 @@ from typing import Any, TextIO
 from shardroute.client import ShardClient
 from shardroute.demo._config import CLIENT_ZONE, SERVICE, DemoConfig
 from shardroute.demo._traffic import Tally, worker
-from shardroute.scaling import Autoscaler, QueuePolicy, ScalingAdvisor, UtilisationPolicy
+from shardroute.etcd import EtcdClient, EtcdOptions
+from shardroute.scaling import (
+    Autoscaler,
+    QueuePolicy,
+    Rebalancer,
+    ScalingAdvisor,
+    UtilisationPolicy,
+)
+from shardroute.sessions.migrator import Migrator
 from shardroute.testing.actuator import LocalActuator
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
@@ -65,7 +73,13 @@ def run_autoscale_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) 
             ShardClient.connect(etcd.endpoint, SERVICE, zone=CLIENT_ZONE)
         )
         actuator = LocalActuator(cluster, shard_kwargs=SHARD_KWARGS)
-        scaler = Autoscaler(advisor, actuator, cluster.source, interval_s=0.5)
+        etcd_client = EtcdClient(EtcdOptions((etcd.endpoint,)))
+        mover = cleanup.enter_context(Migrator(etcd_client, SERVICE, cluster.source))
+        cleanup.callback(etcd_client.close)
+        rebalancer = Rebalancer(mover)
+        scaler = Autoscaler(
+            advisor, actuator, cluster.source, interval_s=0.5, rebalancer=rebalancer
+        )
         cleanup.callback(scaler.close)
         scaler.start()
         t0 = time.monotonic()
@@ -116,6 +130,7 @@ def run_autoscale_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) 
                 "sessions_migrated": len(tally.moved),
                 "scale_ups": scaler.scale_ups,
                 "scale_downs": scaler.scale_downs,
+                "sessions_rebalanced": scaler.sessions_rebalanced,
                 "max_shards": max_shards,
                 "shards_at_end": len(cluster.shard_ids),
                 "added": list(actuator.added),

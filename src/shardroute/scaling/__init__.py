@@ -19,6 +19,7 @@ from shardroute.scaling.autoscaler import (
     Actuator,
     Autoscaler,
     DesiredShardsGauge,
+    RebalanceHook,
     reconcile,
 )
 from shardroute.scaling.forecast import HoltWinters
@@ -65,6 +66,7 @@ __all__ = [
     "Move",
     "PredictivePolicy",
     "QueuePolicy",
+    "RebalanceHook",
     "RebalanceResult",
     "Rebalancer",
     "ScalingAdvice",

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import metrics
 
@@ -29,6 +29,7 @@ __all__ = [
     "Actuator",
     "Autoscaler",
     "DesiredShardsGauge",
+    "RebalanceHook",
     "reconcile",
 ]
 
@@ -36,6 +37,15 @@ log = logging.getLogger("shardroute.scaling")
 
 DESIRED_SHARDS_GAUGE = "shardroute_desired_shards"
 """The gauge's name (one point per zone, attribute ``zone``)."""
+
+
+class RebalanceHook(Protocol):
+    """What the autoscaler runs after a shard it started became active (a
+    :class:`~shardroute.scaling.rebalance.Rebalancer` fits)."""
+
+    def run(self) -> Any:
+        """Move sessions toward balance; returns what it did."""
+        ...
 
 
 class Actuator(Protocol):
@@ -109,6 +119,10 @@ class Autoscaler:
         gauge: publishes each advice (None: no gauge).
         pending_timeout_s: a started shard not active after this long stops counting as
             pending.
+        rebalancer: run once after each round in which a shard this autoscaler started
+            became active, so the new shard takes its share of the sessions (sessions
+            pinned elsewhere by overrides would otherwise stay there); its moves are
+            counted in :attr:`sessions_rebalanced`.
         clock: unix time (tests pass their own).
 
     :meth:`step` runs one round and may be called directly; :meth:`start` runs rounds in a
@@ -126,6 +140,7 @@ class Autoscaler:
         history: SignalHistory | None = None,
         gauge: DesiredShardsGauge | None = None,
         pending_timeout_s: float = 300.0,
+        rebalancer: RebalanceHook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0 or pending_timeout_s <= 0:
@@ -138,6 +153,8 @@ class Autoscaler:
         self.gauge = gauge
         self.pending_timeout_s = pending_timeout_s
         self.clock = clock
+        self.rebalancer = rebalancer
+        self.sessions_rebalanced = 0
         self.advice: ScalingAdvice | None = None
         self.scale_ups = 0
         self.scale_downs = 0
@@ -157,6 +174,7 @@ class Autoscaler:
         topology = self.source.current()
         self.history = self.history.observe(topology, now)
         active = {s.id for s in topology.shards.values() if s.available}
+        joined = active & set(self._pending)
         self._pending = {
             sid: ts
             for sid, ts in self._pending.items()
@@ -169,7 +187,20 @@ class Autoscaler:
             self.gauge.publish(advice)
         if self.actuator is not None:
             self._act(reconcile(advice, self.pending), now)
+        if joined and self.rebalancer is not None:
+            self._rebalance(joined)
         return advice
+
+    def _rebalance(self, joined: set[str]) -> None:
+        assert self.rebalancer is not None
+        try:
+            result = self.rebalancer.run()
+        except ShardRouteError as exc:
+            log.warning("rebalance after %s joined failed: %s", sorted(joined), exc)
+            return
+        moved = getattr(result, "moved", 0)
+        self.sessions_rebalanced += moved
+        log.info("rebalanced after %s joined: %d sessions moved", sorted(joined), moved)
 
     def _act(self, actions: Actions, now: float) -> None:
         assert self.actuator is not None
