@@ -1,6 +1,7 @@
 """The ``shardroute`` operator command.
 
     shardroute topology --etcd HOST:PORT --service NAME [--json] [--watch]
+    shardroute top --etcd HOST:PORT --service NAME [--json] [--updates N]
     shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
     shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis]
@@ -142,6 +143,18 @@ def _cmd_topology(args: argparse.Namespace) -> int:
         source.close()
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    from shardroute.telemetry.top import run_top
+
+    source = _source(args)
+    try:
+        source.start()
+        clear = not args.json and sys.stdout.isatty()
+        return run_top(source, as_json=args.json, out=sys.stdout, updates=args.updates, clear=clear)
+    finally:
+        source.close()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardroute", description="shardroute operator tool")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     topo.add_argument("--json", action="store_true", help="one JSON line per snapshot")
     topo.add_argument("--watch", action="store_true", help="print a line per change")
     topo.set_defaults(func=_cmd_topology)
+    top = commands.add_parser("top", help="live view of the fleet: load, queue, sessions")
+    _add_etcd_args(top)
+    top.add_argument("--json", action="store_true", help="one JSON line per change")
+    top.add_argument("--updates", type=int, help="stop after this many views")
+    top.set_defaults(func=_cmd_top)
     move = commands.add_parser("migrate", help="move a session to another shard")
     _add_etcd_args(move)
     move.add_argument("--session", required=True, help="the session key")

@@ -20,6 +20,7 @@ from shardroute.demo._space import EtcdSpace
 from shardroute.demo._traffic import Tally, worker
 from shardroute.errors import ShardRouteError
 from shardroute.model import ShardState
+from shardroute.telemetry.top import reason_line
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 from shardroute.testing.redis import RedisServer
@@ -43,6 +44,7 @@ def _view(
         f"spills={stats.get('spill', 0) + stats.get('zone_fallback', 0)}  "
         f"affinity={hit:.1%}  lost_turns={lost}  redirects={stats.get('redirects', 0)}  "
         f"ended={ended}",
+        reason_line(stats),
         f"{'SHARD':10} {'ZONE':8} {'STATE':9} {'INFLIGHT':>8} {'SESSIONS':>8} {'TURNS':>7}",
     ]
     for shard in topology.shards.values():
