@@ -8,9 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +18,10 @@ from chat_calls import history, turn
 from shardroute import ShardClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.security import TLSConfig
+from shardroute.testing.waiting import wait_until
 
 CLI = [sys.executable, "-m", "shardroute.cli"]
 TOKEN = "cli-control-token-0123456789abcdef"
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        pause.wait(0.02)
 
 
 def _pems(folder: Path, name: str, ca: trustme.CA, *identities: str) -> list[str]:
@@ -86,7 +76,7 @@ def test_migrate_and_drain_over_mtls_with_the_token(
     source = EtcdTopologySource(etcd_endpoint, "chat")
     source.start()
     try:
-        _wait_until(lambda: {"a", "b"} <= set(source.current().shards))
+        wait_until(lambda: {"a", "b"} <= set(source.current().shards), 20.0)
         assert all(s.tls for s in source.current().shards.values())
         tls = TLSConfig(ca=operator[0], cert=operator[1], key=operator[2])
         with ShardClient(source, tls=tls) as client:
@@ -119,7 +109,7 @@ def test_migrate_and_drain_over_mtls_with_the_token(
                 drain, capture_output=True, text=True, timeout=90, env=with_token
             )
             assert drained.returncode == 0, drained.stderr
-            _wait_until(lambda: target not in source.current().shards)
+            wait_until(lambda: target not in source.current().shards, 20.0)
             turn(client, "cli-tls", "three")
             assert history(client, "cli-tls") == ["one", "two", "three"]
     finally:

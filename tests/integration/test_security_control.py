@@ -5,8 +5,6 @@ Real etcd, two real chat shards in this process (both shells), a real client."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,18 +20,10 @@ from shardroute.errors import MigrationFailed
 from shardroute.security import ControlAuth, ControlToken
 from shardroute.server import ServerState
 from shardroute.sessions.chunks import split_chunks
+from shardroute.testing.waiting import wait_until
 
 TOKEN = ControlToken("s3cret-control-token-0123456789")
 WRONG = ControlToken("not-the-token-but-long-enough-000")
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        pause.wait(0.01)
 
 
 @pytest.fixture(params=KINDS)
@@ -51,7 +41,7 @@ def guarded(etcd_endpoint: str, kind: str) -> Iterator[dict[str, Any]]:
         for shell in shells.values():
             shell.do("start")
         for shell in shells.values():
-            _wait_until(lambda s=shell: {"a", "b"} <= set(s.server.topology.shards))
+            wait_until(lambda s=shell: {"a", "b"} <= set(s.server.topology.shards))
         yield shells
     finally:
         for shell in shells.values():
@@ -62,7 +52,7 @@ def guarded(etcd_endpoint: str, kind: str) -> Iterator[dict[str, Any]]:
 def client(etcd_endpoint: str) -> Iterator[ShardClient]:
     source = EtcdTopologySource(etcd_endpoint, "chat")
     source.start()
-    _wait_until(lambda: {"a", "b"} <= set(source.current().shards))
+    wait_until(lambda: {"a", "b"} <= set(source.current().shards))
     with ShardClient(source, control_token=TOKEN) as made:
         yield made
     source.close()
@@ -150,7 +140,7 @@ def test_a_mover_without_the_token_is_refused_and_rolls_back(
     source_topology = EtcdTopologySource(etcd_endpoint, "chat")
     source_topology.start()
     try:
-        _wait_until(lambda: {"a", "b"} <= set(source_topology.current().shards))
+        wait_until(lambda: {"a", "b"} <= set(source_topology.current().shards))
         with ShardClient(source_topology) as untrusted:
             key = "conv-kept"
             turn(untrusted, key, "mine")

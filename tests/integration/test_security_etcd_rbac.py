@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from chat_calls import history, turn
@@ -20,6 +18,7 @@ from shardroute.errors import ConfigError
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import ChatShard
 from shardroute.testing.etcd import EtcdServer
+from shardroute.testing.waiting import wait_until
 
 P = "/shardroute/chat/"
 
@@ -55,15 +54,6 @@ USERS = {
     "chat-shard-a": "shard-a-pw",
     "chat-shard-b": "shard-b-pw",
 }
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        pause.wait(0.01)
 
 
 def _etcdctl(server: EtcdServer, *args: str, user: str | None = None) -> None:
@@ -111,7 +101,7 @@ def test_least_privilege_roles_suffice_and_bound_each_component(rbac: EtcdServer
         for shard in shards:
             shard.start()
         source.start()
-        _wait_until(lambda: {"a", "b"} <= set(source.current().shards))
+        wait_until(lambda: {"a", "b"} <= set(source.current().shards))
         with ShardClient(source) as client:
             keys = [f"rbac-{i}" for i in range(4)]
             for key in keys:

@@ -5,9 +5,7 @@ control service admits them: what stops them here is etcd)."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -25,17 +23,9 @@ from shardroute.server import SessionHost
 from shardroute.sessions import EtcdSessionStore, OverrideStore
 from shardroute.sessions._host_base import FREEZE_LIMIT_S
 from shardroute.sessions.chunks import max_chunks, split_chunks
+from shardroute.testing.waiting import wait_until
 
 HUGE = 2**64 - 1
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        pause.wait(0.01)
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ def pair(etcd_endpoint: str) -> Iterator[tuple[ChatShard, ChatShard, ShardClient
         source.start()
         try:
             for topology in (source.current, lambda: a.topology, lambda: b.topology):
-                _wait_until(lambda t=topology: {"a", "b"} <= set(t().shards))
+                wait_until(lambda t=topology: {"a", "b"} <= set(t().shards))
             with ShardClient(source) as client:
                 yield a, b, client
         finally:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,7 @@ from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ShardRouteError
 from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.security import ControlAuth, TLSConfig
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        pause.wait(0.01)
+from shardroute.testing.waiting import wait_until
 
 
 def _files(folder: Path, name: str, ca: trustme.CA, *identities: str) -> TLSConfig:
@@ -67,7 +57,7 @@ def shards(tmp_path: Path, ca: trustme.CA, etcd_endpoint: str) -> Iterator[dict[
                 control_auth=auth,
             ).start()
         for shard in made.values():
-            _wait_until(lambda s=shard: {"a", "b"} <= set(s.topology.shards))
+            wait_until(lambda s=shard: {"a", "b"} <= set(s.topology.shards))
         yield made
     finally:
         for shard in made.values():
@@ -78,7 +68,7 @@ def shards(tmp_path: Path, ca: trustme.CA, etcd_endpoint: str) -> Iterator[dict[
 def source(shards: dict[str, ChatShard], etcd_endpoint: str) -> Iterator[EtcdTopologySource]:
     topology = EtcdTopologySource(etcd_endpoint, "chat")
     topology.start()
-    _wait_until(lambda: {"a", "b"} <= set(topology.current().shards))
+    wait_until(lambda: {"a", "b"} <= set(topology.current().shards))
     yield topology
     topology.close()
 
@@ -166,7 +156,7 @@ def test_a_tls_client_does_not_send_plaintext_unless_allowed(
         topology = EtcdTopologySource(etcd_endpoint, "plain")
         topology.start()
         try:
-            _wait_until(lambda: "p" in topology.current().shards)
+            wait_until(lambda: "p" in topology.current().shards)
             assert topology.current().shards["p"].tls is False
             tls = _files(tmp_path, "client", ca, "app.example")
             with ShardClient(topology, tls=tls) as strict, pytest.raises(ShardRouteError):
@@ -218,7 +208,7 @@ def test_a_shard_cluster_over_mtls_survives_a_kill(tmp_path: Path, etcd_endpoint
         source = EtcdTopologySource(etcd_endpoint, "tlschat")
         source.start()
         try:
-            _wait_until(lambda: len(source.current().shards) == 2)
+            wait_until(lambda: len(source.current().shards) == 2)
             assert all(s.tls for s in source.current().shards.values())
             with ShardClient(source, tls=client_tls) as client:
                 turn(client, "conv-k", "before")
