@@ -47,7 +47,7 @@ class LoadAccounting:
         self,
         *,
         window: int = 1024,
-        window_s: float = 30.0,
+        window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Condition()
