@@ -329,7 +329,11 @@ class ClientShell(abc.ABC):
         telemetry: Telemetry | None = None,
         tls: ChannelSecurity = None,
         control_token: ControlToken | None = None,
+        session_store: Any = None,
     ) -> None:
+        from shardroute.sessions.store_url import check_store_choice
+
+        self._session_store = check_store_choice(session_store)  # for migrate()
         self._channel_maker = ChannelMaker(tls)
         self._tls = tls
         self._control_token = control_token
@@ -404,6 +408,11 @@ class ClientShell(abc.ABC):
             source = self._core.source
             if not isinstance(source, EtcdTopologySource):
                 raise ConfigError("migrate() needs a client on an EtcdTopologySource")
+            store = self._session_store
+            if isinstance(store, str):  # the shards' store: "etcd" (None), a Redis URL
+                from shardroute.sessions.store_url import open_session_store
+
+                store = open_session_store(store, service=source.service)
             self._migrator = Migrator(
                 EtcdClient(source.options),
                 source.service,
@@ -414,6 +423,7 @@ class ClientShell(abc.ABC):
                 close_etcd=True,
                 tls=self._tls,
                 control_token=self._control_token,
+                store=store,
             )
         return self._migrator
 
@@ -421,6 +431,8 @@ class ClientShell(abc.ABC):
         migrator, self._migrator = self._migrator, None
         if migrator is not None:
             migrator.close()
+            if isinstance(self._session_store, str) and hasattr(migrator.store, "close"):
+                migrator.store.close()  # made here from a URL
 
     def _end_session_call(self, session_key: str, timeout: float | None) -> Any:
         """``ShardControl.EndSession`` for ``session_key``, routed like a turn (a result,

@@ -98,8 +98,12 @@ def test_state_lives_in_redis_and_etcd_holds_none(
 
 
 def test_drain_move_kill_and_scale_up_keep_histories_whole(
-    shard_client: ShardClient, shard_cluster: ShardCluster, store: RedisSessionStore
+    shard_client: ShardClient,
+    shard_cluster: ShardCluster,
+    store: RedisSessionStore,
+    redis_server: RedisServer,
 ) -> None:
+    redis_url = redis_server.url
     sessions = [f"conv-{i}" for i in range(12)]
     said: dict[str, list[str]] = {s: [] for s in sessions}
 
@@ -111,11 +115,14 @@ def test_drain_move_kill_and_scale_up_keep_histories_whole(
                 said[s].append(prompt)
 
     talk(4)
-    # a move by a mover that knows the store
+    # a move by a client that knows the shards' store (the session has no override:
+    # the mover reads its owner from the store)
     moved = sessions[0]
     source = shard_client.route(moved).shard.id
     target = next(s for s in shard_cluster.shard_ids if s != source)
-    result = move(shard_cluster, store, moved, target)
+    address = shard_cluster.source.options.endpoints
+    with ShardClient.connect(address, "chat", session_store=redis_url) as mover:
+        result = mover.migrate(moved, target=target)
     assert (result.source, result.target) == (source, target)
     talk(2)
     # a drain moves every session it holds; a SIGKILL leaves them in Redis; scale up
