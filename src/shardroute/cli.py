@@ -4,7 +4,7 @@
     shardroute top --etcd HOST:PORT --service NAME [--json] [--updates N]
     shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
-    shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis]
+    shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis] [--tls]
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
     shardroute demo --autoscale [--duration S] [--json]
 
@@ -205,6 +205,11 @@ def _parser() -> argparse.ArgumentParser:
         help="session store: the embedded etcd, or an embedded redis-server beside it",
     )
     demo.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on every hop with throwaway certificates (docs/security.md)",
+    )
+    demo.add_argument(
         "--metrics-port",
         type=int,
         help="serve the demo client's metrics at http://127.0.0.1:PORT/metrics (shardroute[otel])",
@@ -314,6 +319,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         sessions=args.sessions,
         workers=args.workers,
         store=args.store,
+        tls=args.tls,
     )
 
 

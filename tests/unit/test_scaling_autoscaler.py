@@ -107,7 +107,7 @@ class CountingRebalancer:
         return RebalanceResult({}, (), 5, {}, {}, False, 0.0)
 
 
-def test_a_rebalance_runs_once_after_a_started_shard_becomes_active() -> None:
+def test_a_rebalance_runs_once_after_a_shard_joins_or_returns() -> None:
     source = _source(2, inflight=9)
     rebalancer = CountingRebalancer()
     advisor = ScalingAdvisor([UtilisationPolicy(0.5)], max_shards=3)
@@ -121,6 +121,13 @@ def test_a_rebalance_runs_once_after_a_started_shard_becomes_active() -> None:
     scaler.step()
     scaler.step()
     assert rebalancer.runs == 1 and scaler.sessions_rebalanced == 5
+    # A shard that comes back on its own (restarted by its supervisor) counts too.
+    source.remove_shard("s0")
+    scaler.step()
+    assert rebalancer.runs == 1
+    source.put_shard(Shard("s0", "127.0.0.1:7000", zone="a", capacity=10))
+    scaler.step()
+    assert rebalancer.runs == 2
 
 
 def test_a_failed_actuator_call_is_retried_next_round() -> None:

@@ -41,6 +41,9 @@ class DemoConfig:
     embedded redis-server started beside it; etcd then keeps only topology, leases and
     overrides)."""
 
+    tls: bool = False
+    """Mutual TLS on every gRPC hop, with throwaway certificates (``--tls``)."""
+
     def __post_init__(self) -> None:
         if self.store not in ("etcd", "redis"):
             raise ConfigError(f"the demo's store is 'etcd' or 'redis', got {self.store!r}")

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,9 @@ from shardroute.demo._space import EtcdSpace
 from shardroute.demo._traffic import Tally, worker
 from shardroute.errors import ShardRouteError
 from shardroute.model import ShardState
+from shardroute.security import ChannelMaker, TLSConfig
 from shardroute.telemetry.top import reason_line
+from shardroute.testing.certs import throwaway_tls
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 from shardroute.testing.redis import RedisServer
@@ -122,18 +125,25 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         if config.store == "redis":  # conversation state in Redis, topology in etcd
             redis = cleanup.enter_context(RedisServer())
             shard_kwargs["session_store"] = redis.url
+        shard_tls = client_tls = None
+        if config.tls:  # mutual TLS on every hop, throwaway certificates
+            folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="shardroute-tls-"))
+            shard_tls, client_tls = throwaway_tls(folder)
         cluster = cleanup.enter_context(
             ShardCluster(
                 etcd.endpoint,
                 service=SERVICE,
                 zones=("zone-a", "zone-b"),
                 shard_kwargs=shard_kwargs,
+                tls=shard_tls,
             )
         )
         cluster.start(config.shards)
         client = cleanup.enter_context(
-            ShardClient.connect(etcd.endpoint, SERVICE, zone=CLIENT_ZONE)
+            ShardClient.connect(etcd.endpoint, SERVICE, zone=CLIENT_ZONE, tls=client_tls)
         )
+        if client_tls is not None:
+            note("mutual TLS on every hop (client, drains, moves), throwaway certificates")
         note(f"etcd at {etcd.endpoint}; {config.shards} chat shards in zone-a/zone-b")
         if redis is not None:
             note(f"session store: Redis at {redis.endpoint} (etcd: topology and overrides)")
@@ -197,7 +207,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         for thread in drain_threads:
             thread.join(30)
         space.close()
-        bytes_per_checkpoint = _store_bytes_per_checkpoint(client)
+        bytes_per_checkpoint = _store_bytes_per_checkpoint(client, client_tls)
         stats = client.stats.snapshot()
         with tally.lock, lock:
             checks = tally.affinity_checks
@@ -223,6 +233,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "events": list(events),
                 "event_errors": list(event_errors),
                 "session_store": config.store,
+                "tls": config.tls,
             }
         if redis is not None:
             summary["redis_used_memory_mb"] = round(redis.used_memory() / MiB, 1)
@@ -230,7 +241,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
     return summary
 
 
-def _store_bytes_per_checkpoint(client: ShardClient) -> int:
+def _store_bytes_per_checkpoint(client: ShardClient, tls: TLSConfig | None) -> int:
     """Session store bytes per checkpoint over the live shards (``GetStatus``); a killed
     shard's counters are gone with it, so this is the live shards' average."""
     import grpc
@@ -239,9 +250,10 @@ def _store_bytes_per_checkpoint(client: ShardClient) -> int:
     from shardroute.sessions.migrator import control_stub
 
     checkpoints = written = 0
+    channels = ChannelMaker(tls)
     for shard in client.source.current().shards.values():
         try:
-            with grpc.insecure_channel(shard.address) as channel:
+            with channels.sync_channel(shard) as channel:
                 status = control_stub(channel).GetStatus(shard_pb2.GetStatusRequest(), timeout=5)
         except grpc.RpcError:
             continue  # a shard that just left

@@ -40,7 +40,7 @@ DESIRED_SHARDS_GAUGE = "shardroute_desired_shards"
 
 
 class RebalanceHook(Protocol):
-    """What the autoscaler runs after a shard it started became active (a
+    """What the autoscaler runs after a shard joined or returned (a
     :class:`~shardroute.scaling.rebalance.Rebalancer` fits)."""
 
     def run(self) -> Any:
@@ -119,10 +119,11 @@ class Autoscaler:
         gauge: publishes each advice (None: no gauge).
         pending_timeout_s: a started shard not active after this long stops counting as
             pending.
-        rebalancer: run once after each round in which a shard this autoscaler started
-            became active, so the new shard takes its share of the sessions (sessions
-            pinned elsewhere by overrides would otherwise stay there); its moves are
-            counted in :attr:`sessions_rebalanced`.
+        rebalancer: run once after each round in which a shard became active (one this
+            autoscaler started, or one that returned: killed and restarted under its id),
+            so it takes its share of the sessions (sessions pinned elsewhere by overrides
+            would otherwise stay there); its moves are counted in
+            :attr:`sessions_rebalanced`.
         clock: unix time (tests pass their own).
 
     :meth:`step` runs one round and may be called directly; :meth:`start` runs rounds in a
@@ -159,6 +160,7 @@ class Autoscaler:
         self.scale_ups = 0
         self.scale_downs = 0
         self._pending: dict[str, float] = {}
+        self._active: set[str] | None = None
         self._draining: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,7 +176,8 @@ class Autoscaler:
         topology = self.source.current()
         self.history = self.history.observe(topology, now)
         active = {s.id for s in topology.shards.values() if s.available}
-        joined = active & set(self._pending)
+        joined = active - self._active if self._active is not None else set()
+        self._active = active
         self._pending = {
             sid: ts
             for sid, ts in self._pending.items()
