@@ -56,7 +56,8 @@ class EtcdTopologySource(HolderSource):
 
     Lifecycle: ``start()`` reads the first snapshot in the calling thread (retrying for
     up to ``timeout`` seconds, then raising :class:`~shardroute.errors.EtcdUnavailable`
-    when etcd cannot be reached) and then
+    when etcd cannot be reached; with ``keep_trying=True`` it returns instead and the
+    thread keeps reading until it succeeds, :attr:`loaded` telling when) and then
     follows changes in a daemon thread; ``close()`` is idempotent. Subscribers are
     called in that thread, one at a time; keep them short.
     """
@@ -104,16 +105,27 @@ class EtcdTopologySource(HolderSource):
         """Full re-reads done after compaction or an etcd reset."""
         self.reconnects = 0
         """Watches re-opened after a broken stream."""
+        self._loaded = False
 
     @property
     def options(self) -> EtcdOptions:
         """How this source reaches etcd (endpoints, timeout, TLS, auth)."""
         return self._options
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the first full read succeeded (before it, :meth:`current` is an empty
+        topology that says nothing about which shards live)."""
+        return self._loaded
+
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Load the first snapshot, then follow changes in a background thread."""
+    def start(self, *, keep_trying: bool = False) -> None:
+        """Load the first snapshot, then follow changes in a background thread.
+
+        ``keep_trying``: when etcd cannot be reached within ``timeout``, do not raise;
+        the thread keeps trying (the view is stale and :attr:`loaded` False until then).
+        """
         if self._thread is not None:
             raise RuntimeError("EtcdTopologySource.start() called twice")
         if self._closed.is_set():
@@ -130,6 +142,9 @@ class EtcdTopologySource(HolderSource):
                 break
             except EtcdUnavailable as exc:
                 if attempt >= len(self._options.endpoints) and time.monotonic() >= deadline:
+                    if keep_trying:
+                        self._holder.mark_stale(exc)
+                        break
                     endpoints = ", ".join(self._options.endpoints)
                     raise EtcdUnavailable(f"cannot reach etcd at {endpoints}: {exc}") from exc
                 self._closed.wait(min(0.2, 0.02 * attempt))
@@ -169,12 +184,15 @@ class EtcdTopologySource(HolderSource):
         )
         self._holder.count_malformed(errors, previous.malformed)
         self._holder.publish(topology, resync=True)
+        self._loaded = True
         self._holder.mark_live()
 
     def _run(self) -> None:
         failures = 0
         while not self._closed.is_set():
             try:
+                if not self._loaded:  # started with keep_trying while etcd was down
+                    self._resync()
                 self._follow()
                 failures = 0
             except Compacted as exc:

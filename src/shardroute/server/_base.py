@@ -19,7 +19,7 @@ from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.etcd import EtcdOptions
 from shardroute.model import LoadReport, Topology
 from shardroute.security import ChannelSecurity, ControlAuth, ControlGuard, ServerSecurity
-from shardroute.server.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
+from shardroute.server.config import DEFAULT_LEASE_TTL_S, DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
 from shardroute.server.control import ControlAnswers
 from shardroute.server.lifecycle import Lifecycle, ServerState
 from shardroute.server.load import LoadAccounting
@@ -71,11 +71,11 @@ class ShardServerBase:
         weight: float = 1.0,
         capacity: int = 64,
         labels: Mapping[str, str] | None = None,
-        lease_ttl_s: int = 5,
+        lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
         drain_grace_s: float = 10.0,
         max_workers: int | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        etcd_timeout_s: float = 5.0,
+        etcd_timeout_s: float | None = None,
         etcd_ca_cert: str | None = None,
         etcd_cert_key: str | None = None,
         etcd_cert_cert: str | None = None,
@@ -338,14 +338,20 @@ class ShardServerBase:
             overrides=OverrideStore(etcd, config.service),
             topology=source.current,
             lease=lease,
+            # No take-over without a topology and a live lease: it would guess.
+            ready=lambda: source.loaded and lease() is not None,
         )
         source.subscribe(self._sessions.topology_changed)
         try:
-            source.start()
+            source.start(keep_trying=config.wait_for_etcd)
         except EtcdUnavailable:
             source.close()
             raise
         self._topology_source = source
+        if not source.loaded:
+            log.warning(
+                "shard %s: no take-over until etcd is back: %s", self.shard_id, source.last_error
+            )
 
     def _stop_sessions(self) -> None:
         source, self._topology_source = self._topology_source, None

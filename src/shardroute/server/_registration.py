@@ -7,9 +7,15 @@ The thread's loop, every tick (0.2 s at most):
 
 1. No lease (never registered, or lost): grant one and write the record and the load
    report under it. On failure, retry with backoff (0.25 s doubling to ttl/3).
-2. Keep-alive due (every ttl/3): refresh the lease. A TTL of 0 back means the lease
-   expired while etcd was unreachable: drop it, so step 1 registers again.
+2. Keep-alive due (every ttl/4, each call bounded by ``min(etcd timeout, ttl/4)``, so a
+   keep-alive that hangs is retried at least twice before the lease can expire): refresh
+   the lease. A TTL of 0 back means the lease expired while etcd was unreachable (or
+   this process was stopped): drop it, so step 1 registers again.
 3. Load report: written when :class:`LoadReportPolicy` says so (the etcd write budget).
+
+:meth:`Registrar.live_lease` is the lease only while a grant or keep-alive confirmed it
+within ¾ of its TTL: a shard resumed after a SIGSTOP, or cut from etcd that long, does
+not trust its lease (nor the sessions it holds under it) until etcd confirms it again.
 
 Every etcd write of one registrar goes through one lock, so the record a drain rewrites
 and a re-registration never interleave.
@@ -60,7 +66,7 @@ class Registrar:
     ) -> None:
         self._config = config
         self._report = report
-        self._etcd = etcd if etcd is not None else EtcdClient(config.etcd_options())
+        self._etcd = etcd if etcd is not None else EtcdClient(config.etcd_options(keepalive=True))
         self._clock = clock
         self._policy = LoadReportPolicy(capacity=config.capacity)
         self._io = threading.Lock()
@@ -70,6 +76,8 @@ class Registrar:
         self._address = ""
         self._state = ShardState.ACTIVE
         self._next_refresh = 0.0
+        self._confirmed_at = 0.0  # when etcd last confirmed the lease (clock)
+        self._trust_s = 0.75 * config.lease_ttl_s
         self.registrations_total = 0
         """How many times the record was written under a new lease."""
         self.load_writes_total = 0
@@ -86,6 +94,14 @@ class Registrar:
     def lease_id(self) -> int | None:
         """The current lease id, or None."""
         return self._lease
+
+    def live_lease(self) -> int | None:
+        """The lease when etcd confirmed it within ¾ of its TTL, else None (it may have
+        expired: after a pause of this process, or while etcd is unreachable)."""
+        lease = self._lease
+        if lease is None or self._clock() - self._confirmed_at > self._trust_s:
+            return None
+        return lease
 
     def register(self, address: str) -> None:
         """Grant a lease and write the record and load report under it.
@@ -111,9 +127,11 @@ class Registrar:
         except EtcdUnavailable:
             self._revoke_quietly(lease)
             raise
-        self._policy.written(report, self._clock())
+        now = self._clock()
+        self._policy.written(report, now)
         self._lease = lease
-        self._next_refresh = self._clock() + config.lease_ttl_s / 3
+        self._confirmed_at = now
+        self._next_refresh = now + config.keepalive_interval_s
         self.registrations_total += 1
         log.info(
             "shard %s registered at %s (lease %x, ttl %ss)",
@@ -201,7 +219,7 @@ class Registrar:
             except EtcdUnavailable as exc:
                 log.warning("shard %s: etcd unavailable: %s", self._config.shard_id, exc)
                 wait = backoff
-                backoff = min(backoff * 2, max(0.25, self._config.lease_ttl_s / 3))
+                backoff = min(backoff * 2, max(0.25, self._config.keepalive_interval_s))
             except Exception:  # never let the keep-alive thread die
                 log.exception("shard %s: registrar step failed", self._config.shard_id)
                 wait = 1.0
@@ -215,14 +233,16 @@ class Registrar:
             ttl = self._etcd.refresh_lease(self._lease)
             if ttl <= 0:
                 log.warning(
-                    "shard %s: lease %x expired (etcd was unreachable too long); registering again",
+                    "shard %s: lease %x expired (etcd unreachable or this process paused for too "
+                    "long); registering again",
                     self._config.shard_id,
                     self._lease,
                 )
                 self._lease = None
                 self._register_locked()
                 return
-            self._next_refresh = now + self._config.lease_ttl_s / 3
+            self._confirmed_at = now  # sent at `now`: the lease lives at least ttl from it
+            self._next_refresh = now + self._config.keepalive_interval_s
         report = self._report()
         if self._policy.should_write(report, now):
             try:

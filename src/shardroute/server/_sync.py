@@ -71,15 +71,21 @@ class ShardServer(ShardServerBase):
             (docs/etcd-schema.md). ``capacity`` is also the number of user calls
             served at once by default.
         lease_ttl_s: TTL of the lease holding the record and load report; a killed
-            shard disappears from every client's topology within it (≥ 2).
+            shard disappears from every client's topology within it (≥ 2, default
+            10; kept alive every ``lease_ttl_s / 4``).
         drain_grace_s: default time in-flight calls get to finish on a drain.
         max_workers: worker threads (default ``capacity + 8``).
         max_message_bytes: largest request or response message.
         etcd_timeout_s, etcd_ca_cert, etcd_cert_key, etcd_cert_cert, etcd_user,
             etcd_password: how to reach etcd (per-call timeout, TLS, authentication).
+            The timeout defaults to ``min(5, lease_ttl_s / 2)`` and may not exceed
+            ``lease_ttl_s / 2`` (:class:`~shardroute.errors.ConfigError`).
         wait_for_etcd: when etcd is unreachable at :meth:`start`, serve anyway and
-            register in the background once it is back. Default False: ``start()``
-            fails fast with :class:`~shardroute.errors.EtcdUnavailable`.
+            register in the background once it is back; until the shard has read the
+            topology and holds a lease, it takes over no session (such calls are
+            refused with ``UNAVAILABLE``, not executed, and retried by clients).
+            Default False: ``start()`` fails fast with
+            :class:`~shardroute.errors.EtcdUnavailable`.
         tls: serve TLS (a :class:`~shardroute.security.TLSConfig` with ``cert`` and
             ``key``; with ``ca``, mutual TLS: client certificates required) or
             ``grpc.ServerCredentials`` of your own; None: plaintext (docs/security.md).
@@ -203,8 +209,10 @@ class ShardServer(ShardServerBase):
         return self
 
     def _lease_id(self) -> int | None:
+        """The lease sessions are held and overrides written under, while etcd confirms
+        it (:meth:`Registrar.live_lease`)."""
         registrar = self._registrar
-        return None if registrar is None else registrar.lease_id
+        return None if registrar is None else registrar.live_lease()
 
     def _abort_start(self) -> None:
         self._lifecycle.advance(ServerState.STOPPING)

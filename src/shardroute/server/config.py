@@ -18,12 +18,23 @@ from shardroute.etcd import EtcdOptions
 from shardroute.model import EMPTY_MAPPING, Shard, ShardState
 from shardroute.security import ChannelSecurity, ControlAuth, ServerSecurity, TLSConfig
 
-__all__ = ["CONTROL_SERVICE", "DEFAULT_MAX_MESSAGE_BYTES", "HEALTH_SERVICE", "ServerConfig"]
+__all__ = [
+    "CONTROL_SERVICE",
+    "DEFAULT_ETCD_TIMEOUT_S",
+    "DEFAULT_LEASE_TTL_S",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "HEALTH_SERVICE",
+    "ServerConfig",
+]
 
 CONTROL_SERVICE = "shardroute.v1.ShardControl"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_LEASE_TTL_S = 10
+"""The shard lease's default TTL: a shard killed outright leaves every topology within it."""
+DEFAULT_ETCD_TIMEOUT_S = 5.0
+"""The default per-call etcd timeout (at most half the lease TTL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +55,12 @@ class ServerConfig:
     weight: float = 1.0
     capacity: int = 64
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAPPING)
-    lease_ttl_s: int = 5
+    lease_ttl_s: int = DEFAULT_LEASE_TTL_S
     drain_grace_s: float = 10.0
     max_workers: int | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    etcd_timeout_s: float = 5.0
+    etcd_timeout_s: float | None = None
+    """None: ``min(5.0, lease_ttl_s / 2)``."""
     etcd_ca_cert: str | None = None
     etcd_cert_key: str | None = None
     etcd_cert_cert: str | None = None
@@ -85,6 +97,17 @@ class ServerConfig:
             raise ConfigError(f"capacity must be in 1..{MAX_CAPACITY}, got {self.capacity!r}")
         if self.lease_ttl_s < 2:
             raise ConfigError(f"lease_ttl_s must be >= 2 (etcd's minimum), got {self.lease_ttl_s}")
+        if self.etcd_timeout_s is None:
+            object.__setattr__(
+                self, "etcd_timeout_s", min(DEFAULT_ETCD_TIMEOUT_S, self.lease_ttl_s / 2)
+            )
+        elif seconds("etcd_timeout_s", self.etcd_timeout_s) > self.lease_ttl_s / 2:
+            raise ConfigError(
+                f"etcd_timeout_s ({self.etcd_timeout_s}) must be at most half of lease_ttl_s "
+                f"({self.lease_ttl_s}): one slow etcd call must not cost the shard its lease "
+                "(and every session override under it). Raise lease_ttl_s or lower "
+                "etcd_timeout_s (docs/server.md, 'Lease and etcd timeouts')"
+            )
         seconds("drain_grace_s", self.drain_grace_s, zero=True)
         if self.max_workers is not None and self.max_workers < 1:
             raise ConfigError(f"max_workers must be >= 1, got {self.max_workers!r}")
@@ -110,13 +133,32 @@ class ServerConfig:
         health and a little headroom), so ``capacity`` user calls run at once."""
         return self.max_workers if self.max_workers is not None else self.capacity + 8
 
-    def etcd_options(self) -> EtcdOptions:
-        """The :class:`EtcdOptions` to register with (``etcd`` must not be None)."""
+    @property
+    def etcd_timeout(self) -> float:
+        """The per-call etcd timeout in seconds (``etcd_timeout_s`` or its default)."""
+        timeout = self.etcd_timeout_s
+        assert timeout is not None  # set by __post_init__
+        return timeout
+
+    @property
+    def keepalive_interval_s(self) -> float:
+        """How often the lease is kept alive: a quarter of its TTL."""
+        return self.lease_ttl_s / 4
+
+    @property
+    def keepalive_timeout_s(self) -> float:
+        """The timeout of a keep-alive call: the etcd timeout, at most a quarter of the
+        TTL, so a keep-alive that hangs is retried twice before the lease can expire."""
+        return min(self.etcd_timeout, self.lease_ttl_s / 4)
+
+    def etcd_options(self, *, keepalive: bool = False) -> EtcdOptions:
+        """The :class:`EtcdOptions` to register with (``etcd`` must not be None);
+        ``keepalive``: with the keep-alive calls' shorter timeout."""
         if self.etcd is None:
             raise ConfigError("this shard server has no etcd endpoints (standalone)")
         return EtcdOptions(
             endpoints=self.etcd,
-            timeout=self.etcd_timeout_s,
+            timeout=self.keepalive_timeout_s if keepalive else self.etcd_timeout,
             ca_cert=self.etcd_ca_cert,
             cert_key=self.etcd_cert_key,
             cert_cert=self.etcd_cert_cert,

@@ -24,6 +24,7 @@ from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.security.args import add_tls_args, control_auth_from_args, tls_from_args
 from shardroute.server._async import AsyncShardServer
 from shardroute.server._sync import ShardServer
+from shardroute.server.config import DEFAULT_LEASE_TTL_S
 from shardroute.telemetry import serve_prometheus
 
 __all__ = ["load_class", "main"]
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight", type=float, default=1.0)
     p.add_argument("--capacity", type=int, default=64)
     p.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
-    p.add_argument("--lease-ttl", type=int, default=5)
+    p.add_argument("--lease-ttl", type=int, default=DEFAULT_LEASE_TTL_S)
     p.add_argument("--drain-grace", type=float, default=10.0)
     p.add_argument("--kwargs", default="{}", help="extra constructor arguments (JSON object)")
     p.add_argument("--log-level", default="INFO")

@@ -97,6 +97,10 @@ class _Entry:
     releases: int = 0
     """How many ReleaseSession calls reached this entry (an export waiting for the
     in-flight turn refuses to freeze if one arrived meanwhile)."""
+    lease: int | None = None
+    """The shard's lease when it took the session over (or first served an import): a
+    copy held under another lease is not served (the lease expired meanwhile, so the
+    session may have moved); it is taken over again, re-checking ownership."""
 
 
 class HostBase:
@@ -129,6 +133,7 @@ class HostBase:
         self._overrides: _Overrides | None = None
         self._topology: Callable[[], Topology | None] = lambda: None
         self._lease: Callable[[], int | None] = lambda: None
+        self._ready: Callable[[], bool] = lambda: True  # topology read, lease live
         # Mutable state, changed only under _cond: the held sessions, and what movers
         # told this shard about overrides (ahead of the topology watch), bounded LRU.
         self._cond = threading.Condition()
@@ -280,6 +285,13 @@ _EVERYONE = _Everyone()
 
 def _moving_message(key: str) -> str:
     return f"session {key!r} is moving; nothing was executed; retry"
+
+
+def _not_ready_message(key: str) -> str:
+    return (
+        f"session {key!r} is not held here and this shard has no topology or no live "
+        "lease yet (etcd unreachable): it takes over nothing; nothing was executed; retry"
+    )
 
 
 def _busy_message(key: str) -> str:

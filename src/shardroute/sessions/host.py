@@ -35,6 +35,7 @@ from shardroute.sessions._host_base import (
     _busy_message,
     _Entry,
     _moving_message,
+    _not_ready_message,
     _Overrides,
     _Store,
     log,
@@ -87,8 +88,10 @@ class SessionHost(Handoff, Lifetime):
         overrides: _Overrides | None = None,
         topology: Callable[[], Topology | None] | None = None,
         lease: Callable[[], int | None] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
-        """Give the host its session store, override store, topology view and lease."""
+        """Give the host its session store, override store, topology view and lease;
+        ``ready`` says whether it may take sessions over (False: refused, UNAVAILABLE)."""
         self._store = store
         ttl = getattr(store, "ttl_s", None)
         if isinstance(ttl, int | float) and ttl > 0:
@@ -100,6 +103,8 @@ class SessionHost(Handoff, Lifetime):
             self._topology = topology
         if lease is not None:
             self._lease = lease
+        if ready is not None:
+            self._ready = ready
         if isinstance(ttl, int | float) and ttl > 0 and self._sweeper is None:
             self._sweeper = threading.Thread(
                 target=self._sweep_loop,
@@ -187,7 +192,8 @@ class SessionHost(Handoff, Lifetime):
                     continue
                 override = fresh if use_fresh else self._known(session_key)
                 entry = self._settle_frozen(session_key, entry, override)
-                entry = self._drop_if_idle(session_key, entry)
+                lease = self._lease()
+                entry = self._drop_if_idle(session_key, entry, lease)
                 owns = override is not None and override.owner == self.shard_id
                 held = entry is not None and (not entry.imported or owns)
                 decision = decide(
@@ -202,7 +208,10 @@ class SessionHost(Handoff, Lifetime):
                 if action is Action.SERVE and entry is not None:
                     entry.busy = True
                     entry.imported = False
+                    entry.lease = lease
                     return entry
+                if action is Action.TAKE_OVER and not self._ready():
+                    raise Refused(grpc.StatusCode.UNAVAILABLE, _not_ready_message(session_key))
                 if action is Action.HOLD:
                     if not holding:
                         holding, held_on = True, override
@@ -226,7 +235,7 @@ class SessionHost(Handoff, Lifetime):
                             redirect=decision.owner,
                         )
                     if action is Action.TAKE_OVER and not need_read:
-                        placeholder = _Entry(None, b"", 0, busy=True, loading=True)
+                        placeholder = _Entry(None, b"", 0, busy=True, loading=True, lease=lease)
                         self._held[session_key] = placeholder
                         break
             if action is Action.HOLD:

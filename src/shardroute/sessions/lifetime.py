@@ -46,13 +46,15 @@ class Lifetime(HostBase):
             self._next_sweep = now + self._sweep_interval()
             self._evict_idle(now)
 
-    def _drop_if_idle(self, key: str, entry: _Entry | None) -> _Entry | None:
-        """Forget an idle held copy before serving it: unused for ``idle_ttl_s`` (which
-        :meth:`attach` keeps below the store's ``ttl_s``), its stored state may have
-        expired. Called with ``_cond`` held; returns the entry, or None when dropped."""
+    def _drop_if_idle(self, key: str, entry: _Entry | None, lease: int | None) -> _Entry | None:
+        """Forget a held copy before serving it when it is idle, unused for
+        ``idle_ttl_s`` (which :meth:`attach` keeps below the store's ``ttl_s``: its
+        stored state may have expired), or held under another lease than ``lease`` (the
+        live one, None when in doubt: the session may have moved meanwhile). Called with
+        ``_cond`` held; returns the entry, or None when dropped (then taken over again)."""
         if entry is None or entry.busy or entry.frozen or entry.loading or entry.imported:
             return entry
-        if self._clock() - entry.last_used < self.idle_ttl_s:
+        if entry.lease == lease and self._clock() - entry.last_used < self.idle_ttl_s:
             return entry
         del self._held[key]
         self.evictions_total += 1
