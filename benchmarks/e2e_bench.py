@@ -14,7 +14,11 @@ on both sides):
 - ``client_overhead_us``: the client's own cost per unary call with every channel
   replaced by a no-op stub (best of 7 rounds of 20,000 calls, a fresh client);
   ``client_overhead_memo_us`` the same with every session pinned off its home (the
-  affinity memo's path: two more metadata entries, the pin check and its renewal).
+  affinity memo's path: two more metadata entries, the pin check and its renewal);
+  ``client_overhead_otel_us`` (sync only) the same with the OpenTelemetry SDK
+  configured for the client (a span and metrics per call, into an in-memory span
+  exporter and metric reader; null without the SDK). Without an SDK the client takes
+  its plain path: ``client_overhead_us`` is the no-SDK figure.
 
 ``--aio`` measures ``AsyncShardClient`` against plain ``grpc.aio`` stubs, with the same
 keys. ``*_same_metadata`` repeat two ratios against direct calls that carry the one
@@ -27,7 +31,8 @@ line:
      "throughput_ratio", "stream_direct_ttfm_us", "stream_routed_ttfm_us",
      "stream_ttfm_ratio", "concurrent_throughput_ratio", "concurrency",
      "p50_ratio_same_metadata", "concurrent_throughput_ratio_same_metadata",
-     "client_overhead_us", "client_overhead_memo_us", "calls_each"}
+     "client_overhead_us", "client_overhead_memo_us", "client_overhead_otel_us",
+     "calls_each"}
 
 Goals (issue 10): p50_ratio <= 1.03 (sync), <= 1.05 (--aio); stream_ttfm_ratio <= 1.05;
 concurrent_throughput_ratio >= 0.97; client_overhead_us <= 3.
@@ -162,6 +167,7 @@ def summary(
         "concurrent_throughput_ratio_same_metadata": round(cmd.seconds / cr.seconds, 3),
         "client_overhead_us": round(overhead_us[0], 2),
         "client_overhead_memo_us": round(overhead_us[1], 2),
+        "client_overhead_otel_us": round(overhead_us[2], 1) if len(overhead_us) > 2 else None,
         "calls_each": len(direct.us),
     }
 
@@ -259,7 +265,37 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
             rounds.append((clock() - start) / 20_000 * 1e6)
         overhead.append(min(rounds))
     noop.close()
+    otel = otel_overhead(shards)
+    if otel is not None:
+        overhead.append(otel)
     return summary("sync", unary, stream, concurrent, overhead)
+
+
+def otel_overhead(shards: list[Shard]) -> float | None:
+    """The client's cost per unary call on no-op channels with the OpenTelemetry SDK
+    (in-memory span exporter and metric reader): best of 5 rounds of 2,000 calls."""
+    try:
+        from shardroute.testing.otel import OtelCapture
+    except ImportError:  # no SDK installed
+        return None
+    capture = OtelCapture()
+    client = ShardClient(
+        InMemoryTopologySource("bench", shards), timeout=10, telemetry=capture.telemetry()
+    )
+    client._core.channels = ChannelPool(lambda address: _NoopChannel(), lambda ch: None)
+    echo = client.stub(EchoStub).Echo
+    for i in range(500):
+        echo(PAYLOAD, session_key=SESSIONS[i % 64])
+    rounds = []
+    for _ in range(5):
+        capture.exporter.clear()
+        start = clock()
+        for i in range(2000):
+            echo(PAYLOAD, session_key=SESSIONS[i % 64])
+        rounds.append((clock() - start) / 2000 * 1e6)
+    client.close()
+    capture.shutdown()
+    return min(rounds)
 
 
 # ----------------------------------------------------------------------------- asyncio
