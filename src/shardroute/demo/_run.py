@@ -89,7 +89,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
     events: list[str] = []
     event_errors: list[str] = []
     lock = threading.Lock()  # events and event_errors are also written by drain threads
-    tally = Tally()
+    tally = Tally(idle_expiry_s=config.session_ttl_s)
     stop = threading.Event()
     killed: list[str] = []
     added: list[str] = []
@@ -227,6 +227,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "turns_retried": tally.retried,
                 "turns_by_shard": dict(sorted(tally.served.items())),
                 "conversations_ended": tally.ended,
+                "conversations_expired": tally.expired,
                 "store_bytes_written_per_turn": bytes_per_checkpoint,
                 "etcd_db_mb_peak": round(space.peak / MiB, 1),
                 "etcd_nospace": space.nospace_seen,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,9 @@ class Tally:
     Every reply says how many turns its shard holds for the session (``turns_held``,
     this turn included). The demo knows how many of the session's turns were answered,
     so it can tell a turn lost (the shard holds fewer) from a conversation that moved
-    with its history (another shard, the right count).
+    with its history (another shard, the right count). A conversation idle for
+    ``idle_expiry_s`` (the shards' ``session_ttl_s``) or more that starts again at turn 1
+    expired, as documented: counted in ``expired``, not as lost turns.
     """
 
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -48,6 +51,10 @@ class Tally:
     length: dict[int, int] = field(default_factory=dict)
     """Per conversation slot: how many turns its current conversation lasts."""
     ended: int = 0
+    idle_expiry_s: float | None = None
+    expired: int = 0
+    last_at: dict[str, float] = field(default_factory=dict)
+    """Per session: when its last turn was answered (``time.monotonic()``)."""
 
     def key(self, slot: int) -> str:
         """The session key of the slot's current conversation."""
@@ -58,7 +65,7 @@ class Tally:
         self.generation[slot] += 1
         self.length.pop(slot, None)
         self.ended += 1
-        for table in (self.answered, self.last_shard):
+        for table in (self.answered, self.last_shard, self.last_at):
             table.pop(session, None)
         self.unsure.discard(session)
 
@@ -68,6 +75,11 @@ class Tally:
         if session in self.unsure and held == expected + 1:
             expected += 1  # the failed attempt had been applied before the reply broke
         self.unsure.discard(session)
+        now, ttl = time.monotonic(), self.idle_expiry_s
+        if held == 1 < expected and ttl is not None and now - self.last_at.get(session, now) >= ttl:
+            self.expired += 1  # idle past the store's TTL: it started again, as documented
+            expected = 1
+        self.last_at[session] = now
         if held < expected:
             self.lost_turns += expected - held
         self.answered[session] = held
