@@ -201,7 +201,7 @@ def test_empty_history_and_bad_configuration_are_refused() -> None:
         ScalingAdvisor([QueuePolicy()]).advise(SignalHistory())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     loads=st.lists(
         st.tuples(

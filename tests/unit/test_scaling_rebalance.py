@@ -40,7 +40,7 @@ def test_sessions_on_a_draining_shard_are_left_to_its_drain() -> None:
     assert plan_moves(held, ["a", "b"], lambda k: None, 100) == ()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from("abcdef"), st.integers(0, 60), min_size=2))
 def test_unbounded_plans_reach_max_at_most_ceil_average(counts: dict[str, int]) -> None:
     held = holdings(counts)
