@@ -354,6 +354,7 @@ class ShardServerBase:
             )
 
     def _stop_sessions(self) -> None:
+        LIVE_SHARDS.discard(self)  # a stopped shard reports no gauges
         source, self._topology_source = self._topology_source, None
         if source is not None:
             source.close()

@@ -221,17 +221,20 @@ class CallRecord:
         """The call ended (``error``: what it raised)."""
         code = status_code(error)
         span = self.span
-        span.set_attribute(names.RPC_GRPC_STATUS_CODE, code.value[0])
+        final: dict[str, Any] = {
+            names.RPC_GRPC_STATUS_CODE: code.value[0],
+            names.ATTEMPTS: self.attempts,
+        }
         if self.attempts > 1:
-            moved = {names.SHARD: self.shard, names.REASON: self.reason}
+            final[names.SHARD] = self.shard
+            final[names.REASON] = self.reason
             if self.shard != self.home:
-                moved[names.HOME] = self.home
-            _add_address(moved, self.address)
-            span.set_attributes(moved)
-        span.set_attribute(names.ATTEMPTS, self.attempts)
+                final[names.HOME] = self.home
+            _add_address(final, self.address)
         if error is not None and code is not grpc.StatusCode.OK:
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
-            span.set_attribute(names.ERROR_TYPE, type(error).__name__)
+            final[names.ERROR_TYPE] = type(error).__name__
+        span.set_attributes(final)
         span.end()
         attributes = {
             names.SHARD: self.shard,
