@@ -20,6 +20,7 @@ from shardroute.errors import ConfigError, UnknownMethod
 from shardroute.model import Shard, Topology
 from shardroute.routing import Decision, Reason, Router
 from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
+from shardroute.session_keys import check_session_key, known_wire_form, wire_form
 from shardroute.telemetry import Telemetry
 from shardroute.telemetry._setup import METRICS_STATE, TRACE_STATE
 from shardroute.telemetry.client import LIVE_CLIENTS, CallRecord, client_instruments, failed_over
@@ -157,6 +158,7 @@ class ClientCore(Generic[C]):
         affinity = Reason.AFFINITY
         session_header = md_keys.SESSION_KEY
         inf = math.inf
+        known = known_wire_form
 
         def call(
             request: Any,
@@ -174,8 +176,12 @@ class ClientCore(Generic[C]):
                 or metrics_state._METER_PROVIDER is not None
             ):
                 return recorded(request, session_key, timeout, priority, idempotent, metadata)
-            if not session_key or not isinstance(session_key, str):
-                raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
+            try:  # the key's wire form, checked when first met (then: one dict lookup)
+                wire = known(session_key)
+            except TypeError:  # unhashable: not a key (wire_form says so)
+                wire = None
+            if wire is None:
+                wire = wire_form(session_key)  # InvalidSessionKey before anything is sent
             if timeout is None:
                 timeout = default_timeout
             elif not 0.0 < timeout < inf:  # refuses NaN too (a comparison with NaN is false)
@@ -195,7 +201,7 @@ class ClientCore(Generic[C]):
                 md = first_metadata(session_key, decision, priority, options[2])
             else:  # the common case: one metadata entry, nothing else to carry
                 options = _PLAIN
-                md = ((session_header, session_key),)
+                md = ((session_header, wire),)
             return run(spec, request, session_key, decision, md, timeout, started, options)
 
         call.__name__ = spec.name
@@ -439,8 +445,7 @@ class ClientShell(abc.ABC):
         or an awaitable of one in the asyncio client)."""
         from shardroute._proto import shard_pb2, shard_pb2_grpc
 
-        if not isinstance(session_key, str) or not session_key:
-            raise ConfigError(f"end_session needs a non-empty session key, got {session_key!r}")
+        check_session_key(session_key)
         stub = self.stub(shard_pb2_grpc.ShardControlStub)
         request = shard_pb2.EndSessionRequest(session_key=session_key)
         return stub.EndSession(request, session_key=session_key, timeout=timeout, idempotent=True)

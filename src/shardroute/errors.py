@@ -20,6 +20,7 @@ __all__ = [
     "EtcdBinaryNotFound",
     "EtcdNoSpace",
     "EtcdUnavailable",
+    "InvalidSessionKey",
     "LeaseNotFound",
     "MalformedRecord",
     "MigrationConflict",
@@ -55,6 +56,13 @@ class ShardRouteError(Exception):
 
 class ConfigError(ShardRouteError, ValueError):
     """An argument or configuration value is invalid. Fix the input; retrying won't help."""
+
+
+class InvalidSessionKey(ConfigError):
+    """A session key is empty, longer than 512 UTF-8 bytes or not text, or its encoded
+    form (``x-shardroute-session`` header, etcd key) is malformed. Raised by the client
+    before anything is sent; a shard answers such a call with ``INVALID_ARGUMENT``.
+    Any UTF-8 string of 1 to 512 bytes is a valid key (docs/protocol.md)."""
 
 
 class MalformedRecord(ShardRouteError, ValueError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from shardroute.session_keys import decode_session_key
+
 __all__ = [
     "LOAD",
     "PRIORITY",
@@ -16,11 +18,13 @@ __all__ = [
     "SHARD_ID",
     "format_load",
     "get",
+    "get_session_key",
     "parse_load",
 ]
 
 SESSION_KEY = "x-shardroute-session"
-"""Request: the session key the call belongs to."""
+"""Request: the session key the call belongs to, in its wire form (printable ASCII:
+:mod:`shardroute.session_keys`; read it with :func:`get_session_key`)."""
 PRIORITY = "x-shardroute-priority"
 """Request: the priority class of the call. Absent for ``standard``."""
 REASON = "x-shardroute-reason"
@@ -40,6 +44,14 @@ def get(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | N
         if name == key:
             return value.decode() if isinstance(value, bytes) else value
     return None
+
+
+def get_session_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The session key of a call (the ``SESSION_KEY`` header, decoded), or None when
+    there is none. Raises :class:`~shardroute.errors.InvalidSessionKey` for a malformed
+    header."""
+    wire = get(metadata, SESSION_KEY)
+    return None if wire is None else decode_session_key(wire)
 
 
 def format_load(inflight: int, queue: int, capacity: int) -> str:

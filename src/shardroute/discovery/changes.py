@@ -13,8 +13,9 @@ from typing import Any
 
 from shardroute.discovery.keys import KeyKind, KeySchema, key_text
 from shardroute.discovery.records import decode_json, parse_load, parse_override, parse_shard
-from shardroute.errors import MalformedRecord
+from shardroute.errors import InvalidSessionKey, MalformedRecord
 from shardroute.model import LoadReport, Override, Shard, Topology
+from shardroute.session_keys import decode_session_key
 
 __all__ = ["KeyChange", "apply_changes", "build_topology"]
 
@@ -115,6 +116,7 @@ def _apply(
             elif kind is KeyKind.SESSION:
                 if overrides is None:
                     overrides = dict(topology.overrides)
+                name = _session_key(change.key, name)
                 overrides.pop(name, None)
                 if change.value is not None:
                     overrides[name] = parse_override(change.key, change.value, change.revision)
@@ -145,6 +147,13 @@ def _apply(
         ),
         errors,
     )
+
+
+def _session_key(key: str, wire: str) -> str:
+    try:
+        return decode_session_key(wire)
+    except InvalidSessionKey as exc:
+        raise MalformedRecord(key, str(exc)) from None
 
 
 def _freeze(obj: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from shardroute.errors import ConfigError
+from shardroute.session_keys import encode_session_key
 
 __all__ = ["KeyKind", "KeySchema", "decode_key", "key_text", "prefix_end"]
 
@@ -55,12 +56,14 @@ class KeySchema:
         return f"{self.prefix}load/{_check_name('shard id', shard_id)}"
 
     def session(self, session_key: str) -> str:
-        """Key of a session override."""
-        return f"{self.prefix}sessions/{_check_name('session key', session_key)}"
+        """Key of a session override (the session key in its wire form, no ``/``:
+        :mod:`shardroute.session_keys`)."""
+        return f"{self.prefix}sessions/{encode_session_key(session_key)}"
 
     def state(self, session_key: str) -> str:
-        """Key of a session's stored state (the etcd session store)."""
-        return f"{self.prefix}state/{_check_name('session key', session_key)}"
+        """Key of a session's stored state (the etcd session store; the session key in
+        its wire form, no ``/``)."""
+        return f"{self.prefix}state/{encode_session_key(session_key)}"
 
     @property
     def topology_range(self) -> tuple[str, str]:
@@ -75,7 +78,8 @@ class KeySchema:
         return f"{self.prefix}config"
 
     def classify(self, key: str) -> tuple[KeyKind, str]:
-        """Split a key of this service into its kind and name (shard id, session key).
+        """Split a key of this service into its kind and name (shard id, or session key
+        in its wire form: :func:`~shardroute.session_keys.decode_session_key`).
 
         Keys outside the schema (deeper paths, unknown folders) are ``KeyKind.OTHER``.
         """

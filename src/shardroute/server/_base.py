@@ -15,7 +15,12 @@ from typing import Any, Protocol
 from shardroute import metadata
 from shardroute._proto import shard_pb2
 from shardroute._validate import seconds
-from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
+from shardroute.errors import (
+    ConfigError,
+    EtcdUnavailable,
+    InvalidSessionKey,
+    ServerLifecycleError,
+)
 from shardroute.etcd import EtcdOptions
 from shardroute.model import LoadReport, Topology
 from shardroute.security import ChannelSecurity, ControlAuth, ControlGuard, ServerSecurity
@@ -42,12 +47,17 @@ class _HasInvocationMetadata(Protocol):
 
 def session_key(context: _HasInvocationMetadata) -> str | None:
     """The session key of the current call (:data:`shardroute.metadata.SESSION_KEY`
-    request metadata), or None when the caller sent none.
+    request metadata, decoded: any UTF-8 key, ``/`` and spaces included), or None when
+    the caller sent none or a malformed one (a session turn then answers
+    ``INVALID_ARGUMENT`` saying why).
 
     Works with the sync ``grpc.ServicerContext`` and ``grpc.aio.ServicerContext``.
     """
     md: Iterable[tuple[str, str | bytes]] | None = context.invocation_metadata()
-    return metadata.get(md, metadata.SESSION_KEY)
+    try:
+        return metadata.get_session_key(md)
+    except InvalidSessionKey:
+        return None
 
 
 class ShardServerBase:

@@ -102,13 +102,13 @@ class ControlAnswers:
         return shard_pb2.ReleaseSessionResponse(released=released)
 
     def end_session(self, request: Any, invocation: Any) -> shard_pb2.EndSessionResponse:
-        key = request.session_key or metadata.get(invocation, metadata.SESSION_KEY) or ""
-        if not key:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "EndSession needs a session key (field or x-shardroute-session metadata)",
-            )
         try:
+            key = request.session_key or metadata.get_session_key(invocation) or ""
+            if not key:
+                raise Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "EndSession needs a session key (field or x-shardroute-session metadata)",
+                )
             ended = self._server.sessions.end_session(
                 key, metadata.get(invocation, metadata.REASON)
             )

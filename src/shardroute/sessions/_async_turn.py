@@ -11,7 +11,7 @@ import grpc
 
 from shardroute._io.aio import run_blocking, run_waiting
 from shardroute.errors import Refused
-from shardroute.sessions._turn_base import NO_KEY, TurnBase, call_reason
+from shardroute.sessions._turn_base import TurnBase, call_reason
 
 __all__ = ["AsyncTurn"]
 
@@ -22,7 +22,7 @@ class AsyncTurn(TurnBase[Any]):
 
     async def __aenter__(self) -> AsyncTurn:
         if not self.key:
-            await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_KEY)
+            await self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.key_problem)
         host, key = self._host, self.key
         try:
             # On the host's own executor: a call waiting for a busy or moving session must

@@ -13,7 +13,7 @@ import grpc
 
 from shardroute._io.sync import run_blocking, run_waiting
 from shardroute.errors import Refused
-from shardroute.sessions._turn_base import NO_KEY, TurnBase, call_reason
+from shardroute.sessions._turn_base import TurnBase, call_reason
 
 __all__ = ["Turn"]
 
@@ -24,7 +24,7 @@ class Turn(TurnBase[Any]):
 
     def __enter__(self) -> Turn:
         if not self.key:
-            self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, NO_KEY)
+            self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.key_problem)
         host, key = self._host, self.key
         try:
             # On the host's own executor: a call waiting for a busy or moving session must

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from shardroute import metadata
+from shardroute.errors import InvalidSessionKey
+from shardroute.session_keys import check_session_key
 
 if TYPE_CHECKING:
     from shardroute.sessions._host_base import _Entry
@@ -24,8 +26,12 @@ def call_reason(context: Any) -> str | None:
 
 
 def call_key(context: Any, session_key: str | None) -> str:
-    """``session_key``, else the call's ``x-shardroute-session`` ("" when neither)."""
-    return session_key or metadata.get(context.invocation_metadata(), metadata.SESSION_KEY) or ""
+    """``session_key``, else the call's ``x-shardroute-session`` decoded ("" when
+    neither). Raises :class:`~shardroute.errors.InvalidSessionKey` for an invalid key or
+    a malformed header."""
+    if session_key:
+        return check_session_key(session_key)
+    return metadata.get_session_key(context.invocation_metadata()) or ""
 
 
 class TurnBase(Generic[S]):
@@ -34,7 +40,12 @@ class TurnBase(Generic[S]):
     def __init__(self, host: SessionHost, context: Any, session_key: str | None) -> None:
         self._host = host
         self._context = context
-        self.key = call_key(context, session_key)
+        self.key_problem = NO_KEY
+        """Why the call has no valid key (what ``INVALID_ARGUMENT`` says)."""
+        try:
+            self.key = call_key(context, session_key)
+        except InvalidSessionKey as exc:
+            self.key, self.key_problem = "", str(exc)
         self._entry: _Entry | None = None
         self.checkpointed = False
 

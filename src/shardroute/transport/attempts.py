@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from shardroute import metadata
+from shardroute import metadata, session_keys
 from shardroute.errors import CallFailed, DeadlineExceeded, OutcomeUnknown, ShardUnavailable
 from shardroute.model import Shard
 from shardroute.routing import Decision, Reason, Router
@@ -34,8 +34,9 @@ def first_metadata(
     """Request metadata of a call's first attempt: the session key; when the shard is
     not the session's affinity choice, also the reason and the shard id meant; the
     priority unless it is ``standard``; then the caller's own entries. (Each entry costs
-    both sides a few microseconds per call, so the common case sends one.)"""
-    md: Metadata = ((metadata.SESSION_KEY, session_key),)
+    both sides a few microseconds per call, so the common case sends one.) The key goes
+    in its wire form (:func:`~shardroute.session_keys.wire_form`)."""
+    md: Metadata = ((metadata.SESSION_KEY, session_keys.wire_form(session_key)),)
     reason = decision.reason
     if reason is not Reason.AFFINITY:
         md += ((metadata.REASON, reason.value), (metadata.SHARD_ID, decision.shard.id))
@@ -161,7 +162,7 @@ class Attempts:
             return first_metadata(self._session_key, self._decision, priority, self._extra)
         reason = "redirect" if self._detour == shard.id else "failover"
         md: Metadata = (
-            (metadata.SESSION_KEY, self._session_key),
+            (metadata.SESSION_KEY, session_keys.wire_form(self._session_key)),
             (metadata.REASON, reason),
             (metadata.SHARD_ID, shard.id),
         )

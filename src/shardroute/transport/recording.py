@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from shardroute.errors import ConfigError, Overloaded
+from shardroute._validate import seconds
+from shardroute.errors import Overloaded
+from shardroute.session_keys import wire_form
 from shardroute.telemetry.client import CallRecord, overloaded
 from shardroute.transport.attempts import first_metadata
 from shardroute.transport.methods import MethodSpec
@@ -35,12 +37,8 @@ def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Cal
         idempotent: bool,
         metadata: Sequence[tuple[str, str]],
     ) -> Any:
-        if not session_key or not isinstance(session_key, str):
-            raise ConfigError(f"session_key must be a non-empty string, got {session_key!r}")
-        if timeout is None:
-            timeout = core.timeout
-        elif timeout <= 0:
-            raise ConfigError(f"timeout must be > 0, got {timeout!r}")
+        wire_form(session_key)  # checks the key: InvalidSessionKey before anything is sent
+        timeout = core.timeout if timeout is None else seconds("timeout", timeout)
         started = core.rules.clock()
         try:
             decision = core.route(session_key, priority)
