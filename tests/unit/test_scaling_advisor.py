@@ -21,8 +21,10 @@ from shardroute.scaling import (
     ScalingAdvisor,
     ShardSignals,
     SignalHistory,
+    SpillPolicy,
     UtilisationPolicy,
 )
+from shardroute.scaling.signals import RouterSignals
 
 
 def fleet(
@@ -122,6 +124,21 @@ def test_predictive_scales_up_before_the_forecast_peak() -> None:
     estimated = PredictivePolicy(horizon_s=60, target=1.0).vote(history(*samples), 2)
     # Little's law: 55 calls/s over 4 in flight of 20 capacity -> 137.5 calls/s at full.
     assert estimated.desired == 1 and "(estimated)" in estimated.reason
+
+
+def test_spill_policy_reads_the_router_side_signals() -> None:
+    policy = SpillPolicy(max_share=0.25, intervals=2, min_calls=10)
+
+    def with_router(ts: float, calls: int, spills: int) -> FleetSignals:
+        router = RouterSignals({}, calls, spills / calls if calls else 0.0)
+        return FleetSignals(ts, fleet(ts, 3).shards, router=router)
+
+    hot = [with_router(0, 100, 40), with_router(10, 100, 30)]
+    vote = policy.vote(history(*hot), 3)
+    assert vote.desired == 4 and "one more shard" in vote.reason
+    assert policy.vote(history(hot[0], with_router(10, 100, 10)), 3).desired is None
+    assert policy.vote(history(hot[0], with_router(10, 5, 5)), 3).desired is None  # few calls
+    assert policy.vote(history(fleet(0, 3), fleet(10, 3)), 3).desired is None  # no client
 
 
 def test_votes_combine_by_the_highest_and_every_vote_has_a_reason() -> None:

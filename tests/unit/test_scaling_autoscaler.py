@@ -130,6 +130,20 @@ def test_a_rebalance_runs_once_after_a_shard_joins_or_returns() -> None:
     assert rebalancer.runs == 2
 
 
+def test_router_stats_reach_the_history() -> None:
+    source = _source(2, inflight=1)
+    stats = {"calls": 10, "spill": 0}
+    scaler = Autoscaler(
+        ScalingAdvisor([UtilisationPolicy(0.5)]), None, source, router_stats=lambda: dict(stats)
+    )
+    scaler.step()
+    stats.update(calls=30, spill=8)
+    scaler.step()
+    latest = scaler.history.latest
+    assert latest is not None and latest.router is not None
+    assert latest.router.calls == 20 and latest.router.spill_share == 0.4
+
+
 def test_a_failed_actuator_call_is_retried_next_round() -> None:
     source = _source(4, inflight=0)
     actuator = Recorder(source)

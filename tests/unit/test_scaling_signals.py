@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from shardroute.discovery.records import encode_load, parse_load
 from shardroute.model import LoadReport, Shard, ShardState, Topology
-from shardroute.scaling import CapacityClass, FleetSignals, SignalHistory
+from shardroute.scaling import CapacityClass, FleetSignals, RouterSignals, SignalHistory
 
 
 def test_calls_total_round_trips_and_old_reports_still_parse() -> None:
@@ -78,3 +78,22 @@ def test_history_keeps_the_last_samples_and_feeds_the_forecaster_once_per_step()
     assert [s.ts for s in history.samples] == [240.0, 260.0, 280.0]
     assert history.model.count == 5  # 0, 60, 120, 180, 240
     assert [s.ts for s in history.since(260.0)] == [260.0, 280.0]
+
+
+def test_router_signals_are_deltas_of_a_clients_call_stats() -> None:
+    first = RouterSignals.between({"calls": 100, "spill": 10, "errors": 1}, None)
+    assert first.calls == 100 and first.spill_share == 0.1
+    second = RouterSignals.between(
+        {"calls": 150, "spill": 20, "zone_fallback": 5, "errors": 1, "failovers": 2}, first
+    )
+    assert second.calls == 50 and second.spill_share == 15 / 50
+    assert second.error_share == 0.0 and second.failovers == 2 and second.redirects == 0
+    idle = RouterSignals.between(dict(second.counters), second)
+    assert idle.calls == 0 and idle.spill_share == 0.0
+    topology = _topology({}, {})
+    history = SignalHistory().observe(topology, 1.0, {"calls": 10})
+    history = history.observe(topology, 2.0, {"calls": 30, "spill": 10})
+    latest = history.latest
+    assert latest is not None and latest.router is not None
+    assert latest.router.calls == 20 and latest.router.spill_share == 0.5
+    assert SignalHistory().observe(topology, 1.0).samples[0].router is None

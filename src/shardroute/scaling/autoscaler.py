@@ -124,6 +124,9 @@ class Autoscaler:
             so it takes its share of the sessions (sessions pinned elsewhere by overrides
             would otherwise stay there); its moves are counted in
             :attr:`sessions_rebalanced`.
+        router_stats: a client's ``stats.snapshot`` (``client.stats.snapshot``): each
+            sample then carries the router-side signals (:class:`RouterSignals`: spills,
+            errors, failovers) that :class:`SpillPolicy` reads.
         clock: unix time (tests pass their own).
 
     :meth:`step` runs one round and may be called directly; :meth:`start` runs rounds in a
@@ -142,6 +145,7 @@ class Autoscaler:
         gauge: DesiredShardsGauge | None = None,
         pending_timeout_s: float = 300.0,
         rebalancer: RebalanceHook | None = None,
+        router_stats: Callable[[], Mapping[str, int]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0 or pending_timeout_s <= 0:
@@ -155,6 +159,7 @@ class Autoscaler:
         self.pending_timeout_s = pending_timeout_s
         self.clock = clock
         self.rebalancer = rebalancer
+        self.router_stats = router_stats
         self.sessions_rebalanced = 0
         self.advice: ScalingAdvice | None = None
         self.scale_ups = 0
@@ -174,7 +179,8 @@ class Autoscaler:
         """Sample the topology, advise, act; returns the advice."""
         now = self.clock()
         topology = self.source.current()
-        self.history = self.history.observe(topology, now)
+        counters = self.router_stats() if self.router_stats is not None else None
+        self.history = self.history.observe(topology, now, counters)
         active = {s.id for s in topology.shards.values() if s.available}
         joined = active - self._active if self._active is not None else set()
         self._active = active

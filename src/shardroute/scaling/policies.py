@@ -22,6 +22,7 @@ __all__ = [
     "PredictivePolicy",
     "QueuePolicy",
     "ScalingPolicy",
+    "SpillPolicy",
     "UtilisationPolicy",
     "Vote",
 ]
@@ -257,3 +258,34 @@ class CostAwarePolicy:
             f"utilisation under {self.low_water:.0%} (peak {peak:.0%}) for "
             f"{self.window_s:.0f} s: {desired} shards are enough at {self.target:.0%}",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SpillPolicy:
+    """Router-side: when more than ``max_share`` of a client's calls spilled past a full
+    home, crossed zones or failed (``Overloaded`` among them) in each of the last
+    ``intervals`` samples, one shard more: the homes are hot even if the shards' reports
+    have not said so yet. Abstains without router signals (a sampler with no client)."""
+
+    max_share: float = 0.25
+    intervals: int = 3
+    min_calls: int = 20
+    name: str = "spill"
+
+    def vote(self, history: SignalHistory, current: int) -> Vote:
+        """See the class."""
+        if not 0 < self.max_share < 1 or self.intervals < 1:
+            raise ConfigError("max_share must be in (0, 1) and intervals >= 1")
+        recent = [s.router for s in history.samples[-self.intervals :]]
+        if len(recent) < self.intervals or any(r is None for r in recent):
+            return Vote(self.name, None, "no router signals (no client in this process)")
+        shares = [r.spill_share + r.error_share for r in recent if r is not None]
+        calls = min(r.calls for r in recent if r is not None)
+        if calls >= self.min_calls and min(shares) > self.max_share:
+            return Vote(
+                self.name,
+                current + 1,
+                f"{min(shares):.0%}+ of calls spilled or failed in {self.intervals} "
+                f"intervals (limit {self.max_share:.0%}): one more shard",
+            )
+        return Vote(self.name, None, f"spills and errors at {shares[-1]:.0%} of calls")

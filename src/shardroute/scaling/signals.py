@@ -20,6 +20,7 @@ import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from shardroute.errors import ConfigError
 from shardroute.model import LoadReport, Shard, ShardState, Topology
@@ -30,6 +31,7 @@ __all__ = [
     "COST_LABEL",
     "CapacityClass",
     "FleetSignals",
+    "RouterSignals",
     "ShardSignals",
     "SignalHistory",
 ]
@@ -140,6 +142,44 @@ class ShardSignals:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterSignals:
+    """What one client's router saw since the previous sample, from two snapshots of its
+    :class:`~shardroute.transport.CallStats` (free in every client: no etcd write).
+
+    ``calls``: calls finished in the interval; ``spill_share``: share of them that spilled
+    past a full home or crossed zones (bounded loads at work: homes are hot);
+    ``error_share``: share that raised (``Overloaded`` among them: nobody could take the
+    call under its priority ceiling); ``failovers``, ``redirects``: counts in the interval.
+    ``counters`` is the raw snapshot, for the next interval.
+    """
+
+    counters: Mapping[str, int]
+    calls: int = 0
+    spill_share: float = 0.0
+    error_share: float = 0.0
+    failovers: int = 0
+    redirects: int = 0
+
+    @classmethod
+    def between(cls, now: Mapping[str, int], before: RouterSignals | None) -> RouterSignals:
+        """The interval from ``before`` (None: the first snapshot) to the snapshot ``now``."""
+        then = before.counters if before is not None else {}
+
+        def delta(*keys: str) -> int:
+            return max(0, sum(now.get(k, 0) - then.get(k, 0) for k in keys))
+
+        calls = delta("calls")
+        return cls(
+            MappingProxyType(dict(now)),
+            calls,
+            delta("spill", "zone_fallback") / calls if calls else 0.0,
+            delta("errors") / calls if calls else 0.0,
+            delta("failovers"),
+            delta("redirects"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class FleetSignals:
     """The fleet at one instant ``ts`` (unix seconds): every registered shard's signals.
 
@@ -150,6 +190,8 @@ class FleetSignals:
     ts: float
     shards: tuple[ShardSignals, ...] = ()
     malformed: frozenset[str] = frozenset()
+    router: RouterSignals | None = field(default=None, compare=False)
+    """A client's routing signals, when the sampler has a client (None otherwise)."""
     # Derived once from ``shards`` (the advisor reads them many times):
     active: tuple[ShardSignals, ...] = field(init=False, repr=False, compare=False)
     """Shards taking new sessions."""
@@ -173,9 +215,14 @@ class FleetSignals:
 
     @classmethod
     def from_topology(
-        cls, topology: Topology, now: float, previous: FleetSignals | None = None
+        cls,
+        topology: Topology,
+        now: float,
+        previous: FleetSignals | None = None,
+        router_counters: Mapping[str, int] | None = None,
     ) -> FleetSignals:
-        """Signals of a topology snapshot at ``now``; ``previous`` gives request rates."""
+        """Signals of a topology snapshot at ``now``; ``previous`` gives request rates;
+        ``router_counters`` (a client's ``stats.snapshot()``) gives :attr:`router`."""
         before = {} if previous is None else {s.shard_id: s for s in previous.shards}
         shards: list[ShardSignals] = []
         malformed: set[str] = set()
@@ -186,7 +233,11 @@ class FleetSignals:
             shards.append(signals)
             if bad:
                 malformed.add(shard.id)
-        return cls(now, tuple(shards), frozenset(malformed))
+        router = None
+        if router_counters is not None:
+            last = previous.router if previous is not None else None
+            router = RouterSignals.between(router_counters, last)
+        return cls(now, tuple(shards), frozenset(malformed), router)
 
     def __post_init__(self) -> None:
         active = tuple(s for s in self.shards if s.active)
@@ -280,9 +331,14 @@ class SignalHistory:
                 next_step = signals.ts + self.step_s
         return replace(self, samples=samples, forecaster=forecaster, _next_step=next_step)
 
-    def observe(self, topology: Topology, now: float) -> SignalHistory:
-        """Append the signals of ``topology`` at ``now`` (rates from the latest sample)."""
-        return self.appended(FleetSignals.from_topology(topology, now, self.latest))
+    def observe(
+        self, topology: Topology, now: float, router_counters: Mapping[str, int] | None = None
+    ) -> SignalHistory:
+        """Append the signals of ``topology`` at ``now`` (rates from the latest sample;
+        ``router_counters``: a client's ``stats.snapshot()``)."""
+        return self.appended(
+            FleetSignals.from_topology(topology, now, self.latest, router_counters)
+        )
 
     def since(self, ts: float) -> Iterable[FleetSignals]:
         """Samples taken at or after ``ts``, oldest first."""
