@@ -211,7 +211,10 @@ class Rebalancer:
         router = self.mover.router
 
         def home(key: str) -> str | None:
-            return router.route(key, topology).home.id
+            try:
+                return router.route(key, topology).home.id
+            except ShardRouteError:  # every shard at its ceiling: no home preference
+                return None
 
         planned = plan_moves(held, list(held), home, max_moves)
         after = dict(before)
