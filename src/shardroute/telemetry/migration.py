@@ -126,7 +126,7 @@ def drain_span(telemetry: Telemetry, shard_id: str, sessions: int) -> Iterator[A
     """A span over a drain's migrations (current in this thread: the migrations
     started from it, in any thread via :func:`carry`, are its children)."""
     span = telemetry.tracer.start_span(
-        names.SPAN_DRAIN, attributes={names.SHARD: shard_id, "shardroute.sessions": sessions}
+        names.SPAN_DRAIN, attributes={names.SHARD: shard_id, names.SESSION_COUNT: sessions}
     )
     drain_log.info(
         "shard %s draining: moving %d session(s)",

@@ -86,11 +86,11 @@ FAILURE: Final = "shardroute.failure"
 """The failure class of a failed attempt (not_sent, maybe_executed, ..., redirected)."""
 CAUSE: Final = "shardroute.cause"
 OUTCOME: Final = "shardroute.outcome"
-DIRECTION: Final = "shardroute.direction"
 STEP: Final = "shardroute.step"
 SOURCE_SHARD: Final = "shardroute.source"
 TARGET_SHARD: Final = "shardroute.target"
-ZONE: Final = "shardroute.zone"
+SESSION_COUNT: Final = "shardroute.sessions"
+"""How many sessions a drain moves."""
 ETCD_REVISION: Final = "shardroute.revision"
 
 # -- spans and events ---------------------------------------------------------------------
