@@ -23,29 +23,14 @@ import json
 import time
 from typing import Any
 
+from e2e_bench import SESSIONS, EchoStub, _NoopChannel
+
 from shardroute.client import ShardClient
 from shardroute.discovery.memory import InMemoryTopologySource
 from shardroute.model import Shard
 from shardroute.transport import ChannelPool
 
-SESSIONS = [f"conv-{i}" for i in range(64)]
 SHARDS = [Shard(f"s{i}", f"127.0.0.1:{5000 + i}") for i in range(2)]
-
-
-def _same(data: bytes) -> bytes:
-    return data
-
-
-class EchoStub:
-    def __init__(self, channel: Any) -> None:
-        self.Echo = channel.unary_unary(
-            "/bench.Echo/Echo", request_serializer=_same, response_deserializer=_same
-        )
-
-
-class _NoopChannel:
-    def unary_unary(self, path: str, **_: Any) -> Any:
-        return lambda request, timeout=None, metadata=None: request
 
 
 def per_call_us(client: ShardClient, calls: int, before_round: Any = None) -> float:

@@ -35,15 +35,8 @@ def source(servers: list[EchoServer]) -> InMemoryTopologySource:
 
 
 @pytest.fixture
-def capture() -> Iterator[OtelCapture]:
-    otel = OtelCapture()
-    yield otel
-    otel.shutdown()
-
-
-@pytest.fixture
-def client(source: InMemoryTopologySource, capture: OtelCapture) -> Iterator[ShardClient]:
-    with ShardClient(source, timeout=10, telemetry=capture.telemetry()) as c:
+def client(source: InMemoryTopologySource, otel_capture: OtelCapture) -> Iterator[ShardClient]:
+    with ShardClient(source, timeout=10, telemetry=otel_capture.telemetry()) as c:
         yield c
 
 
@@ -52,11 +45,11 @@ def by_id(servers: list[EchoServer], shard_id: str) -> EchoServer:
 
 
 def test_a_routed_call_is_a_client_span_with_rpc_and_routing_attributes(
-    client: ShardClient, capture: OtelCapture, servers: list[EchoServer]
+    client: ShardClient, otel_capture: OtelCapture, servers: list[EchoServer]
 ) -> None:
     home = client.route("conv-1").shard
     assert client.stub(EchoStub).Echo(b"x", session_key="conv-1") == f"{home.id}:x".encode()
-    (span,) = capture.spans("test.Echo/Echo")
+    (span,) = otel_capture.spans("test.Echo/Echo")
     attributes = dict(span.attributes or {})
     assert span.kind is SpanKind.CLIENT
     assert attributes[names.RPC_SYSTEM] == "grpc"
@@ -77,18 +70,18 @@ def test_a_routed_call_is_a_client_span_with_rpc_and_routing_attributes(
     assert seen["traceparent"].split("-")[1] == trace_id
     assert seen[metadata.SESSION_KEY] == "conv-1"
     # and the call is counted
-    assert capture.value(names.DECISIONS, {names.REASON: "affinity"}) == 1
-    (point,) = capture.points(names.CLIENT_DURATION)
+    assert otel_capture.value(names.DECISIONS, {names.REASON: "affinity"}) == 1
+    (point,) = otel_capture.points(names.CLIENT_DURATION)
     assert point.count == 1 and 0 < point.sum < 10
     assert tuple(point.explicit_bounds) == names.DURATION_BUCKETS_S  # the bucket advice
 
 
 def test_the_raw_session_key_only_on_opt_in(
-    source: InMemoryTopologySource, capture: OtelCapture
+    source: InMemoryTopologySource, otel_capture: OtelCapture
 ) -> None:
-    with ShardClient(source, telemetry=capture.telemetry(record_session_key=True)) as client:
+    with ShardClient(source, telemetry=otel_capture.telemetry(record_session_key=True)) as client:
         client.stub(EchoStub).Echo(b"x", session_key="conv-2")
-    (span,) = capture.spans()
+    (span,) = otel_capture.spans()
     assert span.attributes is not None
     assert span.attributes[names.SESSION_KEY] == "conv-2"
     assert span.attributes[names.SESSION_HASH] == session_hash("conv-2")
@@ -96,7 +89,7 @@ def test_the_raw_session_key_only_on_opt_in(
 
 def test_a_failover_shows_both_attempts(
     client: ShardClient,
-    capture: OtelCapture,
+    otel_capture: OtelCapture,
     servers: list[EchoServer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -105,7 +98,7 @@ def test_a_failover_shows_both_attempts(
     home, fallback = decision.shard, decision.fallbacks[0]
     by_id(servers, home.id).stop()
     assert client.stub(EchoStub).Echo(b"x", session_key="conv-3") == f"{fallback.id}:x".encode()
-    (span,) = capture.spans()
+    (span,) = otel_capture.spans()
     attributes = dict(span.attributes or {})
     assert attributes[names.SHARD] == fallback.id and attributes[names.HOME] == home.id
     assert attributes[names.REASON] == "failover" and attributes[names.ATTEMPTS] == 2
@@ -121,11 +114,11 @@ def test_a_failover_shows_both_attempts(
     }
     # the killed shard: ejected, failed over, and the second call avoids it
     client.stub(EchoStub).Echo(b"x", session_key="conv-3")
-    assert capture.value(names.EJECTIONS, {names.SHARD: home.id, names.CAUSE: "not_sent"}) == 1
-    assert capture.value(names.FAILOVERS, {names.SHARD: home.id}) == 1
-    assert capture.value(names.EJECTED, {names.SERVICE: "echo"}) == 1
-    assert capture.value(names.DECISIONS, {names.REASON: "failover"}) == 1
-    assert capture.value(names.CHANNELS) == 2  # made on first use: home and fallback
+    assert otel_capture.value(names.EJECTIONS, {names.SHARD: home.id, names.CAUSE: "not_sent"}) == 1
+    assert otel_capture.value(names.FAILOVERS, {names.SHARD: home.id}) == 1
+    assert otel_capture.value(names.EJECTED, {names.SERVICE: "echo"}) == 1
+    assert otel_capture.value(names.DECISIONS, {names.REASON: "failover"}) == 1
+    assert otel_capture.value(names.CHANNELS) == 2  # made on first use: home and fallback
     ejection = next(r for r in caplog.records if r.name == names.LOG_CLIENT)
     assert ejection.levelname == "WARNING"
     assert (ejection.shardroute_event, ejection.shard, ejection.cause) == (  # type: ignore[attr-defined]
@@ -139,72 +132,72 @@ def test_a_failover_shows_both_attempts(
 
 
 def test_a_spill_is_counted_and_named(
-    client: ShardClient, capture: OtelCapture, source: InMemoryTopologySource
+    client: ShardClient, otel_capture: OtelCapture, source: InMemoryTopologySource
 ) -> None:
     home = client.route("conv-4").shard
     source.put_load(home.id, LoadReport(inflight=1000))  # at capacity
     client.stub(EchoStub).Echo(b"x", session_key="conv-4", priority="batch")
-    (span,) = capture.spans()
+    (span,) = otel_capture.spans()
     assert span.attributes is not None
     assert span.attributes[names.REASON] == "spill"
     assert span.attributes[names.PRIORITY] == "batch"
     assert span.attributes[names.SHARD] != home.id
-    assert capture.value(names.SPILLS, {names.PRIORITY: "batch"}) == 1
-    assert capture.value(names.DECISIONS, {names.REASON: "spill"}) == 1
+    assert otel_capture.value(names.SPILLS, {names.PRIORITY: "batch"}) == 1
+    assert otel_capture.value(names.DECISIONS, {names.REASON: "spill"}) == 1
 
 
 def test_a_redirect_is_followed_and_shown(
-    client: ShardClient, capture: OtelCapture, servers: list[EchoServer]
+    client: ShardClient, otel_capture: OtelCapture, servers: list[EchoServer]
 ) -> None:
     home = by_id(servers, client.route("conv-5").shard.id)
     owner = next(s for s in servers if s is not home)
     home.redirect_to = owner.shard_id
     assert client.stub(EchoStub).Echo(b"x", session_key="conv-5") == f"{owner.shard_id}:x".encode()
-    (span,) = capture.spans()
+    (span,) = otel_capture.spans()
     assert span.attributes is not None
     assert span.attributes[names.REASON] == "redirect"
     assert span.attributes[names.SHARD] == owner.shard_id
     assert [dict(e.attributes or {})[names.FAILURE] for e in span.events] == ["redirected"]
-    assert capture.value(names.REDIRECTS, {names.SHARD: home.shard_id}) == 1
+    assert otel_capture.value(names.REDIRECTS, {names.SHARD: home.shard_id}) == 1
 
 
-def test_a_failed_call_sets_the_span_status(client: ShardClient, capture: OtelCapture) -> None:
+def test_a_failed_call_sets_the_span_status(client: ShardClient, otel_capture: OtelCapture) -> None:
     with pytest.raises(CallFailed):
         client.stub(EchoStub).Fail(b"x", session_key="conv-6")
-    (span,) = capture.spans()
+    (span,) = otel_capture.spans()
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None
     assert span.attributes[names.RPC_GRPC_STATUS_CODE] == 3  # INVALID_ARGUMENT
-    assert capture.value(names.CLIENT_DURATION, {names.RPC_GRPC_STATUS_CODE: 3}) == 1
+    assert otel_capture.value(names.CLIENT_DURATION, {names.RPC_GRPC_STATUS_CODE: 3}) == 1
 
 
 def test_overloaded_is_counted_by_priority(
-    client: ShardClient, capture: OtelCapture, source: InMemoryTopologySource
+    client: ShardClient, otel_capture: OtelCapture, source: InMemoryTopologySource
 ) -> None:
     for shard_id in source.current().shards:
         source.put_load(shard_id, LoadReport(inflight=1000))
     with pytest.raises(Overloaded):
         client.stub(EchoStub).Echo(b"x", session_key="conv-7", priority="batch")
-    assert capture.value(names.OVERLOADED, {names.PRIORITY: "batch"}) == 1
+    assert otel_capture.value(names.OVERLOADED, {names.PRIORITY: "batch"}) == 1
 
 
-def test_a_stream_is_one_span(client: ShardClient, capture: OtelCapture) -> None:
+def test_a_stream_is_one_span(client: ShardClient, otel_capture: OtelCapture) -> None:
     assert len(list(client.stub(EchoStub).Count(b"3", session_key="conv-8"))) == 3
-    (span,) = capture.spans("test.Echo/Count")
+    (span,) = otel_capture.spans("test.Echo/Count")
     assert span.attributes is not None and span.attributes[names.RPC_GRPC_STATUS_CODE] == 0
 
 
 def test_the_asyncio_client_records_the_same(
-    source: InMemoryTopologySource, capture: OtelCapture, servers: list[EchoServer]
+    source: InMemoryTopologySource, otel_capture: OtelCapture, servers: list[EchoServer]
 ) -> None:
     async def main() -> None:
-        async with AsyncShardClient(source, telemetry=capture.telemetry()) as client:
+        async with AsyncShardClient(source, telemetry=otel_capture.telemetry()) as client:
             echo = client.stub(EchoStub)
             await echo.Echo(b"x", session_key="conv-9")
             assert [m async for m in echo.Count(b"2", session_key="conv-9")]
 
     asyncio.run(main())
-    unary, stream = capture.spans()
+    unary, stream = otel_capture.spans()
     assert (unary.name, stream.name) == ("test.Echo/Echo", "test.Echo/Count")
     seen = [s.seen_metadata[-1] for s in servers if s.seen_metadata]
     assert seen and all("traceparent" in m for m in seen)

@@ -25,20 +25,13 @@ SERVICE = "chat-otel"
 
 
 @pytest.fixture
-def capture() -> Iterator[OtelCapture]:
-    otel = OtelCapture()
-    yield otel
-    otel.shutdown()
-
-
-@pytest.fixture
-def shards(etcd_endpoint: str, capture: OtelCapture) -> Iterator[list[ChatShard]]:
+def shards(etcd_endpoint: str, otel_capture: OtelCapture) -> Iterator[list[ChatShard]]:
     started = [
         ChatShard(
             shard_id=f"o{i}",
             service=SERVICE,
             etcd=etcd_endpoint,
-            telemetry=capture.telemetry(),
+            telemetry=otel_capture.telemetry(),
             token_delay_s=0,
         ).start()
         for i in range(2)
@@ -50,25 +43,25 @@ def shards(etcd_endpoint: str, capture: OtelCapture) -> Iterator[list[ChatShard]
 
 @pytest.fixture
 def client(
-    etcd_endpoint: str, shards: list[ChatShard], capture: OtelCapture
+    etcd_endpoint: str, shards: list[ChatShard], otel_capture: OtelCapture
 ) -> Iterator[ShardClient]:
-    with ShardClient.connect(etcd_endpoint, SERVICE, telemetry=capture.telemetry()) as c:
+    with ShardClient.connect(etcd_endpoint, SERVICE, telemetry=otel_capture.telemetry()) as c:
         c.source.wait_for(lambda t: len(t.shards) == len(shards), timeout=10)
         yield c
 
 
 def test_the_shard_span_is_a_child_of_the_client_span(
-    client: ShardClient, capture: OtelCapture
+    client: ShardClient, otel_capture: OtelCapture
 ) -> None:
     last = turn(client, "conv-a", "hello")
     server_spans = [
         s
-        for s in capture.spans("shardroute.examples.chat.v1.Chat/Generate")
+        for s in otel_capture.spans("shardroute.examples.chat.v1.Chat/Generate")
         if s.kind is SpanKind.SERVER
     ]
     client_spans = [
         s
-        for s in capture.spans("shardroute.examples.chat.v1.Chat/Generate")
+        for s in otel_capture.spans("shardroute.examples.chat.v1.Chat/Generate")
         if s.kind is SpanKind.CLIENT
     ]
     assert len(server_spans) == len(client_spans) == 1
@@ -89,64 +82,64 @@ def test_the_shard_span_is_a_child_of_the_client_span(
 
 
 def test_shard_metrics_count_turns_checkpoints_and_sessions(
-    client: ShardClient, capture: OtelCapture
+    client: ShardClient, otel_capture: OtelCapture
 ) -> None:
     for i in range(3):
         turn(client, "conv-b", f"p{i}")
     owner = client.route("conv-b").shard.id
-    assert capture.value(names.SERVER_DURATION, {names.SHARD: owner}) >= 3
-    assert capture.value(names.CHECKPOINT_DURATION, {names.SHARD: owner}) == 3
+    assert otel_capture.value(names.SERVER_DURATION, {names.SHARD: owner}) >= 3
+    assert otel_capture.value(names.CHECKPOINT_DURATION, {names.SHARD: owner}) == 3
     (size,) = [
-        p for p in capture.points(names.CHECKPOINT_SIZE) if p.attributes[names.SHARD] == owner
+        p for p in otel_capture.points(names.CHECKPOINT_SIZE) if p.attributes[names.SHARD] == owner
     ]
     assert size.count == 3 and size.sum > 0
-    assert capture.value(names.SESSIONS, {names.SHARD: owner}) == 1
-    assert capture.value(names.INFLIGHT, {names.SHARD: owner}) == 0
-    assert capture.value(names.TAKEOVERS, {names.SHARD: owner}) == 1  # a new session
-    assert capture.value(names.REVISION, {names.SERVICE: SERVICE}) > 0
-    assert capture.value(names.STALENESS, {names.SERVICE: SERVICE}) == 0
+    assert otel_capture.value(names.SESSIONS, {names.SHARD: owner}) == 1
+    assert otel_capture.value(names.INFLIGHT, {names.SHARD: owner}) == 0
+    assert otel_capture.value(names.TAKEOVERS, {names.SHARD: owner}) == 1  # a new session
+    assert otel_capture.value(names.REVISION, {names.SERVICE: SERVICE}) > 0
+    assert otel_capture.value(names.STALENESS, {names.SERVICE: SERVICE}) == 0
 
 
 def test_a_migration_is_a_span_with_a_child_per_step(
-    client: ShardClient, capture: OtelCapture, shards: list[ChatShard]
+    client: ShardClient, otel_capture: OtelCapture, shards: list[ChatShard]
 ) -> None:
     turn(client, "conv-c", "hello")
     source = client.route("conv-c").shard.id
     target = next(s.shard_id for s in shards if s.shard_id != source)
     client.migrate("conv-c", target=target)
-    (move,) = capture.spans(names.SPAN_MIGRATION)
+    (move,) = otel_capture.spans(names.SPAN_MIGRATION)
     attributes = dict(move.attributes or {})
     assert attributes[names.OUTCOME] == "committed"
     assert (attributes[names.SOURCE_SHARD], attributes[names.TARGET_SHARD]) == (source, target)
     steps = [
         s.name.removeprefix(names.SPAN_MIGRATION_STEP)
-        for s in capture.spans()
+        for s in otel_capture.spans()
         if s.parent is not None and s.parent.span_id == move.context.span_id
     ]
     assert steps == ["fence", "export", "import", "warm", "commit", "release"]
     labels = {names.SOURCE_SHARD: source, names.TARGET_SHARD: target, names.OUTCOME: "committed"}
-    assert capture.value(names.MIGRATIONS, labels) == 1
-    assert capture.value(names.MIGRATION_DURATION, labels) == 1
+    assert otel_capture.value(names.MIGRATIONS, labels) == 1
+    assert otel_capture.value(names.MIGRATION_DURATION, labels) == 1
     # the next turn goes to the new owner and the history moved whole
     assert turn(client, "conv-c", "again").shard_id == target
     assert history(client, "conv-c") == ["hello", "again"]
 
 
 def test_a_drain_is_a_span_over_its_migrations(
-    client: ShardClient, capture: OtelCapture, shards: list[ChatShard]
+    client: ShardClient, otel_capture: OtelCapture, shards: list[ChatShard]
 ) -> None:
     turn(client, "conv-d", "hello")
     owner = next(s for s in shards if s.shard_id == client.route("conv-d").shard.id)
     owner.drain(5)
-    (drain,) = capture.spans(names.SPAN_DRAIN)
+    (drain,) = otel_capture.spans(names.SPAN_DRAIN)
     assert dict(drain.attributes or {})[names.SHARD] == owner.shard_id
-    (move,) = capture.spans(names.SPAN_MIGRATION)
+    (move,) = otel_capture.spans(names.SPAN_MIGRATION)
     assert move.parent is not None and move.parent.span_id == drain.context.span_id
     assert dict(move.attributes or {})[names.OUTCOME] == "committed"
 
 
 def test_a_redirect_is_sent_and_followed(
-    etcd_endpoint: str, client: ShardClient, capture: OtelCapture, shards: list[ChatShard]
+    etcd_endpoint: str, client: ShardClient, otel_capture: OtelCapture, shards: list[ChatShard]
 ) -> None:
     turn(client, "conv-e", "hello")
     source = client.route("conv-e").shard.id
@@ -162,7 +155,7 @@ def test_a_redirect_is_sent_and_followed(
     attributes = dict(span.attributes or {})
     assert (attributes[names.REASON], attributes[names.SHARD]) == ("redirect", target)
     assert attributes[names.HOME] == source and attributes[names.ATTEMPTS] == 2
-    assert capture.value(names.REDIRECTS_SENT, {names.SHARD: source}) == 1
+    assert otel_capture.value(names.REDIRECTS_SENT, {names.SHARD: source}) == 1
     assert other_capture.value(names.REDIRECTS, {names.SHARD: source}) == 1
     other_capture.shutdown()
 

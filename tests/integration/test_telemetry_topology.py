@@ -18,8 +18,10 @@ def record(port: int) -> bytes:
     return json.dumps({"address": f"127.0.0.1:{port}"}).encode()
 
 
-def test_etcd_outage_return_and_resync_are_recorded(etcd_endpoint: str, etcd: EtcdClient) -> None:
-    capture = OtelCapture()
+def test_etcd_outage_return_and_resync_are_recorded(
+    etcd_endpoint: str, etcd: EtcdClient, otel_capture: OtelCapture
+) -> None:
+    capture = otel_capture
     schema = KeySchema("chat-events")
     etcd.put(schema.shard("old"), record(7300))
     with TcpProxy(etcd_endpoint) as proxy:
@@ -45,4 +47,3 @@ def test_etcd_outage_return_and_resync_are_recorded(etcd_endpoint: str, etcd: Et
     assert capture.value(names.TOPOLOGY_EVENTS, unavailable) == 1
     resync = {names.SERVICE: "chat-events", names.EVENT: names.EVENT_TOPOLOGY_RESYNC}
     assert capture.value(names.TOPOLOGY_EVENTS, resync) == 1
-    capture.shutdown()

@@ -13,6 +13,9 @@ Anyone who installs shardroute gets these fixtures (docs/testing.md):
   (:class:`~shardroute.testing.cluster.ShardCluster`), configured by the overridable
   ``shard_server_class``, ``shard_count``, ``shard_service`` and ``shard_zones``.
 - ``shard_client``: a ``ShardClient`` on that cluster (caller zone: ``shard_client_zone``).
+- ``otel_capture``: the OpenTelemetry SDK with an in-memory span exporter and metric
+  reader (:class:`~shardroute.testing.otel.OtelCapture`, needs the ``otel`` extra) for
+  one test: give ``otel_capture.telemetry()`` to clients and shards.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from shardroute.testing.etcd import EtcdServer
 if TYPE_CHECKING:
     from shardroute.client import ShardClient
     from shardroute.testing.cluster import ShardCluster
+    from shardroute.testing.otel import OtelCapture
     from shardroute.testing.redis import RedisClusterServers, RedisServer
 
 
@@ -166,3 +170,14 @@ def shard_client(
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def otel_capture() -> Iterator[OtelCapture]:
+    """The OpenTelemetry SDK capturing in memory for one test (explicit providers: the
+    global ones are left alone)."""
+    from shardroute.testing.otel import OtelCapture
+
+    capture = OtelCapture()
+    yield capture
+    capture.shutdown()
