@@ -103,6 +103,12 @@ def test_watch_serves_the_desired_shards_gauge(
         # The exporter adds its otel_scope_* labels; the zone label and value are ours.
         points = {re.search(r'zone="(\w*)"', ln).group(1): ln.split()[-1] for ln in lines}  # type: ignore[union-attr]
         assert points == {"a": "6.0", "b": "6.0"}
+        signals = {
+            ln.split("{")[0]: ln.split()[-1]
+            for ln in text.splitlines()
+            if ln.startswith("shardroute_fleet_")
+        }
+        assert signals["shardroute_fleet_active_shards"] == "4.0", signals
     finally:
         proc.terminate()
         proc.wait(10)

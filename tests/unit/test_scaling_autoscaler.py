@@ -12,6 +12,7 @@ from shardroute.errors import ShardUnavailable
 from shardroute.model import LoadReport, Shard
 from shardroute.scaling import (
     DESIRED_SHARDS_GAUGE,
+    FLEET_GAUGES,
     Autoscaler,
     CapacityClass,
     DesiredShardsGauge,
@@ -180,3 +181,10 @@ def test_the_gauge_reports_desired_shards_per_zone() -> None:
     (callback,) = meter.callbacks[DESIRED_SHARDS_GAUGE]
     points = {o.attributes["zone"]: o.value for o in callback(metrics.CallbackOptions())}
     assert points == {"a": 2, "b": 2}
+    fleet = {
+        name: [o.value for o in meter.callbacks[name][0](metrics.CallbackOptions())]
+        for name in FLEET_GAUGES
+    }
+    assert fleet["shardroute_fleet_active_shards"] == [2]
+    assert fleet["shardroute_fleet_utilisation"] == [1.0]
+    assert fleet["shardroute_fleet_queue_per_shard"] == [0.0]

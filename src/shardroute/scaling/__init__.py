@@ -15,6 +15,7 @@
 from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
 from shardroute.scaling.autoscaler import (
     DESIRED_SHARDS_GAUGE,
+    FLEET_GAUGES,
     Actions,
     Actuator,
     Autoscaler,
@@ -55,6 +56,7 @@ __all__ = [
     "CAPACITY_CLASS_LABEL",
     "COST_LABEL",
     "DESIRED_SHARDS_GAUGE",
+    "FLEET_GAUGES",
     "Actions",
     "Actuator",
     "Autoscaler",

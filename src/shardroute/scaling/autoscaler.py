@@ -1,10 +1,11 @@
 """Acting on advice: the :class:`Actuator` protocol, the pure :func:`reconcile` step, the
 :class:`Autoscaler` loop and the ``shardroute_desired_shards`` gauge.
 
-The gauge is an OpenTelemetry observable gauge on the ``shardroute`` meter (the API only:
-the application picks the SDK and exporter; with the Prometheus exporter it is scraped as
-``shardroute_desired_shards{zone="..."}``). It lives here until the ``shardroute.telemetry``
-module owns every instrument; then it moves there under the same name.
+The gauge (and the fleet signals beside it, :data:`FLEET_GAUGES`) is an OpenTelemetry
+observable gauge on the ``shardroute`` meter (the API only: the application picks the SDK
+and exporter; with the Prometheus exporter it is scraped as
+``shardroute_desired_shards{zone="..."}``). They live here until the ``shardroute.telemetry``
+module owns every instrument; then they move there under the same names.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from opentelemetry import metrics
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
-from shardroute.scaling.signals import CapacityClass, SignalHistory
+from shardroute.scaling.signals import CapacityClass, FleetSignals, SignalHistory
 
 __all__ = [
     "DESIRED_SHARDS_GAUGE",
+    "FLEET_GAUGES",
     "Actions",
     "Actuator",
     "Autoscaler",
@@ -84,13 +86,36 @@ def reconcile(advice: ScalingAdvice, pending: int = 0) -> Actions:
     return Actions(drain=advice.drain_order[: max(0, surplus)])
 
 
+FLEET_GAUGES: Mapping[str, tuple[str, str, Callable[[FleetSignals], float]]] = {
+    "shardroute_fleet_active_shards": ("{shard}", "Active shards", lambda f: f.active_count),
+    "shardroute_fleet_utilisation": (
+        "1",
+        "In-flight calls over capacity, active shards",
+        lambda f: f.utilisation,
+    ),
+    "shardroute_fleet_queue_per_shard": (
+        "{call}",
+        "Queued calls per active shard",
+        lambda f: f.queue_per_shard,
+    ),
+    "shardroute_fleet_latency_p95": (
+        "ms",
+        "p95 turn duration of the active shards, weighted by in-flight calls",
+        lambda f: f.latency_ms_p95,
+    ),
+    "shardroute_fleet_request_rate": ("{call}/s", "Calls per second", lambda f: f.request_rate),
+}
+"""The fleet signals the gauge also reports (name: unit, description, value)."""
+
+
 class DesiredShardsGauge:
-    """The ``shardroute_desired_shards`` observable gauge (attribute ``zone``) on
-    ``metrics.get_meter("shardroute")``, reporting the latest advice given to
-    :meth:`publish`. Thread-safe."""
+    """The ``shardroute_desired_shards`` observable gauge (attribute ``zone``) and the fleet
+    signals (:data:`FLEET_GAUGES`, no attribute) on ``metrics.get_meter("shardroute")``,
+    reporting the latest advice and sample given to :meth:`publish`. Thread-safe."""
 
     def __init__(self, meter: metrics.Meter | None = None) -> None:
         self._per_zone: Mapping[str, int] = {}
+        self._fleet: FleetSignals | None = None
         meter = meter or metrics.get_meter("shardroute")
         meter.create_observable_gauge(
             DESIRED_SHARDS_GAUGE,
@@ -98,13 +123,28 @@ class DesiredShardsGauge:
             unit="{shard}",
             description="Active shards the scaling advisor wants, by zone",
         )
+        for name, (unit, description, value) in FLEET_GAUGES.items():
+            meter.create_observable_gauge(
+                name, callbacks=[self._fleet_callback(value)], unit=unit, description=description
+            )
 
-    def publish(self, advice: ScalingAdvice) -> None:
-        """Report ``advice`` from now on."""
+    def publish(self, advice: ScalingAdvice, fleet: FleetSignals | None = None) -> None:
+        """Report ``advice`` (and the sample ``fleet`` it came from) from now on."""
         self._per_zone = dict(advice.per_zone)
+        if fleet is not None:
+            self._fleet = fleet
 
     def _observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         return [metrics.Observation(n, {"zone": zone}) for zone, n in self._per_zone.items()]
+
+    def _fleet_callback(
+        self, value: Callable[[FleetSignals], float]
+    ) -> Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]:
+        def observe(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+            fleet = self._fleet
+            return [] if fleet is None else [metrics.Observation(value(fleet))]
+
+        return observe
 
 
 class Autoscaler:
@@ -193,7 +233,7 @@ class Autoscaler:
         advice = self.advisor.advise(self.history, self.advice)
         self.advice = advice
         if self.gauge is not None:
-            self.gauge.publish(advice)
+            self.gauge.publish(advice, self.history.latest)
         if self.actuator is not None:
             self._act(reconcile(advice, self.pending), now)
         if joined and self.rebalancer is not None:
