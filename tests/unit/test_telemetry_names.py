@@ -66,3 +66,14 @@ def test_the_session_hash_is_short_stable_and_not_the_key() -> None:
 def test_serve_prometheus_refuses_a_bad_port(port: int) -> None:
     with pytest.raises(ConfigError, match="metrics port"):
         serve_prometheus(port)
+
+
+def test_the_api_still_has_the_slots_the_no_sdk_check_reads() -> None:
+    # Without them the clients would take the recorded path on every call (correct but
+    # slower): a new opentelemetry-api that renames them must be noticed here.
+    import opentelemetry.metrics._internal as metrics_state
+    import opentelemetry.trace as trace_state
+
+    from shardroute.telemetry._setup import METRICS_STATE, TRACE_STATE
+
+    assert TRACE_STATE is trace_state and METRICS_STATE is metrics_state

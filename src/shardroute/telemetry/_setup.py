@@ -27,10 +27,20 @@ from shardroute.telemetry import names
 
 __all__ = ["METRICS_STATE", "TRACE_STATE", "Telemetry", "sdk_configured", "session_hash"]
 
-TRACE_STATE = _trace_state
+
+class _Unknown:
+    """Stands for an API module without the slot read below (a future API): its
+    provider counts as set, so the clients always take the recorded path (correct,
+    only slower) instead of failing."""
+
+    _TRACER_PROVIDER: object = True
+    _METER_PROVIDER: object = True
+
+
+TRACE_STATE: Any = _trace_state if hasattr(_trace_state, "_TRACER_PROVIDER") else _Unknown
 """The API module holding the global tracer provider (``_TRACER_PROVIDER``: None until
 an SDK sets one). The clients read it on every call: the cheapest check there is."""
-METRICS_STATE = _metrics_state
+METRICS_STATE: Any = _metrics_state if hasattr(_metrics_state, "_METER_PROVIDER") else _Unknown
 """The API module holding the global meter provider (``_METER_PROVIDER``)."""
 
 _VERSION = "0.1.0"
@@ -50,10 +60,7 @@ _load_env_providers()
 
 def sdk_configured() -> bool:
     """True when a global tracer or meter provider was set (an SDK is configured)."""
-    return (
-        getattr(_trace_state, "_TRACER_PROVIDER", True) is not None
-        or getattr(_metrics_state, "_METER_PROVIDER", True) is not None
-    )
+    return TRACE_STATE._TRACER_PROVIDER is not None or METRICS_STATE._METER_PROVIDER is not None
 
 
 def session_hash(session_key: str) -> str:
@@ -115,7 +122,7 @@ class Telemetry:
         if tracer is None:
             provider = self._tracer_provider or trace.get_tracer_provider()
             tracer = provider.get_tracer(names.INSTRUMENTATION_SCOPE, _VERSION)
-            if self._tracer_provider is not None or _trace_state._TRACER_PROVIDER is not None:
+            if self._tracer_provider is not None or TRACE_STATE._TRACER_PROVIDER is not None:
                 self._tracer = tracer  # a real provider: keep it
         return tracer
 
