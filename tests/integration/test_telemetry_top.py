@@ -61,3 +61,12 @@ def test_top_prints_a_json_line_per_change(
         (a,) = second["zones"]["z1"]
         assert (a["inflight"], a["load_pct"], a["sessions"]) == (4, 50.0, 3)
         assert proc.wait(30) == 0  # --updates 2: done
+
+
+def test_the_demo_metrics_port_reaches_serve_prometheus() -> None:
+    # The flag is checked before anything starts: a bad port is a clear error, exit 2.
+    result = subprocess.run(
+        [*CLI, "demo", "--metrics-port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "metrics port must be 1..65535" in result.stderr
