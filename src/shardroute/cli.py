@@ -25,6 +25,7 @@ from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.records import load_to_dict, shard_to_dict
 from shardroute.errors import ConfigError, ShardRouteError, ShardUnavailable
 from shardroute.etcd import EtcdOptions
+from shardroute.etcd.credentials import add_etcd_credential_args, etcd_credentials_from_args
 from shardroute.model import Topology
 from shardroute.scaling.commands import add_commands as add_scaling_commands
 from shardroute.security import ChannelMaker
@@ -92,20 +93,22 @@ def _add_etcd_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-cert", help="CA certificate (PEM) for TLS to etcd")
     parser.add_argument("--cert-key", help="client key (PEM) for TLS to etcd")
     parser.add_argument("--cert-cert", help="client certificate (PEM) for TLS to etcd")
-    parser.add_argument("--user", help="etcd user")
-    parser.add_argument("--password", help="etcd password")
+    add_etcd_credential_args(
+        parser, user_flags=("--user", "--etcd-user"), deprecated_password_flag=True
+    )
 
 
 def _etcd_options(args: argparse.Namespace) -> EtcdOptions:
     endpoints = [e for value in args.etcd for e in value.split(",") if e.strip()]
+    user, password = etcd_credentials_from_args(args)
     return EtcdOptions(
         tuple(endpoints),
         timeout=args.timeout,
         ca_cert=args.ca_cert,
         cert_key=args.cert_key,
         cert_cert=args.cert_cert,
-        user=args.user,
-        password=args.password,
+        user=user,
+        password=password,
     )
 
 

@@ -25,6 +25,7 @@ import grpc
 from shardroute.discovery.keys import decode_key, prefix_end
 from shardroute.errors import Compacted, ConfigError, EtcdUnavailable, LeaseNotFound
 from shardroute.etcd._translate import _is_lease_not_found, _translated, _version_compare
+from shardroute.etcd.credentials import warn_if_cleartext
 from shardroute.etcd.maintenance import (
     ALARM_NAMES,
     ALARM_TYPES,
@@ -59,6 +60,7 @@ class EtcdClient:
         self._lock = threading.Lock()
         self._client: Any = None
         self._closed = False
+        self._warned = False
 
     @property
     def _etcd(self) -> Any:
@@ -75,6 +77,8 @@ class EtcdClient:
         from etcd3.client import Endpoint
 
         opts = self.options
+        if not self._warned:
+            self._warned = warn_if_cleartext(opts)  # once per client, not per reconnection
         creds = None
         if opts.ca_cert is not None:
             creds = etcd3.MultiEndpointEtcd3Client.get_secure_creds(

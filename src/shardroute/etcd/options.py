@@ -4,7 +4,7 @@ talks to etcd takes (topology source, shard server, session store, mover, CLI)."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shardroute._validate import seconds
 from shardroute.errors import ConfigError
@@ -27,7 +27,7 @@ class EtcdOptions:
     cert_key: str | None = None
     cert_cert: str | None = None
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log
     retry_failed_endpoint_s: float = 1.0
 
     def __post_init__(self) -> None:

@@ -65,7 +65,7 @@ class ServerConfig:
     etcd_cert_key: str | None = None
     etcd_cert_cert: str | None = None
     etcd_user: str | None = None
-    etcd_password: str | None = None
+    etcd_password: str | None = field(default=None, repr=False)  # never in a repr or a log
     wait_for_etcd: bool = False
     tls: ServerSecurity = None
     peer_tls: ChannelSecurity = None

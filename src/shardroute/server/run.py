@@ -6,7 +6,10 @@
 Prints one line ``READY <address>`` on stdout once the shard is serving and registered,
 then serves until SIGTERM (graceful drain, exit 0) or SIGINT. The pytest ``shard_cluster``
 fixture starts shards this way. ``--kwargs`` passes extra constructor arguments as a JSON
-object. Works with :class:`ShardServer` and :class:`AsyncShardServer` subclasses.
+object (never a password: it would be on the command line). An etcd user is
+``--etcd-user``; its password comes from ``--etcd-password-file``,
+``$SHARDROUTE_ETCD_PASSWORD_FILE`` or ``$SHARDROUTE_ETCD_PASSWORD``. Works with
+:class:`ShardServer` and :class:`AsyncShardServer` subclasses.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shardroute.errors import ConfigError, ShardRouteError
+from shardroute.etcd.credentials import add_etcd_credential_args, etcd_credentials_from_args
 from shardroute.security.args import add_tls_args, control_auth_from_args, tls_from_args
 from shardroute.server._async import AsyncShardServer
 from shardroute.server._sync import ShardServer
@@ -47,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shardroute.server.run", description=__doc__)
     p.add_argument("--class", dest="cls", required=True, help="package.module:Class")
     p.add_argument("--etcd", action="append", default=[], help="etcd host:port (repeatable)")
+    add_etcd_credential_args(p)
     p.add_argument("--service", required=True)
     p.add_argument("--shard-id", required=True)
     p.add_argument("--host", default="127.0.0.1")
@@ -87,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.metrics_port is not None:
             serve_prometheus(args.metrics_port, host=args.metrics_host)
         labels = dict(item.partition("=")[::2] for item in args.label)
+        user, password = etcd_credentials_from_args(args)
+        if user is not None:
+            extra = {"etcd_user": user, "etcd_password": password, **extra}
         kwargs: dict[str, Any] = {
             "shard_id": args.shard_id,
             "service": args.service,
