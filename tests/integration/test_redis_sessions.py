@@ -85,7 +85,7 @@ def retrying_turn(client: ShardClient, session: str, prompt: str) -> Any:
     raise AssertionError(f"{session}: {prompt} failed 100 times")
 
 
-def test_state_lives_in_redis_and_etcd_holds_none(
+def test_state_lives_in_redis_etcd_holds_none_and_end_removes_it(
     shard_client: ShardClient, store: RedisSessionStore, etcd: EtcdClient
 ) -> None:
     for i in range(5):
@@ -95,6 +95,11 @@ def test_state_lives_in_redis_and_etcd_holds_none(
     assert stored.owner == shard_client.route("conv-r").shard.id
     _rev, state = etcd.range_prefix(f"{KEYS.prefix}state/")
     assert state == []
+    # the session ends: its Redis state goes, the next turn starts a new one
+    assert shard_client.end_session("conv-r") is True
+    assert store.load("conv-r") is None
+    assert etcd.get(KEYS.session("conv-r")) is None
+    assert turn(shard_client, "conv-r", "again").turn == 1
 
 
 def test_drain_move_kill_and_scale_up_keep_histories_whole(
@@ -185,18 +190,6 @@ def test_redis_killed_and_restarted_mid_traffic(
         # appear once more (the application retried it)
         deduped = [p for k, p in enumerate(got) if k == 0 or got[k - 1] != p]
         assert deduped == answered[s], s
-
-
-def test_end_session_removes_the_redis_state(
-    shard_client: ShardClient, store: RedisSessionStore, etcd: EtcdClient
-) -> None:
-    turn(shard_client, "conv-end", "hello")
-    turn(shard_client, "conv-end", "bye")
-    assert store.load("conv-end") is not None
-    assert shard_client.end_session("conv-end") is True
-    assert store.load("conv-end") is None
-    assert etcd.get(KEYS.session("conv-end")) is None
-    assert turn(shard_client, "conv-end", "again").turn == 1
 
 
 @pytest.mark.parametrize("session_ttl_s", [2.0])
