@@ -1,10 +1,10 @@
 """Issue 6: a drain moves every session (under the cap), a scale-up keeps every history,
 from client processes that never saw the sessions.
 
-The drain runs on both shells (``ShardServer`` and ``AsyncShardServer``: their control
-services answer 500 concurrent moves). The scale-up runs on the sync shell only, to keep
-the suite short: the asyncio shell's take-over by shard processes is covered by
-test_session_host.py's SIGKILL test, which runs on both."""
+The scale-up runs on both shells (shard processes of ``ChatShard`` or ``AsyncChatShard``).
+The 500-session drain runs on the sync shell only, to keep the suite short and its 30 s
+grace clear of a loaded machine; the asyncio drain that moves sessions is covered by
+test_session_host.py and test_server_drain.py, which run on both."""
 
 from __future__ import annotations
 
@@ -14,44 +14,37 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from shells import Shell
+from shells import CHAT_CLASSES
 
 from shardroute.client import ShardClient
 from shardroute.etcd import EtcdClient, EtcdOptions
-from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
+from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.sessions import OverrideStore
 from shardroute.testing.cluster import ShardCluster
 
 
-def start_shard(kind: str, etcd: str, shard_id: str, **kwargs: object) -> Shell:
-    shell = Shell(
-        kind,
-        shard_id=shard_id,
-        service="chat",
-        etcd=etcd,
-        token_delay_s=0,
-        lease_ttl_s=5,
-        **kwargs,
+def start_shard(etcd: str, shard_id: str, **kwargs: object) -> ChatShard:
+    shard = ChatShard(
+        shard_id=shard_id, service="chat", etcd=etcd, token_delay_s=0, lease_ttl_s=5, **kwargs
     )
-    return shell.start()
+    return shard.start()
 
 
 @pytest.fixture
-def shells(etcd_endpoint: str, kind: str) -> Iterator[dict[str, Shell]]:
+def shards(etcd_endpoint: str) -> Iterator[dict[str, ChatShard]]:
     started = {
-        "a": start_shard(kind, etcd_endpoint, "a", max_concurrent_moves=4),
-        "b": start_shard(kind, etcd_endpoint, "b"),
-        "c": start_shard(kind, etcd_endpoint, "c"),
+        "a": start_shard(etcd_endpoint, "a", max_concurrent_moves=4),
+        "b": start_shard(etcd_endpoint, "b"),
+        "c": start_shard(etcd_endpoint, "c"),
     }
     yield started
-    for shell in started.values():
-        shell.close()
+    for shard in started.values():
+        shard.stop()
 
 
 def test_drain_of_500_sessions_moves_all_under_the_cap(
-    etcd_endpoint: str, shells: dict[str, Shell]
+    etcd_endpoint: str, shards: dict[str, ChatShard]
 ) -> None:
-    shards = {name: shell.server for name, shell in shells.items()}
     with ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
         client.source.wait_for(lambda t: set(t.shards) == {"a", "b", "c"}, 10)
         chat = client.stub(chat_pb2_grpc.ChatStub)
@@ -62,7 +55,7 @@ def test_drain_of_500_sessions_moves_all_under_the_cap(
             assert tokens[-1].shard_id == "a"
         assert len(shards["a"].sessions.keys()) == 500
 
-        shells["a"].do("drain", 30)
+        shards["a"].drain(grace_s=30)
 
         summary = shards["a"].last_drain
         assert summary is not None
@@ -79,6 +72,12 @@ def test_drain_of_500_sessions_moves_all_under_the_cap(
         for key in sessions[::25]:  # the conversations go on where they moved, whole
             tokens = list(chat.Generate(chat_pb2.GenerateRequest(prompt="again"), session_key=key))
             assert tokens[-1].turns_held == 2 and tokens[-1].shard_id in owners
+
+
+@pytest.fixture
+def shard_server_class(kind: str) -> str:
+    """The ``shard_cluster``'s shards are chat shards of the ``kind`` shell."""
+    return CHAT_CLASSES[kind]
 
 
 TALK = r"""
