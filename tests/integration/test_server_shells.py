@@ -5,6 +5,7 @@ driven through the same calls."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +15,11 @@ import grpc
 import pytest
 from shells import Shell
 
+from shardroute._proto import shard_pb2
 from shardroute.errors import ServerLifecycleError
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.server import ServerState
+from shardroute.sessions.migrator import control_stub
 
 
 @pytest.fixture
@@ -89,3 +92,17 @@ def test_begin_drain_twice_runs_one_drain(shell: Shell, caplog: pytest.LogCaptur
     drains = [r for r in caplog.records if "draining" in r.message]
     assert len(drains) == 1
     assert shell.server.state is ServerState.STOPPED
+
+
+@pytest.mark.parametrize("grace", [math.nan, math.inf])
+def test_a_drain_rpc_with_a_grace_that_is_not_finite_is_refused(shell: Shell, grace: float) -> None:
+    # Issue 13: NaN passed the old `grace_s <= 0` test and became the drain's deadline.
+    shell.do("start")
+    with (
+        grpc.insecure_channel(shell.server.address) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        control_stub(channel).Drain(shard_pb2.DrainRequest(grace_s=grace), timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "finite" in info.value.details()  # type: ignore[attr-defined]
+    assert shell.server.state is ServerState.SERVING  # nothing changed

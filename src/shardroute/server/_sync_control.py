@@ -15,7 +15,8 @@ import grpc
 
 from shardroute._io.sync import run_blocking, run_waiting
 from shardroute._proto import shard_pb2
-from shardroute.errors import ChunkError, Refused
+from shardroute._validate import grace_or
+from shardroute.errors import ChunkError, ConfigError, Refused
 from shardroute.server.control import chunk_refusal, control_handler
 from shardroute.server.lifecycle import ServerState
 
@@ -55,6 +56,10 @@ def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignor
 
     def drain(request: Any, context: Any) -> Any:
         authorize(context)
+        try:
+            grace_or(request.grace_s, server.config.drain_grace_s)  # NaN, inf: refused
+        except ConfigError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if server.state is ServerState.SERVING:
             server._take_drain_request(request)
             server.begin_drain(request.grace_s or None)
