@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shardroute.client import ShardClient
+from shardroute.errors import ShardRouteError
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 
 
@@ -12,6 +13,22 @@ def turn(client: ShardClient, session: str, prompt: str) -> chat_pb2.Token:
     request = chat_pb2.GenerateRequest(prompt=prompt, max_tokens=3)
     tokens = list(chat.Generate(request, session_key=session, timeout=15))
     return tokens[-1]
+
+
+def turn_retried(
+    client: ShardClient, session: str, prompt: str, attempts: int = 3
+) -> tuple[chat_pb2.Token, int]:
+    """One chat turn, retried like an application would when it fails (a refusal during a
+    take-over or a move says nothing was executed); returns its last token and the number
+    of retries. A retried turn that had in fact been applied shows as a turn number one too
+    high and a prompt twice in the history, so callers that check both still see it."""
+    for attempt in range(attempts):
+        try:
+            return turn(client, session, prompt), attempt
+        except ShardRouteError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def history(client: ShardClient, session: str) -> list[str]:

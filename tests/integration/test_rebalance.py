@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from chat_calls import history, turn
+from chat_calls import history, turn_retried
 
 from shardroute.client import ShardClient
 from shardroute.etcd import EtcdClient, EtcdOptions
@@ -27,7 +27,8 @@ def cluster(etcd_endpoint: str) -> Iterator[ShardCluster]:
 def all_turns(client: ShardClient, turns: dict[str, int]) -> None:
     for key in sorted(turns):
         turns[key] += 1
-        assert turn(client, key, f"p{turns[key]}").turn == turns[key], key
+        token, _ = turn_retried(client, key, f"p{turns[key]}")
+        assert token.turn == turns[key], key
 
 
 def test_a_returned_shard_is_rebalanced_without_losing_a_turn(
