@@ -49,6 +49,14 @@ def test_serves_then_stop_is_idempotent_and_final(shell: Shell) -> None:
         shell.do("start")
 
 
+def test_stop_before_start_stops_for_good(shell: Shell) -> None:
+    shell.do("stop")
+    shell.do("stop")
+    assert shell.server.state is ServerState.STOPPED
+    with pytest.raises(ServerLifecycleError):
+        shell.do("start")
+
+
 def test_wait_before_start_is_refused(shell: Shell) -> None:
     with pytest.raises(ServerLifecycleError, match="before start"):
         shell.do("wait", 0.1)

@@ -349,5 +349,7 @@ class AsyncShardServer(ShardServerBase):
     # -- internals --------------------------------------------------------------------
 
     async def _set_health(self, status: Any) -> None:
+        if self._health is None:  # never started: no health service to tell
+            return
         for name in ("", *self.health_service_names()):
             await self._health.set(name, status)

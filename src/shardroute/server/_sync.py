@@ -350,5 +350,7 @@ class ShardServer(ShardServerBase):
     # -- internals --------------------------------------------------------------------
 
     def _set_health(self, status: Any) -> None:
+        if self._health is None:  # never started: no health service to tell
+            return
         for name in ("", *self.health_service_names()):
             self._health.set(name, status)
