@@ -35,6 +35,7 @@ from shardroute.transport import (
     describe_stub,
 )
 from shardroute.transport.attempts import CallRules, Metadata, first_metadata
+from shardroute.transport.channels import channel_options as shard_channel_options
 from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
 
@@ -103,11 +104,7 @@ class ClientCore(Generic[C]):
             shards=lambda: source.current().shards,
             on_ejection=lambda shard_id, cause: report_ejection(self.telemetry, shard_id, cause),
         )
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            *channel_options,
-        ]
+        options = shard_channel_options(max_message_bytes, channel_options)
         self.channels: ChannelPool[C] = ChannelPool(
             lambda shard: create_channel(shard, options), close_channel
         )

@@ -329,17 +329,23 @@ class Refused(ShardRouteError):
     """A session call a shard will not run (raised inside the shard, sent to the caller
     as a gRPC status): ``code`` (a ``grpc.StatusCode``) and ``details`` are what the
     caller gets; ``redirect`` names the owner when set. Nothing was executed unless the
-    message says otherwise."""
+    message says otherwise; ``not_executed`` says it for sure (set when the refusal came
+    before the handler ran: clients then retry the call, docs/client.md)."""
 
-    def __init__(self, code: Any, details: str, redirect: str = "") -> None:
+    def __init__(
+        self, code: Any, details: str, redirect: str = "", *, not_executed: bool = False
+    ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
         self.redirect = redirect
+        self.not_executed = not_executed
 
     @property
     def trailers(self) -> tuple[tuple[str, str], ...]:
-        """The trailing metadata to send with the error (the redirect, when set)."""
-        from shardroute.metadata import REDIRECT
+        """The trailing metadata to send with the error: the redirect, when set, and
+        ``x-shardroute-not-executed: 1`` when nothing was executed."""
+        from shardroute.metadata import NOT_EXECUTED, REDIRECT
 
-        return ((REDIRECT, self.redirect),) if self.redirect else ()
+        trailers = ((REDIRECT, self.redirect),) if self.redirect else ()
+        return (*trailers, (NOT_EXECUTED, "1")) if self.not_executed else trailers

@@ -11,6 +11,7 @@ from shardroute.session_keys import decode_session_key
 
 __all__ = [
     "LOAD",
+    "NOT_EXECUTED",
     "PRIORITY",
     "REASON",
     "REDIRECT",
@@ -36,6 +37,9 @@ LOAD = "x-shardroute-load"
 """Trailing: the shard's load when it answered, ``inflight=3,queue=0,capacity=64``."""
 REDIRECT = "x-shardroute-redirect"
 """Trailing: the shard that owns the session now (session migration)."""
+NOT_EXECUTED = "x-shardroute-not-executed"
+"""Trailing, ``1``: the shard refused the call before running any of it (the session is
+busy or moving, the store or etcd unreachable, no topology yet): safe to send again."""
 
 
 def get(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:

@@ -5,10 +5,6 @@ Real etcd (stopped and started again), real chat shards in this process."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-
 import grpc
 import pytest
 
@@ -18,17 +14,9 @@ from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.model import Override
 from shardroute.sessions import EtcdSessionStore, OverrideStore
 from shardroute.testing import EtcdServer
+from shardroute.testing.waiting import wait_until
 
 KEY = "conv-owned-by-a"
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        pause.wait(0.01)
 
 
 def _turn(address: str, prompt: str) -> grpc.Call | list[chat_pb2.Token]:
@@ -75,14 +63,15 @@ def test_shard_started_while_etcd_is_down_takes_over_nothing_and_follows_it_late
 
         etcd_server.start()
         # Today's bug: the topology source was closed for good, b never saw a.
-        _wait_until(
+        wait_until(
             lambda: (
                 late is not None
                 and late.topology is not None
                 and {"a", "b"} <= set(late.topology.shards)
-            )
+            ),
+            20,
         )
-        _wait_until(lambda: late is not None and late._lease_id() is not None)
+        wait_until(lambda: late is not None and late._lease_id() is not None, 20)
         with pytest.raises(grpc.RpcError) as redirected:
             _turn(late.address, "to the wrong shard")
         assert redirected.value.code() is grpc.StatusCode.FAILED_PRECONDITION

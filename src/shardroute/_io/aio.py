@@ -13,11 +13,17 @@ __all__ = [
     "on_call_done",
     "run_blocking",
     "run_waiting",
+    "sleep",
     "streams_by_yielding",
 ]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+async def sleep(seconds: float) -> None:
+    """Pause this task (a refused call's backoff)."""
+    await asyncio.sleep(seconds)
 
 
 async def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

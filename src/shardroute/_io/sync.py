@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
@@ -11,11 +12,17 @@ __all__ = [
     "on_call_done",
     "run_blocking",
     "run_waiting",
+    "sleep",
     "streams_by_yielding",
 ]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+def sleep(seconds: float) -> None:
+    """Pause this thread (a refused call's backoff)."""
+    time.sleep(seconds)
 
 
 def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

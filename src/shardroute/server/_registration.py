@@ -7,8 +7,8 @@ The thread's loop, every tick (0.2 s at most):
 
 1. No lease (never registered, or lost): grant one and write the record and the load
    report under it. On failure, retry with backoff (0.25 s doubling to ttl/3).
-2. Keep-alive due (every ttl/4, each call bounded by ``min(etcd timeout, ttl/4)``, so a
-   keep-alive that hangs is retried at least twice before the lease can expire): refresh
+2. Keep-alive due (every ttl/4, each call bounded by ``min(etcd timeout, ttl/3)``, so a
+   keep-alive that hangs is retried before the lease can expire): refresh
    the lease. A TTL of 0 back means the lease expired while etcd was unreachable (or
    this process was stopped): drop it, so step 1 registers again.
 3. Load report: written when :class:`LoadReportPolicy` says so (the etcd write budget).

@@ -147,9 +147,10 @@ class ServerConfig:
 
     @property
     def keepalive_timeout_s(self) -> float:
-        """The timeout of a keep-alive call: the etcd timeout, at most a quarter of the
-        TTL, so a keep-alive that hangs is retried twice before the lease can expire."""
-        return min(self.etcd_timeout, self.lease_ttl_s / 4)
+        """The timeout of a keep-alive call: the etcd timeout, at most a third of the
+        TTL, so a keep-alive that hangs is retried before the lease can expire (interval
+        + 2 * timeout < TTL)."""
+        return min(self.etcd_timeout, self.lease_ttl_s / 3)
 
     def etcd_options(self, *, keepalive: bool = False) -> EtcdOptions:
         """The :class:`EtcdOptions` to register with (``etcd`` must not be None);
@@ -167,11 +168,17 @@ class ServerConfig:
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:
-        """Channel arguments of the gRPC server."""
+        """Channel arguments of the gRPC server: message sizes, and the HTTP/2 pings
+        clients send to notice a stopped shard (``transport.channels.KEEPALIVE_OPTIONS``)
+        are permitted, even on an idle connection, never answered with GOAWAY
+        ``too_many_pings``."""
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 200),
+            ("grpc.http2.max_ping_strikes", 0),
         ]
 
     def listen(self, server: Any) -> int:

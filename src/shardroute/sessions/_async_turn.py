@@ -35,6 +35,7 @@ class AsyncTurn(TurnBase[Any]):
                 undo=lambda entry: host.end(key, entry),
             )
         except Refused as refused:
+            refused.not_executed = True  # refused on entry: the handler never ran
             await self._abort(refused)
         return self
 

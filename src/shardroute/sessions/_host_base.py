@@ -162,6 +162,9 @@ class HostBase:
         """Bytes the session store wrote (its ``bytes_written``, as of the last checkpoint)."""
         self.ended_total = 0
         """Sessions ended by :meth:`end_session`."""
+        self.store_suspect = False
+        """A checkpoint found the store unreachable and no call has seen it answer since
+        (held sessions are then served only after a version read succeeds)."""
 
     @property
     def store(self) -> Any:

@@ -37,6 +37,7 @@ class Turn(TurnBase[Any]):
                 undo=lambda entry: host.end(key, entry),
             )
         except Refused as refused:
+            refused.not_executed = True  # refused on entry: the handler never ran
             self._abort(refused)
         return self
 

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from shardroute.errors import (
+    EtcdNoSpace,
     EtcdUnavailable,
     MalformedRecord,
     Refused,
@@ -170,7 +171,23 @@ class SessionHost(Handoff, Lifetime):
         moving for ``hold_timeout_s``; store failure). Pair with :meth:`end`. Prefer
         :meth:`turn`, which does both. ``load=False`` locks a session this shard does
         not hold without reading its state (:meth:`end_session`).
+
+        After a checkpoint found the store unreachable, a held session is served only
+        once the store answers again (one version read per call until then; else
+        ``UNAVAILABLE`` before anything ran), so an outage refuses turns instead of
+        running them for nothing.
         """
+        entry = self._begin(session_key, reason, load)
+        if self.store_suspect and not entry.loading:
+            try:
+                self._stored_version(session_key)  # raises Refused (UNAVAILABLE)
+            except BaseException:
+                self.end(session_key, entry)
+                raise
+            self.store_suspect = False
+        return entry
+
+    def _begin(self, session_key: str, reason: str | None, load: bool) -> Any:
         deadline = time.monotonic() + self.hold_timeout_s
         fresh: Override | None = None
         use_fresh = False  # decide with the direct etcd read alone (until the next wait)
@@ -269,6 +286,7 @@ class SessionHost(Handoff, Lifetime):
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
+        self.store_suspect = False  # it answered
         data = stored.data if stored is not None else b""
         try:
             state = self.codec.decode(data) if stored is not None else self.codec.empty()
@@ -353,6 +371,8 @@ class SessionHost(Handoff, Lifetime):
         except StateTooLarge as exc:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
         except STORE_UNAVAILABLE as exc:
+            # Out of space, the store still answers reads: held sessions stay readable.
+            self.store_suspect = not isinstance(exc, EtcdNoSpace)
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE, f"session store unreachable; turn not saved: {exc}"
             ) from exc

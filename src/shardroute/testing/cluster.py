@@ -183,6 +183,15 @@ class ShardCluster:
         proc.process.wait()
         self._retire(shard_id)
 
+    def stop(self, shard_id: str) -> None:
+        """SIGSTOP a shard: it stays connected and registered but answers nothing (a
+        wedged process) until :meth:`resume`; its lease expires meanwhile."""
+        self._procs[shard_id].process.send_signal(signal.SIGSTOP)
+
+    def resume(self, shard_id: str) -> None:
+        """SIGCONT a shard stopped by :meth:`stop`."""
+        self._procs[shard_id].process.send_signal(signal.SIGCONT)
+
     def drain(
         self, shard_id: str, timeout: float | None = None, *, wait: bool = True
     ) -> int | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from shardroute._io.aio import sleep
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 
@@ -65,6 +66,9 @@ class AsyncCallLoops:
             attempts, shard, timeout, md = core.failed(
                 attempts, spec, session_key, decision, started, timeout, options, shard, failed
             )
+            if attempts.pause:  # the shard refused it before running it: again, later
+                await sleep(attempts.pause)
+                timeout = attempts.timeout()
 
     async def _stream(
         self,
@@ -114,6 +118,9 @@ class AsyncCallLoops:
                 failed,
                 received,
             )
+            if attempts.pause:
+                await sleep(attempts.pause)
+                timeout = attempts.timeout()
 
     async def _recorded_unary(
         self,

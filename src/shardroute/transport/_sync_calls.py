@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from shardroute._io.sync import sleep
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 
@@ -67,6 +68,9 @@ class CallLoops:
             attempts, shard, timeout, md = core.failed(
                 attempts, spec, session_key, decision, started, timeout, options, shard, failed
             )
+            if attempts.pause:  # the shard refused it before running it: again, later
+                sleep(attempts.pause)
+                timeout = attempts.timeout()
 
     def _stream(
         self,
@@ -116,6 +120,9 @@ class CallLoops:
                 failed,
                 received,
             )
+            if attempts.pause:
+                sleep(attempts.pause)
+                timeout = attempts.timeout()
 
     def _recorded_unary(
         self,

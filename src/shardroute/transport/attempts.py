@@ -8,6 +8,7 @@ translated error. The clients only make the gRPC call itself.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,13 @@ from shardroute import metadata, session_keys
 from shardroute.errors import CallFailed, DeadlineExceeded, OutcomeUnknown, ShardUnavailable
 from shardroute.model import Shard
 from shardroute.routing import Decision, Reason, Router
-from shardroute.transport.failures import Failure, classify, redirect_target, translate
+from shardroute.transport.failures import (
+    Failure,
+    classify,
+    peer_went_silent,
+    redirect_target,
+    translate,
+)
 from shardroute.transport.outlier import OutlierDetector
 from shardroute.transport.retry import RetryPolicy
 from shardroute.transport.stats import CallStats
@@ -26,6 +33,10 @@ from shardroute.transport.stats import CallStats
 __all__ = ["Attempts", "CallRules", "first_metadata"]
 
 Metadata = tuple[tuple[str, str], ...]
+
+REFUSED_BACKOFF_S = (0.02, 1.0)
+"""A call a shard refused before running it is sent again after a pause drawn from
+[d/2, d], d doubling from the first value up to the second, while the deadline allows."""
 
 
 def first_metadata(
@@ -67,13 +78,15 @@ class Attempts:
     ``timeout()`` and ``metadata_for(shard)``; on success call :meth:`succeeded`; on a
     gRPC error ``shard = failed(shard, error)``, which returns the next shard to try,
     None when there is none (then raise :meth:`exhausted`), or raises when the error
-    must reach the caller. (A plain loop, not a generator: this runs on every call.)
+    must reach the caller; wait :attr:`pause` seconds first when it is set (a refused
+    call sent again to the same shard). (A plain loop, not a generator: this runs on
+    every call.)
 
-    Built once per call, so it is kept small: eight slots, no allocation until a
-    failure happens.
+    Built only when an attempt fails: the first attempt of a call allocates none.
     """
 
     __slots__ = (
+        "_again",
         "_deadline",
         "_decision",
         "_detour",
@@ -81,9 +94,11 @@ class Attempts:
         "_failures",
         "_flags",
         "_method",
+        "_refusals",
         "_rules",
         "_session_key",
         "attempt",
+        "pause",
         "received",
     )
 
@@ -112,6 +127,10 @@ class Attempts:
         self.attempt = 0
         self.received = False
         """Set by the stream shell once a message arrived: no failover after that."""
+        self.pause = 0.0
+        """Seconds to wait before the next attempt (a refused call's backoff), else 0."""
+        self._again: Shard | None = None  # a refused attempt's shard, to send it again
+        self._refusals = 0
 
     def first(self) -> Shard:
         """The shard of the first attempt (the routing decision's choice)."""
@@ -120,7 +139,13 @@ class Attempts:
 
     def _next(self) -> Shard | None:
         """The shard of the next attempt: a redirect's target (followed once, outside
-        the budget), else the next fallback while the budget allows; None when done."""
+        the budget), else the next fallback while the budget allows; None when done. A
+        refused call goes to the same shard again, outside the budget, with the same
+        metadata (``attempt`` does not move)."""
+        again = self._again
+        if again is not None:
+            self._again = None
+            return again
         detour = self._detour
         if isinstance(detour, Shard):
             self._detour = detour.id
@@ -201,6 +226,7 @@ class Attempts:
     def failed(self, shard: Shard, error: grpc.RpcError) -> Shard | None:
         """The attempt on ``shard`` failed with ``error``: raise it (translated), or
         return the shard to try next (None: no more)."""
+        self.pause = 0.0
         try:
             self._failed(shard, error)
             return self._next()
@@ -218,12 +244,18 @@ class Attempts:
             self._follow(shard, owner, error)
             return
         failure = classify(error)
+        rules = self._rules
+        ejected = False
         if failure in (Failure.NOT_SENT, Failure.MAYBE_EXECUTED):
-            rules = self._rules
-            ejected = rules.outlier.failure(shard.id, unreachable=failure is Failure.NOT_SENT)
-            if ejected and rules.on_ejection is not None:
-                rules.on_ejection(shard.id, failure.value)
+            at_once = failure is Failure.NOT_SENT or peer_went_silent(error)
+            ejected = rules.outlier.failure(shard.id, unreachable=at_once)
+        elif failure is Failure.DEADLINE:
+            ejected = rules.outlier.timeout(shard.id)
+        if ejected and rules.on_ejection is not None:
+            rules.on_ejection(shard.id, failure.value)
         self._failures.append((shard.id, failure.value))
+        if failure is Failure.REFUSED and self._refuse_again(shard):
+            return
         idempotent = self._flags[1]
         if self._rules.retry.should_retry(
             failure, attempt=self.attempt, idempotent=idempotent, received=self.received
@@ -241,6 +273,20 @@ class Attempts:
                 shard.id,
             ) from error
         raise translate(failure, error, shard.id, self._method) from error
+
+    def _refuse_again(self, shard: Shard) -> bool:
+        """The shard refused before running the call: send it there again after a pause
+        (True), unless the pause would end past the deadline (False: the refusal goes
+        to the caller)."""
+        low, high = REFUSED_BACKOFF_S
+        ceiling = min(high, low * 2**self._refusals)
+        pause = random.uniform(ceiling / 2, ceiling)
+        if self._rules.clock() + pause >= self._deadline:
+            return False
+        self._refusals += 1
+        self.pause = pause
+        self._again = shard
+        return True
 
     def _follow(self, shard: Shard, owner: str, error: grpc.RpcError) -> None:
         """A redirect (the call did not execute): send it to ``owner`` once, and pin the

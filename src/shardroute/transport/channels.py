@@ -9,16 +9,45 @@ lock once a channel exists; creating and closing take a small lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from shardroute.errors import ClientClosed
 from shardroute.model import Shard, Topology
 from shardroute.transport.methods import MethodSpec
 
-__all__ = ["ChannelPool"]
+__all__ = ["KEEPALIVE_OPTIONS", "ChannelPool", "channel_options"]
 
 C = TypeVar("C")
+
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.http2.ping_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+"""HTTP/2 pings every second on each shard channel, answered within a second: a shard
+that stops answering (SIGSTOPped, wedged, cut off by the network) fails the calls on
+that connection with ``UNAVAILABLE`` "ping timeout" within about 2 s, and its next
+connection attempt fails fast, so the shard is ejected and its sessions fail over
+instead of waiting for their deadlines. Shards permit these pings
+(``ServerConfig.grpc_options``). A client's own ``channel_options`` override any of them."""
+
+
+def channel_options(
+    max_message_bytes: int, extra: Sequence[tuple[str, Any]] = ()
+) -> list[tuple[str, Any]]:
+    """The arguments of every shard channel: message size limits, then
+    :data:`KEEPALIVE_OPTIONS`, then ``extra`` (the client's own, which replace a
+    default of the same name)."""
+    own = {name for name, _ in extra}
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *(option for option in KEEPALIVE_OPTIONS if option[0] not in own),
+        *extra,
+    ]
 
 
 class _Entry(Generic[C]):

@@ -20,7 +20,7 @@ from shardroute.errors import (
     UnknownMethod,
 )
 
-__all__ = ["Failure", "classify", "redirect_target", "translate"]
+__all__ = ["Failure", "classify", "peer_went_silent", "redirect_target", "translate"]
 
 # UNAVAILABLE details that mean the connection was never made, so the request never
 # left this process (gRPC core wording, stable across releases).
@@ -34,6 +34,14 @@ _NOT_CONNECTED = (
     "channel is in state transient_failure",
     "empty address list",
 )
+
+# UNAVAILABLE details that mean the peer stopped answering HTTP/2 pings (keepalive, see
+# transport.channels.KEEPALIVE_OPTIONS): the process is stopped, wedged or cut off.
+_SILENT = ("ping timeout", "keepalive watchdog timeout")
+
+
+# Status codes a shard refuses a call with before running it (with the trailer).
+_REFUSALS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
 
 
 class Failure(enum.Enum):
@@ -51,6 +59,10 @@ class Failure(enum.Enum):
     """The shard does not serve the method."""
     APPLICATION = "application"
     """The shard answered with an error status: the application's own answer."""
+    REFUSED = "refused"
+    """The shard refused the call before running any of it (the
+    ``x-shardroute-not-executed`` trailer: session busy or moving, store or etcd
+    unreachable, no topology yet): retried with backoff within the deadline."""
 
 
 def _code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
@@ -61,23 +73,38 @@ def _code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode | None, str
     return (code() if callable(code) else None), (details() if callable(details) else "") or ""
 
 
+def _trailer(error: grpc.RpcError, key: str) -> str | None:
+    trailing = getattr(error, "trailing_metadata", None)
+    try:
+        pairs = trailing() if callable(trailing) else None
+    except Exception:  # an error without trailers
+        return None
+    return metadata.get(pairs, key)
+
+
 def redirect_target(error: grpc.RpcError) -> str | None:
     """The shard a redirect names (``FAILED_PRECONDITION`` with the
     ``x-shardroute-redirect`` trailer), or None for any other error."""
     code, _ = _code_and_details(error)
     if code is not grpc.StatusCode.FAILED_PRECONDITION:
         return None
-    trailing = getattr(error, "trailing_metadata", None)
-    try:
-        pairs = trailing() if callable(trailing) else None
-    except Exception:  # an error without trailers
-        return None
-    return metadata.get(pairs, metadata.REDIRECT) or None
+    return _trailer(error, metadata.REDIRECT) or None
+
+
+def peer_went_silent(error: grpc.RpcError) -> bool:
+    """Whether the connection was dropped because the shard stopped answering HTTP/2
+    pings (a stopped or wedged process): the shard is ejected at once, like one that
+    refuses connections (the call itself may have executed)."""
+    code, details = _code_and_details(error)
+    text = details.lower()
+    return code is grpc.StatusCode.UNAVAILABLE and any(marker in text for marker in _SILENT)
 
 
 def classify(error: grpc.RpcError) -> Failure:
     """Sort a gRPC error into a :class:`Failure`."""
     code, details = _code_and_details(error)
+    if code in _REFUSALS and _trailer(error, metadata.NOT_EXECUTED) == "1":
+        return Failure.REFUSED
     text = details.lower()
     if code is grpc.StatusCode.UNAVAILABLE:
         if any(marker in text for marker in _NOT_CONNECTED):

@@ -1,9 +1,12 @@
 """Passive outlier ejection: stop sending to a shard that keeps failing, for a while.
 
 Like Envoy's outlier detection: a shard is ejected after ``consecutive_failures``
-failed calls in a row (a connection that cannot even be made ejects at once), for
-``base_ejection_s`` doubling on each repeat up to ``max_ejection_s``. A success resets
-the count. Ejection is per client: other clients decide for themselves.
+failed calls in a row (a connection that cannot even be made, or that stopped answering
+HTTP/2 pings, ejects at once), or after ``consecutive_timeouts`` calls in a row that ran
+out of their deadline there (slow counts as failing: a wedged shard that accepts calls
+and never answers is ejected too), for ``base_ejection_s`` doubling on each repeat up to
+``max_ejection_s``. A success resets both counts. Ejection is per client: other clients
+decide for themselves.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = ["OutlierDetector"]
 @dataclass
 class _Health:
     failures: int = 0
+    timeouts: int = 0
     ejections: int = 0
     until: float = 0.0
 
@@ -39,10 +43,13 @@ class OutlierDetector:
         base_ejection_s: float = 2.0,
         max_ejection_s: float = 30.0,
         *,
+        consecutive_timeouts: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if consecutive_failures < 1:
             raise ConfigError("consecutive_failures must be >= 1")
+        if consecutive_timeouts < 1:
+            raise ConfigError("consecutive_timeouts must be >= 1")
         if (
             not 0
             < seconds("base_ejection_s", base_ejection_s)
@@ -50,6 +57,7 @@ class OutlierDetector:
         ):
             raise ConfigError("ejection times must satisfy 0 < base_ejection_s <= max_ejection_s")
         self.consecutive_failures = consecutive_failures
+        self.consecutive_timeouts = consecutive_timeouts
         self.base_ejection_s = base_ejection_s
         self.max_ejection_s = max_ejection_s
         self._clock = clock
@@ -69,11 +77,11 @@ class OutlierDetector:
         return self._ejected
 
     def success(self, shard_id: str) -> None:
-        """A call to ``shard_id`` succeeded: reset its failure count."""
+        """A call to ``shard_id`` succeeded: reset its failure and timeout counts."""
         health = self._health.get(shard_id)
-        if health is not None and health.failures:
+        if health is not None and (health.failures or health.timeouts):
             with self._lock:
-                health.failures = 0
+                health.failures = health.timeouts = 0
 
     def failure(self, shard_id: str, *, unreachable: bool = False) -> bool:
         """A call to ``shard_id`` failed; ``unreachable`` when no connection could be made.
@@ -83,17 +91,29 @@ class OutlierDetector:
         with self._lock:
             health = self._health.setdefault(shard_id, _Health())
             health.failures += 1
-            now = self._clock()
-            if health.until > now:
-                return False  # already ejected
-            if not unreachable and health.failures < self.consecutive_failures:
+            at_once = unreachable or health.failures >= self.consecutive_failures
+            return self._eject_locked(health) if at_once else False
+
+    def timeout(self, shard_id: str) -> bool:
+        """A call to ``shard_id`` ran out of its deadline there (or answered slower than
+        the caller's bound). Returns True when this timeout ejected the shard."""
+        with self._lock:
+            health = self._health.setdefault(shard_id, _Health())
+            health.timeouts += 1
+            if health.timeouts < self.consecutive_timeouts:
                 return False
-            duration = min(self.max_ejection_s, self.base_ejection_s * 2**health.ejections)
-            health.ejections += 1
-            health.failures = 0
-            health.until = now + duration
-            self._rebuild()
-            return True
+            return self._eject_locked(health)
+
+    def _eject_locked(self, health: _Health) -> bool:
+        now = self._clock()
+        if health.until > now:
+            return False  # already ejected
+        duration = min(self.max_ejection_s, self.base_ejection_s * 2**health.ejections)
+        health.ejections += 1
+        health.failures = health.timeouts = 0
+        health.until = now + duration
+        self._rebuild()
+        return True
 
     def forget(self, shard_id: str) -> None:
         """Drop what is known about a shard (it left the topology)."""
