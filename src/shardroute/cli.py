@@ -7,6 +7,7 @@
     shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis] [--tls]
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
     shardroute demo --autoscale [--duration S] [--json]
+    shardroute demo --chaos [--duration S] [--json]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
 """
@@ -202,6 +203,11 @@ def _parser() -> argparse.ArgumentParser:
         help="traffic ramps up, peaks and falls; an autoscaler starts and drains shards",
     )
     demo.add_argument(
+        "--chaos",
+        action="store_true",
+        help="apply faults in turn (kill, SIGSTOP, etcd restart, compaction); a summary each",
+    )
+    demo.add_argument(
         "--store",
         choices=("etcd", "redis"),
         default="etcd",
@@ -309,6 +315,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return autoscale_main(
             args.duration, args.json, sessions=max(1, args.sessions), workers=args.workers
         )
+    if args.chaos:
+        from shardroute.demo._chaos import main as chaos_main
+
+        return chaos_main(args.duration, args.json, sessions=min(max(1, args.sessions), 16))
     if args.shards < 3 or args.sessions < 1 or args.workers < 1:
         raise ConfigError("the demo needs --shards >= 3, --sessions >= 1, --workers >= 1")
     if args.metrics_port is not None:

@@ -1,0 +1,80 @@
+"""``shardroute demo --chaos``: chat conversations over local shards while faults are
+applied one after the other (:mod:`shardroute.testing.chaos`): a shard SIGKILLed and
+started again, a shard SIGSTOPped then resumed, the embedded etcd killed and restarted,
+etcd's history compacted. The summary has one entry per fault (the time until the client
+stopped sending to the faulty shard, the time to converge after the heal, the turns that
+failed by cause, turn p99 against steady state), then ``lost_turns``, ``failed_turns``
+and ``errors`` by cause over the whole run.
+
+Each fault is held for an eighth of ``--duration`` (at least 1.5 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections import Counter
+from typing import Any, TextIO
+
+from shardroute.client import ShardClient
+from shardroute.demo._config import SERVICE
+from shardroute.testing.chaos import (
+    ChaosEnv,
+    ChaosRunner,
+    Compaction,
+    EtcdRestart,
+    Fault,
+    Kill,
+    Stop,
+)
+from shardroute.testing.cluster import ShardCluster
+from shardroute.testing.etcd import EtcdServer
+
+__all__ = ["main", "run_chaos_demo"]
+
+SHARD_KWARGS = {"token_delay_s": 0.002}
+
+
+def run_chaos_demo(
+    duration_s: float, *, sessions: int = 8, live: TextIO | None = sys.stdout
+) -> dict[str, Any]:
+    """Run the chaos demo; returns the summary."""
+    hold = max(1.5, duration_s / 8)
+    faults: list[Fault] = [Kill(), Stop(hold), EtcdRestart(hold), Compaction()]
+    with contextlib.ExitStack() as cleanup:
+        etcd = cleanup.enter_context(EtcdServer())
+        cluster = cleanup.enter_context(
+            ShardCluster(etcd.endpoint, service=SERVICE, shard_kwargs=SHARD_KWARGS)
+        )
+        cluster.start(3)
+        client = cleanup.enter_context(ShardClient.connect(etcd.endpoint, SERVICE))
+        runner = ChaosRunner(ChaosEnv(cluster, etcd, client), sessions=sessions)
+        if live is not None:
+            names = ", ".join(fault.name for fault in faults)
+            print(f"{sessions} conversations over 3 shards; faults: {names}", file=live)
+        results = runner.run(faults)
+        lost = runner.lost_turns()
+    if live is not None:
+        for result in results:
+            print(f"{result.name}: {json.dumps(result.as_dict())}", file=live, flush=True)
+    errors: Counter[str] = Counter()
+    for result in results:
+        errors.update(result.failed_turns_by_cause)
+    return {
+        "faults": [result.as_dict() for result in results],
+        "turns": sum(result.turns for result in results),
+        "lost_turns": lost,
+        "failed_turns": sum(errors.values()),
+        "errors": dict(errors),
+    }
+
+
+def main(duration_s: float, as_json: bool, *, sessions: int = 8) -> int:
+    """Entry point of ``shardroute demo --chaos``; exit code 1 when a turn was lost."""
+    summary = run_chaos_demo(duration_s, sessions=sessions, live=None if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(summary, separators=(",", ":")), flush=True)
+    else:
+        print("summary: " + json.dumps(summary, indent=2), flush=True)
+    return 1 if summary["lost_turns"] else 0
