@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from chat_calls import history, turn
 from opentelemetry.trace import SpanKind
+from shells import KINDS, Shell
 
 from shardroute.client import ShardClient
 from shardroute.examples.chat import ChatShard
@@ -211,3 +212,36 @@ def test_the_shard_command_serves_metrics(etcd_endpoint: str) -> None:
             shard.wait(15)
     for name in ("shardroute_shard_inflight", "shardroute_shard_sessions"):
         assert re.search(name + r'\{[^}]*shardroute_shard="m1"[^}]*\} 0\.0', text), name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_shells_make_the_server_span(
+    etcd_endpoint: str, otel_capture: OtelCapture, kind: str
+) -> None:
+    service = f"chat-shell-{kind}"
+    with (
+        Shell(
+            kind,
+            shard_id="sh1",
+            service=service,
+            etcd=etcd_endpoint,
+            telemetry=otel_capture.telemetry(),
+            token_delay_s=0,
+        ).start(),
+        ShardClient.connect(etcd_endpoint, service, telemetry=otel_capture.telemetry()) as client,
+    ):
+        client.source.wait_for(lambda t: "sh1" in t.shards, timeout=10)
+        turn(client, "conv-g", "hello")
+        history(client, "conv-g")
+    by_kind = {
+        (span.name.rsplit("/", 1)[1], span.kind): span
+        for span in otel_capture.spans()
+        if span.name.startswith("shardroute.examples.chat")
+    }
+    for method in ("Generate", "History"):
+        client_span = by_kind[method, SpanKind.CLIENT]
+        server_span = by_kind[method, SpanKind.SERVER]
+        assert server_span.parent is not None
+        assert server_span.parent.span_id == client_span.context.span_id
+        assert dict(server_span.attributes or {})[names.SHARD] == "sh1"
+    assert otel_capture.value(names.SERVER_DURATION, {names.SHARD: "sh1"}) == 2
