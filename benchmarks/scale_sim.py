@@ -73,6 +73,7 @@ from types import MappingProxyType
 
 from shardroute.model import LoadReport, Shard, Topology
 from shardroute.routing import Router, RoutingPolicy, key_hash
+from shardroute.routing._ring import shard_points  # a new shard's points, as the ring makes them
 from shardroute.server.load import LoadAccounting, LoadReportPolicy
 from shardroute.transport import InFlight
 
@@ -331,7 +332,7 @@ def moved(args: argparse.Namespace, sim: Fleet, keys: list[str]) -> dict[str, fl
     for t in range(args.add_trials):
         new_id = f"shard-{rng.randrange(n):05d}-new{t}"
         gained = 0
-        for q in _points_of(new_id, args.vnodes):
+        for q in shard_points(new_id, args.vnodes):
             j = bisect_right(points, q)
             lo = points[j - 1] if j else points[-1]
             a, b = bisect_right(hashes, lo), bisect_right(hashes, q)
@@ -345,12 +346,6 @@ def moved(args: argparse.Namespace, sim: Fleet, keys: list[str]) -> dict[str, fl
         "moved_added_mean": round(statistics.fmean(added), 3),
         "moved_added_max": round(max(added), 3),
     }
-
-
-def _points_of(shard_id: str, vnodes: int) -> list[int]:
-    from shardroute.routing._ring import shard_points
-
-    return shard_points(shard_id, vnodes)
 
 
 def moved_routed(
