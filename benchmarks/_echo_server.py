@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from shardroute.server.config import PING_POLICY
+
 
 def stream(request: bytes, context: Any) -> Iterator[bytes]:
     for _ in range(3):
@@ -23,7 +25,8 @@ def stream(request: bytes, context: Any) -> Iterator[bytes]:
 
 
 def main() -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    # It stands in for a shard: it accepts the clients' keepalive pings like one.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=PING_POLICY)
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),

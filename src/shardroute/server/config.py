@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_LEASE_TTL_S",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "HEALTH_SERVICE",
+    "PING_POLICY",
     "ServerConfig",
 ]
 
@@ -35,6 +36,15 @@ DEFAULT_LEASE_TTL_S = 10
 """The shard lease's default TTL: a shard killed outright leaves every topology within it."""
 DEFAULT_ETCD_TIMEOUT_S = 5.0
 """The default per-call etcd timeout (at most half the lease TTL)."""
+PING_POLICY: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 200),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+"""Server arguments that accept the clients' keepalive pings (one a second, also on idle
+connections: ``transport.channels.KEEPALIVE_OPTIONS``) instead of answering them with
+GOAWAY ``too_many_pings``. A gRPC server of your own that shardroute clients call (not a
+``ShardServer``) needs them too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +186,7 @@ class ServerConfig:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 200),
-            ("grpc.http2.max_ping_strikes", 0),
+            *PING_POLICY,
         ]
 
     def listen(self, server: Any) -> int:
