@@ -44,6 +44,7 @@ __all__ = [
     "FaultResult",
     "Kill",
     "Stop",
+    "ZoneOutage",
 ]
 
 
@@ -106,6 +107,31 @@ class Stop:
     def heal(self, env: ChaosEnv, target: str) -> None:
         env.cluster.resume(target)
         env.cluster.wait_for(lambda t: target in t.shards, timeout=30)
+
+
+@dataclass
+class ZoneOutage:
+    """SIGKILL every shard of the target's zone at once; heal: once their leases expired,
+    start them again under the same ids, in the same zone."""
+
+    hold_s: float = 3.0
+    name: str = "zone_outage"
+    on_shard: ClassVar[bool] = True
+    killed: list[str] = field(default_factory=list)
+    """The shards the last :meth:`apply` killed."""
+
+    def apply(self, env: ChaosEnv, target: str) -> None:
+        zone = env.cluster[target].zone
+        self.killed = [sid for sid, p in env.cluster.shards.items() if p.zone == zone]
+        for shard_id in self.killed:
+            env.cluster.kill(shard_id)
+
+    def heal(self, env: ChaosEnv, target: str) -> None:
+        zone = env.cluster[target].zone
+        gone = set(self.killed)
+        env.cluster.wait_for(lambda t: not gone & set(t.shards), timeout=30)
+        for shard_id in self.killed:
+            env.cluster.add(shard_id, zone=zone)
 
 
 @dataclass(frozen=True)
