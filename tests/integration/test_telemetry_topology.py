@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from shardroute.client import ShardClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.keys import KeySchema
 from shardroute.etcd import EtcdClient
@@ -47,3 +48,30 @@ def test_etcd_outage_return_and_resync_are_recorded(
     assert capture.value(names.TOPOLOGY_EVENTS, unavailable) == 1
     resync = {names.SERVICE: "chat-events", names.EVENT: names.EVENT_TOPOLOGY_RESYNC}
     assert capture.value(names.TOPOLOGY_EVENTS, resync) == 1
+
+
+def test_a_client_reports_staleness_while_etcd_is_cut_and_malformed_records(
+    etcd_endpoint: str, etcd: EtcdClient, otel_capture: OtelCapture
+) -> None:
+    schema = KeySchema("chat-stale")
+    etcd.put(schema.shard("ok"), record(7400))
+    etcd.put(schema.shard("bad"), b"not json")
+    labels = {names.SERVICE: "chat-stale"}
+    with (
+        TcpProxy(etcd_endpoint) as proxy,
+        ShardClient.connect(
+            proxy.endpoint,
+            "chat-stale",
+            etcd_options={"backoff_max_s": 0.2},
+            telemetry=otel_capture.telemetry(),
+        ) as client,
+    ):
+        assert otel_capture.value(names.MALFORMED, labels) == 1
+        assert otel_capture.value(names.STALENESS, labels) == 0
+        assert otel_capture.value(names.REVISION, labels) == client.source.current().revision > 0
+        proxy.cut()
+        client.source.wait_for(lambda t: client.source.staleness() > 0, 10)
+        assert otel_capture.value(names.STALENESS, labels) > 0
+        proxy.restore()
+        client.source.wait_for(lambda t: client.source.staleness() == 0.0, 15)
+        assert otel_capture.value(names.STALENESS, labels) == 0
