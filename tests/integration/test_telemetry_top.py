@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from shardroute import cli
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.memory import InMemoryTopologySource
 from shardroute.etcd import EtcdClient
@@ -63,10 +66,9 @@ def test_top_prints_a_json_line_per_change(
         assert proc.wait(30) == 0  # --updates 2: done
 
 
-def test_the_demo_metrics_port_reaches_serve_prometheus() -> None:
+def test_the_demo_metrics_port_reaches_serve_prometheus(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # The flag is checked before anything starts: a bad port is a clear error, exit 2.
-    result = subprocess.run(
-        [*CLI, "demo", "--metrics-port", "0"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2
-    assert "metrics port must be 1..65535" in result.stderr
+    assert cli.main(["demo", "--metrics-port", "0"]) == 2
+    assert "metrics port must be 1..65535" in capsys.readouterr().err
