@@ -147,6 +147,8 @@ class Telemetry:
                 if found is None or found[0]() is not provider:
                     meter = provider.get_meter(names.INSTRUMENTATION_SCOPE, _VERSION)
                     found = (_ref(provider), make(meter, provider))
+                    for gone in [k for k, (ref, _) in _SHARED.items() if ref() is None]:
+                        del _SHARED[gone]  # providers that were shut down and collected
                     _SHARED[key] = found
         return found[1]
 
