@@ -14,7 +14,7 @@ What each :class:`FaultResult` measures: the time until the client stopped sendi
 the faulty shard (ejected it, or it left the client's topology: ``avoided_after_s``),
 the time after the heal until every conversation completed a turn again
 (``converged_s``), the turns that failed while the fault lasted, by cause (the
-exception's class), and turn latency p99 during the fault against steady state.
+exception's class and gRPC code), and turn latency p99 during the fault against steady state.
 :meth:`ChaosRunner.lost_turns` then compares every conversation's history with the
 turns that were acknowledged.
 """
@@ -359,12 +359,20 @@ class ChaosRunner:
                 )
                 conversation.acked.append(prompt)
             except ShardRouteError as error:
-                failure = type(error).__name__
+                failure = _cause(error)
                 conversation.unknown.append(prompt)
             with self._lock:
                 self._turns.append(_Turn(conversation.key, started, time.monotonic(), failure))
             if failure:
                 self._stop.wait(0.05)
+
+
+def _cause(error: ShardRouteError) -> str:
+    """The error's class, with the gRPC status code when it has one:
+    ``CallFailed(ABORTED)``."""
+    code = getattr(error, "code", None)
+    name = getattr(code, "name", None)
+    return f"{type(error).__name__}({name})" if isinstance(name, str) else type(error).__name__
 
 
 def _round(value: float | None) -> float | None:
