@@ -13,22 +13,24 @@ from shardroute.cli import main
 SESSIONS = 4
 
 
-def test_chaos_demo_loses_no_turn_and_fails_only_turns_in_flight(
+def test_chaos_demo_loses_no_turn(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = main(["demo", "--chaos", "--duration", "8", "--sessions", str(SESSIONS), "--json"])
+    # --duration 24: faults held 3 s, longer than a client needs to notice a stop (~2 s)
+    code = main(["demo", "--chaos", "--duration", "24", "--sessions", str(SESSIONS), "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     print(summary)
     assert code == 0
     assert summary["lost_turns"] == 0
     faults = {fault["name"]: fault for fault in summary["faults"]}
     assert list(faults) == ["kill", "stop", "etcd_restart", "compaction"]
-    for name in ("kill", "stop"):  # the client stopped sending to the faulty shard
-        avoided = faults[name]["avoided_after_s"]
-        assert avoided is not None and avoided < 6.0, faults[name]
+    avoided = faults["kill"]["avoided_after_s"]  # the client stopped sending to it
+    assert avoided is not None and avoided < 3.0, faults["kill"]
     for fault in faults.values():
         assert fault["converged_s"] is not None, fault
         assert fault["turns"] > 0
-        # At most the turns in flight when the fault hit fail (outcome unknown).
-        assert sum(fault["failed_turns_by_cause"].values()) <= SESSIONS, fault
+    # Only turns caught by a fault fail (in flight on a dead shard, a checkpoint cut by
+    # the etcd outage): a few, never a stream of them. The bound on noticing a stopped
+    # shard is asserted in test_faults_stop.py.
     assert summary["failed_turns"] == sum(summary["errors"].values())
+    assert summary["failed_turns"] <= 3 * SESSIONS, summary["errors"]
