@@ -185,6 +185,8 @@ class FaultResult:
     failed_turns_by_cause: dict[str, int]
     p99_ms: float
     steady_p99_ms: float
+    failure_examples: dict[str, str] = field(default_factory=dict)
+    """The first failure's message of each cause."""
 
     def as_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready values."""
@@ -197,6 +199,7 @@ class FaultResult:
             "failed_turns_by_cause": dict(self.failed_turns_by_cause),
             "p99_ms": round(self.p99_ms, 1),
             "steady_p99_ms": round(self.steady_p99_ms, 1),
+            "failure_examples": dict(self.failure_examples),
         }
 
 
@@ -206,6 +209,7 @@ class _Turn:
     started: float
     ended: float
     failure: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -289,6 +293,10 @@ class ChaosRunner:
         ended = time.monotonic()
         window = self._window(applied, ended)
         failures = Counter(t.failure for t in window if t.failure)
+        examples: dict[str, str] = {}
+        for turn in window:
+            if turn.failure:
+                examples.setdefault(turn.failure, turn.detail[:300])
         self._stop.wait(self.steady_s)
         return FaultResult(
             fault.name,
@@ -299,6 +307,7 @@ class ChaosRunner:
             dict(failures),
             self._p99(window),
             steady_p99,
+            examples,
         )
 
     def _hold(self, target: str, until: float) -> float | None:
@@ -350,7 +359,7 @@ class ChaosRunner:
             prompt = f"{conversation.key}-{n}"
             started = time.monotonic()
             request = chat_pb2.GenerateRequest(prompt=prompt, max_tokens=3)
-            failure = ""
+            failure = detail = ""
             try:
                 list(
                     self._chat.Generate(
@@ -359,10 +368,12 @@ class ChaosRunner:
                 )
                 conversation.acked.append(prompt)
             except ShardRouteError as error:
-                failure = _cause(error)
+                failure, detail = _cause(error), str(error)
                 conversation.unknown.append(prompt)
             with self._lock:
-                self._turns.append(_Turn(conversation.key, started, time.monotonic(), failure))
+                self._turns.append(
+                    _Turn(conversation.key, started, time.monotonic(), failure, detail)
+                )
             if failure:
                 self._stop.wait(0.05)
 
