@@ -3,6 +3,7 @@
     shardroute topology --etcd HOST:PORT --service NAME [--json] [--watch]
     shardroute top --etcd HOST:PORT --service NAME [--json] [--updates N]
     shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
+        [--session-store URL [--session-store-password-file PATH]]
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
     shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis] [--tls]
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
@@ -176,6 +177,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_etcd_args(move)
     move.add_argument("--session", required=True, help="the session key")
     move.add_argument("--to", metavar="SHARD", help="target shard (default: the router's choice)")
+    move.add_argument(
+        "--session-store",
+        metavar="URL",
+        help="the shards' session store when not etcd: redis://host:port/db, rediss://..., "
+        "redis+cluster://h1:p1,h2:p2 (no password here: --session-store-password-file)",
+    )
+    move.add_argument(
+        "--session-store-password-file",
+        metavar="PATH",
+        help="a file whose first line is the session store's password",
+    )
     add_tls_args(move)
     move.set_defaults(func=_cmd_migrate)
     drain = commands.add_parser(
@@ -228,6 +240,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _session_store(args: argparse.Namespace) -> Any:
+    """The store ``--session-store`` names (None: etcd's); its password from a file only."""
+    if not args.session_store:
+        if args.session_store_password_file:
+            raise ConfigError("--session-store-password-file needs --session-store")
+        return None
+    from shardroute.sessions.redis_options import RedisOptions
+    from shardroute.sessions.redis_store import RedisSessionStore
+
+    options = RedisOptions.from_url(args.session_store)
+    if options.password is not None:
+        raise ConfigError(
+            "keep the session store's password off the command line: put it in a file and "
+            "pass --session-store-password-file"
+        )
+    if args.session_store_password_file:
+        try:
+            with open(args.session_store_password_file, encoding="utf-8") as file:
+                password = file.readline().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the session store password file: {exc}") from exc
+        options = RedisOptions.from_url(args.session_store, password=password)
+    return RedisSessionStore(options, args.service)
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from shardroute.etcd import EtcdClient
     from shardroute.sessions.migrator import Migrator
@@ -239,6 +276,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             EtcdClient(source.options),
             args.service,
             source,
+            store=_session_store(args),
             close_etcd=True,
             tls=tls_from_args(args),
             control_token=control_token_from_args(args),

@@ -5,6 +5,9 @@ end and expire with their state; a bad store URL is a ConfigError."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -86,7 +89,12 @@ def retrying_turn(client: ShardClient, session: str, prompt: str) -> Any:
 
 
 def test_state_lives_in_redis_etcd_holds_none_and_end_removes_it(
-    shard_client: ShardClient, store: RedisSessionStore, etcd: EtcdClient
+    shard_client: ShardClient,
+    shard_cluster: ShardCluster,
+    store: RedisSessionStore,
+    etcd: EtcdClient,
+    etcd_server: EtcdServer,
+    redis_server: RedisServer,
 ) -> None:
     for i in range(5):
         turn(shard_client, "conv-r", f"q{i}")
@@ -95,6 +103,21 @@ def test_state_lives_in_redis_etcd_holds_none_and_end_removes_it(
     assert stored.owner == shard_client.route("conv-r").shard.id
     _rev, state = etcd.range_prefix(f"{KEYS.prefix}state/")
     assert state == []
+    # `shardroute migrate --session-store` moves it (no override: the owner is read from
+    # Redis), and refuses a password on the command line
+    target = next(s for s in shard_cluster.shard_ids if s != stored.owner)
+    base = [sys.executable, "-m", "shardroute.cli", "migrate", "--etcd", etcd_server.endpoint]
+    base += ["--service", "chat", "--session", "conv-r", "--session-store"]
+    moved = subprocess.run(
+        [*base, redis_server.url, "--to", target], capture_output=True, text=True, timeout=60
+    )
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["to"] == target
+    with_password = f"redis://:pw@{redis_server.endpoint}/0"
+    refused = subprocess.run([*base, with_password], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "password" in refused.stderr
+    assert "pw@" not in refused.stderr
+    assert turn(shard_client, "conv-r", "moved").shard_id == target
     # the session ends: its Redis state goes, the next turn starts a new one
     assert shard_client.end_session("conv-r") is True
     assert store.load("conv-r") is None
