@@ -107,6 +107,20 @@ def test_refused_before_running_is_sent_again_to_the_same_shard_within_the_deadl
     assert all(b >= a / 2 for a, b in itertools.pairwise(pauses))
 
 
+def test_a_shards_own_unavailable_is_its_answer_not_a_lost_connection() -> None:
+    load = ((metadata.LOAD, "inflight=1,queue=0,capacity=64"),)
+    text = "session store unreachable; turn not saved: failed to connect to all addresses"
+    assert classify(Error(U, text)) is Failure.NOT_SENT  # no trailer: the channel's own
+    assert classify(Error(U, text, load)) is Failure.APPLICATION  # the shard answered
+    assert classify(Error(U, "busy", (*load, *NOT_EXECUTED))) is Failure.REFUSED
+    clock = Clock()
+    rules = CallRules(RetryPolicy(3), OutlierDetector(clock=clock), Router(), clock=clock)
+    plan = _attempts(rules, idempotent=True)
+    with pytest.raises(CallFailed, match="store unreachable"):
+        plan.failed(plan.first(), Error(U, text, load))
+    assert rules.outlier.ejected() == frozenset()  # the shard is fine; etcd is not
+
+
 def test_refused_trailers() -> None:
     refused = Refused(U, "no topology yet; nothing was executed", not_executed=True)
     assert refused.trailers == NOT_EXECUTED

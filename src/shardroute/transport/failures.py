@@ -107,6 +107,11 @@ def classify(error: grpc.RpcError) -> Failure:
         return Failure.REFUSED
     text = details.lower()
     if code is grpc.StatusCode.UNAVAILABLE:
+        if _trailer(error, metadata.LOAD) is not None:
+            # The shard itself answered (its load trailer is there): its own status,
+            # whatever the text says ("session store unreachable: ... failed to connect"
+            # is about etcd, not about this connection).
+            return Failure.APPLICATION
         if any(marker in text for marker in _NOT_CONNECTED):
             return Failure.NOT_SENT
         return Failure.MAYBE_EXECUTED
