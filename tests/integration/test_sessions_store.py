@@ -188,6 +188,7 @@ def test_value_layout_in_etcd(shared_etcd: EtcdClient, service: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [b"garbage", encode_envelope(b"hello", owner="a")[:-1], encode_envelope(b"hi", owner="a")[:6]],
+    ids=["garbage", "truncated-state", "truncated-header"],  # stable ids: no timestamp
 )
 def test_corrupt_value_raises_malformed_record(
     shared_etcd: EtcdClient, service: str, raw: bytes
@@ -250,6 +251,7 @@ def test_value_layout_in_redis(shared_redis: RedisServer, service: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [b"garbage", encode_envelope(b"hello", owner="a")[:-1], encode_envelope(b"hi", owner="a")[:6]],
+    ids=["garbage", "truncated-state", "truncated-header"],  # stable ids: no timestamp
 )
 def test_corrupt_redis_value_raises_malformed_record(
     shared_redis: RedisServer, service: str, raw: bytes
