@@ -3,6 +3,7 @@ and restarted the same way."""
 
 from __future__ import annotations
 
+import abc
 import signal
 import subprocess
 from typing import Self
@@ -10,20 +11,20 @@ from typing import Self
 __all__ = ["ServerProcess"]
 
 
-class ServerProcess:
+class ServerProcess(abc.ABC):
     """One server child process (``_process``) that a subclass starts in ``start()`` and
     removes in ``close()``: stop (SIGTERM), kill (SIGKILL), restart (same ports, same
     data) and use as a context manager."""
 
     _process: subprocess.Popen[bytes] | None = None
 
+    @abc.abstractmethod
     def start(self) -> Self:
         """Start the server and wait until it answers."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Stop the server and remove its files. Idempotent."""
-        raise NotImplementedError
 
     @property
     def pid(self) -> int | None:
