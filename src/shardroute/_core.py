@@ -338,7 +338,6 @@ class ClientShell(abc.ABC):
 
         self._session_store = check_store_choice(session_store)  # for migrate()
         self._channel_maker = ChannelMaker(tls)
-        self._tls = tls
         self._control_token = control_token
         self._core = ClientCore(
             source,
@@ -424,7 +423,7 @@ class ClientShell(abc.ABC):
                 loads=self._core.inflight,
                 telemetry=self._core.telemetry,
                 close_etcd=True,
-                tls=self._tls,
+                tls=self._channel_maker.security,
                 control_token=self._control_token,
                 store=store,
             )

@@ -36,9 +36,9 @@ class ChannelMaker:
         self._warned: set[str] = set()
 
     @property
-    def secure(self) -> bool:
-        """Whether channels use TLS (by default)."""
-        return self._security is not None
+    def security(self) -> ChannelSecurity:
+        """What channels are opened with (None: plaintext)."""
+        return self._security
 
     def credentials(self, shard: Shard) -> grpc.ChannelCredentials | None:
         """The credentials of a new channel to ``shard`` (None: plaintext)."""

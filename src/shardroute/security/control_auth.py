@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from shardroute import metadata
 from shardroute.errors import ConfigError, Refused
 
 __all__ = [
@@ -199,10 +200,9 @@ class ControlGuard:
                 for pattern in auth.allowed_identities
             ):
                 return None
-        if auth.token is not None:
-            sent = _header(context.invocation_metadata())
-            if auth.token.matches(sent):
-                return None
+        sent = metadata.get(context.invocation_metadata(), _HEADER)
+        if auth.token is not None and auth.token.matches(sent):
+            return None
         peer = context.peer()
         if not auth.configured:
             if auth.allow_loopback and is_loopback_peer(peer):
@@ -213,7 +213,7 @@ class ControlGuard:
                 "or mTLS identities configured on this shard)",
                 peer,
             )
-        if auth.token is not None and _header(context.invocation_metadata()) is None:
+        if auth.token is not None and sent is None:
             return self._refuse(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "the control service needs credentials: send the control token "
@@ -236,10 +236,3 @@ class ControlGuard:
             extra={"shard": self._shard_id, "peer": peer, "code": code.name},
         )
         return Refused(code, details)
-
-
-def _header(md: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    for key, value in md or ():
-        if key == _HEADER:
-            return value if isinstance(value, str) else value.decode("latin-1")
-    return None
