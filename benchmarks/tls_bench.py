@@ -39,6 +39,7 @@ from shardroute.client import ShardClient
 from shardroute.discovery.memory import InMemoryTopologySource
 from shardroute.model import Shard
 from shardroute.security import TLSConfig
+from shardroute.testing.certs import issue_tls
 
 clock = time.perf_counter
 
@@ -46,17 +47,9 @@ clock = time.perf_counter
 def _certificates(folder: Path) -> tuple[list[str], TLSConfig]:
     """The servers' (ca, cert, key) paths and the client's TLSConfig."""
     ca = trustme.CA()
-    paths = []
-    for name, identity in (("server", "127.0.0.1"), ("client", "bench-client")):
-        leaf = ca.issue_cert(identity)
-        cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        leaf.private_key_pem.write_to_path(str(key))
-        paths.append((str(cert), str(key)))
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    ca_path = str(folder / "ca.pem")
-    server = [ca_path, *paths[0]]
-    return server, TLSConfig(ca=ca_path, cert=paths[1][0], key=paths[1][1])
+    server = issue_tls(ca, folder, "server", "127.0.0.1")
+    assert server.ca and server.cert and server.key
+    return [server.ca, server.cert, server.key], issue_tls(ca, folder, "client", "bench-client")
 
 
 def _servers(

@@ -18,23 +18,16 @@ from chat_calls import history, turn
 from shardroute import ShardClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.security import TLSConfig
+from shardroute.testing.certs import issue_tls
 from shardroute.testing.waiting import wait_until
 
 CLI = [sys.executable, "-m", "shardroute.cli"]
 TOKEN = "cli-control-token-0123456789abcdef"
 
 
-def _pems(folder: Path, name: str, ca: trustme.CA, *identities: str) -> list[str]:
-    leaf = ca.issue_cert(*identities)
-    paths = [folder / f"{name}-{part}.pem" for part in ("ca", "cert", "key")]
-    ca.cert_pem.write_to_path(str(paths[0]))
-    paths[1].write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(paths[2]))
-    return [str(p) for p in paths]
-
-
-def _tls_args(pems: list[str]) -> list[str]:
-    return ["--tls-ca", pems[0], "--tls-cert", pems[1], "--tls-key", pems[2]]
+def _tls_args(config: TLSConfig) -> list[str]:
+    assert config.ca and config.cert and config.key
+    return ["--tls-ca", config.ca, "--tls-cert", config.cert, "--tls-key", config.key]
 
 
 @pytest.fixture
@@ -48,7 +41,7 @@ def tls_shards(tmp_path: Path, etcd_endpoint: str) -> Iterator[tuple[trustme.CA,
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDROUTE_CONTROL")}
     try:
         for shard_id in ("a", "b"):
-            pems = _pems(tmp_path, shard_id, ca, "127.0.0.1")
+            pems = issue_tls(ca, tmp_path, shard_id, "127.0.0.1")
             command = [
                 sys.executable, "-m", "shardroute.server.run",
                 "--class", "shardroute.examples.chat:ChatShard",
@@ -72,14 +65,13 @@ def test_migrate_and_drain_over_mtls_with_the_token(
     tls_shards: tuple[trustme.CA, Path], tmp_path: Path, etcd_endpoint: str
 ) -> None:
     ca, token_file = tls_shards
-    operator = _pems(tmp_path, "operator", ca, "operator.example")
+    operator = issue_tls(ca, tmp_path, "operator", "operator.example")
     source = EtcdTopologySource(etcd_endpoint, "chat")
     source.start()
     try:
         wait_until(lambda: {"a", "b"} <= set(source.current().shards), 20.0)
         assert all(s.tls for s in source.current().shards.values())
-        tls = TLSConfig(ca=operator[0], cert=operator[1], key=operator[2])
-        with ShardClient(source, tls=tls) as client:
+        with ShardClient(source, tls=operator) as client:
             turn(client, "cli-tls", "one")
             owner = client.route("cli-tls").shard.id
             target = "b" if owner == "a" else "a"

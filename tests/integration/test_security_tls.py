@@ -21,17 +21,8 @@ from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ShardRouteError
 from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.security import ControlAuth, TLSConfig
+from shardroute.testing.certs import issue_tls
 from shardroute.testing.waiting import wait_until
-
-
-def _files(folder: Path, name: str, ca: trustme.CA, *identities: str) -> TLSConfig:
-    """A TLSConfig trusting ``ca`` with a certificate for ``identities`` (written now)."""
-    leaf = ca.issue_cert(*identities)
-    ca_path, cert_path, key_path = (folder / f"{name}-{part}.pem" for part in ("ca", "cert", "key"))
-    ca.cert_pem.write_to_path(str(ca_path))
-    leaf.private_key_pem.write_to_path(str(key_path))
-    cert_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    return TLSConfig(ca=str(ca_path), cert=str(cert_path), key=str(key_path))
 
 
 @pytest.fixture
@@ -47,7 +38,7 @@ def shards(tmp_path: Path, ca: trustme.CA, etcd_endpoint: str) -> Iterator[dict[
     auth = ControlAuth(allowed_identities=("mover.example", "shard.example"))
     try:
         for shard_id in ("a", "b"):
-            tls = _files(tmp_path, shard_id, ca, "127.0.0.1", "shard.example")
+            tls = issue_tls(ca, tmp_path, shard_id, "127.0.0.1", "shard.example")
             made[shard_id] = ChatShard(
                 shard_id=shard_id,
                 service="chat",
@@ -77,7 +68,7 @@ def test_mtls_end_to_end_calls_migration_and_drain(
     tmp_path: Path, ca: trustme.CA, shards: dict[str, ChatShard], source: EtcdTopologySource
 ) -> None:
     assert all(shard.tls for shard in source.current().shards.values())
-    mover = _files(tmp_path, "mover", ca, "mover.example")
+    mover = issue_tls(ca, tmp_path, "mover", "mover.example")
     with ShardClient(source, tls=mover) as client:
         keys = [f"conv-tls-{i}" for i in range(6)]
         for key in keys:
@@ -100,7 +91,7 @@ def test_mtls_end_to_end_calls_migration_and_drain(
 def test_async_client_over_mtls(
     tmp_path: Path, ca: trustme.CA, shards: dict[str, ChatShard], source: EtcdTopologySource
 ) -> None:
-    app = _files(tmp_path, "app", ca, "app.example")
+    app = issue_tls(ca, tmp_path, "app", "app.example")
 
     async def main() -> list[str]:
         async with AsyncShardClient(source, tls=app) as client:
@@ -128,7 +119,7 @@ def test_strangers_are_refused(
             chat_pb2_grpc.ChatStub(channel).History(request, metadata=md, timeout=5)
         assert plain.value.code() is grpc.StatusCode.UNAVAILABLE
     # A certificate from another CA: the shard refuses the handshake.
-    other = _files(tmp_path, "other", trustme.CA(), "mover.example")
+    other = issue_tls(trustme.CA(), tmp_path, "other", "mover.example")
     trusting = TLSConfig(ca=str(tmp_path / "a-ca.pem"), cert=other.cert, key=other.key)
     with grpc.secure_channel(address, trusting.channel_credentials()) as channel:
         with pytest.raises(grpc.RpcError) as foreign:
@@ -136,14 +127,14 @@ def test_strangers_are_refused(
         assert foreign.value.code() is grpc.StatusCode.UNAVAILABLE
     # The right CA but an identity not on the control allow-list: the application's
     # methods answer, the control service does not.
-    app = _files(tmp_path, "app", ca, "app.example")
+    app = issue_tls(ca, tmp_path, "app", "app.example")
     with grpc.secure_channel(address, app.channel_credentials()) as channel:
         chat_pb2_grpc.ChatStub(channel).History(request, metadata=md, timeout=5)
         control = shard_pb2_grpc.ShardControlStub(channel)
         with pytest.raises(grpc.RpcError) as denied:
             control.ListSessions(shard_pb2.ListSessionsRequest(), timeout=5)
         assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
-    mover = _files(tmp_path, "mover", ca, "mover.example")
+    mover = issue_tls(ca, tmp_path, "mover", "mover.example")
     with grpc.secure_channel(address, mover.channel_credentials()) as channel:
         control = shard_pb2_grpc.ShardControlStub(channel)
         assert control.ListSessions(shard_pb2.ListSessionsRequest(), timeout=5) is not None
@@ -158,7 +149,7 @@ def test_a_tls_client_does_not_send_plaintext_unless_allowed(
         try:
             wait_until(lambda: "p" in topology.current().shards)
             assert topology.current().shards["p"].tls is False
-            tls = _files(tmp_path, "client", ca, "app.example")
+            tls = issue_tls(ca, tmp_path, "client", "app.example")
             with ShardClient(topology, tls=tls) as strict, pytest.raises(ShardRouteError):
                 turn(strict, "conv-p", "secret")
             assert shard.sessions.keys() == []  # nothing reached the shard
@@ -174,9 +165,9 @@ def test_the_server_certificate_is_reloaded_when_its_files_change(
     tmp_path: Path, etcd_endpoint: str
 ) -> None:
     old_ca, new_ca = trustme.CA(), trustme.CA()
-    served = _files(tmp_path, "served", old_ca, "127.0.0.1")
+    served = issue_tls(old_ca, tmp_path, "served", "127.0.0.1")
     with ChatShard(shard_id="r", service="rotate", etcd=None, token_delay_s=0, tls=served) as shard:
-        fresh = _files(tmp_path, "fresh", new_ca, "127.0.0.1")
+        fresh = issue_tls(new_ca, tmp_path, "fresh", "127.0.0.1")
         trusting_new = TLSConfig(ca=fresh.ca, cert=fresh.cert, key=fresh.key)
 
         def history_call(config: TLSConfig) -> Any:
@@ -228,8 +219,8 @@ def test_the_asyncio_shard_serves_mtls_and_reloads_its_certificate(tmp_path: Pat
     from shells import Shell
 
     old_ca, new_ca = trustme.CA(), trustme.CA()
-    served = _files(tmp_path, "served", old_ca, "127.0.0.1")
-    client_old = _files(tmp_path, "client-old", old_ca, "app.example")
+    served = issue_tls(old_ca, tmp_path, "served", "127.0.0.1")
+    client_old = issue_tls(old_ca, tmp_path, "client-old", "app.example")
     with Shell("asyncio", shard_id="r", service="rotate", etcd=None, tls=served) as shell:
         shell.start()
         address = shell.server.address
@@ -245,8 +236,8 @@ def test_the_asyncio_shard_serves_mtls_and_reloads_its_certificate(tmp_path: Pat
             chat_pb2_grpc.ChatStub(channel).History(
                 chat_pb2.HistoryRequest(), metadata=(("x-shardroute-session", "c"),), timeout=5
             )
-        fresh = _files(tmp_path, "fresh", new_ca, "127.0.0.1")
-        client_new = _files(tmp_path, "client-new", new_ca, "app.example")
+        fresh = issue_tls(new_ca, tmp_path, "fresh", "127.0.0.1")
+        client_new = issue_tls(new_ca, tmp_path, "client-new", "app.example")
         assert served.cert and served.key and served.ca and fresh.cert and fresh.key and fresh.ca
         shutil.copyfile(fresh.key, served.key)
         shutil.copyfile(fresh.cert, served.cert)
