@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -33,6 +33,7 @@ from shardroute.sessions import Migrator, RedisSessionStore
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 from shardroute.testing.redis import RedisServer
+from shardroute.testing.waiting import wait_until
 
 KEYS = KeySchema("chat")
 
@@ -64,13 +65,6 @@ def etcd(etcd_server: EtcdServer) -> Iterator[EtcdClient]:
     client = etcd_server.client()
     yield client
     client.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def move(cluster: ShardCluster, store: RedisSessionStore, session: str, target: str) -> Any:
