@@ -4,8 +4,9 @@ bad ones, and a password that never shows."""
 from __future__ import annotations
 
 import pytest
+from redis.crc import key_slot
 
-from shardroute.errors import ConfigError
+from shardroute.errors import ConfigError, InvalidSessionKey
 from shardroute.sessions import RedisOptions, RedisSessionStore
 
 
@@ -73,4 +74,32 @@ def test_the_password_never_shows() -> None:
 def test_construction_does_no_io() -> None:
     store = RedisSessionStore("redis+cluster://127.0.0.1:1,127.0.0.1:2", "chat")
     assert store.key("s") == "/shardroute/chat/state/{s}"
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("session_key", "tag"),
+    [
+        ("s", "s"),
+        ("a}1", "a%7D1"),
+        ("a}2", "a%7D2"),
+        ("{}", "%7B%7D"),
+        ("chat {7}/é", "chat %7B7%7D%2F%C3%A9"),
+    ],
+)
+def test_the_hash_tag_is_the_whole_key(session_key: str, tag: str) -> None:
+    # Redis Cluster hashes what lies between the first "{" and the next "}": with the
+    # raw key, "a}1" and "a}2" would share the tag "a" (one slot), and "{}" would
+    # empty it. The tag is the key's wire form with the braces encoded too.
+    store = RedisSessionStore("redis://127.0.0.1:1/0", "chat")
+    key = store.key(session_key)
+    assert key == f"/shardroute/chat/state/{{{tag}}}"
+    assert key_slot(key.encode()) == key_slot(tag.encode())
+    store.close()
+
+
+def test_an_invalid_session_key_is_refused_before_any_io() -> None:
+    store = RedisSessionStore("redis://127.0.0.1:1/0", "chat")
+    with pytest.raises(InvalidSessionKey):
+        store.key("")
     store.close()

@@ -1,9 +1,11 @@
 """The Redis session store: one hash per session, written by Lua compare-and-set
 (docs/operations.md, "Choosing a session store"; docs/etcd-schema.md, "State in Redis").
 
-A session is one Redis hash, ``/shardroute/<service>/state/{<session_key>}`` (the braces
-are a Cluster hash tag: anything a later version adds for the session lands on the same
-slot), with the fields:
+A session is one Redis hash, ``/shardroute/<service>/state/{<tag>}`` (the braces are a
+Cluster hash tag: anything a later version adds for the session lands on the same slot),
+``<tag>`` the session key's wire form (:mod:`shardroute.session_keys`) with ``{`` and
+``}`` also percent-encoded (``%7B``, ``%7D``), so a brace in a key can neither end the
+tag early nor empty it, with the fields:
 
 - ``v``: the session's version, a decimal integer that every write raises (to the
   server's clock in microseconds, or by one if that is not higher, so a version is
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import MalformedRecord
+from shardroute.session_keys import encode_session_key
 from shardroute.sessions.envelope import (
     FoldPolicy,
     LogPosition,
@@ -137,9 +140,14 @@ class RedisSessionStore:
         return self._keys.service
 
     def key(self, session_key: str) -> str:
-        """The Redis key of a session's hash."""
-        self._keys.state(session_key)
-        return f"{self._keys.prefix}state/{{{session_key}}}"
+        """The Redis key of a session's hash: its wire form, braces percent-encoded,
+        in a hash tag.
+
+        Raises:
+            InvalidSessionKey: ``session_key`` is not a valid session key.
+        """
+        tag = encode_session_key(session_key).replace("{", "%7B").replace("}", "%7D")
+        return f"{self._keys.prefix}state/{{{tag}}}"
 
     # -- reads ----------------------------------------------------------------------
 
