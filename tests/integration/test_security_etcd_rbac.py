@@ -17,6 +17,7 @@ from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ConfigError
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import ChatShard
+from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
 from shardroute.testing.waiting import wait_until
 
@@ -139,3 +140,40 @@ def test_least_privilege_roles_suffice_and_bound_each_component(rbac: EtcdServer
         source.close()
         for shard in shards:
             shard.stop()
+
+
+def test_shard_processes_log_in_without_a_password_on_their_command_line(
+    rbac: EtcdServer,
+) -> None:
+    # ShardCluster passes etcd credentials through the environment: the command line of
+    # a process is readable by every user of the machine (/proc/<pid>/cmdline, ps).
+    with ShardCluster(
+        rbac.endpoint,
+        zones=("zone-a",),
+        etcd_user="chat-client",
+        etcd_password=USERS["chat-client"],
+        shard_kwargs={"token_delay_s": 0},
+    ) as cluster:
+        for shard_id in ("a", "b"):
+            user = f"chat-shard-{shard_id}"
+            cluster.add(shard_id, etcd_user=user, etcd_password=USERS[user])
+        assert set(cluster.source.current().shards) == {"a", "b"}
+        for shard_id in ("a", "b"):
+            pid = cluster[shard_id].process.pid
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+            assert f"chat-shard-{shard_id}".encode() in argv
+            assert not any(pw.encode() in arg for arg in argv for pw in USERS.values())
+        with ShardClient(cluster.source) as client:
+            turn(client, "rbac-process", "one")  # the shard wrote state/ with its role
+            assert history(client, "rbac-process") == ["one"]
+
+
+def test_a_cluster_needs_both_user_and_password(etcd_server: EtcdServer) -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        ShardCluster(etcd_server.endpoint, etcd_user="chat-client")
+    with (
+        ShardCluster(etcd_server.endpoint) as cluster,
+        pytest.raises(ConfigError, match="go together"),
+    ):
+        cluster.add("a", etcd_user="chat-shard-a")

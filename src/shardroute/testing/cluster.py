@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import ConfigError, ShardStartError
+from shardroute.etcd.credentials import PASSWORD_ENV, PASSWORD_FILE_ENV
 from shardroute.model import ShardState, Topology
 from shardroute.security import TLSConfig
 
@@ -77,6 +78,12 @@ class ShardCluster:
         tls: serve TLS in every shard (``--tls-*`` options of the shard command; with
             ``ca``, mutual TLS).
         start_timeout: seconds a shard gets to print ``READY``.
+        etcd_user: the etcd user of the cluster's own topology source, and of every shard
+            that does not name its own (``etcd_user``/``etcd_password`` in
+            ``shard_kwargs`` or :meth:`add`'s ``kwargs``).
+        etcd_password: ``etcd_user``'s password. Passwords reach a shard process in its
+            environment (``$SHARDROUTE_ETCD_PASSWORD``), never on its command line,
+            which every user of the machine can read.
 
     Lifecycle: :meth:`start` launches shards in parallel and returns once every one is
     registered (seen through :attr:`source`, an :class:`EtcdTopologySource`);
@@ -97,9 +104,15 @@ class ShardCluster:
         shard_kwargs: Mapping[str, Any] | None = None,
         start_timeout: float = 30.0,
         tls: TLSConfig | None = None,
+        etcd_user: str | None = None,
+        etcd_password: str | None = None,
     ) -> None:
         if not zones:
             raise ConfigError("zones must not be empty")
+        if (etcd_user is None) != (etcd_password is None):
+            raise ConfigError("etcd_user and etcd_password go together: give both or neither")
+        self.etcd_user = etcd_user
+        self._etcd_password = etcd_password
         self.etcd_endpoint = etcd_endpoint
         self.server_class = server_class
         self.service = service
@@ -123,7 +136,12 @@ class ShardCluster:
     def source(self) -> EtcdTopologySource:
         """A started topology source on the cluster's service (created on first use)."""
         if self._source is None:
-            self._source = EtcdTopologySource(self.etcd_endpoint, self.service)
+            self._source = EtcdTopologySource(
+                self.etcd_endpoint,
+                self.service,
+                user=self.etcd_user,
+                password=self._etcd_password,
+            )
             self._source.start()
         return self._source
 
@@ -268,6 +286,15 @@ class ShardCluster:
         return self._log_dir
 
     def _launch(self, shard_id: str, zone: str, kwargs: dict[str, Any]) -> ShardProcess:
+        kwargs = dict(kwargs)
+        user = kwargs.pop("etcd_user", self.etcd_user)
+        password = kwargs.pop(
+            "etcd_password", self._etcd_password if user == self.etcd_user else None
+        )
+        if (user is None) != (password is None):
+            raise ConfigError(
+                f"shard {shard_id}: etcd_user and etcd_password go together: give both or neither"
+            )
         command = [
             sys.executable,
             "-m",
@@ -298,6 +325,11 @@ class ShardCluster:
                 if path is not None:
                     command += [flag, path]
         env = dict(os.environ)
+        env.pop(PASSWORD_ENV, None)
+        env.pop(PASSWORD_FILE_ENV, None)
+        if user is not None and password is not None:  # the environment, not the command line
+            command += ["--etcd-user", user]
+            env[PASSWORD_ENV] = password
         paths = [p for p in sys.path if p]
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
