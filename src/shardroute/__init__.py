@@ -43,7 +43,7 @@ from shardroute.errors import (
 from shardroute.model import LoadReport, Shard, ShardState, Topology
 from shardroute.routing import Decision, Reason, Router, RoutingPolicy
 from shardroute.server import AsyncShardServer, ShardServer, session_key
-from shardroute.transport import OutlierDetector, RetryPolicy
+from shardroute.transport import HealthChecks, OutlierDetector, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -61,6 +61,7 @@ __all__ = [
     "EtcdNoSpace",
     "EtcdTopologySource",
     "EtcdUnavailable",
+    "HealthChecks",
     "InMemoryTopologySource",
     "InvalidSessionKey",
     "LeaseNotFound",

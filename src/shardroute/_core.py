@@ -36,6 +36,7 @@ from shardroute.transport import (
 )
 from shardroute.transport.attempts import CallRules, Metadata, first_metadata
 from shardroute.transport.channels import channel_options as shard_channel_options
+from shardroute.transport.health import HealthChecker, HealthChecks
 from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
 
@@ -77,8 +78,14 @@ class ClientCore(Generic[C]):
         create_channel: Callable[[Shard, list[tuple[str, Any]]], C],
         close_channel: Callable[[C], None],
         telemetry: Telemetry | None = None,
+        health_checks: HealthChecks | None = None,
+        create_check_channel: Callable[[Shard, list[tuple[str, Any]]], grpc.Channel] | None = None,
     ) -> None:
         seconds("timeout", timeout)
+        if health_checks is not None and not isinstance(health_checks, HealthChecks):
+            raise ConfigError(
+                f"health_checks must be a HealthChecks or None, got {type(health_checks).__name__}"
+            )
         if max_message_bytes <= 0:
             raise ConfigError(f"max_message_bytes must be > 0, got {max_message_bytes!r}")
         self.source = source
@@ -110,6 +117,17 @@ class ClientCore(Generic[C]):
         )
         self._on_topology(source.current())
         self._unsubscribe = source.subscribe(self._on_topology)
+        self.health_checker: HealthChecker | None = None
+        if health_checks is not None and create_check_channel is not None:
+            self.health_checker = HealthChecker(
+                health_checks,
+                self.outlier,
+                shards=self._checked_shards,
+                make_channel=lambda shard: create_check_channel(shard, options),
+                on_ejection=lambda shard_id, cause: report_ejection(
+                    self.telemetry, shard_id, cause
+                ),
+            )
         LIVE_CLIENTS.add(self)  # its gauges (staleness, channels, ejected shards)
         if self.telemetry.active():  # the gauges exist before the first call
             client_instruments(self.telemetry)
@@ -267,10 +285,17 @@ class ClientCore(Generic[C]):
             raise attempts.exhausted()
         return attempts, following, attempts.timeout(), attempts.metadata_for(following)
 
+    def _checked_shards(self) -> list[Shard]:
+        """The shards the health checks ask: those this client has a channel to."""
+        shards = self.source.current().shards
+        return [shards[i] for i in self.channels.shard_ids() if i in shards]
+
     def close(self) -> None:
-        """Stop following the topology and close channels."""
+        """Stop following the topology, stop the health checks and close channels."""
         LIVE_CLIENTS.discard(self)
         self._unsubscribe()
+        if self.health_checker is not None:
+            self.health_checker.close()
         self.channels.close()
 
 
@@ -333,6 +358,7 @@ class ClientShell(abc.ABC):
         tls: ChannelSecurity = None,
         control_token: ControlToken | None = None,
         session_store: Any = None,
+        health_checks: HealthChecks | None = None,
     ) -> None:
         from shardroute.sessions.store_url import check_store_choice
 
@@ -352,6 +378,8 @@ class ClientShell(abc.ABC):
             create_channel=self._create_channel,
             close_channel=self._close_channel,
             telemetry=telemetry,
+            health_checks=health_checks,
+            create_check_channel=self._channel_maker.sync_channel,
         )
         self._owned_source: TopologySource | None = None
 

@@ -42,7 +42,9 @@ class ShardClient(CallLoops, ClientShell):
 
     Constructor: ``ShardClient(source, *, zone=None, region=None, timeout=30.0,
     router=None, retry=None, outlier=None, max_message_bytes=4 MiB,
-    channel_options=(), tls=None, control_token=None, telemetry=None)`` (docs/client.md; ``tls``: a
+    channel_options=(), tls=None, control_token=None, telemetry=None, health_checks=None)``
+    (docs/client.md; ``health_checks``: a :class:`~shardroute.HealthChecks` to check the
+    shards this client uses between calls, off by default; ``tls``: a
     :class:`~shardroute.security.TLSConfig` or ``grpc.ChannelCredentials`` for every
     shard channel, docs/security.md; ``control_token``: what :meth:`migrate` sends to
     shards' control services; ``telemetry``: a :class:`~shardroute.telemetry.Telemetry`,

@@ -6,6 +6,7 @@ Shared by :class:`shardroute.ShardClient` and :class:`shardroute.AsyncShardClien
 from shardroute.transport.attempts import Attempts, CallRules
 from shardroute.transport.channels import ChannelPool
 from shardroute.transport.failures import Failure, classify, translate
+from shardroute.transport.health import HealthChecks
 from shardroute.transport.inflight import InFlight
 from shardroute.transport.methods import MethodSpec, describe_stub
 from shardroute.transport.outlier import OutlierDetector
@@ -18,6 +19,7 @@ __all__ = [
     "CallStats",
     "ChannelPool",
     "Failure",
+    "HealthChecks",
     "InFlight",
     "MethodSpec",
     "OutlierDetector",

@@ -106,6 +106,11 @@ class ChannelPool(Generic[C]):
             self._close(stale.channel)
         return entry
 
+    def shard_ids(self) -> list[str]:
+        """Ids of the shards this pool has a channel to now."""
+        with self._lock:
+            return list(self._entries)
+
     def retain(self, topology: Topology) -> list[str]:
         """Close the channels of shards that left ``topology`` or moved address.
 
