@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from shardroute._validate import seconds
 from shardroute.errors import Overloaded
+from shardroute.metadata import TURN_ID
 from shardroute.session_keys import wire_form
 from shardroute.telemetry.client import CallRecord, overloaded
 from shardroute.transport.attempts import first_metadata
 from shardroute.transport.methods import MethodSpec
+from shardroute.transport.turns import TurnIds
 
 if TYPE_CHECKING:
     from shardroute._core import CallLoop, CallOptions, ClientCore
@@ -28,6 +30,7 @@ def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Cal
     """The recorded form of ``core``'s routed call of ``spec``: ``run`` is the shell's
     recorded loop (it ends the record when the call ends)."""
     telemetry = core.telemetry
+    turn_ids = TurnIds() if core.retry.exactly_once else None
 
     def recorded(
         request: Any,
@@ -49,6 +52,8 @@ def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Cal
         extra = (*metadata, *record.metadata)
         options: CallOptions = (priority, idempotent, extra, record)
         md = first_metadata(session_key, decision, priority, extra)
+        if turn_ids is not None:  # last, where ClientCore.failed finds it
+            md += ((TURN_ID, turn_ids()),)
         return run(spec, request, session_key, decision, md, timeout, started, options)
 
     return recorded
