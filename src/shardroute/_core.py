@@ -38,7 +38,8 @@ from shardroute.transport.attempts import CallRules, Metadata, first_metadata
 from shardroute.transport.channels import channel_options as shard_channel_options
 from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
-from shardroute.transport.turns import TurnIds, turn_id_of
+from shardroute.transport.turns import turn_id_of
+from shardroute.transport.turns import turn_ids as make_turn_ids
 
 if TYPE_CHECKING:
     from shardroute.sessions.migrator import Migrator
@@ -157,7 +158,7 @@ class ClientCore(Generic[C]):
         session_header = md_keys.SESSION_KEY
         inf = math.inf
         known = known_wire_form
-        turn_ids = TurnIds() if self.retry.exactly_once else None
+        turn_ids = make_turn_ids() if self.retry.exactly_once else None
         turn_header = md_keys.TURN_ID
 
         def call(

@@ -13,14 +13,24 @@ import pytest
 from shardroute import RetryPolicy, ShardClient, ShardRouteError
 from shardroute.metadata import TURN_ID
 from shardroute.testing.cluster import ShardCluster
-from shardroute.testing.counter import COUNTER_SHARD_CLASS, CounterStub, tags_of
+from shardroute.testing.counter import (
+    ASYNC_COUNTER_SHARD_CLASS,
+    COUNTER_SHARD_CLASS,
+    CounterStub,
+    tags_of,
+)
 from shardroute.testing.waiting import wait_until
 
 
 @pytest.fixture
-def counters(etcd_endpoint: str) -> Iterator[ShardCluster]:
+def counter_class() -> str:
+    return COUNTER_SHARD_CLASS
+
+
+@pytest.fixture
+def counters(etcd_endpoint: str, counter_class: str) -> Iterator[ShardCluster]:
     cluster = ShardCluster(
-        etcd_endpoint, server_class=COUNTER_SHARD_CLASS, service="counter", lease_ttl_s=2
+        etcd_endpoint, server_class=counter_class, service="counter", lease_ttl_s=2
     )
     with cluster:
         cluster.start(3)
@@ -89,6 +99,7 @@ def test_every_acknowledged_increment_applies_once_under_sigkills(
         client.close()
 
 
+@pytest.mark.parametrize("counter_class", [COUNTER_SHARD_CLASS, ASYNC_COUNTER_SHARD_CLASS])
 def test_a_retried_turn_id_is_answered_from_the_record_after_migration_and_failover(
     counters: ShardCluster, etcd_endpoint: str
 ) -> None:

@@ -39,9 +39,8 @@ class AsyncTurn(TurnBase[Any]):
             refused.not_executed = True  # refused on entry: the handler never ran
             await self._abort(refused)
         turn_id = self.turn_id
-        applied = None if turn_id is None else host.applied_turn(self._entry, turn_id)
+        applied = None if turn_id is None else host.replay(self._entry, turn_id)
         if applied is not None:  # applied already (a retry): answer from the record
-            host.replayed_total += 1
             self._context.set_trailing_metadata(replay_trailers(applied))
             await self._abort(
                 Refused(

@@ -239,10 +239,15 @@ class HostBase:
         same = stored is not None and stored.version == entry.version
         entry.applied = self.turn_memory.keep(stored.applied) if same else ()
 
-    def applied_turn(self, entry: Any, turn_id: str) -> AppliedTurn | None:
+    def replay(self, entry: Any, turn_id: str) -> AppliedTurn | None:
         """The turn ``turn_id`` if the session (``entry``, from ``begin``) applied it
-        recently: it must not run again, it is answered from the record."""
-        return find(entry.applied, turn_id) if self.turn_memory.max_turns else None
+        recently, counted in :attr:`replayed_total`: it must not run again, it is
+        answered from the record. None: run it."""
+        found = find(entry.applied, turn_id) if self.turn_memory.max_turns else None
+        if found is not None:
+            with self._cond:
+                self.replayed_total += 1
+        return found
 
     def _write_from(
         self, entry: _Entry, store: Any, turn: AppliedTurn | None

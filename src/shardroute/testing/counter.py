@@ -19,13 +19,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import grpc.aio
 
-from shardroute.server import ShardServer
+from shardroute.server import AsyncShardServer, ShardServer
 
-__all__ = ["COUNTER_SERVICE", "COUNTER_SHARD_CLASS", "CounterShard", "CounterStub", "tags_of"]
+__all__ = [
+    "ASYNC_COUNTER_SHARD_CLASS",
+    "COUNTER_SERVICE",
+    "COUNTER_SHARD_CLASS",
+    "AsyncCounterShard",
+    "CounterShard",
+    "CounterStub",
+    "tags_of",
+]
 
 COUNTER_SERVICE = "shardroute.testing.Counter"
 COUNTER_SHARD_CLASS = "shardroute.testing.counter:CounterShard"
+ASYNC_COUNTER_SHARD_CLASS = "shardroute.testing.counter:AsyncCounterShard"
 
 
 def _same(data: bytes) -> bytes:
@@ -52,18 +62,26 @@ def tags_of(reply: bytes) -> list[str]:
     return [str(tag) for tag in tags]
 
 
+def _counter_handlers(add: Any, get: Any) -> Any:
+    handlers = {
+        "Add": grpc.unary_unary_rpc_method_handler(add),
+        "Get": grpc.unary_unary_rpc_method_handler(get),
+    }
+    return (grpc.method_handlers_generic_handler(COUNTER_SERVICE, handlers),)
+
+
+def _added(state: Any, request: bytes) -> tuple[list[str], bytes]:
+    """The new state of an ``Add`` and its reply."""
+    tags = [*(state or []), request.decode()]
+    return tags, str(len(tags)).encode()
+
+
 class CounterShard(ShardServer):
     """A shard of the counter service (threads); arguments as :class:`ShardServer`."""
 
     def add_services(self, server: grpc.Server) -> None:
         """Add the ``Counter`` service."""
-        handlers = {
-            "Add": grpc.unary_unary_rpc_method_handler(self._add),
-            "Get": grpc.unary_unary_rpc_method_handler(self._get),
-        }
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(COUNTER_SERVICE, handlers),)
-        )
+        server.add_generic_rpc_handlers(_counter_handlers(self._add, self._get))
 
     def health_service_names(self) -> Sequence[str]:
         """The counter service's name, for the health service."""
@@ -71,12 +89,32 @@ class CounterShard(ShardServer):
 
     def _add(self, request: bytes, context: Any) -> bytes:
         with self.sessions.turn(context) as session:
-            tags = list(session.state or [])
-            tags.append(request.decode())
-            reply = str(len(tags)).encode()
+            tags, reply = _added(session.state, request)
             result: bytes = session.checkpoint(tags, reply=reply)
             return result
 
     def _get(self, request: bytes, context: Any) -> bytes:
         with self.sessions.turn(context) as session:
+            return json.dumps(session.state or []).encode()
+
+
+class AsyncCounterShard(AsyncShardServer):
+    """A shard of the counter service (asyncio); arguments as :class:`AsyncShardServer`."""
+
+    def add_services(self, server: grpc.aio.Server) -> None:
+        """Add the ``Counter`` service."""
+        server.add_generic_rpc_handlers(_counter_handlers(self._add, self._get))
+
+    def health_service_names(self) -> Sequence[str]:
+        """The counter service's name, for the health service."""
+        return (COUNTER_SERVICE,)
+
+    async def _add(self, request: bytes, context: Any) -> bytes:
+        async with self.sessions.aturn(context) as session:
+            tags, reply = _added(session.state, request)
+            result: bytes = await session.checkpoint(tags, reply=reply)
+            return result
+
+    async def _get(self, request: bytes, context: Any) -> bytes:
+        async with self.sessions.aturn(context) as session:
             return json.dumps(session.state or []).encode()
