@@ -38,8 +38,7 @@ from shardroute.transport.attempts import CallRules, Metadata, first_metadata
 from shardroute.transport.channels import channel_options as shard_channel_options
 from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
-from shardroute.transport.turns import turn_id_of
-from shardroute.transport.turns import turn_ids as make_turn_ids
+from shardroute.transport.turns import turn_id_of, turn_ids
 
 if TYPE_CHECKING:
     from shardroute.sessions.migrator import Migrator
@@ -98,6 +97,8 @@ class ClientCore(Generic[C]):
         self._health = self.outlier.health
         self._pins = self.router.memo.pins
         self._settle = self.router.affinity.settle
+        self.turn_ids = turn_ids() if self.retry.exactly_once else None
+        """(unary, stream) turn id makers, with ``RetryPolicy(exactly_once=True)``."""
         self.rules = CallRules(
             self.retry,
             self.outlier,
@@ -158,7 +159,7 @@ class ClientCore(Generic[C]):
         session_header = md_keys.SESSION_KEY
         inf = math.inf
         known = known_wire_form
-        turn_ids = make_turn_ids() if self.retry.exactly_once else None
+        turn_ids = self.turn_ids[streams] if self.turn_ids is not None else None
         turn_header = md_keys.TURN_ID
 
         def call(

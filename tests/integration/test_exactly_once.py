@@ -8,9 +8,10 @@ import random
 import threading
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
-from shardroute import RetryPolicy, ShardClient, ShardRouteError
+from shardroute import CallFailed, RetryPolicy, ShardClient, ShardRouteError
 from shardroute.metadata import TURN_ID
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.counter import (
@@ -112,7 +113,10 @@ def test_a_retried_turn_id_is_answered_from_the_record_after_migration_and_failo
         return reply
 
     try:
-        assert add("a", "turn.1") == b"1"
+        with pytest.raises(CallFailed, match="invalid turn id") as info:
+            add("x", "not a turn id!")
+        assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert add("a", "turn.1") == b"1"  # the refused call ran nothing
         assert add("b", "turn.1") == b"1"  # the same turn again: the recorded reply
         moved = client.migrate(key)  # the record moves with the state
         assert moved.target != moved.source

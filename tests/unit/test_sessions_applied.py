@@ -11,6 +11,7 @@ import pytest
 
 from shardroute.errors import ConfigError, InvalidTurnId, MalformedRecord
 from shardroute.sessions import AppliedTurn, InMemorySessionStore, StoredState, TurnMemory
+from shardroute.sessions._turn_base import call_turn_id
 from shardroute.sessions.applied import added, check_turn_id, find
 from shardroute.sessions.envelope import (
     FoldPolicy,
@@ -66,6 +67,20 @@ def test_added_is_what_a_record_stores() -> None:
     assert added(turns("a"), ()) == ()
 
 
+def test_a_call_says_whether_it_streams() -> None:
+    class Context:
+        def __init__(self, value: str) -> None:
+            self.value = value
+
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("x-shardroute-turn-id", self.value),)
+
+    assert call_turn_id(Context("abc.0x1")) == ("abc.0x1", False)
+    assert call_turn_id(Context("abc.0x1;stream")) == ("abc.0x1", True)
+    with pytest.raises(InvalidTurnId, match="parameter"):
+        call_turn_id(Context("abc.0x1;other"))
+
+
 def test_snapshot_round_trip_with_applied_turns() -> None:
     applied = (AppliedTurn("t1", b"one"), AppliedTurn("t2"), AppliedTurn("t3", b""))
     raw = encode_envelope(b"state", owner="s1", applied=applied)
@@ -75,6 +90,9 @@ def test_snapshot_round_trip_with_applied_turns() -> None:
 
 
 def test_record_round_trip_with_applied_turns() -> None:
+    bare = encode_record(b"abc", b"abcdef", owner="s2", applied=turns("t8", reply=None))
+    assert b"turns_crc32" not in bare  # no replies, no CRC of them
+    assert decode_record(KEY, bare).applied == turns("t8", reply=None)
     raw = encode_record(b"abc", b"abcdef", owner="s2", applied=turns("t9"))
     record = decode_record(KEY, raw)
     assert (record.keep, record.data, record.applied) == (3, b"def", turns("t9"))

@@ -15,7 +15,7 @@ from shardroute.routing import Decision, Reason, Router
 from shardroute.sessions.applied import check_turn_id
 from shardroute.transport import Attempts, CallRules, Failure, OutlierDetector, RetryPolicy
 from shardroute.transport.methods import MethodSpec
-from shardroute.transport.turns import is_replay, recorded_reply, turn_id_of, turn_ids
+from shardroute.transport.turns import STREAM, is_replay, recorded_reply, turn_id_of, turn_ids
 
 U = grpc.StatusCode.UNAVAILABLE
 
@@ -42,9 +42,12 @@ def _attempts(exactly_once: bool, turn_id: str | None) -> Attempts:
 
 
 def test_turn_ids_are_unique_valid_and_cheap_to_read_back() -> None:
-    make, other = turn_ids(), turn_ids()
-    ids = [make() for _ in range(1000)] + [other() for _ in range(1000)]
-    assert len(set(ids)) == 2000
+    (unary, stream), (other, _) = turn_ids(), turn_ids()
+    ids = [unary() for _ in range(1000)] + [other() for _ in range(1000)]
+    streamed = [stream() for _ in range(10)]
+    assert all(turn_id.endswith(STREAM) for turn_id in streamed)
+    ids += [turn_id.removesuffix(STREAM) for turn_id in streamed]  # one counter for both
+    assert len(set(ids)) == 2010
     assert all(check_turn_id(turn_id) == turn_id for turn_id in ids)
     md = ((metadata.SESSION_KEY, "k"), (metadata.TURN_ID, ids[0]))
     assert turn_id_of(md) == ids[0]

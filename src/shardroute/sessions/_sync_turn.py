@@ -70,7 +70,8 @@ class Turn(TurnBase[Any]):
             raise RuntimeError("checkpoint() outside the turn's 'with' block")
         try:
             turn_id = self.turn_id
-            turn = None if turn_id is None else AppliedTurn(turn_id, reply_bytes(reply))
+            kept = None if self.streams else reply_bytes(reply)
+            turn = None if turn_id is None else AppliedTurn(turn_id, kept)
             run_blocking(self._host.checkpoint, self.key, self._entry, new_state, turn)
         except Refused as refused:
             self._abort(refused)

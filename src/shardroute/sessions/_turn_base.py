@@ -35,11 +35,17 @@ def call_key(context: Any, session_key: str | None) -> str:
     return metadata.get_session_key(context.invocation_metadata()) or ""
 
 
-def call_turn_id(context: Any) -> str | None:
-    """The call's turn id (``x-shardroute-turn-id``), or None. Raises
-    :class:`~shardroute.errors.InvalidTurnId` for a malformed one."""
-    turn_id = metadata.get(context.invocation_metadata(), metadata.TURN_ID)
-    return None if turn_id is None else check_turn_id(turn_id)
+def call_turn_id(context: Any) -> tuple[str | None, bool]:
+    """The call's turn id (``x-shardroute-turn-id``; None: none) and whether the call
+    streams its replies (``;stream`` after the id). Raises
+    :class:`~shardroute.errors.InvalidTurnId` for a malformed value."""
+    value = metadata.get(context.invocation_metadata(), metadata.TURN_ID)
+    if value is None:
+        return None, False
+    turn_id, _, param = value.partition(";")
+    if param not in ("", "stream"):
+        raise InvalidTurnId(f"invalid turn id parameter {param!r:.40}: only 'stream' is known")
+    return check_turn_id(turn_id), bool(param)
 
 
 def reply_bytes(reply: Any) -> bytes | None:
@@ -71,8 +77,10 @@ class TurnBase(Generic[S]):
             self.key = call_key(context, session_key)
         except InvalidSessionKey as exc:
             self.key, self.key_problem = "", str(exc)
+        self.streams = False
+        """Whether the call streams its replies (then no reply is kept with its turn id)."""
         try:
-            self.turn_id = call_turn_id(context)
+            self.turn_id, self.streams = call_turn_id(context)
             """The call's turn id (None: the client sent none)."""
         except InvalidTurnId as exc:
             self.key, self.key_problem, self.turn_id = "", str(exc), None

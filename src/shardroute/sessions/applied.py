@@ -82,9 +82,9 @@ class TurnMemory:
             replies are dropped first (their ids stay, as "applied").
     """
 
-    max_turns: int = 32
+    max_turns: int = 16
     max_reply_bytes: int = 4096
-    max_bytes: int = 32 * 1024
+    max_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_reply_bytes", "max_bytes"):
@@ -141,19 +141,20 @@ def added(previous: Applied, applied: Applied) -> Applied:
 def pack_turns(applied: Sequence[AppliedTurn]) -> tuple[dict[str, Any], bytes]:
     """The envelope header fields and the bytes after the state that carry ``applied``:
     ``"turns"``: ``[[turn_id, reply length or -1], ...]``, ``"turns_crc32"``: CRC-32 of
-    the replies, which follow the state's bytes in order."""
+    the replies (absent when there are none), which follow the state's bytes in order."""
     replies = b"".join(turn.reply for turn in applied if turn.reply is not None)
-    fields = {
-        "turns": [[t.turn_id, -1 if t.reply is None else len(t.reply)] for t in applied],
-        "turns_crc32": zlib.crc32(replies),
+    fields: dict[str, Any] = {
+        "turns": [[t.turn_id, -1 if t.reply is None else len(t.reply)] for t in applied]
     }
+    if replies:  # absent: no replies (the CRC-32 of nothing, 0)
+        fields["turns_crc32"] = zlib.crc32(replies)
     return fields, replies
 
 
 def unpack_turns(key: str, header: dict[str, Any], tail: bytes) -> Applied:
     """The applied turns an envelope's header and its bytes after the state describe
     (:class:`~shardroute.errors.MalformedRecord` naming ``key`` on any mismatch)."""
-    turns, crc = header.get("turns"), header.get("turns_crc32")
+    turns, crc = header.get("turns"), header.get("turns_crc32", 0)
     if not isinstance(turns, list) or isinstance(crc, bool) or not isinstance(crc, int):
         raise MalformedRecord(key, "envelope 'turns' must be a list with an int 'turns_crc32'")
     applied: list[AppliedTurn] = []

@@ -18,7 +18,6 @@ from shardroute.session_keys import wire_form
 from shardroute.telemetry.client import CallRecord, overloaded
 from shardroute.transport.attempts import first_metadata
 from shardroute.transport.methods import MethodSpec
-from shardroute.transport.turns import turn_ids as make_turn_ids
 
 if TYPE_CHECKING:
     from shardroute._core import CallLoop, CallOptions, ClientCore
@@ -30,7 +29,8 @@ def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Cal
     """The recorded form of ``core``'s routed call of ``spec``: ``run`` is the shell's
     recorded loop (it ends the record when the call ends)."""
     telemetry = core.telemetry
-    turn_ids = make_turn_ids() if core.retry.exactly_once else None
+    streams = spec.kind == "unary_stream"
+    turn_ids = core.turn_ids[streams] if core.turn_ids is not None else None
 
     def recorded(
         request: Any,

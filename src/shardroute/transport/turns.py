@@ -22,20 +22,28 @@ from shardroute import metadata
 from shardroute.errors import TurnAlreadyApplied
 from shardroute.transport.methods import MethodSpec
 
-__all__ = ["is_replay", "recorded_reply", "turn_id_of", "turn_ids"]
+__all__ = ["STREAM", "is_replay", "recorded_reply", "turn_id_of", "turn_ids"]
+
+STREAM = ";stream"
+"""What a streaming call's ``x-shardroute-turn-id`` value ends with (docs/protocol.md)."""
 
 
-def turn_ids() -> Callable[[], str]:
-    """A maker of this client's turn ids: a random prefix (72 bits, per client) and a
-    counter, ``"<prefix>.0x<hex count>"``: unique without a syscall or a uuid per call
-    (30 times cheaper than ``str(uuid4())``, docs/benchmarks.md). Thread-safe
-    (``next`` on an ``itertools.count`` is one step under the GIL)."""
+def turn_ids() -> tuple[Callable[[], str], Callable[[], str]]:
+    """The makers of this client's turn ids, for unary and for streaming calls, sharing
+    one counter: a random prefix (72 bits, per client) and the count,
+    ``"<prefix>.0x<hex count>"``, unique without a syscall or a uuid per call (30 times
+    cheaper than ``str(uuid4())``, docs/benchmarks.md); a streaming call's header adds
+    ``;stream`` (the shard then keeps no reply: a stream is never answered again).
+    Thread-safe (``next`` on an ``itertools.count`` is one step under the GIL)."""
     prefix, count = secrets.token_urlsafe(9) + ".", itertools.count(1)
 
-    def next_turn_id() -> str:
+    def unary() -> str:
         return prefix + hex(next(count))
 
-    return next_turn_id
+    def stream() -> str:
+        return prefix + hex(next(count)) + STREAM
+
+    return unary, stream
 
 
 def turn_id_of(md: tuple[tuple[str, str], ...]) -> str | None:
@@ -66,6 +74,7 @@ def recorded_reply(spec: MethodSpec, error: grpc.RpcError, shard_id: str, turn_i
     :func:`is_replay`), decoded like a response of ``spec``. Raises
     :class:`~shardroute.errors.TurnAlreadyApplied` when the reply was not kept, or for a
     streaming method (its replies cannot be sent again)."""
+    turn_id = turn_id.partition(";")[0]
     raw: bytes | None = None
     for name, value in _trailers(error) or ():
         if name == metadata.TURN_REPLY and isinstance(value, bytes) and value[:1] == b"\x00":
