@@ -20,19 +20,20 @@ on both sides):
   exporter and metric reader; null without the SDK). Without an SDK the client takes
   its plain path: ``client_overhead_us`` is the no-SDK figure.
 
-``--aio`` measures ``AsyncShardClient`` against plain ``grpc.aio`` stubs, with the same
-keys. ``*_same_metadata`` repeat two ratios against direct calls that carry the one
-metadata entry routed calls send (the session key), which isolates the client's own
-cost. Routed calls by reason go to stderr (under concurrency the bounded-load rule
-spills and pins sessions, whose calls then carry two more entries). Prints one JSON
-line:
+``--exactly-once`` makes every client send a turn id (``RetryPolicy(exactly_once=True)``:
+one more metadata entry per call). ``--aio`` measures ``AsyncShardClient`` against plain
+``grpc.aio`` stubs, with the same keys. ``*_same_metadata`` repeat two ratios against
+direct calls that carry the one metadata entry routed calls send (the session key), which
+isolates the client's own cost. Routed calls by reason go to stderr (under concurrency
+the bounded-load rule spills and pins sessions, whose calls then carry two more entries).
+Prints one JSON line:
 
     {"mode", "direct_p50_us", "routed_p50_us", "p50_ratio", "p99_ratio",
      "throughput_ratio", "stream_direct_ttfm_us", "stream_routed_ttfm_us",
      "stream_ttfm_ratio", "concurrent_throughput_ratio", "concurrency",
      "p50_ratio_same_metadata", "concurrent_throughput_ratio_same_metadata",
      "client_overhead_us", "client_overhead_memo_us", "client_overhead_otel_us",
-     "calls_each"}
+     "calls_each", "exactly_once"}
 
 Goals (issue 10): p50_ratio <= 1.03 (sync), <= 1.05 (--aio); stream_ttfm_ratio <= 1.05;
 concurrent_throughput_ratio >= 0.97; client_overhead_us <= 3.
@@ -62,7 +63,7 @@ from shardroute.aio import AsyncShardClient
 from shardroute.client import ShardClient
 from shardroute.discovery.memory import InMemoryTopologySource
 from shardroute.model import Shard
-from shardroute.transport import ChannelPool
+from shardroute.transport import ChannelPool, RetryPolicy
 
 PAYLOAD = b"x" * 64
 SESSIONS = [f"conv-{i}" for i in range(64)]
@@ -196,7 +197,11 @@ def first_message(start: Callable[[], Iterator[bytes]]) -> float:
 
 
 def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
-    client = ShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    client = ShardClient(
+        InMemoryTopologySource("bench", shards),
+        timeout=10,
+        retry=RetryPolicy(exactly_once=args.exactly_once),
+    )
     routed = client.stub(EchoStub)
     direct = {s.id: EchoStub(grpc.insecure_channel(s.address)) for s in shards}
     homes = [direct[client.route(k).shard.id] for k in SESSIONS]
@@ -248,7 +253,11 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
     client.close()
     # The client's own cost: routed calls on no-op channels, on a fresh client (the
     # concurrent phase pinned sessions), then with every session pinned off its home.
-    noop = ShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    noop = ShardClient(
+        InMemoryTopologySource("bench", shards),
+        timeout=10,
+        retry=RetryPolicy(exactly_once=args.exactly_once),
+    )
     noop._core.channels = ChannelPool(lambda address: _NoopChannel(), lambda ch: None)
     echo = noop.stub(EchoStub).Echo
     overhead: list[float] = []
@@ -321,7 +330,11 @@ async def afirst_message(start: Callable[[], Any]) -> float:
 
 
 async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
-    client = AsyncShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    client = AsyncShardClient(
+        InMemoryTopologySource("bench", shards),
+        timeout=10,
+        retry=RetryPolicy(exactly_once=args.exactly_once),
+    )
     routed = client.stub(EchoStub)
     channels = {s.id: grpc.aio.insecure_channel(s.address) for s in shards}
     direct = {sid: EchoStub(ch) for sid, ch in channels.items()}
@@ -375,7 +388,11 @@ async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, An
     await client.close()
     for ch in channels.values():
         await ch.close()
-    noop = AsyncShardClient(InMemoryTopologySource("bench", shards), timeout=10)
+    noop = AsyncShardClient(
+        InMemoryTopologySource("bench", shards),
+        timeout=10,
+        retry=RetryPolicy(exactly_once=args.exactly_once),
+    )
     noop._core.channels = ChannelPool(lambda address: _AioNoopChannel(), lambda ch: None)
     echo = noop.stub(EchoStub).Echo
     overhead: list[float] = []
@@ -403,6 +420,9 @@ def main() -> None:
     parser.add_argument("--stream-slices", type=int, default=10, help="stream slice pairs")
     parser.add_argument("--stream-calls", type=int, default=100, help="streams per slice")
     parser.add_argument("--rounds", type=int, default=12, help="concurrent A/B round pairs")
+    parser.add_argument(
+        "--exactly-once", action="store_true", help="clients send turn ids (one more entry)"
+    )
     parser.add_argument("--thread-calls", type=int, default=100, help="calls per thread per round")
     args = parser.parse_args()
     procs, shards = start_servers(2)
@@ -412,7 +432,7 @@ def main() -> None:
         for p in procs:
             p.stdin.close()  # type: ignore[union-attr]
             p.wait(10)
-    print(json.dumps(result), flush=True)
+    print(json.dumps({**result, "exactly_once": args.exactly_once}), flush=True)
 
 
 if __name__ == "__main__":

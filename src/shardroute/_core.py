@@ -39,6 +39,7 @@ from shardroute.transport.channels import channel_options as shard_channel_optio
 from shardroute.transport.health import HealthChecker, HealthChecks
 from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
+from shardroute.transport.turns import turn_id_of, turn_ids
 
 if TYPE_CHECKING:
     from shardroute.sessions.migrator import Migrator
@@ -103,6 +104,8 @@ class ClientCore(Generic[C]):
         self._health = self.outlier.health
         self._pins = self.router.memo.pins
         self._settle = self.router.affinity.settle
+        self.turn_ids = turn_ids() if self.retry.exactly_once else None
+        """(unary, stream) turn id makers, with ``RetryPolicy(exactly_once=True)``."""
         self.rules = CallRules(
             self.retry,
             self.outlier,
@@ -174,6 +177,8 @@ class ClientCore(Generic[C]):
         session_header = md_keys.SESSION_KEY
         inf = math.inf
         known = known_wire_form
+        turn_ids = self.turn_ids[streams] if self.turn_ids is not None else None
+        turn_header = md_keys.TURN_ID
 
         def call(
             request: Any,
@@ -214,9 +219,14 @@ class ClientCore(Generic[C]):
             if metadata or idempotent or priority != "standard" or decision.reason is not affinity:
                 options: CallOptions = (priority, idempotent, tuple(metadata), None)
                 md = first_metadata(session_key, decision, priority, options[2])
-            else:  # the common case: one metadata entry, nothing else to carry
+                if turn_ids is not None:
+                    md += ((turn_header, turn_ids()),)
+            else:  # the common case: one metadata entry (two with turn ids), nothing else
                 options = _PLAIN
-                md = ((session_header, wire),)
+                if turn_ids is None:
+                    md = ((session_header, wire),)
+                else:
+                    md = ((session_header, wire), (turn_header, turn_ids()))
             return run(spec, request, session_key, decision, md, timeout, started, options)
 
         call.__name__ = spec.name
@@ -252,13 +262,14 @@ class ClientCore(Generic[C]):
         options: CallOptions,
         shard: Shard,
         error: grpc.RpcError,
+        md: Metadata,
         received: bool = False,
     ) -> tuple[Attempts, Shard, float, Metadata]:
-        """The attempt on ``shard`` failed with ``error`` (``received``: a stream had
-        delivered a message). Returns the call's :class:`Attempts` (built now when the
-        first attempt failed: ``timeout`` is then the call's), the next shard, its
-        timeout and its metadata. Raises the error for the caller when there is no next
-        attempt."""
+        """The attempt on ``shard`` failed with ``error`` (``md``: the attempt's metadata;
+        ``received``: a stream had delivered a message). Returns the call's
+        :class:`Attempts` (built now when the first attempt failed: ``timeout`` is then
+        the call's), the next shard, its timeout and its metadata. Raises the error for
+        the caller when there is no next attempt."""
         if attempts is None:
             priority, idempotent, extra, _ = options
             attempts = Attempts(
@@ -271,6 +282,7 @@ class ClientCore(Generic[C]):
                 self.rules,
                 extra,
                 started=started,
+                turn_id=turn_id_of(md),
             )
             attempts.first()
         attempts.received = received

@@ -21,6 +21,7 @@ __all__ = [
     "EtcdNoSpace",
     "EtcdUnavailable",
     "InvalidSessionKey",
+    "InvalidTurnId",
     "LeaseNotFound",
     "MalformedRecord",
     "MigrationConflict",
@@ -39,6 +40,7 @@ __all__ = [
     "StaleState",
     "StateTooLarge",
     "TopologyTimeout",
+    "TurnAlreadyApplied",
     "UnknownMethod",
     "UnknownShard",
 ]
@@ -63,6 +65,12 @@ class InvalidSessionKey(ConfigError):
     form (``x-shardroute-session`` header, etcd key) is malformed. Raised by the client
     before anything is sent; a shard answers such a call with ``INVALID_ARGUMENT``.
     Any UTF-8 string of 1 to 512 bytes is a valid key (docs/protocol.md)."""
+
+
+class InvalidTurnId(ConfigError):
+    """A call's turn id (``x-shardroute-turn-id``) is not 1 to 64 characters of
+    ``A-Z a-z 0-9 . _ : -``. A shard answers such a call with ``INVALID_ARGUMENT`` before
+    running it; shardroute clients make valid ids (docs/protocol.md)."""
 
 
 class MalformedRecord(ShardRouteError, ValueError):
@@ -202,6 +210,19 @@ class OutcomeUnknown(ShardRouteError):
     def __init__(self, message: str, shard_id: str) -> None:
         super().__init__(message)
         self.shard_id = shard_id
+
+
+class TurnAlreadyApplied(ShardRouteError):
+    """A turn retried after its outcome was unknown had been applied already, exactly
+    once, but its reply was not kept (larger than the shard's ``TurnMemory.max_reply_bytes``,
+    or a streamed reply), so it cannot be answered again. The session's state includes the
+    turn: read it (e.g. a history call) instead of sending the turn again
+    (docs/client.md, "Exactly-once turns")."""
+
+    def __init__(self, message: str, shard_id: str, turn_id: str) -> None:
+        super().__init__(message)
+        self.shard_id = shard_id
+        self.turn_id = turn_id
 
 
 class CallFailed(ShardRouteError):

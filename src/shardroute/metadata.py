@@ -17,6 +17,9 @@ __all__ = [
     "REDIRECT",
     "SESSION_KEY",
     "SHARD_ID",
+    "TURN_APPLIED",
+    "TURN_ID",
+    "TURN_REPLY",
     "format_load",
     "get",
     "get_session_key",
@@ -40,6 +43,17 @@ REDIRECT = "x-shardroute-redirect"
 NOT_EXECUTED = "x-shardroute-not-executed"
 """Trailing, ``1``: the shard refused the call before running any of it (the session is
 busy or moving, the store or etcd unreachable, no topology yet): safe to send again."""
+
+TURN_ID = "x-shardroute-turn-id"
+"""Request: the call's turn id, the same on every attempt of one call (sent when the
+client's ``RetryPolicy(exactly_once=True)``): a shard that applied it recently answers
+from its record instead of running it again (docs/client.md, "Exactly-once turns")."""
+TURN_APPLIED = "x-shardroute-turn-applied"
+"""Trailing, ``1``, with ``ALREADY_EXISTS``: the call's turn id was applied already; the
+call was answered from the record, not run."""
+TURN_REPLY = "x-shardroute-turn-reply-bin"
+"""Trailing, binary, with ``TURN_APPLIED``: ``b"\x00"`` + the recorded reply's bytes
+(absent when the reply was not kept)."""
 
 
 def get(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from shardroute.client import ShardClient
-from shardroute.demo._config import SERVICE
+from shardroute.demo._config import EXACTLY_ONCE, SERVICE
 from shardroute.testing.chaos import (
     ChaosEnv,
     ChaosRunner,
@@ -49,7 +49,9 @@ def run_chaos_demo(
             ShardCluster(etcd.endpoint, service=SERVICE, shard_kwargs=SHARD_KWARGS)
         )
         cluster.start(3)
-        client = cleanup.enter_context(ShardClient.connect(etcd.endpoint, SERVICE))
+        client = cleanup.enter_context(
+            ShardClient.connect(etcd.endpoint, SERVICE, retry=EXACTLY_ONCE)
+        )
         runner = ChaosRunner(ChaosEnv(cluster, etcd, client), sessions=sessions)
         if live is not None:
             names = ", ".join(fault.name for fault in faults)

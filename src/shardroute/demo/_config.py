@@ -6,11 +6,15 @@ from dataclasses import dataclass
 
 from shardroute.errors import ConfigError
 from shardroute.testing.etcd import DEFAULT_QUOTA_BACKEND_BYTES
+from shardroute.transport import RetryPolicy
 
-__all__ = ["CLIENT_ZONE", "SERVICE", "DemoConfig", "MiB"]
+__all__ = ["CLIENT_ZONE", "EXACTLY_ONCE", "SERVICE", "DemoConfig", "MiB"]
 
 SERVICE = "chat"
 CLIENT_ZONE = "zone-a"
+EXACTLY_ONCE = RetryPolicy(exactly_once=True)
+"""The demo's clients send turn ids: a turn whose outcome is unknown is retried under its
+id (the chat shards record them with each checkpoint: docs/client.md)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from shardroute.client import ShardClient
-from shardroute.demo._config import CLIENT_ZONE, SERVICE, DemoConfig, MiB
+from shardroute.demo._config import CLIENT_ZONE, EXACTLY_ONCE, SERVICE, DemoConfig, MiB
 from shardroute.demo._space import EtcdSpace
 from shardroute.demo._traffic import Tally, worker
 from shardroute.errors import ShardRouteError
@@ -140,7 +140,9 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         )
         cluster.start(config.shards)
         client = cleanup.enter_context(
-            ShardClient.connect(etcd.endpoint, SERVICE, zone=CLIENT_ZONE, tls=client_tls)
+            ShardClient.connect(
+                etcd.endpoint, SERVICE, zone=CLIENT_ZONE, tls=client_tls, retry=EXACTLY_ONCE
+            )
         )
         if client_tls is not None:
             note("mutual TLS on every hop (client, drains, moves), throwaway certificates")

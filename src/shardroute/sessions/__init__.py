@@ -14,6 +14,7 @@ they move (docs/migration.md).
 
 from shardroute.errors import Refused
 from shardroute.sessions._host_base import SessionSummary
+from shardroute.sessions.applied import AppliedTurn, TurnMemory
 from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES
 from shardroute.sessions.codecs import JsonCodec, SessionCodec
 from shardroute.sessions.envelope import (
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_BYTES",
     "Action",
+    "AppliedTurn",
     "AsyncTurn",
     "EtcdSessionStore",
     "FoldPolicy",
@@ -56,6 +58,7 @@ __all__ = [
     "SessionSummary",
     "StoredState",
     "Turn",
+    "TurnMemory",
     "decide",
     "decode_envelope",
     "encode_envelope",

@@ -25,8 +25,9 @@ from shardroute.errors import (
     Refused,
 )
 from shardroute.model import Override, Topology
+from shardroute.sessions.applied import Applied, AppliedTurn, TurnMemory, find
 from shardroute.sessions.codecs import JsonCodec, SessionCodec
-from shardroute.sessions.envelope import LogPosition
+from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
 from shardroute.sessions.ownership import epoch_is_stale, newest_override
 from shardroute.sessions.store import STORE_UNAVAILABLE
 from shardroute.telemetry import Telemetry
@@ -97,6 +98,9 @@ class _Entry:
     releases: int = 0
     """How many ReleaseSession calls reached this entry (an export waiting for the
     in-flight turn refuses to freeze if one arrived meanwhile)."""
+    applied: Applied | None = ()
+    """The session's record of recently applied turns as saved at ``version`` (None:
+    unknown, after an import by version; read from the store before the next turn)."""
     lease: int | None = None
     """The shard's lease when it took the session over (or first served an import): a
     copy held under another lease is not served (the lease expired meanwhile, so the
@@ -162,6 +166,11 @@ class HostBase:
         """Bytes the session store wrote (its ``bytes_written``, as of the last checkpoint)."""
         self.ended_total = 0
         """Sessions ended by :meth:`end_session`."""
+        self.turn_memory = TurnMemory()
+        """How many applied turns per session are remembered, with their replies, and
+        saved with the state (docs/client.md, "Exactly-once turns")."""
+        self.replayed_total = 0
+        """Turns answered from the record of applied turns instead of being run again."""
         self.store_suspect = False
         """A checkpoint found the store unreachable and no call has seen it answer since
         (held sessions are then served only after a version read succeeds)."""
@@ -220,6 +229,44 @@ class HostBase:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
+
+    def _read_applied(self, key: str, entry: _Entry) -> None:
+        """Read the record of applied turns of a session imported by version (the
+        transfer carries the state's bytes only; Refused ``UNAVAILABLE`` when the store
+        cannot answer). Another stored version: this copy is stale, its checkpoint will
+        lose its swap, so it runs with an empty record."""
+        stored = self._load(key)
+        same = stored is not None and stored.version == entry.version
+        entry.applied = self.turn_memory.keep(stored.applied) if same else ()
+
+    def replay(self, entry: Any, turn_id: str) -> AppliedTurn | None:
+        """The turn ``turn_id`` if the session (``entry``, from ``begin``) applied it
+        recently, counted in :attr:`replayed_total`: it must not run again, it is
+        answered from the record. None: run it."""
+        found = find(entry.applied, turn_id) if self.turn_memory.max_turns else None
+        if found is not None:
+            with self._cond:
+                self.replayed_total += 1
+        return found
+
+    def _write_from(
+        self, entry: _Entry, store: Any, turn: AppliedTurn | None
+    ) -> tuple[StoredState | None, dict[str, Applied]]:
+        """What a checkpoint of ``entry`` names: the stored state it grew from (None: a
+        new session) and the store's extra arguments (for stores with ``records_turns``:
+        ``applied``, the record with ``turn`` added)."""
+        previous = None
+        if entry.version:
+            log = entry.log or UNKNOWN_LOG
+            previous = StoredState(
+                entry.data, entry.version, self.shard_id, log, entry.applied or ()
+            )
+        if not getattr(store, "records_turns", False):
+            return previous, {}
+        applied = entry.applied or ()
+        if turn is not None and self.turn_memory.max_turns:
+            applied = self.turn_memory.remember(applied, turn)
+        return previous, {"applied": applied}
 
     def _read_override(self, key: str) -> Override | None:
         if self._overrides is None:

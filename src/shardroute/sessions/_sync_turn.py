@@ -13,7 +13,8 @@ import grpc
 
 from shardroute._io.sync import run_blocking, run_waiting
 from shardroute.errors import Refused
-from shardroute.sessions._turn_base import TurnBase, call_reason
+from shardroute.sessions._turn_base import TurnBase, call_reason, replay_trailers, reply_bytes
+from shardroute.sessions.applied import AppliedTurn
 
 __all__ = ["Turn"]
 
@@ -39,6 +40,17 @@ class Turn(TurnBase[Any]):
         except Refused as refused:
             refused.not_executed = True  # refused on entry: the handler never ran
             self._abort(refused)
+        turn_id = self.turn_id
+        applied = None if turn_id is None else host.replay(self._entry, turn_id)
+        if applied is not None:  # applied already (a retry): answer from the record
+            self._context.set_trailing_metadata(replay_trailers(applied))
+            self._abort(
+                Refused(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"turn {turn_id} of session {key!r} was applied already; answered from "
+                    "the record of applied turns, not run again",
+                )
+            )
         return self
 
     def checkpoint(self, new_state: Any, reply: Any = None) -> Any:
@@ -47,13 +59,20 @@ class Turn(TurnBase[Any]):
 
             yield session.checkpoint(new_state, reply=last_message)
 
+        With the call's turn id, the same write records the turn as applied, with
+        ``reply``'s bytes (a protobuf message or bytes, up to the host's
+        ``turn_memory.max_reply_bytes``): a retry of the call is answered with them.
+
         On a lost compare-and-swap the call ends with ``ABORTED`` (the local copy is
         dropped); over the store's limit with ``RESOURCE_EXHAUSTED``.
         """
         if self._entry is None:
             raise RuntimeError("checkpoint() outside the turn's 'with' block")
         try:
-            run_blocking(self._host.checkpoint, self.key, self._entry, new_state)
+            turn_id = self.turn_id
+            kept = None if self.streams else reply_bytes(reply)
+            turn = None if turn_id is None else AppliedTurn(turn_id, kept)
+            run_blocking(self._host.checkpoint, self.key, self._entry, new_state, turn)
         except Refused as refused:
             self._abort(refused)
         self.checkpointed = True

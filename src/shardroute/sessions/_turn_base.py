@@ -6,14 +6,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from shardroute import metadata
-from shardroute.errors import InvalidSessionKey
+from shardroute.errors import InvalidSessionKey, InvalidTurnId
 from shardroute.session_keys import check_session_key
+from shardroute.sessions.applied import AppliedTurn, check_turn_id
 
 if TYPE_CHECKING:
     from shardroute.sessions._host_base import _Entry
     from shardroute.sessions.host import SessionHost
 
-__all__ = ["NO_KEY", "TurnBase", "call_key", "call_reason"]
+__all__ = ["NO_KEY", "TurnBase", "call_key", "call_reason", "call_turn_id", "reply_bytes"]
 
 S = TypeVar("S")
 
@@ -34,6 +35,36 @@ def call_key(context: Any, session_key: str | None) -> str:
     return metadata.get_session_key(context.invocation_metadata()) or ""
 
 
+def call_turn_id(context: Any) -> tuple[str | None, bool]:
+    """The call's turn id (``x-shardroute-turn-id``; None: none) and whether the call
+    streams its replies (``;stream`` after the id). Raises
+    :class:`~shardroute.errors.InvalidTurnId` for a malformed value."""
+    value = metadata.get(context.invocation_metadata(), metadata.TURN_ID)
+    if value is None:
+        return None, False
+    turn_id, _, param = value.partition(";")
+    if param not in ("", "stream"):
+        raise InvalidTurnId(f"invalid turn id parameter {param!r:.40}: only 'stream' is known")
+    return check_turn_id(turn_id), bool(param)
+
+
+def reply_bytes(reply: Any) -> bytes | None:
+    """What the record keeps of a reply: a protobuf message's serialized bytes, bytes
+    as they are; None for anything else (recorded as applied, without the reply)."""
+    if isinstance(reply, bytes):
+        return reply
+    serialize = getattr(reply, "SerializeToString", None)
+    return bytes(serialize()) if callable(serialize) else None
+
+
+def replay_trailers(turn: AppliedTurn) -> tuple[tuple[str, str | bytes], ...]:
+    """The trailers of a call answered from the record of applied turns."""
+    applied: tuple[tuple[str, str | bytes], ...] = ((metadata.TURN_APPLIED, "1"),)
+    if turn.reply is None:
+        return applied
+    return (*applied, (metadata.TURN_REPLY, b"\x00" + turn.reply))
+
+
 class TurnBase(Generic[S]):
     """What both turn flavours share: the call's session key, the entry, its state."""
 
@@ -46,6 +77,13 @@ class TurnBase(Generic[S]):
             self.key = call_key(context, session_key)
         except InvalidSessionKey as exc:
             self.key, self.key_problem = "", str(exc)
+        self.streams = False
+        """Whether the call streams its replies (then no reply is kept with its turn id)."""
+        try:
+            self.turn_id, self.streams = call_turn_id(context)
+            """The call's turn id (None: the client sent none)."""
+        except InvalidTurnId as exc:
+            self.key, self.key_problem, self.turn_id = "", str(exc), None
         self._entry: _Entry | None = None
         self.checkpointed = False
 

@@ -8,7 +8,12 @@ Pure functions, shared by every :class:`~shardroute.sessions.SessionStore` imple
 - a **turn record** is what one turn changed, in the same envelope, its header adding
   ``"keep"`` (how many leading bytes of the previous state the new state shares) and
   ``"state_size"`` / ``"state_crc32"`` (the size and CRC-32 of the whole state once the
-  record is applied), so a reader checks every step and the result.
+  record is applied), so a reader checks every step and the result;
+- either may carry **applied turns** (:mod:`shardroute.sessions.applied`): header
+  ``"turns"`` ``[[turn_id, reply length or -1], ...]`` and ``"turns_crc32"``, the
+  replies' bytes following the state's (``"size"`` and ``"crc32"`` still cover the state
+  alone). A snapshot carries the whole record, a turn record the turns it adds; an
+  envelope without ``"turns"`` (every envelope before turn ids) has an empty record.
 
 A state's bytes are the snapshot's, then for each record in order: the first ``keep``
 bytes, followed by the record's data. The delta is taken on the encoded bytes (their
@@ -25,9 +30,10 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from shardroute.errors import ConfigError, MalformedRecord
+from shardroute.sessions.applied import Applied, pack_turns, unpack_turns
 
 __all__ = [
     "ENVELOPE_MAGIC",
@@ -93,13 +99,16 @@ class StoredState:
     ``data`` is the whole state's bytes (the snapshot with every turn record applied);
     ``version`` is what the next write must name (the etcd ``mod_revision`` of the
     newest key, a counter in memory; never 0); ``owner`` is the shard that wrote it last.
-    ``log`` tells the store where its turn log stands; it is not part of equality.
+    ``log`` tells the store where its turn log stands; ``applied`` is the record of the
+    session's recently applied turns saved with it (oldest first); neither is part of
+    equality.
     """
 
     data: bytes
     version: int
     owner: str
     log: LogPosition = field(default=LogPosition(), compare=False)
+    applied: Applied = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +170,19 @@ class TurnRecord:
     state_size: int
     state_crc32: int
     owner: str
+    applied: Applied = ()
 
 
 # -- encoding -----------------------------------------------------------------------------
 
 
-def _pack(header: dict[str, Any], data: bytes) -> bytes:
+def _pack(header: dict[str, Any], data: bytes, applied: Applied) -> bytes:
+    replies = b""
+    if applied:
+        fields, replies = pack_turns(applied)
+        header.update(fields)
     raw_header = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    return b"".join((ENVELOPE_MAGIC, _HEADER_LEN.pack(len(raw_header)), raw_header, data))
+    return b"".join((ENVELOPE_MAGIC, _HEADER_LEN.pack(len(raw_header)), raw_header, data, replies))
 
 
 def _base_header(data: bytes, owner: str, ts: float | None) -> dict[str, Any]:
@@ -180,30 +194,41 @@ def _base_header(data: bytes, owner: str, ts: float | None) -> dict[str, Any]:
     }
 
 
-def encode_envelope(data: bytes, *, owner: str, ts: float | None = None) -> bytes:
+def encode_envelope(
+    data: bytes, *, owner: str, ts: float | None = None, applied: Applied = ()
+) -> bytes:
     """Wrap a whole state (a snapshot): ``b"SRS1"`` + 4-byte big-endian header length +
-    JSON header ``{"owner", "size", "crc32", "ts"}`` + the data. ``ts`` defaults to now."""
-    return _pack(_base_header(data, owner, ts), data)
+    JSON header ``{"owner", "size", "crc32", "ts"}`` + the data, then the replies of the
+    ``applied`` turns when there are any. ``ts`` defaults to now."""
+    return _pack(_base_header(data, owner, ts), data, applied)
 
 
 def encode_record(
-    previous: bytes, state: bytes, *, owner: str, keep: int | None = None, ts: float | None = None
+    previous: bytes,
+    state: bytes,
+    *,
+    owner: str,
+    keep: int | None = None,
+    ts: float | None = None,
+    applied: Applied = (),
 ) -> bytes:
     """The turn record that turns ``previous`` into ``state``: it keeps the first
-    ``keep`` bytes (default: their longest common prefix) and carries the rest."""
+    ``keep`` bytes (default: their longest common prefix) and carries the rest, and the
+    turns it ``applied`` (their ids and kept replies)."""
     if keep is None:
         keep = common_prefix(previous, state)
     data = state[keep:]
     header = _base_header(data, owner, ts)
     header.update(keep=keep, state_size=len(state), state_crc32=zlib.crc32(state))
-    return _pack(header, data)
+    return _pack(header, data, applied)
 
 
 # -- decoding -----------------------------------------------------------------------------
 
 
-def _unpack(key: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
-    """Check magic, header, size and CRC-32; return the header and the data."""
+def _unpack(key: str, raw: bytes) -> tuple[dict[str, Any], bytes, Applied]:
+    """Check magic, header, size and CRC-32; return the header, the data and the
+    applied turns."""
     if raw[: len(ENVELOPE_MAGIC)] != ENVELOPE_MAGIC:
         raise MalformedRecord(key, f"not a session state envelope (magic {raw[:4]!r})")
     if len(raw) < _PREFIX_LEN:
@@ -224,13 +249,17 @@ def _unpack(key: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
     if not isinstance(owner, str):
         raise MalformedRecord(key, f"envelope 'owner' must be a string, got {owner!r}")
     size, crc = _int_field(key, header, "size"), _int_field(key, header, "crc32")
-    data = raw[header_end:]
+    data, applied = raw[header_end:], cast(Applied, ())
+    if "turns" in header:
+        tail = data[size:]
+        data = data[:size]
+        applied = unpack_turns(key, header, tail)
     if len(data) != size:
         raise MalformedRecord(key, f"state is {len(data)} bytes, the header says {size}")
     actual_crc = zlib.crc32(data)
     if actual_crc != crc:
         raise MalformedRecord(key, f"CRC-32 mismatch: header {crc}, state {actual_crc}")
-    return header, bytes(data)
+    return header, bytes(data), applied
 
 
 def _int_field(key: str, header: dict[str, Any], name: str) -> int:
@@ -247,18 +276,22 @@ def decode_envelope(key: str, raw: bytes, version: int) -> StoredState:
     :class:`~shardroute.errors.MalformedRecord` naming ``key`` on any mismatch (also
     when ``raw`` is a turn record, not a snapshot).
     """
-    header, data = _unpack(key, raw)
+    header, data, applied = _unpack(key, raw)
     if "keep" in header:
         raise MalformedRecord(key, "a turn record where a snapshot was expected")
     return StoredState(
-        data=data, version=version, owner=header["owner"], log=LogPosition(snapshot_bytes=len(data))
+        data=data,
+        version=version,
+        owner=header["owner"],
+        log=LogPosition(snapshot_bytes=len(data)),
+        applied=applied,
     )
 
 
 def decode_record(key: str, raw: bytes) -> TurnRecord:
     """Unwrap a turn record written by :func:`encode_record` (checked like a snapshot,
     plus its ``keep`` / ``state_size`` / ``state_crc32`` fields)."""
-    header, data = _unpack(key, raw)
+    header, data, applied = _unpack(key, raw)
     if "keep" not in header:
         raise MalformedRecord(key, "a snapshot where a turn record was expected")
     return TurnRecord(
@@ -267,6 +300,7 @@ def decode_record(key: str, raw: bytes) -> TurnRecord:
         state_size=_int_field(key, header, "state_size"),
         state_crc32=_int_field(key, header, "state_crc32"),
         owner=header["owner"],
+        applied=applied,
     )
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from shardroute.discovery.keys import KeySchema, prefix_end
 from shardroute.errors import LeaseNotFound, MalformedRecord
 from shardroute.etcd import EtcdClient, txn
+from shardroute.sessions.applied import Applied, added
 from shardroute.sessions.envelope import (
     FoldPolicy,
     LogPosition,
@@ -45,6 +46,7 @@ from shardroute.sessions.store import (
     check_ttl,
     check_version,
     stale,
+    turns_after,
 )
 
 __all__ = ["EtcdSessionStore"]
@@ -93,6 +95,9 @@ class EtcdSessionStore:
 
     Construction does no I/O. Thread-safe.
     """
+
+    records_turns = True
+    """``checkpoint`` takes ``applied=`` (:mod:`shardroute.sessions.applied`)."""
 
     def __init__(
         self,
@@ -150,11 +155,12 @@ class EtcdSessionStore:
             return None
         snap = read.snapshot
         state = decode_envelope(snap.key, snap.value, snap.mod_revision)
-        data, owner, log_bytes = state.data, state.owner, 0
+        data, owner, log_bytes, applied = state.data, state.owner, 0, state.applied
         for item in read.records:
             record = decode_record(item.key, item.value)
             data = apply_record(item.key, data, record)
             owner, log_bytes = record.owner, log_bytes + len(record.data)
+            applied += record.applied
         newest = read.records[-1] if read.records else snap
         position = LogPosition(
             turns=len(read.records),
@@ -163,30 +169,39 @@ class EtcdSessionStore:
             record=self._record_id(newest.key) if read.records else 0,
             lease=snap.lease,
         )
-        return StoredState(data, newest.mod_revision, owner, position)
+        return StoredState(data, newest.mod_revision, owner, position, applied)
 
     # -- writes ---------------------------------------------------------------------
 
     def checkpoint(
-        self, session_key: str, data: bytes, *, owner: str, previous: StoredState | None
+        self,
+        session_key: str,
+        data: bytes,
+        *,
+        owner: str,
+        previous: StoredState | None,
+        applied: Applied | None = None,
     ) -> StoredState:
         """Save one turn (see :meth:`SessionStore.checkpoint`): a turn record, or a
         snapshot when the fold policy says so."""
         expected = 0 if previous is None else previous.version
         data = check_save(session_key, data, owner, expected, self.max_bytes)
+        applied = turns_after(previous, applied)
         if previous is None or expected == 0:
-            return self._create(session_key, data, owner)
+            return self._create(session_key, data, owner, applied)
         if previous.log.record < 0:  # position unknown: read it, write a snapshot
-            return self._fold(session_key, data, owner, self._position(session_key, expected))
+            position = self._position(session_key, expected)
+            return self._fold(session_key, data, owner, position, applied)
         keep = record_keep(previous, data, self.fold)
         if keep is None:
-            return self._fold(session_key, data, owner, previous)
+            return self._fold(session_key, data, owner, previous, applied)
         log = previous.log
         self._keep_alive(log.lease)
-        record = encode_record(previous.data, data, owner=owner, keep=keep)
+        new = added(previous.applied, applied)
+        record = encode_record(previous.data, data, owner=owner, keep=keep, applied=new)
         put = txn.put(self.record_key(session_key, expected), record, log.lease)
         version = self._write(session_key, previous, [put], len(record))
-        return StoredState(data, version, owner, log.appended(len(data) - keep, expected))
+        return StoredState(data, version, owner, log.appended(len(data) - keep, expected), applied)
 
     def save(self, session_key: str, data: bytes, *, owner: str, expected_version: int) -> int:
         """Compare-and-swap the session's whole state (see :meth:`SessionStore.save`)."""
@@ -216,10 +231,12 @@ class EtcdSessionStore:
 
     # -- internals ------------------------------------------------------------------
 
-    def _create(self, session_key: str, data: bytes, owner: str) -> StoredState:
+    def _create(
+        self, session_key: str, data: bytes, owner: str, applied: Applied = ()
+    ) -> StoredState:
         snapshot = self.key(session_key)
         lease = self._grant()
-        raw = encode_envelope(data, owner=owner)
+        raw = encode_envelope(data, owner=owner, applied=applied)
         compare = [
             txn.compare(snapshot, "create_revision", "EQUAL", 0),
             txn.compare(f"{snapshot}/", "create_revision", "EQUAL", 0, prefix_end(f"{snapshot}/")),
@@ -229,21 +246,28 @@ class EtcdSessionStore:
             raise stale(session_key, 0, "written")
         self._count(len(raw))
         version = int(responses[0].response_put.header.revision)
-        return StoredState(data, version, owner, LogPosition(snapshot_bytes=len(data), lease=lease))
+        position = LogPosition(snapshot_bytes=len(data), lease=lease)
+        return StoredState(data, version, owner, position, applied)
 
     def _fold(
-        self, session_key: str, data: bytes, owner: str, previous: StoredState
+        self,
+        session_key: str,
+        data: bytes,
+        owner: str,
+        previous: StoredState,
+        applied: Applied = (),
     ) -> StoredState:
         snapshot = self.key(session_key)
         lease = previous.log.lease
         self._keep_alive(lease)
-        raw = encode_envelope(data, owner=owner)
+        raw = encode_envelope(data, owner=owner, applied=applied)
         ops = [
             txn.delete(f"{snapshot}/", prefix_end(f"{snapshot}/")),
             txn.put(snapshot, raw, lease),
         ]
         version = self._write(session_key, previous, ops, len(raw))
-        return StoredState(data, version, owner, LogPosition(snapshot_bytes=len(data), lease=lease))
+        position = LogPosition(snapshot_bytes=len(data), lease=lease)
+        return StoredState(data, version, owner, position, applied)
 
     def _position(self, session_key: str, expected_version: int) -> StoredState:
         """What a write at ``expected_version`` compares, read from etcd (keys only)."""

@@ -21,6 +21,7 @@ from shardroute.sessions._host_base import (
     _moving_message,
     log,
 )
+from shardroute.sessions.applied import Applied
 
 import_version: contextvars.ContextVar[int] = contextvars.ContextVar(
     "shardroute_import_version", default=0
@@ -173,6 +174,7 @@ class Handoff(HostBase):
                 grpc.StatusCode.INVALID_ARGUMENT, f"imported state does not decode: {exc}"
             ) from exc
         claimed = import_version.get()
+        applied: Applied | None = None  # unknown: read from the store before the next turn
         if claimed > 0:
             # The sender says which stored version the bytes are: comparing versions is
             # a keys-only read, instead of reading the whole state back.
@@ -192,6 +194,7 @@ class Handoff(HostBase):
                     f"(version {stored.version}): a turn was saved after the export",
                 )
             version = stored.version if stored is not None else 0
+            applied = self.turn_memory.keep(stored.applied) if stored is not None else ()
         with self._cond:
             self._check_epoch(session_key, epoch)
             current = self._held.get(session_key)
@@ -201,7 +204,7 @@ class Handoff(HostBase):
                     f"session {session_key!r} is served by this shard; import refused",
                 )
             self._held[session_key] = _Entry(
-                state, data, version, imported=True, last_used=self._clock()
+                state, data, version, imported=True, last_used=self._clock(), applied=applied
             )
             self._cond.notify_all()
         return len(data)

@@ -41,7 +41,8 @@ from shardroute.sessions._host_base import (
     _Store,
     log,
 )
-from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
+from shardroute.sessions.applied import AppliedTurn
+from shardroute.sessions.envelope import LogPosition
 from shardroute.sessions.handoff import Handoff
 from shardroute.sessions.lifetime import Lifetime
 from shardroute.sessions.ownership import Action, decide
@@ -178,9 +179,12 @@ class SessionHost(Handoff, Lifetime):
         running them for nothing.
         """
         entry = self._begin(session_key, reason, load)
-        if self.store_suspect and not entry.loading:
+        if not entry.loading and (self.store_suspect or entry.applied is None):
             try:
-                self._stored_version(session_key)  # raises Refused (UNAVAILABLE)
+                if entry.applied is None:  # imported by version: read its applied turns
+                    self._read_applied(session_key, entry)
+                else:
+                    self._stored_version(session_key)  # raises Refused (UNAVAILABLE)
             except BaseException:
                 self.end(session_key, entry)
                 raise
@@ -302,6 +306,7 @@ class SessionHost(Handoff, Lifetime):
             entry.state, entry.data = state, data
             entry.version = stored.version if stored is not None else 0
             entry.log = stored.log if stored is not None else None
+            entry.applied = self.turn_memory.keep(stored.applied) if stored is not None else ()
             entry.loading = False
             entry.last_used = self._clock()
             self.takeovers_total += 1
@@ -328,11 +333,15 @@ class SessionHost(Handoff, Lifetime):
             with self._cond:
                 self._hint(key, written)
 
-    def checkpoint(self, session_key: str, entry: Any, new_state: Any) -> None:
+    def checkpoint(
+        self, session_key: str, entry: Any, new_state: Any, turn: AppliedTurn | None = None
+    ) -> None:
         """Save a turn's new state (compare-and-swap on the version), then keep it.
 
         The store writes what the turn changed (a turn record) when it can, else the
         whole state (:meth:`SessionStore.checkpoint <shardroute.sessions.SessionStore>`).
+        ``turn`` (the call's turn id and reply) is added to the session's record of
+        applied turns, saved in the same write (stores with ``records_turns``).
 
         Raises :class:`Refused`: ``ABORTED`` when another shard wrote the session
         meanwhile, or it ended or expired (the local copy is dropped),
@@ -344,15 +353,13 @@ class SessionHost(Handoff, Lifetime):
         store = self._require_store()
         log: LogPosition | None = None
         started = time.perf_counter()
+        previous, extra = self._write_from(entry, store, turn)
         try:
             incremental = getattr(store, "checkpoint", None)
             if incremental is not None:
-                previous = (
-                    StoredState(entry.data, entry.version, self.shard_id, entry.log or UNKNOWN_LOG)
-                    if entry.version
-                    else None
+                saved = incremental(
+                    session_key, data, owner=self.shard_id, previous=previous, **extra
                 )
-                saved = incremental(session_key, data, owner=self.shard_id, previous=previous)
                 version, log = saved.version, saved.log
             else:  # a store without turn records: the whole state every turn
                 version = store.save(
@@ -378,6 +385,7 @@ class SessionHost(Handoff, Lifetime):
             ) from exc
         with self._cond:
             entry.state, entry.data, entry.version, entry.log = new_state, data, version, log
+            entry.applied = extra.get("applied", entry.applied)
             self.checkpoints_total += 1
             written = getattr(store, "bytes_written", None)
             wrote = len(data)

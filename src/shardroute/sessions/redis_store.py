@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from shardroute.discovery.keys import KeySchema
 from shardroute.errors import MalformedRecord
 from shardroute.session_keys import encode_session_key
+from shardroute.sessions.applied import Applied, added
 from shardroute.sessions.envelope import (
     FoldPolicy,
     LogPosition,
@@ -49,6 +50,7 @@ from shardroute.sessions.store import (
     check_ttl,
     check_version,
     stale,
+    turns_after,
 )
 
 __all__ = ["RedisSessionStore"]
@@ -109,6 +111,9 @@ class RedisSessionStore:
     Construction does no I/O: the connection (and a cluster's slot map) is made on first
     use. Thread-safe (redis-py's connection pool). :meth:`close` releases connections.
     """
+
+    records_turns = True
+    """``checkpoint`` takes ``applied=`` (:mod:`shardroute.sessions.applied`)."""
 
     def __init__(
         self,
@@ -183,37 +188,47 @@ class RedisSessionStore:
         if version is None:
             raise MalformedRecord(f"{key}#v", "no version")
         stored = decode_envelope(f"{key}#s", snapshot, 1)
-        data, owner, log_bytes = stored.data, stored.owner, 0
+        data, owner, log_bytes, applied = stored.data, stored.owner, 0, stored.applied
         for name, value in records:
             record = decode_record(f"{key}#{name}", value)
             data = apply_record(f"{key}#{name}", data, record)
             owner, log_bytes = record.owner, log_bytes + len(record.data)
+            applied += record.applied
         position = LogPosition(
             turns=len(records),
             log_bytes=log_bytes,
             snapshot_bytes=len(stored.data),
             record=int(records[-1][0][1:]) if records else 0,
         )
-        return StoredState(data, self._parse_version(key, version), owner, position)
+        return StoredState(data, self._parse_version(key, version), owner, position, applied)
 
     # -- writes ---------------------------------------------------------------------
 
     def checkpoint(
-        self, session_key: str, data: bytes, *, owner: str, previous: StoredState | None
+        self,
+        session_key: str,
+        data: bytes,
+        *,
+        owner: str,
+        previous: StoredState | None,
+        applied: Applied | None = None,
     ) -> StoredState:
         """Save one turn (see :meth:`SessionStore.checkpoint`): a turn record, or a
         snapshot when the fold policy says so."""
         expected = 0 if previous is None else previous.version
         data = check_save(session_key, data, owner, expected, self.max_bytes)
+        applied = turns_after(previous, applied)
         if previous is None or expected == 0:
-            return self._snapshot(session_key, data, owner, 0)
+            return self._snapshot(session_key, data, owner, 0, applied)
         keep = record_keep(previous, data, self.fold)
         if keep is None:
-            return self._snapshot(session_key, data, owner, expected)
-        record = encode_record(previous.data, data, owner=owner, keep=keep)
+            return self._snapshot(session_key, data, owner, expected, applied)
+        new = added(previous.applied, applied)
+        record = encode_record(previous.data, data, owner=owner, keep=keep, applied=new)
         field = f"r{expected:0{_ID_DIGITS}d}"
         version = self._write(session_key, expected, field, record)
-        return StoredState(data, version, owner, previous.log.appended(len(data) - keep, expected))
+        position = previous.log.appended(len(data) - keep, expected)
+        return StoredState(data, version, owner, position, applied)
 
     def save(self, session_key: str, data: bytes, *, owner: str, expected_version: int) -> int:
         """Compare-and-set the session's whole state (see :meth:`SessionStore.save`)."""
@@ -241,10 +256,13 @@ class RedisSessionStore:
 
     # -- internals ------------------------------------------------------------------
 
-    def _snapshot(self, session_key: str, data: bytes, owner: str, expected: int) -> StoredState:
-        raw = encode_envelope(data, owner=owner)
+    def _snapshot(
+        self, session_key: str, data: bytes, owner: str, expected: int, applied: Applied = ()
+    ) -> StoredState:
+        raw = encode_envelope(data, owner=owner, applied=applied)
         version = self._write(session_key, expected, "s", raw)
-        return StoredState(data, version, owner, LogPosition(snapshot_bytes=len(data)))
+        position = LogPosition(snapshot_bytes=len(data))
+        return StoredState(data, version, owner, position, applied)
 
     def _write(self, session_key: str, expected: int, field: str, value: bytes) -> int:
         key = self.key(session_key)

@@ -32,6 +32,7 @@ from shardroute.errors import (
     StaleState,
     StateTooLarge,
 )
+from shardroute.sessions.applied import Applied, added
 from shardroute.sessions.envelope import (
     FoldPolicy,
     LogPosition,
@@ -67,6 +68,9 @@ class SessionStore(Protocol):
       from: a compare-and-swap on ``previous.version`` (None: the session must have no
       stored state) that writes a turn record (what changed) or, when the
       :attr:`fold` policy says so, a new snapshot. Returns the new :class:`StoredState`.
+      Optionally (``records_turns = True``) it takes ``applied=``, the session's record
+      of applied turns after this turn (:mod:`shardroute.sessions.applied`), saved in the
+      same write and returned by ``load`` (a turn record carries the turns it adds).
     - ``save`` writes a whole state (a snapshot, the log folded away) by compare-and-swap
       on ``expected_version`` (``0``: the session must have no stored state yet) and
       returns the new version (> 0).
@@ -173,6 +177,14 @@ def check_save(
     return data
 
 
+def turns_after(previous: StoredState | None, applied: Applied | None) -> Applied:
+    """The applied-turn record a checkpoint saves: ``applied``, or (None) the one
+    ``previous`` had."""
+    if applied is not None:
+        return applied
+    return previous.applied if previous is not None else ()
+
+
 def check_version(version: int | None) -> None:
     """An ``expected_version`` must be None or an int >= 0."""
     if version is None:
@@ -214,6 +226,9 @@ class InMemorySessionStore:
     revision). Idle sessions expire exactly ``ttl_s`` after their last write, checked
     on access and by :meth:`expire`. Thread-safe; every operation is one locked step.
     """
+
+    records_turns = True
+    """``checkpoint`` takes ``applied=`` (:mod:`shardroute.sessions.applied`)."""
 
     def __init__(
         self,
@@ -258,33 +273,44 @@ class InMemorySessionStore:
             return held.state.version if held else 0
 
     def checkpoint(
-        self, session_key: str, data: bytes, *, owner: str, previous: StoredState | None
+        self,
+        session_key: str,
+        data: bytes,
+        *,
+        owner: str,
+        previous: StoredState | None,
+        applied: Applied | None = None,
     ) -> StoredState:
         """Save one turn (see :meth:`SessionStore.checkpoint`)."""
         expected = 0 if previous is None else previous.version
+        applied = turns_after(previous, applied)
         data = check_save(session_key, data, owner, expected, self.max_bytes)
         with self._lock:
             held = self._current(session_key)
             if (held.state.version if held else 0) != expected:
                 raise stale(session_key, expected, "written")
             if held is None or previous is None:
-                return self._snapshot(session_key, data, owner)
+                return self._snapshot(session_key, data, owner, applied)
             keep = record_keep(previous, data, self.fold)
             if keep is None:
-                return self._snapshot(session_key, data, owner)
-            record = encode_record(previous.data, data, owner=owner, keep=keep)
+                return self._snapshot(session_key, data, owner, applied)
+            new = added(previous.applied, applied)
+            record = encode_record(previous.data, data, owner=owner, keep=keep, applied=new)
             self._revision += 1
             position = previous.log.appended(len(data) - keep, previous.version)
-            state = StoredState(data, self._revision, owner, position)
+            state = StoredState(data, self._revision, owner, position, applied)
             held.state, held.written_at = state, self._clock()
             self.bytes_written += len(record)
             return state
 
-    def _snapshot(self, session_key: str, data: bytes, owner: str) -> StoredState:
+    def _snapshot(
+        self, session_key: str, data: bytes, owner: str, applied: Applied = ()
+    ) -> StoredState:
         # Called with _lock held, the compare-and-swap done.
-        raw = encode_envelope(data, owner=owner)
+        raw = encode_envelope(data, owner=owner, applied=applied)
         self._revision += 1
-        state = StoredState(data, self._revision, owner, LogPosition(snapshot_bytes=len(data)))
+        position = LogPosition(snapshot_bytes=len(data))
+        state = StoredState(data, self._revision, owner, position, applied)
         self._states[session_key] = _Held(state, self._clock())
         self.bytes_written += len(raw)
         return state

@@ -18,6 +18,7 @@ import grpc
 from shardroute._io.aio import sleep
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
+from shardroute.transport.turns import is_replay, recorded_reply, turn_id_of
 
 if TYPE_CHECKING:
     from shardroute._core import CallOptions, ClientCore
@@ -63,8 +64,11 @@ class AsyncCallLoops:
                 inflight.end(shard_id)
                 core.succeeded(attempts, session_key, decision, shard)
                 return response
+            if is_replay(failed):  # a retried turn the session applied: its recorded reply
+                core.succeeded(attempts, session_key, decision, shard)
+                return recorded_reply(spec, failed, shard_id, turn_id_of(md) or "")
             attempts, shard, timeout, md = core.failed(
-                attempts, spec, session_key, decision, started, timeout, options, shard, failed
+                attempts, spec, session_key, decision, started, timeout, options, shard, failed, md
             )
             if attempts.pause:  # the shard refused it before running it: again, later
                 await sleep(attempts.pause)
@@ -106,6 +110,9 @@ class AsyncCallLoops:
             if failed is None:
                 core.succeeded(attempts, session_key, decision, shard)
                 return
+            if is_replay(failed):  # applied already: a stream's replies are not kept
+                core.succeeded(attempts, session_key, decision, shard)
+                recorded_reply(spec, failed, shard_id, turn_id_of(md) or "")
             attempts, shard, timeout, md = core.failed(
                 attempts,
                 spec,
@@ -116,6 +123,7 @@ class AsyncCallLoops:
                 options,
                 shard,
                 failed,
+                md,
                 received,
             )
             if attempts.pause:

@@ -20,6 +20,7 @@ import grpc
 from shardroute._io.sync import sleep
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
+from shardroute.transport.turns import is_replay, recorded_reply, turn_id_of
 
 if TYPE_CHECKING:
     from shardroute._core import CallOptions, ClientCore
@@ -65,8 +66,11 @@ class CallLoops:
                 inflight.end(shard_id)
                 core.succeeded(attempts, session_key, decision, shard)
                 return response
+            if is_replay(failed):  # a retried turn the session applied: its recorded reply
+                core.succeeded(attempts, session_key, decision, shard)
+                return recorded_reply(spec, failed, shard_id, turn_id_of(md) or "")
             attempts, shard, timeout, md = core.failed(
-                attempts, spec, session_key, decision, started, timeout, options, shard, failed
+                attempts, spec, session_key, decision, started, timeout, options, shard, failed, md
             )
             if attempts.pause:  # the shard refused it before running it: again, later
                 sleep(attempts.pause)
@@ -108,6 +112,9 @@ class CallLoops:
             if failed is None:
                 core.succeeded(attempts, session_key, decision, shard)
                 return
+            if is_replay(failed):  # applied already: a stream's replies are not kept
+                core.succeeded(attempts, session_key, decision, shard)
+                recorded_reply(spec, failed, shard_id, turn_id_of(md) or "")
             attempts, shard, timeout, md = core.failed(
                 attempts,
                 spec,
@@ -118,6 +125,7 @@ class CallLoops:
                 options,
                 shard,
                 failed,
+                md,
                 received,
             )
             if attempts.pause:

@@ -97,6 +97,7 @@ class Attempts:
         "_refusals",
         "_rules",
         "_session_key",
+        "_turn",
         "attempt",
         "pause",
         "received",
@@ -113,6 +114,7 @@ class Attempts:
         rules: CallRules,
         extra_metadata: Metadata = (),
         started: float | None = None,
+        turn_id: str | None = None,
     ) -> None:
         self._decision = decision
         self._session_key = session_key
@@ -121,7 +123,10 @@ class Attempts:
         self._rules = rules
         # Priority and idempotency are rarely not the default: keep them in one slot.
         self._flags = (priority, idempotent)
-        self._extra = extra_metadata
+        # The turn id goes last on every attempt (the same one: docs/client.md).
+        turn: Metadata = ((metadata.TURN_ID, turn_id),) if turn_id else ()
+        self._extra = (*extra_metadata, *turn)
+        self._turn = turn_id is not None
         self._failures: list[tuple[str, str]] | None = None
         self._detour: Shard | str | None = None  # redirect: pending shard, then its id
         self.attempt = 0
@@ -257,13 +262,19 @@ class Attempts:
         if failure is Failure.REFUSED and self._refuse_again(shard):
             return
         idempotent = self._flags[1]
-        if self._rules.retry.should_retry(
-            failure, attempt=self.attempt, idempotent=idempotent, received=self.received
+        retry = self._rules.retry
+        if retry.should_retry(
+            failure,
+            attempt=self.attempt,
+            idempotent=idempotent,
+            received=self.received,
+            turn=self._turn,
         ):
             return
         if failure is Failure.NOT_SENT:
             raise self._unavailable() from error
-        if failure is Failure.MAYBE_EXECUTED and (idempotent or self.received):
+        safe = idempotent or (self._turn and retry.exactly_once)
+        if failure is Failure.MAYBE_EXECUTED and (safe or self.received):
             why = "the stream had started" if self.received else "the attempt budget is spent"
             details = error.details() if isinstance(error, grpc.Call) else ""
             raise OutcomeUnknown(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardroute._validate import seconds
 from shardroute.errors import Overloaded
+from shardroute.metadata import TURN_ID
 from shardroute.session_keys import wire_form
 from shardroute.telemetry.client import CallRecord, overloaded
 from shardroute.transport.attempts import first_metadata
@@ -28,6 +29,8 @@ def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Cal
     """The recorded form of ``core``'s routed call of ``spec``: ``run`` is the shell's
     recorded loop (it ends the record when the call ends)."""
     telemetry = core.telemetry
+    streams = spec.kind == "unary_stream"
+    turn_ids = core.turn_ids[streams] if core.turn_ids is not None else None
 
     def recorded(
         request: Any,
@@ -49,6 +52,8 @@ def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Cal
         extra = (*metadata, *record.metadata)
         options: CallOptions = (priority, idempotent, extra, record)
         md = first_metadata(session_key, decision, priority, extra)
+        if turn_ids is not None:  # last, where ClientCore.failed finds it
+            md += ((TURN_ID, turn_ids()),)
         return run(spec, request, session_key, decision, md, timeout, started, options)
 
     return recorded
