@@ -36,6 +36,7 @@ from shardroute.transport import (
 )
 from shardroute.transport.attempts import CallRules, Metadata, first_metadata
 from shardroute.transport.channels import channel_options as shard_channel_options
+from shardroute.transport.loadboard import LoadBoard
 from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
 
@@ -92,6 +93,9 @@ class ClientCore(Generic[C]):
         self._calls = self.stats.counter("calls")
         self._by_reason = {reason: self.stats.counter(reason.value) for reason in Reason}
         self.inflight = InFlight()  # this client's calls per shard: the router's load input
+        # the loads routed on: etcd reports and response trailers, freshest, aged
+        self.loads = LoadBoard(lambda: self.router.policy.max_report_age_s, self._on_view)
+        self.heard = self.loads.heard  # the call loops' hook: a response's trailers
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._health = self.outlier.health
         self._pins = self.router.memo.pins
@@ -115,16 +119,28 @@ class ClientCore(Generic[C]):
             client_instruments(self.telemetry)
 
     def _on_topology(self, topology: Topology) -> None:
-        self.router.prepare(topology)  # build the ring here, off the request path
-        self.inflight.rebase(self.router.basis(topology))
-        for shard_id in self.channels.retain(topology):
+        self.loads.adopt(topology)  # the view to route on: calls _on_view if it changed
+        gone = self.channels.retain(topology)
+        self.loads.forget(gone)
+        for shard_id in gone:
             self.outlier.forget(shard_id)
+
+    def _on_view(self, view: Topology) -> None:
+        """A new snapshot to route on (new topology, or loads that moved): build the
+        ring and tables now, and rebase the in-flight counts on its reported loads."""
+        self.router.prepare(view)  # build the ring here, off the request path
+        self.inflight.rebase(self.router.basis(view))
+
+    def current(self) -> Topology:
+        """The snapshot the router routes on now: the source's, with the loads of
+        :class:`~shardroute.transport.loadboard.LoadBoard` (no I/O)."""
+        return self.loads.view(self.source.current(), self.loads.clock())
 
     def route(self, session_key: str, priority: str = "standard") -> Decision:
         """The routing decision for a request of ``session_key`` now (no I/O)."""
         return self.router.route(
             session_key,
-            self.source.current(),
+            self.current(),
             priority=priority,
             zone=self.zone,
             region=self.region,
@@ -147,6 +163,8 @@ class ClientCore(Generic[C]):
         trace_state, metrics_state = TRACE_STATE, METRICS_STATE
         route = self.router.route
         current = self.source.current
+        board = self.loads
+        view_for, wall = board.view, board.clock
         ejected = self.outlier.ejected
         health = self._health  # empty until a shard fails: then nothing can be ejected
         inflight = self.inflight
@@ -184,9 +202,14 @@ class ClientCore(Generic[C]):
             elif not 0.0 < timeout < inf:  # refuses NaN too (a comparison with NaN is false)
                 seconds("timeout", timeout)
             started = clock()
+            now = wall()
+            topology = current()
+            base, due, view = board.state  # the view to route on, while still good
+            if topology is not base or now >= due:
+                view = view_for(topology, now)
             decision = route(
                 session_key,
-                current(),
+                view,
                 priority=priority,
                 zone=zone,
                 region=region,

@@ -9,12 +9,14 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = [
+    "call_unary",
     "finish_before_abort",
     "on_call_done",
     "run_blocking",
     "run_waiting",
     "sleep",
     "streams_by_yielding",
+    "trailers_of",
 ]
 
 T = TypeVar("T")
@@ -24,6 +26,19 @@ Ts = TypeVarTuple("Ts")
 async def sleep(seconds: float) -> None:
     """Pause this task (a refused call's backoff)."""
     await asyncio.sleep(seconds)
+
+
+async def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
+    """A unary call: (its response, its trailing metadata). The call object has the
+    trailers once the response is in."""
+    call = method(request, timeout=timeout, metadata=metadata)
+    response = await call
+    return response, await call.trailing_metadata()
+
+
+async def trailers_of(call: Any) -> Any:
+    """The trailing metadata of a finished streaming call."""
+    return await call.trailing_metadata()
 
 
 async def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

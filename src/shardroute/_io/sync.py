@@ -8,12 +8,14 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = [
+    "call_unary",
     "finish_before_abort",
     "on_call_done",
     "run_blocking",
     "run_waiting",
     "sleep",
     "streams_by_yielding",
+    "trailers_of",
 ]
 
 T = TypeVar("T")
@@ -23,6 +25,19 @@ Ts = TypeVarTuple("Ts")
 def sleep(seconds: float) -> None:
     """Pause this thread (a refused call's backoff)."""
     time.sleep(seconds)
+
+
+def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
+    """A unary call: (its response, a callable returning its trailing metadata). The
+    trailers are read only when called (``LoadBoard`` merges them later, off the call)."""
+    response, call = method.with_call(request, timeout=timeout, metadata=metadata)
+    return response, call.trailing_metadata
+
+
+def trailers_of(call: Any) -> Any:
+    """A callable returning the trailing metadata of a finished streaming call (read
+    only when called)."""
+    return call.trailing_metadata
 
 
 def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

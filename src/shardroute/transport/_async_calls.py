@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._io.aio import sleep
+from shardroute._io.aio import call_unary, sleep, trailers_of
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 
@@ -44,7 +44,7 @@ class AsyncCallLoops:
         options: CallOptions,
     ) -> Any:
         core = self._core
-        channels, inflight = core.channels, core.inflight
+        channels, inflight, heard = core.channels, core.inflight, core.heard
         shard = decision.shard
         attempts: Attempts | None = None  # built only if an attempt fails
         while True:
@@ -52,7 +52,7 @@ class AsyncCallLoops:
             method = channels.callable_for(shard, spec)
             inflight.begin(shard_id)
             try:
-                response = await method(request, timeout=timeout, metadata=md)
+                response, trailers = await call_unary(method, request, timeout, md)
             except grpc.RpcError as error:
                 inflight.end(shard_id)
                 failed = error
@@ -61,6 +61,7 @@ class AsyncCallLoops:
                 raise
             else:
                 inflight.end(shard_id)
+                heard(shard_id, trailers)  # the shard's load, merged later (LoadBoard)
                 core.succeeded(attempts, session_key, decision, shard)
                 return response
             attempts, shard, timeout, md = core.failed(
@@ -104,6 +105,8 @@ class AsyncCallLoops:
                 if call is not None:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
             if failed is None:
+                if call is not None:
+                    core.heard(shard_id, await trailers_of(call))
                 core.succeeded(attempts, session_key, decision, shard)
                 return
             attempts, shard, timeout, md = core.failed(
