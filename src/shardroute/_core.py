@@ -402,6 +402,14 @@ class ClientShell(abc.ABC):
         return self._core.inflight
 
     @property
+    def load_board(self) -> LoadBoard:
+        """The loads this client routes on: each shard's etcd report or the load it
+        attached to its latest response, whichever is freshest, once neither is older
+        than ``RoutingPolicy.max_report_age_s`` (``heard_loads()``: the trailers;
+        ``routing_view``: the snapshot routed on)."""
+        return self._core.loads
+
+    @property
     def outlier(self) -> OutlierDetector:
         """Passive outlier ejection state."""
         return self._core.outlier

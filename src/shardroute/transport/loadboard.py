@@ -85,6 +85,11 @@ class LoadBoard:
         """(the source snapshot the view was made from, when the view must be looked
         at again, the view): one tuple, swapped whole."""
 
+    @property
+    def routing_view(self) -> Topology:
+        """The last snapshot made to route on (the source's, with the loads that count)."""
+        return self.state[2]
+
     def heard(self, shard_id: str, trailers: Trailers) -> None:
         """A response of ``shard_id`` arrived with ``trailers`` (hot path: no parsing).
         One that lands while a merge swaps the inbox may be lost: the next one counts."""
