@@ -48,6 +48,9 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "ClientShell", "RoutedStub
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 C = TypeVar("C")
 
+SLOW = "slow"
+"""The cause of an ejection by slow answers (``OutlierDetector.slow_call_s``)."""
+
 CallOptions: TypeAlias = tuple[str, bool, Metadata, CallRecord | None]
 """What a call needs only when an attempt fails or is recorded: (priority, idempotent,
 extra metadata, the telemetry record or None)."""
@@ -98,6 +101,7 @@ class ClientCore(Generic[C]):
         self.heard = self.loads.heard  # the call loops' hook: a response's trailers
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._health = self.outlier.health
+        self._slow_s = self.outlier.slow_call_s  # None: answers never count as slow
         self._pins = self.router.memo.pins
         self._settle = self.router.affinity.settle
         self.rules = CallRules(
@@ -229,16 +233,26 @@ class ClientCore(Generic[C]):
         return call
 
     def succeeded(
-        self, attempts: Attempts | None, session_key: str, decision: Decision, shard: Shard
+        self,
+        attempts: Attempts | None,
+        session_key: str,
+        decision: Decision,
+        shard: Shard,
+        started: float | None = None,
     ) -> None:
         """The attempt on ``shard`` succeeded. Without ``attempts`` (the first attempt
         did): outlier and stats bookkeeping, and the memo learns where the call went
         (``Router.settle``; skipped when it went home and the session has no pin, the
-        first test of ``settle`` itself)."""
+        first test of ``settle`` itself). ``started``: the unary call's start, when
+        slow answers count toward ejection (``OutlierDetector.slow_call_s``)."""
         if attempts is not None:
             attempts.succeeded(shard)
             return
-        if self._health:  # some shard failed once: reset its count (else nothing to do)
+        slow_s = self._slow_s
+        if slow_s is not None and started is not None and self.rules.clock() - started > slow_s:
+            if self.outlier.slow(shard.id):
+                report_ejection(self.telemetry, shard.id, SLOW)
+        elif self._health:  # some shard failed once: reset its count (else nothing to do)
             self.outlier.success(shard.id)
         next(self._calls)
         reason = decision.reason

@@ -62,7 +62,7 @@ class AsyncCallLoops:
             else:
                 inflight.end(shard_id)
                 heard(shard_id, trailers)  # the shard's load, merged later (LoadBoard)
-                core.succeeded(attempts, session_key, decision, shard)
+                core.succeeded(attempts, session_key, decision, shard, started)
                 return response
             attempts, shard, timeout, md = core.failed(
                 attempts, spec, session_key, decision, started, timeout, options, shard, failed
