@@ -37,6 +37,25 @@ def trailer(inflight: int, queue: int = 0) -> tuple[tuple[str, str], ...]:
     return ((LOAD, format_load(inflight, queue, 64)),)
 
 
+class SyncCall:
+    """A finished grpc call object: ``trailing_metadata()`` returns the trailers."""
+
+    def __init__(self, trailers: object) -> None:
+        self.trailers = trailers
+
+    def trailing_metadata(self) -> object:
+        if isinstance(self.trailers, Exception):
+            raise self.trailers
+        return self.trailers
+
+
+class AioCall(SyncCall):
+    """A finished grpc.aio call object: ``trailing_metadata()`` is a coroutine."""
+
+    async def trailing_metadata(self) -> object:  # type: ignore[override]
+        return self.trailers
+
+
 def test_stale_reports_leave_the_view_when_they_expire() -> None:
     b, _, views = board()
     fresh = LoadReport(inflight=4, ts=NOW - 10)
@@ -54,12 +73,13 @@ def test_a_trailer_reaches_the_view_at_the_next_merge() -> None:
     t = topology({"a": LoadReport(inflight=60, ts=NOW - 5)})
     view = b.adopt(t)
     clock.now = later = NOW + MERGE_EVERY_S / 2
-    b.heard("a", trailer(3, 1))  # fresher than the etcd report
-    b.heard("b", lambda: trailer(2))  # the sync call object's form: read when merged
+    b.heard("a", SyncCall(trailer(3, 1)))  # fresher than the etcd report
+    b.heard("b", AioCall(trailer(2)))
     assert b.view(t, later) is view  # within the merge interval: the same view
+    # stamped with the time of the previous merge: they arrived after it
     assert b.heard_loads() == {
-        "a": LoadReport(inflight=3, queue_depth=1, ts=later),
-        "b": LoadReport(inflight=2, ts=later),
+        "a": LoadReport(inflight=3, queue_depth=1, ts=NOW),
+        "b": LoadReport(inflight=2, ts=NOW),
     }
     b.adopt(t)  # a snapshot arriving merges what was heard at once
     merged = b.view(t, later)
@@ -115,9 +135,18 @@ def test_the_call_path_never_waits_for_a_merge_in_progress() -> None:
 
 def test_a_call_object_that_cannot_say_gives_no_load() -> None:
     b, _, _ = board()
-
-    def broken() -> object:
-        raise RuntimeError("call object torn down")
-
-    b.heard("a", broken)
+    b.heard("a", SyncCall(RuntimeError("call object torn down")))
+    b.heard("b", object())  # neither a call nor metadata
     assert dict(b.adopt(topology({})).loads) == {}
+
+
+def test_a_trailer_heard_long_ago_is_stamped_no_later_than_the_merge_before_it() -> None:
+    b, clock, _ = board()
+    t = topology({})
+    b.adopt(t)  # a merge at NOW
+    b.heard("a", SyncCall(trailer(7)))  # then no call for a minute
+    clock.now = NOW + 60
+    assert dict(b.adopt(t).loads) == {}  # 60 s old at most, and the max age is 30: ignored
+    b.heard("a", SyncCall(trailer(7)))
+    clock.now = NOW + 60.01
+    assert b.adopt(t).loads["a"] == LoadReport(inflight=7, ts=NOW + 60)

@@ -16,7 +16,6 @@ __all__ = [
     "run_waiting",
     "sleep",
     "streams_by_yielding",
-    "trailers_of",
 ]
 
 T = TypeVar("T")
@@ -29,16 +28,10 @@ async def sleep(seconds: float) -> None:
 
 
 async def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
-    """A unary call: (its response, its trailing metadata). The call object has the
-    trailers once the response is in."""
+    """A unary call: (its response, its finished call object, whose trailing metadata
+    ``LoadBoard`` reads later, off the call)."""
     call = method(request, timeout=timeout, metadata=metadata)
-    response = await call
-    return response, await call.trailing_metadata()
-
-
-async def trailers_of(call: Any) -> Any:
-    """The trailing metadata of a finished streaming call."""
-    return await call.trailing_metadata()
+    return await call, call
 
 
 async def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

@@ -15,7 +15,6 @@ __all__ = [
     "run_waiting",
     "sleep",
     "streams_by_yielding",
-    "trailers_of",
 ]
 
 T = TypeVar("T")
@@ -28,16 +27,10 @@ def sleep(seconds: float) -> None:
 
 
 def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
-    """A unary call: (its response, a callable returning its trailing metadata). The
-    trailers are read only when called (``LoadBoard`` merges them later, off the call)."""
-    response, call = method.with_call(request, timeout=timeout, metadata=metadata)
-    return response, call.trailing_metadata
-
-
-def trailers_of(call: Any) -> Any:
-    """A callable returning the trailing metadata of a finished streaming call (read
-    only when called)."""
-    return call.trailing_metadata
+    """A unary call: (its response, its finished call object, whose trailing metadata
+    ``LoadBoard`` reads later, off the call)."""
+    result: tuple[Any, Any] = method.with_call(request, timeout=timeout, metadata=metadata)
+    return result
 
 
 def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

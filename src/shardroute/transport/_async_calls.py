@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._io.aio import call_unary, sleep, trailers_of
+from shardroute._io.aio import call_unary, sleep
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 
@@ -52,7 +52,7 @@ class AsyncCallLoops:
             method = channels.callable_for(shard, spec)
             inflight.begin(shard_id)
             try:
-                response, trailers = await call_unary(method, request, timeout, md)
+                response, done = await call_unary(method, request, timeout, md)
             except grpc.RpcError as error:
                 inflight.end(shard_id)
                 failed = error
@@ -61,7 +61,7 @@ class AsyncCallLoops:
                 raise
             else:
                 inflight.end(shard_id)
-                heard(shard_id, trailers)  # the shard's load, merged later (LoadBoard)
+                heard(shard_id, done)  # its load trailer, read and merged later (LoadBoard)
                 core.succeeded(attempts, session_key, decision, shard, started)
                 return response
             attempts, shard, timeout, md = core.failed(
@@ -106,7 +106,7 @@ class AsyncCallLoops:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
             if failed is None:
                 if call is not None:
-                    core.heard(shard_id, await trailers_of(call))
+                    core.heard(shard_id, call)
                 core.succeeded(attempts, session_key, decision, shard)
                 return
             attempts, shard, timeout, md = core.failed(

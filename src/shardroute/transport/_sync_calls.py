@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._io.sync import call_unary, sleep, trailers_of
+from shardroute._io.sync import call_unary, sleep
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 
@@ -54,7 +54,7 @@ class CallLoops:
             method = channels.callable_for(shard, spec)
             inflight.begin(shard_id)
             try:
-                response, trailers = call_unary(method, request, timeout, md)
+                response, done = call_unary(method, request, timeout, md)
             except grpc.RpcError as error:
                 inflight.end(shard_id)
                 failed = error
@@ -63,7 +63,7 @@ class CallLoops:
                 raise
             else:
                 inflight.end(shard_id)
-                heard(shard_id, trailers)  # the shard's load, merged later (LoadBoard)
+                heard(shard_id, done)  # its load trailer, read and merged later (LoadBoard)
                 core.succeeded(attempts, session_key, decision, shard, started)
                 return response
             attempts, shard, timeout, md = core.failed(
@@ -108,7 +108,7 @@ class CallLoops:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
             if failed is None:
                 if call is not None:
-                    core.heard(shard_id, trailers_of(call))
+                    core.heard(shard_id, call)
                 core.succeeded(attempts, session_key, decision, shard)
                 return
             attempts, shard, timeout, md = core.failed(

@@ -1,23 +1,25 @@
 """The loads a client routes on: each shard's etcd report or its latest load trailer,
 whichever is freshest, with reports older than the max age left out.
 
-The call loops drop each successful response's trailing metadata here as it comes
-(:meth:`LoadBoard.heard`: one clock read and one dict store; nothing is parsed). The
-rest happens at most every :data:`MERGE_EVERY_S` on the call path, or when a new
-topology snapshot arrives: the trailers that changed are parsed, merged with the
-snapshot's reports by :func:`shardroute.routing.fresh_loads` (pure), and the result is
-published as a new snapshot (the source's, with ``loads`` replaced) in one reference
-swap. The router gets that snapshot, so its decision stays a pure function of its
-input, and a load that did not change keeps its report object, so the router's table
-is rebuilt only for what moved (docs/routing.md, "Load: three sources, freshest wins").
+The call loops drop each successful call's finished call object here as it comes
+(:meth:`LoadBoard.heard`: one dict store; nothing is read or parsed). The rest happens
+at most every :data:`MERGE_EVERY_S` on the call path, or when a new topology snapshot
+arrives: the trailers heard since are read and parsed, stamped with the time of the
+previous merge (a lower bound of when they arrived), merged with the snapshot's reports
+by :func:`shardroute.routing.fresh_loads` (pure), and the result is published as a new
+snapshot (the source's, with ``loads`` replaced) in one reference swap. The router
+gets that snapshot, so its decision stays a pure function of its input, and a load
+that did not change keeps its report object, so the router's table is rebuilt only
+for what moved (docs/routing.md, "Load: three sources, freshest wins").
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -33,20 +35,38 @@ MERGE_EVERY_S = 0.05
 """How often, at most, trailers heard since the last merge reach the router's view
 while calls flow (the merge runs on the first call after this much time)."""
 
-Trailers = Iterable[tuple[str, str | bytes]] | Callable[[], Any]
-"""A response's trailing metadata, or a callable that returns it (the sync call
-object's ``trailing_metadata``: read only when merged)."""
+
+def _trailers(heard: Any) -> Any:
+    """The trailing metadata of what :meth:`LoadBoard.heard` got: a finished call object
+    (grpc's sync call, or grpc.aio's, whose ``trailing_metadata()`` is a coroutine that
+    returns at once once the call is done), or the metadata itself. None if unknown."""
+    getter = getattr(heard, "trailing_metadata", None)
+    if getter is None:
+        return heard
+    try:
+        found = getter()
+        if inspect.iscoroutine(found):
+            try:
+                found.send(None)
+            except StopIteration as done:
+                return done.value
+            found.close()  # not finished after all: nothing to read
+            return None
+        return found
+    except Exception:  # a call object that cannot say: no load heard
+        return None
 
 
 class LoadBoard:
     """Trailers heard per shard and the snapshot the router routes on.
 
-    Mutable state: ``_inbox`` (shard id → (trailers, unix time received) heard since
-    the last merge, written by :meth:`heard` without a lock, swapped for an empty dict
-    by the merge), and under ``_lock``: ``_trailers`` (the latest trailer load of each
-    shard, parsed), ``_changed`` (shards whose trailer changed since the last view),
-    ``_ageing_due`` and :attr:`state`, replaced whole. Readers read :attr:`state` once
-    and never lock.
+    Mutable state: ``_inbox`` (shard id → the last call object heard since the last
+    drain, written by :meth:`heard` without a lock, swapped for an empty dict by the
+    drain), and under ``_lock``: ``_trailers`` (the latest trailer load of each shard,
+    parsed), ``_changed`` (shards whose trailer changed since the last view),
+    ``_drained_at`` (unix time of the last drain: what was heard after it is stamped
+    with it at the next), ``_ageing_due`` and :attr:`state`, replaced whole. Readers
+    read :attr:`state` once and never lock.
 
     Args:
         max_age: the max report age in force (``RoutingPolicy.max_report_age_s``).
@@ -58,6 +78,7 @@ class LoadBoard:
     __slots__ = (
         "_ageing_due",
         "_changed",
+        "_drained_at",
         "_inbox",
         "_lock",
         "_max_age",
@@ -77,7 +98,8 @@ class LoadBoard:
         self._on_change = on_change
         self.clock = clock
         self._lock = threading.Lock()
-        self._inbox: dict[str, tuple[Trailers, float]] = {}
+        self._inbox: dict[str, Any] = {}
+        self._drained_at = clock()
         self._trailers: dict[str, LoadReport] = {}
         self._changed: set[str] = set()
         self._ageing_due = -math.inf
@@ -90,10 +112,11 @@ class LoadBoard:
         """The last snapshot made to route on (the source's, with the loads that count)."""
         return self.state[2]
 
-    def heard(self, shard_id: str, trailers: Trailers) -> None:
-        """A response of ``shard_id`` arrived with ``trailers`` (hot path: no parsing).
-        One that lands while a merge swaps the inbox may be lost: the next one counts."""
-        self._inbox[shard_id] = (trailers, self.clock())
+    def heard(self, shard_id: str, call: Any) -> None:
+        """A call to ``shard_id`` succeeded: ``call`` is its finished call object (or
+        its trailing metadata). Hot path: one dict store, nothing read. One that lands
+        while a drain swaps the inbox may be lost: the next one counts."""
+        self._inbox[shard_id] = call
 
     def view(self, topology: Topology, now: float) -> Topology:
         """The snapshot to route on for ``topology`` (the source's current one) at
@@ -125,27 +148,26 @@ class LoadBoard:
     def heard_loads(self) -> dict[str, LoadReport]:
         """The latest trailer load of each shard, parsed (for tools and tests)."""
         with self._lock:
-            self._drain()
+            self._drain(self.clock())
             return dict(self._trailers)
 
-    def _drain(self) -> None:
-        """Parse what was heard since the last drain into ``_trailers``."""
+    def _drain(self, now: float) -> None:
+        """Parse what was heard since the last drain into ``_trailers``, stamped with
+        the time of that drain: each arrived after it, and at most this long ago."""
         inbox, self._inbox = self._inbox, {}
+        stamp, self._drained_at = self._drained_at, now
         trailers = self._trailers
-        for shard_id, (source, received) in inbox.items():
-            found: Any = source
-            if callable(source):
-                try:
-                    found = source()
-                except Exception:  # a call object that cannot say: no load heard
-                    found = None
-            report = report_from_trailer(found, received)
+        for shard_id, call in inbox.items():
+            try:
+                report = report_from_trailer(_trailers(call), stamp)
+            except Exception:  # not metadata after all: nothing heard
+                continue
             if report is not None:
                 trailers[shard_id] = report
                 self._changed.add(shard_id)
 
     def _merge(self, topology: Topology, now: float) -> Topology:
-        self._drain()
+        self._drain(now)
         changed, self._changed = self._changed, set()
         base, _, view = self.state
         max_age = self._max_age()
