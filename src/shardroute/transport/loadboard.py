@@ -157,7 +157,7 @@ class LoadBoard:
         inbox, self._inbox = self._inbox, {}
         stamp, self._drained_at = self._drained_at, now
         trailers = self._trailers
-        for shard_id, call in inbox.items():
+        for shard_id, call in list(inbox.items()):  # a late heard() may still add one
             try:
                 report = report_from_trailer(_trailers(call), stamp)
             except Exception:  # not metadata after all: nothing heard
