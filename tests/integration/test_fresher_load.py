@@ -27,14 +27,15 @@ from shardroute.session_keys import wire_form
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.waiting import wait_until
 
-BLOCKERS = 3
-"""Long calls held on the home shard by another client: with capacity 8 and no spill
-floor below one call, 3 of them put the home above its bounded-load share."""
+BLOCKERS = 7
+"""Long calls held on the home shard outside the client under test: with capacity 64,
+7 are above the spill floor (6) and the bounded-load share, so the home is full, and
+below the step (16) at which the shard writes a new etcd report on its own."""
 
 
 @pytest.fixture
 def cluster(etcd_endpoint: str) -> Iterator[ShardCluster]:
-    with ShardCluster(etcd_endpoint, shard_kwargs={"token_delay_s": 0.05, "capacity": 8}) as c:
+    with ShardCluster(etcd_endpoint, shard_kwargs={"token_delay_s": 0.05}) as c:
         c.start(3)
         yield c
 
@@ -84,6 +85,11 @@ def test_stale_load_reports_are_ignored(
         client.close()
 
 
+def homed_at(client: ShardClient | AsyncShardClient, home: str, prefix: str) -> list[str]:
+    """Session keys whose home is ``home`` (whatever its load)."""
+    return [k for k in (f"{prefix}-{i}" for i in range(500)) if client.route(k).home.id == home]
+
+
 class Blockers:
     """``BLOCKERS`` long Generate calls on sessions homed at ``home``, on a plain gRPC
     channel (so the client under test has none of them in flight)."""
@@ -92,7 +98,7 @@ class Blockers:
         shard = client.source.current().shards[home]
         self.channel = grpc.insecure_channel(shard.address)
         chat = chat_pb2_grpc.ChatStub(self.channel)
-        keys = [k for k in (f"blocker-{i}" for i in range(500)) if client.route(k).home.id == home]
+        keys = homed_at(client, home, "blocker")
         self.started = threading.Semaphore(0)
         self.threads = [
             threading.Thread(target=self._hold, args=(chat, k)) for k in keys[:BLOCKERS]
@@ -121,10 +127,10 @@ class Blockers:
 
 def trailer_in_view(client: ShardClient | AsyncShardClient, home: str) -> LoadReport | None:
     """The report the client routes on for ``home`` if it is the shard's trailer."""
-    board = client.load_board
-    heard = board.heard_loads().get(home)
-    used = board.routing_view.loads.get(home)
-    return used if used is not None and used is heard else None
+    base, _, view = client.load_board.state  # the source's snapshot, and the one routed on
+    assert base is not None
+    used = view.loads.get(home)  # the etcd report object itself, or a trailer's
+    return used if used is not None and used is not base.loads.get(home) else None
 
 
 def test_trailer_load_is_used(cluster: ShardCluster) -> None:
@@ -135,20 +141,24 @@ def test_trailer_load_is_used(cluster: ShardCluster) -> None:
         decision = client.route(key)
         home = decision.shard.id
         assert decision.reason is Reason.AFFINITY
-        chat.History(chat_pb2.HistoryRequest(), session_key=key, timeout=10)
-        with Blockers(client, home):
-            # each answer from the home carries its load; the next routes merge it
-            def spilled() -> bool:
-                if client.route(key).shard.id == home:
-                    chat.History(chat_pb2.HistoryRequest(), session_key=key, timeout=10)
-                    return False
-                return True
+        # a session pinned to the home: its calls go there whatever the home's load
+        probe = homed_at(client, home, "probe")[0]
+        client.router.remember(probe, home)
+        found: list[LoadReport] = []
 
-            wait_until(spilled, timeout=5, what="a spill on the home's trailer load")
-            used = trailer_in_view(client, home)
-            assert used is not None and used.inflight == BLOCKERS
+        def spilled_on_trailer() -> bool:
+            chat.History(chat_pb2.HistoryRequest(), session_key=probe, timeout=10)
+            if client.route(key).shard.id == home:
+                return False
+            used = trailer_in_view(client, home)  # not an etcd report written meanwhile
+            if used is not None:
+                found.append(used)
+            return used is not None
+
+        with Blockers(client, home):
+            wait_until(spilled_on_trailer, timeout=10, what="a spill on the home's trailer")
+            assert found[-1].inflight == BLOCKERS
             assert client.inflight.count(home) == 0  # not this client's own calls
-            assert client.router.load(home) == BLOCKERS
     finally:
         client.close()
 
@@ -160,14 +170,19 @@ def test_trailer_load_is_used_by_the_asyncio_client(cluster: ShardCluster) -> No
             chat = client.stub(chat_pb2_grpc.ChatStub)
             key = "conv-trailer-aio"
             home = client.route(key).shard.id
+            probe = homed_at(client, home, "probe")[0]
+            client.router.remember(probe, home)
             blockers.append(Blockers(client, home))
             ready.set()
             await asyncio.to_thread(go.wait, 30)
-            deadline = time.monotonic() + 5
-            while client.route(key).shard.id == home:
+            deadline = time.monotonic() + 10
+            while True:
                 assert time.monotonic() < deadline, "no spill on the home's trailer load"
-                await chat.History(chat_pb2.HistoryRequest(), session_key=key, timeout=10)
-            return trailer_in_view(client, home)
+                await chat.History(chat_pb2.HistoryRequest(), session_key=probe, timeout=10)
+                if client.route(key).shard.id != home:
+                    used = trailer_in_view(client, home)
+                    if used is not None:
+                        return used
         finally:
             await client.close()
 
