@@ -88,15 +88,50 @@ class EchoStub:
         )
 
 
+class _NoopCall:
+    def trailing_metadata(self) -> Any:
+        return ()
+
+
+class _NoopMultiCallable:
+    """grpc's sync multi-callable, answering at once: called, or ``with_call``."""
+
+    _call = _NoopCall()
+
+    def __call__(self, request: bytes, timeout: Any = None, metadata: Any = None) -> bytes:
+        return request
+
+    def with_call(
+        self, request: bytes, timeout: Any = None, metadata: Any = None
+    ) -> tuple[bytes, _NoopCall]:
+        return request, self._call
+
+
 class _NoopChannel:
     def unary_unary(self, path: str, **_: Any) -> Any:
-        return lambda request, timeout=None, metadata=None: request
+        return _NoopMultiCallable()
+
+
+class _AioNoopCall:
+    """grpc.aio's unary call object, done: awaited for the response, then its trailers."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+
+    def __await__(self) -> Any:
+        return self.request
+        yield  # a generator: awaiting it returns at once
+
+    async def trailing_metadata(self) -> Any:
+        return ()
 
 
 class _AioNoopChannel:
     def unary_unary(self, path: str, **_: Any) -> Any:
-        async def call(request: bytes, timeout: Any = None, metadata: Any = None) -> bytes:
-            return request
+        def call(request: bytes, timeout: Any = None, metadata: Any = None) -> _AioNoopCall:
+            return _AioNoopCall(request)
 
         return call
 

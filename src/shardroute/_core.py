@@ -37,6 +37,7 @@ from shardroute.transport import (
 from shardroute.transport.attempts import CallRules, Metadata, first_metadata
 from shardroute.transport.channels import channel_options as shard_channel_options
 from shardroute.transport.health import HealthChecker, HealthChecks
+from shardroute.transport.loadboard import LoadBoard
 from shardroute.transport.recording import recorded_call
 from shardroute.transport.stats import CallStats
 from shardroute.transport.turns import turn_id_of, turn_ids
@@ -48,6 +49,9 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ClientCore", "ClientShell", "RoutedStub
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 C = TypeVar("C")
+
+SLOW = "slow"
+"""The cause of an ejection by slow answers (``OutlierDetector.slow_call_s``)."""
 
 CallOptions: TypeAlias = tuple[str, bool, Metadata, CallRecord | None]
 """What a call needs only when an attempt fails or is recorded: (priority, idempotent,
@@ -100,8 +104,12 @@ class ClientCore(Generic[C]):
         self._calls = self.stats.counter("calls")
         self._by_reason = {reason: self.stats.counter(reason.value) for reason in Reason}
         self.inflight = InFlight()  # this client's calls per shard: the router's load input
+        # the loads routed on: etcd reports and response trailers, freshest, aged
+        self.loads = LoadBoard(lambda: self.router.policy.max_report_age_s, self._on_view)
+        self.heard = self.loads.heard  # the call loops' hook: a response's trailers
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._health = self.outlier.health
+        self._slow_s = self.outlier.slow_call_s  # None: answers never count as slow
         self._pins = self.router.memo.pins
         self._settle = self.router.affinity.settle
         self.turn_ids = turn_ids() if self.retry.exactly_once else None
@@ -136,16 +144,28 @@ class ClientCore(Generic[C]):
             client_instruments(self.telemetry)
 
     def _on_topology(self, topology: Topology) -> None:
-        self.router.prepare(topology)  # build the ring here, off the request path
-        self.inflight.rebase(self.router.basis(topology))
-        for shard_id in self.channels.retain(topology):
+        self.loads.adopt(topology)  # the view to route on: calls _on_view if it changed
+        gone = self.channels.retain(topology)
+        self.loads.forget(gone)
+        for shard_id in gone:
             self.outlier.forget(shard_id)
+
+    def _on_view(self, view: Topology) -> None:
+        """A new snapshot to route on (new topology, or loads that moved): build the
+        ring and tables now, and rebase the in-flight counts on its reported loads."""
+        self.router.prepare(view)  # build the ring here, off the request path
+        self.inflight.rebase(self.router.basis(view))
+
+    def current(self) -> Topology:
+        """The snapshot the router routes on now: the source's, with the loads of
+        :class:`~shardroute.transport.loadboard.LoadBoard` (no I/O)."""
+        return self.loads.view(self.source.current(), self.loads.clock())
 
     def route(self, session_key: str, priority: str = "standard") -> Decision:
         """The routing decision for a request of ``session_key`` now (no I/O)."""
         return self.router.route(
             session_key,
-            self.source.current(),
+            self.current(),
             priority=priority,
             zone=self.zone,
             region=self.region,
@@ -168,6 +188,8 @@ class ClientCore(Generic[C]):
         trace_state, metrics_state = TRACE_STATE, METRICS_STATE
         route = self.router.route
         current = self.source.current
+        board = self.loads
+        view_for, wall = board.view, board.clock
         ejected = self.outlier.ejected
         health = self._health  # empty until a shard fails: then nothing can be ejected
         inflight = self.inflight
@@ -207,9 +229,14 @@ class ClientCore(Generic[C]):
             elif not 0.0 < timeout < inf:  # refuses NaN too (a comparison with NaN is false)
                 seconds("timeout", timeout)
             started = clock()
+            now = wall()
+            topology = current()
+            base, due, view = board.state  # the view to route on, while still good
+            if topology is not base or now >= due:
+                view = view_for(topology, now)
             decision = route(
                 session_key,
-                current(),
+                view,
                 priority=priority,
                 zone=zone,
                 region=region,
@@ -234,16 +261,26 @@ class ClientCore(Generic[C]):
         return call
 
     def succeeded(
-        self, attempts: Attempts | None, session_key: str, decision: Decision, shard: Shard
+        self,
+        attempts: Attempts | None,
+        session_key: str,
+        decision: Decision,
+        shard: Shard,
+        started: float | None = None,
     ) -> None:
         """The attempt on ``shard`` succeeded. Without ``attempts`` (the first attempt
         did): outlier and stats bookkeeping, and the memo learns where the call went
         (``Router.settle``; skipped when it went home and the session has no pin, the
-        first test of ``settle`` itself)."""
+        first test of ``settle`` itself). ``started``: the unary call's start, when
+        slow answers count toward ejection (``OutlierDetector.slow_call_s``)."""
         if attempts is not None:
             attempts.succeeded(shard)
             return
-        if self._health:  # some shard failed once: reset its count (else nothing to do)
+        slow_s = self._slow_s
+        if slow_s is not None and started is not None and self.rules.clock() - started > slow_s:
+            if self.outlier.slow(shard.id):
+                report_ejection(self.telemetry, shard.id, SLOW)
+        elif self._health:  # some shard failed once: reset its count (else nothing to do)
             self.outlier.success(shard.id)
         next(self._calls)
         reason = decision.reason
@@ -417,6 +454,14 @@ class ClientShell(abc.ABC):
     def inflight(self) -> InFlight:
         """This client's calls in flight per shard (a load input of the router)."""
         return self._core.inflight
+
+    @property
+    def load_board(self) -> LoadBoard:
+        """The loads this client routes on: each shard's etcd report or the load it
+        attached to its latest response, whichever is freshest, once neither is older
+        than ``RoutingPolicy.max_report_age_s`` (``heard_loads()``: the trailers;
+        ``routing_view``: the snapshot routed on)."""
+        return self._core.loads
 
     @property
     def outlier(self) -> OutlierDetector:

@@ -14,9 +14,22 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["EMPTY_MAPPING", "LoadReport", "Override", "Shard", "ShardState", "Topology"]
+__all__ = [
+    "EMPTY_MAPPING",
+    "LOAD_REPORT_HEARTBEAT_S",
+    "LoadReport",
+    "Override",
+    "Shard",
+    "ShardState",
+    "Topology",
+]
 
 EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
+
+
+LOAD_REPORT_HEARTBEAT_S = 10.0
+"""The longest a live shard goes without writing its load report to etcd (it writes
+sooner when its load changes notably): the report interval clients age reports by."""
 
 
 def _empty() -> Mapping[str, Any]:

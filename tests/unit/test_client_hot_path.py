@@ -33,20 +33,31 @@ class EchoStub:
         )
 
 
+class _DoneCall:
+    def trailing_metadata(self) -> Any:
+        return ()
+
+
 class FakeChannel:
     """Answers with the shard's address, or raises what ``failing`` says for it."""
 
     def __init__(self, address: str, failing: dict[str, grpc.RpcError], seen: list[Any]) -> None:
         self.address, self.failing, self.seen = address, failing, seen
 
-    def unary_unary(self, path: str, **_: Any) -> Callable[..., bytes]:
+    def unary_unary(self, path: str, **_: Any) -> Any:
         def call(request: bytes, timeout: float, metadata: Any) -> bytes:
             self.seen.append((self.address, dict(metadata)))
             if self.address in self.failing:
                 raise self.failing[self.address]
             return self.address.encode()
 
-        return call
+        class MultiCallable:  # grpc's: called, or with_call for (response, call)
+            __call__ = staticmethod(call)
+
+            def with_call(self, request: bytes, timeout: float, metadata: Any) -> Any:
+                return call(request, timeout, metadata), _DoneCall()
+
+        return MultiCallable()
 
     def unary_stream(self, path: str, **_: Any) -> Callable[..., Any]:
         def call(request: bytes, timeout: float, metadata: Any) -> Any:
@@ -62,6 +73,9 @@ class FakeChannel:
 
                 def cancel(self) -> None:
                     pass
+
+                def trailing_metadata(self) -> Any:
+                    return ()
 
             return Call()
 

@@ -4,6 +4,7 @@ request → expected shard, reason, home and fallbacks, or the error."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from shardroute import errors
 from shardroute.model import LoadReport, Shard, ShardState, Topology
-from shardroute.routing import Router, RoutingPolicy
+from shardroute.routing import Router, RoutingPolicy, fresh_loads
 from shardroute.transport import InFlight
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "routing"
@@ -48,6 +49,10 @@ def test_golden_scenario(path: Path, prepared: bool) -> None:
     scenario = json.loads(path.read_text())
     t = topology(scenario["topology"])
     router = Router(RoutingPolicy.from_mapping(scenario.get("policy", {})))
+    if "now" in scenario:  # as the client's LoadBoard does: the reports that count
+        heard = {k: LoadReport(**v) for k, v in scenario.get("trailers", {}).items()}
+        fresh, _ = fresh_loads(t.loads, heard, scenario["now"], router.policy.max_report_age_s)
+        t = replace(t, loads=MappingProxyType(fresh))
     flight = InFlight()
     if prepared:  # as the client does: ring built and in-flight excess kept per snapshot
         router.prepare(t)

@@ -46,6 +46,11 @@ def test_ceilings_are_copied_and_read_only() -> None:
         ({"max_fallbacks": -1}, "max_fallbacks"),
         ({"retry_after_s": -0.1}, "retry_after_s"),
         ({"balance": 1.5}, "unknown key(s) 'balance'"),
+        ({"max_report_age_s": 0}, "max_report_age_s must be a number of seconds > 0"),
+        ({"max_report_age_s": -5}, "max_report_age_s"),
+        ({"max_report_age_s": float("inf")}, "max_report_age_s"),
+        ({"max_report_age_s": "30"}, "max_report_age_s"),
+        ({"max_report_age_s": True}, "max_report_age_s"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(section: dict[str, Any], needle: str) -> None:
@@ -76,3 +81,12 @@ def test_from_config_reads_the_routing_section_only() -> None:
 def test_unknown_priority_names_the_known_classes() -> None:
     with pytest.raises(ConfigError, match="unknown priority class 'gold'; known: batch, critical"):
         RoutingPolicy().ceiling("gold")
+
+
+def test_max_report_age_defaults_to_three_report_intervals() -> None:
+    from shardroute.model import LOAD_REPORT_HEARTBEAT_S
+    from shardroute.server.load import LoadReportPolicy
+
+    assert RoutingPolicy().max_report_age_s == 3 * LOAD_REPORT_HEARTBEAT_S == 30.0
+    assert LoadReportPolicy(capacity=8).heartbeat_s == LOAD_REPORT_HEARTBEAT_S
+    assert RoutingPolicy.from_config({"routing": {"max_report_age_s": 5}}).max_report_age_s == 5

@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = [
+    "call_unary",
     "finish_before_abort",
     "on_call_done",
     "run_blocking",
@@ -24,6 +25,13 @@ Ts = TypeVarTuple("Ts")
 async def sleep(seconds: float) -> None:
     """Pause this task (a refused call's backoff)."""
     await asyncio.sleep(seconds)
+
+
+async def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
+    """A unary call: (its response, its finished call object, whose trailing metadata
+    ``LoadBoard`` reads later, off the call)."""
+    call = method(request, timeout=timeout, metadata=metadata)
+    return await call, call
 
 
 async def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

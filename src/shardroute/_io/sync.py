@@ -8,6 +8,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = [
+    "call_unary",
     "finish_before_abort",
     "on_call_done",
     "run_blocking",
@@ -23,6 +24,13 @@ Ts = TypeVarTuple("Ts")
 def sleep(seconds: float) -> None:
     """Pause this thread (a refused call's backoff)."""
     time.sleep(seconds)
+
+
+def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
+    """A unary call: (its response, its finished call object, whose trailing metadata
+    ``LoadBoard`` reads later, off the call)."""
+    result: tuple[Any, Any] = method.with_call(request, timeout=timeout, metadata=metadata)
+    return result
 
 
 def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

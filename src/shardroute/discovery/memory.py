@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from shardroute.discovery.changes import KeyChange, apply_changes
@@ -66,7 +68,11 @@ class InMemoryTopologySource(HolderSource):
         return self.put(self._schema.shard(shard_id), None)
 
     def put_load(self, shard_id: str, report: LoadReport) -> Topology:
-        """Publish a shard's load report."""
+        """Publish a shard's load report. A report without ``ts`` (0) is stamped with
+        the time now, as a shard stamps the reports it measures: clients stop counting
+        a report once it is older than ``RoutingPolicy.max_report_age_s``."""
+        if report.ts == 0:
+            report = replace(report, ts=time.time())
         return self.put(self._schema.load(shard_id), encode_load(report))
 
     def set_config(self, config: Mapping[str, Any] | None) -> Topology:

@@ -9,8 +9,14 @@ from types import MappingProxyType
 from typing import Any
 
 from shardroute.errors import ConfigError
+from shardroute.model import LOAD_REPORT_HEARTBEAT_S
 
-__all__ = ["CONFIG_SECTION", "DEFAULT_PRIORITY_CEILINGS", "RoutingPolicy"]
+__all__ = [
+    "CONFIG_SECTION",
+    "DEFAULT_MAX_REPORT_AGE_S",
+    "DEFAULT_PRIORITY_CEILINGS",
+    "RoutingPolicy",
+]
 
 CONFIG_SECTION = "routing"
 """Name of the routing section in the service's etcd config object."""
@@ -19,6 +25,11 @@ DEFAULT_PRIORITY_CEILINGS: Mapping[str, float] = MappingProxyType(
     {"batch": 0.7, "standard": 0.9, "critical": 1.0}
 )
 """Default share of a shard's capacity each priority class may fill."""
+
+
+DEFAULT_MAX_REPORT_AGE_S = 3 * LOAD_REPORT_HEARTBEAT_S
+"""Default age (s) past which a load report stops counting: three of the shards' report
+intervals (a live shard writes at least every ``LOAD_REPORT_HEARTBEAT_S``)."""
 
 
 def _default_ceilings() -> Mapping[str, float]:
@@ -52,6 +63,10 @@ class RoutingPolicy:
             one or two requests; for stateful sessions a spill moves the conversation,
             so small absolute loads stay home. 0 gives the plain algorithm. The priority
             ceilings apply regardless.
+        max_report_age_s: seconds after its ``ts`` (by the client's clock) that a load
+            report, from etcd or a response trailer, stops counting; a ``ts`` further
+            than this ahead of the client's clock does not count either (clock skew).
+            Default: 3x the shards' report interval (``LOAD_REPORT_HEARTBEAT_S``).
 
     Raises:
         ConfigError: on construction, if a value is out of range.
@@ -65,6 +80,7 @@ class RoutingPolicy:
     max_fallbacks: int = 8
     retry_after_s: float = 0.5
     spill_floor: float = 0.1
+    max_report_age_s: float = DEFAULT_MAX_REPORT_AGE_S
 
     def __post_init__(self) -> None:
         c = self.balance_factor
@@ -103,6 +119,12 @@ class RoutingPolicy:
         sf = self.spill_floor
         if not _is_number(sf) or not 0.0 <= sf <= 1.0:
             raise ConfigError(f"routing: spill_floor must be a number in [0, 1], got {sf!r}")
+        age = self.max_report_age_s
+        if not _is_number(age) or not math.isfinite(age) or age <= 0:
+            raise ConfigError(
+                f"routing: max_report_age_s must be a number of seconds > 0, got {age!r}; "
+                f"the default is {DEFAULT_MAX_REPORT_AGE_S:g} (3x the shards' report interval)"
+            )
 
     @classmethod
     def from_mapping(

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from shardroute.model import LoadReport
+from shardroute.model import LOAD_REPORT_HEARTBEAT_S, LoadReport
 from shardroute.server.config import CONTROL_SERVICE, HEALTH_SERVICE
 
 __all__ = ["LoadAccounting", "LoadReportPolicy", "is_accounted"]
@@ -159,7 +159,7 @@ class LoadReportPolicy:
     inflight_step: float = 0.25
     sessions_step: float = 0.10
     latency_step: float = 0.50
-    heartbeat_s: float = 10.0
+    heartbeat_s: float = LOAD_REPORT_HEARTBEAT_S
     rng: random.Random = field(default_factory=random.Random)
     _next_allowed: float = 0.0
     _heartbeat_due: float = 0.0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._io.sync import sleep
+from shardroute._io.sync import call_unary, sleep
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 from shardroute.transport.turns import is_replay, recorded_reply, turn_id_of
@@ -47,7 +47,7 @@ class CallLoops:
         options: CallOptions,
     ) -> Any:
         core = self._core
-        channels, inflight = core.channels, core.inflight
+        channels, inflight, heard = core.channels, core.inflight, core.heard
         shard = decision.shard
         attempts: Attempts | None = None  # built only if an attempt fails
         while True:
@@ -55,7 +55,7 @@ class CallLoops:
             method = channels.callable_for(shard, spec)
             inflight.begin(shard_id)
             try:
-                response = method(request, timeout=timeout, metadata=md)
+                response, done = call_unary(method, request, timeout, md)
             except grpc.RpcError as error:
                 inflight.end(shard_id)
                 failed = error
@@ -64,7 +64,8 @@ class CallLoops:
                 raise
             else:
                 inflight.end(shard_id)
-                core.succeeded(attempts, session_key, decision, shard)
+                heard(shard_id, done)  # its load trailer, read and merged later (LoadBoard)
+                core.succeeded(attempts, session_key, decision, shard, started)
                 return response
             if is_replay(failed):  # a retried turn the session applied: its recorded reply
                 core.succeeded(attempts, session_key, decision, shard)
@@ -110,6 +111,8 @@ class CallLoops:
                 if call is not None:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
             if failed is None:
+                if call is not None:
+                    core.heard(shard_id, call)
                 core.succeeded(attempts, session_key, decision, shard)
                 return
             if is_replay(failed):  # applied already: a stream's replies are not kept

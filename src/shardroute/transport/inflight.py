@@ -29,7 +29,8 @@ class InFlight:
     a shard's load is max(reported, :attr:`counts`), and the total load is the table's
     reported total plus :attr:`excess`, which :meth:`begin`/:meth:`end` keep up to date
     relative to :attr:`basis`. Call :meth:`rebase` with ``Router.basis(topology)`` on
-    each new snapshot (from the thread that receives them). Between a rebase and the
+    each new snapshot routed on (one thread at a time: the client's ``LoadBoard`` does,
+    under its lock, from the thread that makes the snapshot). Between a rebase and the
     end of the calls it overlaps, a concurrent call may be counted against the old or
     the new reports; the next rebase recomputes the excess exactly.
 

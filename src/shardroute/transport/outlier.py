@@ -4,9 +4,11 @@ Like Envoy's outlier detection: a shard is ejected after ``consecutive_failures`
 failed calls in a row (a connection that cannot even be made, or that stopped answering
 HTTP/2 pings, ejects at once), or after ``consecutive_timeouts`` calls in a row that ran
 out of their deadline there (slow counts as failing: a wedged shard that accepts calls
-and never answers is ejected too), for ``base_ejection_s`` doubling on each repeat up to
-``max_ejection_s``. A success resets both counts. Ejection is per client: other clients
-decide for themselves.
+and never answers is ejected too), or, when ``slow_call_s`` is set, after
+``consecutive_slow`` successful calls in a row that took longer than that (a shard that
+answers, but late: swapping, throttled, a noisy neighbour), for ``base_ejection_s``
+doubling on each repeat up to ``max_ejection_s``. A success in time resets the three
+counts. Ejection is per client: other clients decide for themselves.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = ["OutlierDetector"]
 class _Health:
     failures: int = 0
     timeouts: int = 0
+    slow: int = 0
     ejections: int = 0
     until: float = 0.0
 
@@ -35,6 +38,20 @@ class OutlierDetector:
 
     Thread-safe. :meth:`ejected` is cheap: it returns a cached frozenset, rebuilt
     only when an ejection starts or expires.
+
+    Args:
+        consecutive_failures: failed calls in a row that eject a shard (a connection
+            that cannot be made, or whose peer stopped answering pings, ejects at once).
+        base_ejection_s: the first ejection's length; doubled on each repeat.
+        max_ejection_s: the longest ejection.
+        consecutive_timeouts: calls in a row that ran out of their deadline on the shard
+            and eject it.
+        slow_call_s: a successful unary call that took longer than this (seconds, from
+            the call's start) is a slow answer; None (the default): answers are never
+            slow, only deadlines count. Set it above your service's normal p99.
+        consecutive_slow: slow answers in a row that eject a shard (tuned apart from
+            ``consecutive_timeouts``: a slow answer still delivered its result).
+        clock: monotonic seconds (inject in tests).
     """
 
     def __init__(
@@ -44,12 +61,20 @@ class OutlierDetector:
         max_ejection_s: float = 30.0,
         *,
         consecutive_timeouts: int = 3,
+        slow_call_s: float | None = None,
+        consecutive_slow: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if consecutive_failures < 1:
             raise ConfigError("consecutive_failures must be >= 1")
         if consecutive_timeouts < 1:
             raise ConfigError("consecutive_timeouts must be >= 1")
+        if isinstance(consecutive_slow, bool) or not isinstance(consecutive_slow, int):
+            raise ConfigError(f"consecutive_slow must be an integer >= 1, got {consecutive_slow!r}")
+        if consecutive_slow < 1:
+            raise ConfigError(f"consecutive_slow must be an integer >= 1, got {consecutive_slow!r}")
+        if slow_call_s is not None:
+            seconds("slow_call_s", slow_call_s)
         if (
             not 0
             < seconds("base_ejection_s", base_ejection_s)
@@ -58,6 +83,8 @@ class OutlierDetector:
             raise ConfigError("ejection times must satisfy 0 < base_ejection_s <= max_ejection_s")
         self.consecutive_failures = consecutive_failures
         self.consecutive_timeouts = consecutive_timeouts
+        self.slow_call_s = slow_call_s
+        self.consecutive_slow = consecutive_slow
         self.base_ejection_s = base_ejection_s
         self.max_ejection_s = max_ejection_s
         self._clock = clock
@@ -77,11 +104,12 @@ class OutlierDetector:
         return self._ejected
 
     def success(self, shard_id: str) -> None:
-        """A call to ``shard_id`` succeeded: reset its failure and timeout counts."""
+        """A call to ``shard_id`` succeeded in time: reset its failure, timeout and
+        slow-answer counts."""
         health = self._health.get(shard_id)
-        if health is not None and (health.failures or health.timeouts):
+        if health is not None and (health.failures or health.timeouts or health.slow):
             with self._lock:
-                health.failures = health.timeouts = 0
+                health.failures = health.timeouts = health.slow = 0
 
     def failure(self, shard_id: str, *, unreachable: bool = False) -> bool:
         """A call to ``shard_id`` failed; ``unreachable`` when no connection could be made.
@@ -95,12 +123,22 @@ class OutlierDetector:
             return self._eject_locked(health) if at_once else False
 
     def timeout(self, shard_id: str) -> bool:
-        """A call to ``shard_id`` ran out of its deadline there (or answered slower than
-        the caller's bound). Returns True when this timeout ejected the shard."""
+        """A call to ``shard_id`` ran out of its deadline there. Returns True when this
+        timeout ejected the shard."""
         with self._lock:
             health = self._health.setdefault(shard_id, _Health())
             health.timeouts += 1
             if health.timeouts < self.consecutive_timeouts:
+                return False
+            return self._eject_locked(health)
+
+    def slow(self, shard_id: str) -> bool:
+        """A call to ``shard_id`` succeeded, but took longer than :attr:`slow_call_s`.
+        Returns True when this slow answer ejected the shard."""
+        with self._lock:
+            health = self._health.setdefault(shard_id, _Health())
+            health.slow += 1
+            if health.slow < self.consecutive_slow:
                 return False
             return self._eject_locked(health)
 
@@ -110,7 +148,7 @@ class OutlierDetector:
             return False  # already ejected
         duration = min(self.max_ejection_s, self.base_ejection_s * 2**health.ejections)
         health.ejections += 1
-        health.failures = health.timeouts = 0
+        health.failures = health.timeouts = health.slow = 0
         health.until = now + duration
         self._rebuild()
         return True
