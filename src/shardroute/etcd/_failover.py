@@ -76,6 +76,14 @@ def not_run(exc: BaseException) -> bool:
     return any(text in details for text in _NOT_RUN)
 
 
+def _pause(exc: BaseException, error: grpc.RpcError | None) -> bool:
+    """Whether to wait before the next attempt: every endpoint failed a moment ago
+    (the package's ``NoServerAvailableError``), or the member has no leader."""
+    if type(exc).__name__ == "NoServerAvailableError":
+        return True
+    return isinstance(error, grpc.Call) and "no leader" in (error.details() or "")
+
+
 def mark_failed(client: Any, endpoint: Any) -> None:
     """Mark ``endpoint`` of the ``etcd3`` multi-endpoint ``client`` failed, so the next
     call goes to another (the package does this only for its own calls)."""
@@ -101,6 +109,7 @@ class Failover:
         spent; ``on_failure`` is called after each endpoint failure (to mark it)."""
         deadline = time.monotonic() + self.timeout
         delay = _BACKOFF_S[0]
+        failures = 0
         while True:
             try:
                 return attempt()
@@ -113,11 +122,10 @@ class Failover:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._exhausted(exc, error) from exc
-                if type(exc).__name__ == "NoServerAvailableError" or "no leader" in str(
-                    error.details() if isinstance(error, grpc.Call) else ""
-                ):
-                    # Every endpoint failed a moment ago, or the cluster is electing:
-                    # give it a moment before the next round.
+                failures += 1
+                if failures % len(self.endpoints) == 0 or _pause(exc, error):
+                    # Every endpoint failed, or the cluster is electing a leader: give
+                    # it a moment before the next round.
                     time.sleep(min(delay, left))  # backoff between rounds
                     delay = min(delay * 2, _BACKOFF_S[1])
 

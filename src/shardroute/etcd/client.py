@@ -117,6 +117,14 @@ class EtcdClient(MaintenanceCalls):
             client.metadata = (*(client.metadata or ()), REQUIRE_LEADER)
         return client
 
+    @property
+    def current_endpoint(self) -> str | None:
+        """``host:port`` of the member this client sends its next call to (None before
+        the first call): which one changes when an endpoint fails."""
+        with self._lock:
+            client = self._client
+        return None if client is None else str(client.endpoint_in_use.netloc)
+
     def _mark_current_failed(self) -> None:
         """Skip the endpoint in use for a while (a call on it failed)."""
         with self._lock:
