@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shardroute.client import ShardClient
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
+from shardroute.server.config import DEFAULT_LEASE_TTL_S
 from shardroute.testing.chaos import ChaosEnv, ChaosRunner, EtcdLeaderLoss, EtcdMemberLoss
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd_cluster import EtcdCluster
@@ -19,7 +20,14 @@ def test_leader_then_follower_killed_under_traffic(
     etcd_cluster: EtcdCluster, tmp_path: Path
 ) -> None:
     endpoints = ",".join(etcd_cluster.endpoints)  # as --etcd takes them
-    with ShardCluster(endpoints, service="cluster-chat", log_dir=tmp_path / "shards") as shards:
+    # The default lease (10 s) gives each etcd call 5 s: room for an election (1 to 2 s
+    # with etcd's defaults) and for settling a checkpoint caught by it.
+    with ShardCluster(
+        endpoints,
+        service="cluster-chat",
+        lease_ttl_s=DEFAULT_LEASE_TTL_S,
+        log_dir=tmp_path / "shards",
+    ) as shards:
         shards.start(3)
         client = ShardClient.connect(endpoints, "cluster-chat", timeout=10)
         try:
@@ -33,17 +41,11 @@ def test_leader_then_follower_killed_under_traffic(
             leader_loss, follower_loss = runner.run([EtcdLeaderLoss(), EtcdMemberLoss()])
             print(leader_loss.as_dict(), follower_loss.as_dict(), sep="\n")
             assert runner.lost_turns() == 0
-            # A follower lost: nobody notices.
+            # Neither costs a turn: calls move to a live member; reads and keep-alives
+            # wait through the election; a checkpoint whose member died under it is
+            # settled (read back, sent again only if it was lost: applied once).
+            assert leader_loss.failed_turns_by_cause == {}, leader_loss.failure_examples
             assert follower_loss.failed_turns_by_cause == {}, follower_loss.failure_examples
-            # The leader lost: routing, watches and registrations go on through the
-            # election; the only turns that fail are checkpoints that were on their way
-            # to etcd when it died (their outcome unknown to etcd's client, so the shard
-            # reports "turn not saved"), at most a few per conversation.
-            causes = leader_loss.failed_turns_by_cause
-            assert set(causes) <= {"CallFailed(UNAVAILABLE)"}, leader_loss.failure_examples
-            for example in leader_loss.failure_examples.values():
-                assert "session store unreachable; turn not saved" in example
-            assert sum(causes.values()) <= 2 * SESSIONS, leader_loss
             for result in (leader_loss, follower_loss):
                 assert result.converged_s is not None, result
             # Shards stayed registered, the client follows etcd, the mover still moves.

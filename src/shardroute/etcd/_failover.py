@@ -61,8 +61,14 @@ def rpc_error(exc: BaseException) -> grpc.RpcError | None:
 
 
 def endpoint_failed(exc: grpc.RpcError) -> bool:
-    """Whether ``exc`` says the endpoint (not the request) is the problem."""
-    return isinstance(exc, grpc.Call) and exc.code() in _ENDPOINT_FAILURES
+    """Whether ``exc`` says the endpoint (not the request) is the problem; etcd answers
+    a proposal that outlived its deadline with UNKNOWN "context deadline exceeded"."""
+    if not isinstance(exc, grpc.Call):
+        return False
+    code = exc.code()
+    if code is grpc.StatusCode.UNKNOWN:
+        return "context deadline exceeded" in (exc.details() or "")
+    return code in _ENDPOINT_FAILURES
 
 
 def not_run(exc: BaseException) -> bool:
@@ -97,12 +103,17 @@ def mark_failed(client: Any, endpoint: Any) -> None:
 class Failover:
     """How one :class:`~shardroute.etcd.client.EtcdClient` retries its calls: only with
     several endpoints (one endpoint keeps the package's behaviour: fail, and skip it
-    for ``retry_failed_endpoint_s``), within ``timeout`` seconds per call."""
+    for ``retry_failed_endpoint_s``), within ``timeout`` seconds per call, all attempts
+    included: each attempt gets :attr:`attempt_timeout` (half of it with several
+    endpoints, so a member that hangs leaves time for another), and an attempt starts
+    only while that much is left (a call never takes longer than ``timeout``: the
+    lease keep-alive relies on it, docs/server.md)."""
 
     def __init__(self, endpoints: tuple[str, ...], timeout: float) -> None:
         self.endpoints = endpoints
         self.enabled = len(endpoints) > 1
         self.timeout = timeout
+        self.attempt_timeout = timeout / 2 if self.enabled else timeout
 
     def call(self, safety: Safety, attempt: Callable[[], R], on_failure: Callable[[], Any]) -> R:
         """Run ``attempt`` until it succeeds, may not be retried, or the timeout is
@@ -119,14 +130,14 @@ class Failover:
                     on_failure()
                 if not self.enabled or not self._retryable(safety, exc, error):
                     raise
-                left = deadline - time.monotonic()
-                if left <= 0:
+                spare = deadline - time.monotonic() - self.attempt_timeout
+                if spare < 0:  # no time for a whole attempt
                     raise self._exhausted(exc, error) from exc
                 failures += 1
                 if failures % len(self.endpoints) == 0 or _pause(exc, error):
                     # Every endpoint failed, or the cluster is electing a leader: give
                     # it a moment before the next round.
-                    time.sleep(min(delay, left))  # backoff between rounds
+                    time.sleep(min(delay, spare))  # backoff between rounds
                     delay = min(delay * 2, _BACKOFF_S[1])
 
     def _exhausted(self, exc: BaseException, error: grpc.RpcError | None) -> EtcdUnavailable:

@@ -55,7 +55,7 @@ class MaintenanceCalls(abc.ABC):
         client = self._etcd
         response = client.maintenancestub.Status(
             rpc.StatusRequest(),
-            self.options.timeout,
+            client.timeout,
             credentials=client.call_credentials,
             metadata=client.metadata,
         )
@@ -83,7 +83,7 @@ class MaintenanceCalls(abc.ABC):
         )
         response = client.maintenancestub.Alarm(
             request,
-            self.options.timeout,
+            client.timeout,
             credentials=client.call_credentials,
             metadata=client.metadata,
         )

@@ -15,13 +15,16 @@ from any.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 
 import grpc
 
 from shardroute.discovery.keys import decode_key, prefix_end
-from shardroute.errors import EtcdUnavailable, LeaseNotFound
+from shardroute.errors import ConfigError, EtcdUnavailable, LeaseNotFound
+from shardroute.etcd import txn
 from shardroute.etcd._failover import (
     IDEMPOTENT,
     REQUIRE_LEADER,
@@ -31,12 +34,16 @@ from shardroute.etcd._failover import (
     mark_failed,
 )
 from shardroute.etcd._maintenance_calls import MaintenanceCalls
+from shardroute.etcd._resolve import can_settle, read_only, settle
 from shardroute.etcd._translate import _is_lease_not_found, _translated, _version_compare
 from shardroute.etcd.credentials import warn_if_cleartext
 from shardroute.etcd.options import EtcdOptions, parse_endpoint
+from shardroute.etcd.txn import Target
 from shardroute.etcd.watch import WatchStream
 
 __all__ = ["EtcdClient"]
+
+log = logging.getLogger("shardroute.etcd")
 
 
 # Keep-alive pings detect a silently dead etcd (no RST) on a long-lived watch. etcd's
@@ -104,7 +111,7 @@ class EtcdClient(MaintenanceCalls):
             )
         client = etcd3.MultiEndpointEtcd3Client(
             endpoints=endpoints,
-            timeout=opts.timeout,
+            timeout=self._failover.attempt_timeout,
             user=opts.user,
             password=opts.password,
             failover=True,
@@ -207,35 +214,31 @@ class EtcdClient(MaintenanceCalls):
         value, meta = self._etcd.get(key)
         return None if value is None else (bytes(value), int(meta.mod_revision))
 
-    @etcd_call(UNSENT)
+    @_translated
     def put_if_version(
         self, key: str, value: bytes, expected_version: int, lease: int | None = None
     ) -> int | None:
         """Write ``key`` only if its ``mod_revision`` is ``expected_version``.
 
-        ``expected_version=0`` means the key must not exist. One etcd transaction:
-        returns the new revision (the key's new version), or None when the compare
-        failed (nothing written). Raises :class:`~shardroute.errors.StaleState` when
-        ``lease`` is unknown to etcd (expired or revoked; nothing written).
+        ``expected_version=0`` means the key must not exist. One etcd transaction
+        (settled like :meth:`txn` when its outcome is unknown): returns the new revision
+        (the key's new version), or None when the compare failed (nothing written).
+        Raises :class:`~shardroute.errors.LeaseNotFound` when ``lease`` is unknown to
+        etcd (expired or revoked; nothing written).
         """
-        client = self._etcd
-        ops = client.transactions
-        compare = _version_compare(ops, key, expected_version)
+        if isinstance(expected_version, bool) or expected_version < 0:
+            raise ConfigError(f"expected_version must be an int >= 0, got {expected_version!r}")
+        target: Target = "mod_revision" if expected_version else "create_revision"
+        compare = [txn.compare(key, target, "EQUAL", expected_version)]
         try:
-            succeeded, responses = client.transaction(
-                compare=[compare], success=[ops.put(key, value, lease=lease)], failure=[]
-            )
-        except grpc.RpcError as exc:
-            if _is_lease_not_found(exc):
-                raise LeaseNotFound(
-                    f"etcd lease {lease} not found (expired or revoked): nothing was written "
-                    f"to {key!r}; read the owner's current lease and decide again",
-                    key,
-                ) from exc
-            raise
-        if not succeeded:
-            return None
-        return int(responses[0].response_put.header.revision)
+            succeeded, responses = self.txn(compare, [txn.put(key, value, lease or 0)])
+        except LeaseNotFound as exc:
+            raise LeaseNotFound(
+                f"etcd lease {lease} not found (expired or revoked): nothing was written "
+                f"to {key!r}; read the owner's current lease and decide again",
+                key,
+            ) from exc
+        return int(responses[0].response_put.header.revision) if succeeded else None
 
     @etcd_call(UNSENT)
     def delete_if_version(self, key: str, expected_version: int) -> bool:
@@ -266,20 +269,55 @@ class EtcdClient(MaintenanceCalls):
 
     # -- raw transactions (shardroute.etcd.txn builds the parts) ----------------------
 
-    @etcd_call(UNSENT)
+    @_translated
     def txn(self, compare: list[Any], success: list[Any]) -> tuple[bool, list[Any]]:
         """One etcd transaction: if every ``compare`` holds, run ``success`` (puts,
         deletes, reads; built with :mod:`shardroute.etcd.txn`) at one revision.
         Returns whether the compares held and the ops' responses (``etcdrpc``
         ``ResponseOp``). A put naming a lease etcd does not know raises
-        :class:`~shardroute.errors.LeaseNotFound` (nothing written)."""
+        :class:`~shardroute.errors.LeaseNotFound` (nothing written). With several
+        endpoints, a transaction that only reads is sent again when its member fails,
+        and one of compares and puts (and deletes) whose member failed under it is
+        settled (:mod:`shardroute.etcd._resolve`): applied once, or an error."""
+        failover = self._failover
+        deadline = time.monotonic() + self.options.timeout
+        try:
+            return failover.call(
+                IDEMPOTENT if read_only(success) else UNSENT,
+                lambda: self._txn_attempt(compare, success, failover.attempt_timeout),
+                self._mark_current_failed,
+            )
+        except grpc.RpcError as exc:
+            if not failover.enabled or not can_settle(exc, compare, success):
+                raise
+            settled = settle(
+                self._txn_attempt,
+                self._mark_current_failed,
+                compare,
+                success,
+                deadline,
+                failover.attempt_timeout,
+            )
+            if settled is None:
+                raise
+            log.info(
+                "settled an etcd transaction whose member failed under it (%s): %s",
+                exc.code() if isinstance(exc, grpc.Call) else type(exc).__name__,
+                "applied" if settled[0] else "its compare failed",
+            )
+            return settled
+
+    def _txn_attempt(
+        self, compare: list[Any], success: list[Any], timeout: float
+    ) -> tuple[bool, list[Any]]:
+        """One transaction on the member in use, within ``timeout`` seconds."""
         import etcd3.etcdrpc as rpc
 
         client = self._etcd
         try:
             response = client.kvstub.Txn(
                 rpc.TxnRequest(compare=compare, success=success, failure=[]),
-                client.timeout,
+                timeout,
                 credentials=client.call_credentials,
                 metadata=client.metadata,
             )
@@ -344,7 +382,7 @@ class EtcdClient(MaintenanceCalls):
             ),
         )
         try:
-            stream.wait_created(self.options.timeout)
+            stream.wait_created(client.timeout)
         except BaseException:
             stream.cancel()
             raise
