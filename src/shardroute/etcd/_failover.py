@@ -47,6 +47,9 @@ _ENDPOINT_FAILURES = frozenset(
 )
 _NOT_RUN = ("failed to connect", "connection refused", "etcdserver: no leader")
 _BACKOFF_S = (0.02, 0.25)
+_ATTEMPT_SHARE = 0.45
+"""Of a call's timeout, what one attempt gets with several endpoints: two attempts and
+the pauses between them fit in it."""
 
 
 def rpc_error(exc: BaseException) -> grpc.RpcError | None:
@@ -104,16 +107,16 @@ class Failover:
     """How one :class:`~shardroute.etcd.client.EtcdClient` retries its calls: only with
     several endpoints (one endpoint keeps the package's behaviour: fail, and skip it
     for ``retry_failed_endpoint_s``), within ``timeout`` seconds per call, all attempts
-    included: each attempt gets :attr:`attempt_timeout` (half of it with several
-    endpoints, so a member that hangs leaves time for another), and an attempt starts
-    only while that much is left (a call never takes longer than ``timeout``: the
-    lease keep-alive relies on it, docs/server.md)."""
+    included: each attempt gets :attr:`attempt_timeout` (a little under half of it with
+    several endpoints, so a member that hangs leaves time for a whole attempt on
+    another), and an attempt starts only while that much is left (a call never takes
+    longer than ``timeout``: the lease keep-alive relies on it, docs/server.md)."""
 
     def __init__(self, endpoints: tuple[str, ...], timeout: float) -> None:
         self.endpoints = endpoints
         self.enabled = len(endpoints) > 1
         self.timeout = timeout
-        self.attempt_timeout = timeout / 2 if self.enabled else timeout
+        self.attempt_timeout = timeout * _ATTEMPT_SHARE if self.enabled else timeout
 
     def call(self, safety: Safety, attempt: Callable[[], R], on_failure: Callable[[], Any]) -> R:
         """Run ``attempt`` until it succeeds, may not be retried, or the timeout is

@@ -188,8 +188,6 @@ class EtcdCluster:
     def close(self) -> None:
         """Kill every member and remove its data. Idempotent."""
         for member in self.members:
-            member.kill()
-        for member in self.members:
             member.close()
 
     def __enter__(self) -> Self:
