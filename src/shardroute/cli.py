@@ -101,10 +101,9 @@ def _add_etcd_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _etcd_options(args: argparse.Namespace) -> EtcdOptions:
-    endpoints = [e for value in args.etcd for e in value.split(",") if e.strip()]
     user, password = etcd_credentials_from_args(args)
     return EtcdOptions(
-        tuple(endpoints),
+        tuple(args.etcd),  # each may be comma-separated: EtcdOptions splits them
         timeout=args.timeout,
         ca_cert=args.ca_cert,
         cert_key=args.cert_key,

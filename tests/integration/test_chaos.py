@@ -1,6 +1,7 @@
-"""``shardroute demo --chaos`` in the suite, short: a kill, a SIGSTOP, an etcd kill and
-restart and a compaction, one after the other, under live conversations, against real
-shard processes and a real etcd (``shardroute.testing.chaos``, issue 14)."""
+"""``shardroute demo --chaos`` in the suite, short: a partition, a slow shard, a kill, a
+SIGSTOP, an etcd kill and restart and a compaction, one after the other, under live
+conversations, against real shard processes and a real etcd (``shardroute.testing.chaos``,
+issue 14)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,17 @@ def test_chaos_demo_loses_no_turn(
     assert code == 0
     assert summary["lost_turns"] == 0
     faults = {fault["name"]: fault for fault in summary["faults"]}
-    assert list(faults) == ["kill", "stop", "etcd_restart", "compaction"]
+    assert list(faults) == [
+        "partition",
+        "slow_shard",
+        "kill",
+        "stop",
+        "etcd_restart",
+        "compaction",
+    ]
+    hole = faults["partition"]["avoided_after_s"]  # a black hole, noticed by keepalive
+    assert hole is not None and hole < 3.0, faults["partition"]
+    assert faults["slow_shard"]["failed_turns_by_cause"] == {}, faults["slow_shard"]
     avoided = faults["kill"]["avoided_after_s"]  # the client stopped sending to it
     assert avoided is not None and avoided < 3.0, faults["kill"]
     for fault in faults.values():

@@ -1,10 +1,16 @@
 """``shardroute demo --chaos``: chat conversations over local shards while faults are
-applied one after the other (:mod:`shardroute.testing.chaos`): a shard SIGKILLed and
-started again, a shard SIGSTOPped then resumed, the embedded etcd killed and restarted,
-etcd's history compacted. The summary has one entry per fault (the time until the client
-stopped sending to the faulty shard, the time to converge after the heal, the turns that
-failed by cause, turn p99 against steady state), then ``lost_turns``, ``failed_turns``
-and ``errors`` by cause over the whole run.
+applied one after the other (:mod:`shardroute.testing.chaos`): a network partition
+between the client and a shard (a black hole, then healed), a slow shard (0.1 s more
+each way), a shard SIGKILLed and started again, a shard SIGSTOPped then resumed, the
+embedded etcd killed and restarted, etcd's history compacted. The shards run behind
+TCP proxies for the network faults (:func:`~shardroute.testing.chaos.add_proxied_shards`).
+The loss of an etcd leader needs a 3-member cluster: see ``EtcdLeaderLoss`` and the
+``etcd_cluster`` fixture (docs/testing.md); the demo runs one embedded etcd.
+
+The summary has one entry per fault (the time until the client stopped sending to the
+faulty shard, the time to converge after the heal, the turns that failed by cause, turn
+p99 against steady state), then ``lost_turns``, ``failed_turns`` and ``errors`` by
+cause over the whole run.
 
 Each fault is held for an eighth of ``--duration`` (at least 3 s: longer than the ~2 s a
 client takes to notice a stopped shard).
@@ -27,7 +33,10 @@ from shardroute.testing.chaos import (
     EtcdRestart,
     Fault,
     Kill,
+    Partition,
+    SlowShard,
     Stop,
+    add_proxied_shards,
 )
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
@@ -35,6 +44,8 @@ from shardroute.testing.etcd import EtcdServer
 __all__ = ["main", "run_chaos_demo"]
 
 SHARD_KWARGS = {"token_delay_s": 0.002}
+SLOW_S = 0.1
+"""The slow shard's added latency, each way."""
 
 
 def run_chaos_demo(
@@ -42,17 +53,28 @@ def run_chaos_demo(
 ) -> dict[str, Any]:
     """Run the chaos demo; returns the summary."""
     hold = max(3.0, duration_s / 8)
-    faults: list[Fault] = [Kill(), Stop(hold), EtcdRestart(hold), Compaction()]
+    # The network faults first: a shard the kill restarts is no longer behind its proxy.
+    faults: list[Fault] = [
+        Partition(hold_s=hold),
+        SlowShard(SLOW_S, hold_s=hold),
+        Kill(),
+        Stop(hold),
+        EtcdRestart(hold),
+        Compaction(),
+    ]
     with contextlib.ExitStack() as cleanup:
         etcd = cleanup.enter_context(EtcdServer())
         cluster = cleanup.enter_context(
             ShardCluster(etcd.endpoint, service=SERVICE, shard_kwargs=SHARD_KWARGS)
         )
-        cluster.start(3)
+        proxies = add_proxied_shards(cluster, 3)
+        for proxy in proxies.values():
+            cleanup.callback(proxy.close)
         client = cleanup.enter_context(
             ShardClient.connect(etcd.endpoint, SERVICE, retry=EXACTLY_ONCE)
         )
-        runner = ChaosRunner(ChaosEnv(cluster, etcd, client), sessions=sessions)
+        env = ChaosEnv(cluster, etcd, client, proxies=proxies)
+        runner = ChaosRunner(env, sessions=sessions)
         if live is not None:
             names = ", ".join(fault.name for fault in faults)
             print(f"{sessions} conversations over 3 shards; faults: {names}", file=live)

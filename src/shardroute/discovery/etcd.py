@@ -108,6 +108,12 @@ class EtcdTopologySource(HolderSource):
         self._loaded = False
 
     @property
+    def etcd_endpoint(self) -> str | None:
+        """The etcd member this source reads and watches now (``host:port``; None before
+        the first read): with several endpoints, it moves when that member fails."""
+        return self._etcd.current_endpoint
+
+    @property
     def options(self) -> EtcdOptions:
         """How this source reaches etcd (endpoints, timeout, TLS, auth)."""
         return self._options

@@ -15,28 +15,36 @@ from any.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import logging
 import threading
+import time
 from typing import Any
 
 import grpc
 
 from shardroute.discovery.keys import decode_key, prefix_end
-from shardroute.errors import Compacted, ConfigError, EtcdUnavailable, LeaseNotFound
+from shardroute.errors import ConfigError, EtcdUnavailable, LeaseNotFound
+from shardroute.etcd import txn
+from shardroute.etcd._failover import (
+    IDEMPOTENT,
+    REQUIRE_LEADER,
+    UNSENT,
+    Failover,
+    etcd_call,
+    mark_failed,
+)
+from shardroute.etcd._maintenance_calls import MaintenanceCalls
+from shardroute.etcd._resolve import can_settle, read_only, settle
 from shardroute.etcd._translate import _is_lease_not_found, _translated, _version_compare
 from shardroute.etcd.credentials import warn_if_cleartext
-from shardroute.etcd.maintenance import (
-    ALARM_NAMES,
-    ALARM_TYPES,
-    EtcdAlarm,
-    EtcdStatus,
-    db_size_in_use,
-)
 from shardroute.etcd.options import EtcdOptions, parse_endpoint
+from shardroute.etcd.txn import Target
 from shardroute.etcd.watch import WatchStream
 
 __all__ = ["EtcdClient"]
+
+log = logging.getLogger("shardroute.etcd")
+
 
 # Keep-alive pings detect a silently dead etcd (no RST) on a long-lived watch. etcd's
 # default --grpc-keepalive-min-time is 5 s, so pinging every 10 s is allowed.
@@ -49,10 +57,13 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class EtcdClient:
+class EtcdClient(MaintenanceCalls):
     """A small etcd v3 client: ranges, puts, leases, transactions and watches.
 
-    Construction does no I/O; the connection (and authentication) happens on first use.
+    With several endpoints it fails over between them within each call's timeout
+    (:mod:`shardroute.etcd._failover`: reads, puts and keep-alives after any endpoint
+    failure, compare-and-swap writes only when etcd cannot have run them). Construction
+    does no I/O; the connection (and authentication) happens on first use.
     """
 
     def __init__(self, options: EtcdOptions) -> None:
@@ -61,6 +72,7 @@ class EtcdClient:
         self._client: Any = None
         self._closed = False
         self._warned = False
+        self._failover = Failover(options.endpoints, options.timeout)
 
     @property
     def _etcd(self) -> Any:
@@ -99,7 +111,7 @@ class EtcdClient:
             )
         client = etcd3.MultiEndpointEtcd3Client(
             endpoints=endpoints,
-            timeout=opts.timeout,
+            timeout=self._failover.attempt_timeout,
             user=opts.user,
             password=opts.password,
             failover=True,
@@ -108,7 +120,24 @@ class EtcdClient:
             # gRPC refuses call credentials on a plaintext channel; the auth token also
             # travels as plain metadata, which etcd accepts, so use only that.
             client.call_credentials = None
+        if self._failover.enabled:
+            client.metadata = (*(client.metadata or ()), REQUIRE_LEADER)
         return client
+
+    @property
+    def current_endpoint(self) -> str | None:
+        """``host:port`` of the member this client sends its next call to (None before
+        the first call): which one changes when an endpoint fails."""
+        with self._lock:
+            client = self._client
+        return None if client is None else str(client.endpoint_in_use.netloc)
+
+    def _mark_current_failed(self) -> None:
+        """Skip the endpoint in use for a while (a call on it failed)."""
+        with self._lock:
+            client = self._client
+        if client is not None and self._failover.enabled:
+            mark_failed(client, client.endpoint_in_use)
 
     def _forget_connection(self) -> None:
         """Drop the connection so the next call connects (and authenticates) again."""
@@ -127,7 +156,7 @@ class EtcdClient:
 
     # -- key/value ----------------------------------------------------------------
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def range(
         self, start: str, end: str, revision: int | None = None
     ) -> tuple[int, list[tuple[str, bytes, int]]]:
@@ -149,37 +178,37 @@ class EtcdClient:
         """Read every key starting with ``prefix``."""
         return self.range(prefix, prefix_end(prefix), revision)
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def get(self, key: str) -> bytes | None:
         """The value of one key, or None."""
         value, _meta = self._etcd.get(key)
         return None if value is None else bytes(value)
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def get_version(self, key: str) -> int:
         """The ``mod_revision`` of a key (0 when absent), without reading its value."""
         response = self._etcd.get_response(key, keys_only=True)
         return int(response.kvs[0].mod_revision) if response.kvs else 0
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def put(self, key: str, value: bytes, lease: int | None = None) -> int:
         """Write a key (attached to ``lease`` when given); returns the new revision."""
         response = self._etcd.put(key, value, lease=lease)
         return int(response.header.revision)
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def delete(self, key: str) -> bool:
         """Delete a key; True when it existed."""
         return bool(self._etcd.delete(key))
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under a prefix; returns how many."""
         return int(self._etcd.delete_prefix(prefix).deleted)
 
     # -- compare-and-swap on one key's revision -----------------------------------
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def get_with_version(self, key: str) -> tuple[bytes, int] | None:
         """The value of one key and its ``mod_revision`` (its version), or None."""
         value, meta = self._etcd.get(key)
@@ -191,31 +220,27 @@ class EtcdClient:
     ) -> int | None:
         """Write ``key`` only if its ``mod_revision`` is ``expected_version``.
 
-        ``expected_version=0`` means the key must not exist. One etcd transaction:
-        returns the new revision (the key's new version), or None when the compare
-        failed (nothing written). Raises :class:`~shardroute.errors.StaleState` when
-        ``lease`` is unknown to etcd (expired or revoked; nothing written).
+        ``expected_version=0`` means the key must not exist. One etcd transaction
+        (settled like :meth:`txn` when its outcome is unknown): returns the new revision
+        (the key's new version), or None when the compare failed (nothing written).
+        Raises :class:`~shardroute.errors.LeaseNotFound` when ``lease`` is unknown to
+        etcd (expired or revoked; nothing written).
         """
-        client = self._etcd
-        ops = client.transactions
-        compare = _version_compare(ops, key, expected_version)
+        if isinstance(expected_version, bool) or expected_version < 0:
+            raise ConfigError(f"expected_version must be an int >= 0, got {expected_version!r}")
+        target: Target = "mod_revision" if expected_version else "create_revision"
+        compare = [txn.compare(key, target, "EQUAL", expected_version)]
         try:
-            succeeded, responses = client.transaction(
-                compare=[compare], success=[ops.put(key, value, lease=lease)], failure=[]
-            )
-        except grpc.RpcError as exc:
-            if _is_lease_not_found(exc):
-                raise LeaseNotFound(
-                    f"etcd lease {lease} not found (expired or revoked): nothing was written "
-                    f"to {key!r}; read the owner's current lease and decide again",
-                    key,
-                ) from exc
-            raise
-        if not succeeded:
-            return None
-        return int(responses[0].response_put.header.revision)
+            succeeded, responses = self.txn(compare, [txn.put(key, value, lease or 0)])
+        except LeaseNotFound as exc:
+            raise LeaseNotFound(
+                f"etcd lease {lease} not found (expired or revoked): nothing was written "
+                f"to {key!r}; read the owner's current lease and decide again",
+                key,
+            ) from exc
+        return int(responses[0].response_put.header.revision) if succeeded else None
 
-    @_translated
+    @etcd_call(UNSENT)
     def delete_if_version(self, key: str, expected_version: int) -> bool:
         """Delete ``key`` only if its ``mod_revision`` is ``expected_version``.
 
@@ -230,14 +255,14 @@ class EtcdClient:
         succeeded, _responses = client.transaction(compare=[compare], success=success, failure=[])
         return bool(succeeded)
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def revision(self, key: str = "\0") -> int:
         """The current store revision, read with a get of ``key`` (pass a key the etcd
         user may read when etcd's RBAC is on: docs/security.md)."""
         response = self._etcd.get_response(key)
         return int(response.header.revision)
 
-    @_translated
+    @etcd_call(UNSENT)
     def compact(self, revision: int) -> None:
         """Compact history up to ``revision`` (physical, so it is done when this returns)."""
         self._etcd.compact(revision, physical=True)
@@ -250,14 +275,49 @@ class EtcdClient:
         deletes, reads; built with :mod:`shardroute.etcd.txn`) at one revision.
         Returns whether the compares held and the ops' responses (``etcdrpc``
         ``ResponseOp``). A put naming a lease etcd does not know raises
-        :class:`~shardroute.errors.LeaseNotFound` (nothing written)."""
+        :class:`~shardroute.errors.LeaseNotFound` (nothing written). With several
+        endpoints, a transaction that only reads is sent again when its member fails,
+        and one of compares and puts (and deletes) whose member failed under it is
+        settled (:mod:`shardroute.etcd._resolve`): applied once, or an error."""
+        failover = self._failover
+        deadline = time.monotonic() + self.options.timeout
+        try:
+            return failover.call(
+                IDEMPOTENT if read_only(success) else UNSENT,
+                lambda: self._txn_attempt(compare, success, failover.attempt_timeout),
+                self._mark_current_failed,
+            )
+        except grpc.RpcError as exc:
+            if not failover.enabled or not can_settle(exc, compare, success):
+                raise
+            settled = settle(
+                self._txn_attempt,
+                self._mark_current_failed,
+                compare,
+                success,
+                deadline,
+                failover.attempt_timeout,
+            )
+            if settled is None:
+                raise
+            log.info(
+                "settled an etcd transaction whose member failed under it (%s): %s",
+                exc.code() if isinstance(exc, grpc.Call) else type(exc).__name__,
+                "applied" if settled[0] else "its compare failed",
+            )
+            return settled
+
+    def _txn_attempt(
+        self, compare: list[Any], success: list[Any], timeout: float
+    ) -> tuple[bool, list[Any]]:
+        """One transaction on the member in use, within ``timeout`` seconds."""
         import etcd3.etcdrpc as rpc
 
         client = self._etcd
         try:
             response = client.kvstub.Txn(
                 rpc.TxnRequest(compare=compare, success=success, failure=[]),
-                client.timeout,
+                timeout,
                 credentials=client.call_credentials,
                 metadata=client.metadata,
             )
@@ -269,124 +329,14 @@ class EtcdClient:
             raise
         return bool(response.succeeded), list(response.responses)
 
-    # -- maintenance: space, alarms (docs/operations.md) -----------------------------
-
-    @_translated
-    def status(self) -> EtcdStatus:
-        """The status of the member this client talks to: database size, revision, leader."""
-        import etcd3.etcdrpc as rpc
-
-        client = self._etcd
-        response = client.maintenancestub.Status(
-            rpc.StatusRequest(),
-            self.options.timeout,
-            credentials=client.call_credentials,
-            metadata=client.metadata,
-        )
-        return EtcdStatus(
-            member_id=int(response.header.member_id),
-            version=str(response.version),
-            revision=int(response.header.revision),
-            db_size=int(response.dbSize),
-            db_size_in_use=db_size_in_use(response),
-            leader=int(response.leader),
-            raft_index=int(response.raftIndex),
-        )
-
-    @_translated
-    def alarms(self) -> list[EtcdAlarm]:
-        """The cluster's active alarms (empty when all is well)."""
-        return self._alarm("GET", 0, 0)
-
-    def _alarm(self, action: str, member_id: int, alarm: int) -> list[EtcdAlarm]:
-        import etcd3.etcdrpc as rpc
-
-        client = self._etcd
-        request = rpc.AlarmRequest(
-            action=getattr(rpc.AlarmRequest, action), memberID=member_id, alarm=alarm
-        )
-        response = client.maintenancestub.Alarm(
-            request,
-            self.options.timeout,
-            credentials=client.call_credentials,
-            metadata=client.metadata,
-        )
-        return [
-            EtcdAlarm(int(item.memberID), ALARM_NAMES.get(item.alarm, f"ALARM_{item.alarm}"))
-            for item in response.alarms
-        ]
-
-    @_translated
-    def disarm_alarms(self, alarm: str = "NOSPACE") -> list[EtcdAlarm]:
-        """Disarm every active alarm of type ``alarm`` (``etcdctl alarm disarm``); returns
-        the alarms disarmed.
-
-        Disarming NOSPACE without first freeing space (compact, defragment) only lets etcd
-        raise it again on the next write: use :meth:`recover_space`.
-        """
-        if alarm not in ALARM_TYPES:
-            names = ", ".join(sorted(ALARM_TYPES))
-            raise ConfigError(f"unknown etcd alarm {alarm!r}: expected one of {names}")
-        disarmed = [item for item in self._alarm("GET", 0, 0) if item.alarm == alarm]
-        for item in disarmed:
-            self._alarm("DEACTIVATE", item.member_id, ALARM_TYPES[alarm])
-        return disarmed
-
-    @_translated
-    def defragment(self, timeout: float = 60.0) -> None:
-        """Defragment every configured endpoint's member, one after the other.
-
-        Gives the space freed by compaction back to the file system, so ``db_size``
-        falls to about the live data. A member blocks its reads and writes while it
-        defragments (a second or so per 100 MB). ``timeout``: per member.
-        """
-        import etcd3.etcdrpc as rpc
-
-        if len(self.options.endpoints) == 1:
-            members = [self]
-        else:
-            members = [
-                EtcdClient(dataclasses.replace(self.options, endpoints=(endpoint,)))
-                for endpoint in self.options.endpoints
-            ]
-        try:
-            for member in members:
-                client = member._etcd
-                client.maintenancestub.Defragment(
-                    rpc.DefragmentRequest(),
-                    timeout,
-                    credentials=client.call_credentials,
-                    metadata=client.metadata,
-                )
-        finally:
-            for member in members:
-                if member is not self:
-                    member.close()
-
-    @_translated
-    def recover_space(self, defrag_timeout: float = 60.0) -> EtcdStatus:
-        """Recover from a NOSPACE alarm (or free space before one): compact history up to
-        the current revision, defragment every endpoint, disarm NOSPACE alarms.
-
-        Every key keeps its current value; only superseded history goes, so a watcher
-        resuming from an older revision does a full resync. Returns the status
-        afterwards. If the live data alone fills the quota, writes raise
-        :class:`~shardroute.errors.EtcdNoSpace` again: delete data or raise the quota.
-        """
-        with contextlib.suppress(Compacted):  # already compacted up to the current revision
-            self.compact(self.revision())
-        self.defragment(defrag_timeout)
-        self.disarm_alarms("NOSPACE")
-        return self.status()
-
     # -- leases -------------------------------------------------------------------
 
-    @_translated
+    @etcd_call(UNSENT)
     def grant_lease(self, ttl: int) -> int:
         """Grant a lease of ``ttl`` seconds; returns its id."""
         return int(self._etcd.lease(ttl).id)
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def refresh_lease(self, lease_id: int) -> int:
         """Send one keep-alive; returns the remaining TTL (0 or less: the lease expired)."""
         ttl = 0
@@ -394,7 +344,7 @@ class EtcdClient:
             ttl = int(response.TTL)
         return ttl
 
-    @_translated
+    @etcd_call(UNSENT)
     def revoke_lease(self, lease_id: int) -> None:
         """Revoke a lease, deleting every key attached to it."""
         self._etcd.revoke_lease(lease_id)
@@ -405,7 +355,7 @@ class EtcdClient:
         """Open a watch on every key under ``prefix`` from ``start_revision`` on."""
         return self.watch_range(prefix, prefix_end(prefix), start_revision)
 
-    @_translated
+    @etcd_call(IDEMPOTENT)
     def watch_range(self, start: str, end: str, start_revision: int) -> WatchStream:
         """Open a watch on keys in [start, end) from ``start_revision`` on.
 
@@ -420,11 +370,19 @@ class EtcdClient:
                 key=start.encode(), range_end=end.encode(), start_revision=start_revision
             )
         )
+        channel = client.channel  # picks a live endpoint first
+        endpoint = client.endpoint_in_use
         stream = WatchStream(
-            rpc.WatchStub(client.channel), request, client.call_credentials, client.metadata
+            rpc.WatchStub(channel),
+            request,
+            client.call_credentials,
+            client.metadata,
+            on_endpoint_failure=(
+                (lambda: mark_failed(client, endpoint)) if self._failover.enabled else None
+            ),
         )
         try:
-            stream.wait_created(self.options.timeout)
+            stream.wait_created(client.timeout)
         except BaseException:
             stream.cancel()
             raise

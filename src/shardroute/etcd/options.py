@@ -16,9 +16,12 @@ __all__ = ["EtcdOptions", "parse_endpoint"]
 class EtcdOptions:
     """How to reach etcd: endpoints, per-call timeout, TLS and user/password auth.
 
-    ``endpoints`` are ``host:port`` (``http://`` or ``https://`` prefixes accepted); the
-    client fails over between them. TLS is used when ``ca_cert`` is set (paths to PEM
-    files; ``cert_key``/``cert_cert`` for client certificates).
+    ``endpoints`` are ``host:port`` (``http://`` or ``https://`` prefixes accepted), or
+    comma-separated lists of them (``"10.0.0.1:2379,10.0.0.2:2379"``): give every
+    member of the etcd cluster, and the client fails over between them within each
+    call's ``timeout`` (docs/operations.md, "An etcd cluster"). TLS is used when
+    ``ca_cert`` is set (paths to PEM files; ``cert_key``/``cert_cert`` for client
+    certificates).
     """
 
     endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
@@ -31,8 +34,10 @@ class EtcdOptions:
     retry_failed_endpoint_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.endpoints, str):
-            object.__setattr__(self, "endpoints", (self.endpoints,))
+        given = (self.endpoints,) if isinstance(self.endpoints, str) else self.endpoints
+        # Each may be a comma-separated list ("a:2379,b:2379", as --etcd takes them).
+        split = tuple(part.strip() for text in given for part in text.split(",") if part.strip())
+        object.__setattr__(self, "endpoints", split)
         if not self.endpoints:
             raise ConfigError("at least one etcd endpoint is required")
         for endpoint in self.endpoints:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ import grpc
 from shardroute.discovery.changes import KeyChange
 from shardroute.discovery.keys import decode_key
 from shardroute.errors import Compacted, EtcdUnavailable
+from shardroute.etcd._failover import endpoint_failed
 from shardroute.etcd._translate import _from_rpc_error
 
 __all__ = ["WatchBatch", "WatchStream"]
@@ -33,7 +34,15 @@ class WatchStream:
     breaks, and stops quietly after :meth:`cancel`.
     """
 
-    def __init__(self, stub: Any, request: Any, credentials: Any, metadata: Any) -> None:
+    def __init__(
+        self,
+        stub: Any,
+        request: Any,
+        credentials: Any,
+        metadata: Any,
+        on_endpoint_failure: Callable[[], object] | None = None,
+    ) -> None:
+        self._on_endpoint_failure = on_endpoint_failure
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._requests.put(request)
         self._cancelled = threading.Event()
@@ -85,6 +94,8 @@ class WatchStream:
         except grpc.RpcError as exc:
             if self._cancelled.is_set():
                 return
+            if self._on_endpoint_failure is not None and endpoint_failed(exc):
+                self._on_endpoint_failure()  # the next watch goes to another member
             raise _from_rpc_error(exc) from exc
         if not self._cancelled.is_set():
             raise EtcdUnavailable("etcd ended the watch stream")

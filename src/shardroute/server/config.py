@@ -130,7 +130,8 @@ class ServerConfig:
                     f"advertise_address must be 'host:port', got {self.advertise_address!r}"
                 )
         if self.etcd is not None:
-            self.etcd_options()  # validates endpoints, TLS and auth together
+            # Validates endpoints, TLS and auth together; splits comma-separated lists.
+            object.__setattr__(self, "etcd", self.etcd_options().endpoints)
 
     @property
     def schema(self) -> KeySchema:

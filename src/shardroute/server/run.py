@@ -50,7 +50,12 @@ def load_class(path: str) -> type[ShardServer] | type[AsyncShardServer]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shardroute.server.run", description=__doc__)
     p.add_argument("--class", dest="cls", required=True, help="package.module:Class")
-    p.add_argument("--etcd", action="append", default=[], help="etcd host:port (repeatable)")
+    p.add_argument(
+        "--etcd",
+        action="append",
+        default=[],
+        help="etcd host:port (repeatable or comma-separated: every member of the cluster)",
+    )
     add_etcd_credential_args(p)
     p.add_argument("--service", required=True)
     p.add_argument("--shard-id", required=True)

@@ -7,6 +7,11 @@ first conversation), the others get ``""``::
 
     env = ChaosEnv(cluster, etcd_server, client)
     results = ChaosRunner(env, sessions=6).run([Kill(), Stop(3.0), EtcdRestart(2.0)])
+
+Faults of an etcd cluster (:class:`EtcdLeaderLoss`, :class:`EtcdMemberLoss`) need
+``ChaosEnv(etcd_cluster=...)``; network faults between the client and a shard
+(:class:`Partition`, :class:`SlowShard`) need the shard behind a proxy
+(:func:`add_proxied_shards`, listed in ``ChaosEnv.proxies``).
     for result in results:
         print(result.name, result.avoided_after_s, result.failed_turns_by_cause)
 
@@ -31,31 +36,49 @@ from typing import Any, ClassVar, Protocol
 from shardroute.client import ShardClient
 from shardroute.errors import ShardRouteError
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
+from shardroute.testing.chaos_faults import (
+    EtcdLeaderLoss,
+    EtcdMemberLoss,
+    Partition,
+    SlowShard,
+    add_proxied_shards,
+)
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
+from shardroute.testing.etcd_cluster import EtcdCluster
+from shardroute.testing.faults import TcpProxy
 from shardroute.testing.waiting import wait_until
 
 __all__ = [
     "ChaosEnv",
     "ChaosRunner",
     "Compaction",
+    "EtcdLeaderLoss",
+    "EtcdMemberLoss",
     "EtcdRestart",
     "Fault",
     "FaultResult",
     "Kill",
+    "Partition",
+    "SlowShard",
     "Stop",
     "ZoneOutage",
+    "add_proxied_shards",
 ]
 
 
 @dataclass
 class ChaosEnv:
     """What faults act on: the shard processes, the etcd server (None: no etcd faults)
-    and the client whose conversations are measured."""
+    and the client whose conversations are measured; ``etcd_cluster`` for faults of
+    an etcd cluster, ``proxies`` (shard id → the proxy in front of it) for network
+    faults."""
 
     cluster: ShardCluster
     etcd: EtcdServer | None
     client: ShardClient
+    etcd_cluster: EtcdCluster | None = None
+    proxies: dict[str, TcpProxy] = field(default_factory=dict)
 
 
 class Fault(Protocol):

@@ -174,7 +174,12 @@ class ShardCluster:
 
     def start(self, count: int) -> ShardCluster:
         """Start ``count`` shards (``shard-0`` …) in parallel; return once all registered."""
-        specs = [self._spec(None, None, {}) for _ in range(count)]
+        return self.start_each([{}] * count)
+
+    def start_each(self, shard_kwargs: Sequence[Mapping[str, Any]]) -> ShardCluster:
+        """Start one shard per mapping of extra constructor arguments (as for
+        :meth:`add`), in parallel; return once all registered."""
+        specs = [self._spec(None, None, kwargs) for kwargs in shard_kwargs]
         launched = [self._launch(*spec) for spec in specs]
         for proc in launched:
             self._await_ready(proc)

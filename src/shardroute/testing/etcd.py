@@ -181,18 +181,28 @@ class EtcdServer(ServerProcess):
         """Start etcd and wait until it is healthy."""
         if self.running:
             return self
+        self._launch()
+        self._wait_healthy()
+        return self
+
+    def _cluster_args(self, peer: str) -> list[str]:
+        """The member's name and initial cluster: itself alone (:class:`EtcdCluster`
+        members override this)."""
+        return ["--name=shardroute-test", f"--initial-cluster=shardroute-test={peer}"]
+
+    def _launch(self) -> None:
+        """Start the etcd process without waiting for it."""
         scheme = "https" if self.tls else "http"
         client = f"{scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             self.binary,
-            "--name=shardroute-test",
+            *self._cluster_args(peer),
             f"--data-dir={self.base_dir / 'data'}",
             f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=shardroute-test={peer}",
             "--log-level=error",
             "--unsafe-no-fsync",
             # etcd keeps the raft entries since its last snapshot in memory: 100,000 by
@@ -209,8 +219,6 @@ class EtcdServer(ServerProcess):
             )
         finally:
             log.close()
-        self._wait_healthy()
-        return self
 
     def _space_args(self) -> list[str]:
         flags = []

@@ -6,6 +6,9 @@ Anyone who installs shardroute gets these fixtures (docs/testing.md):
   loopback ports in a temp dir, started for the test and removed after it. Use its
   ``stop()``, ``kill()`` and ``restart()`` for fault tests.
 - ``etcd_endpoint``: its ``host:port``.
+- ``etcd_cluster``: a real 3-member etcd cluster
+  (:class:`~shardroute.testing.etcd_cluster.EtcdCluster`), made once per test module;
+  each test gets it with every member running and a leader elected.
 - ``redis_server``: a real redis-server (:class:`~shardroute.testing.redis.RedisServer`)
   for one test; ``redis_cluster``: a three-master Redis Cluster
   (:class:`~shardroute.testing.redis.RedisClusterServers`), one per test session.
@@ -31,6 +34,7 @@ from shardroute.testing.etcd import EtcdServer
 if TYPE_CHECKING:
     from shardroute.client import ShardClient
     from shardroute.testing.cluster import ShardCluster
+    from shardroute.testing.etcd_cluster import EtcdCluster
     from shardroute.testing.otel import OtelCapture
     from shardroute.testing.redis import RedisClusterServers, RedisServer
 
@@ -50,6 +54,26 @@ def etcd_server() -> Iterator[EtcdServer]:
 def etcd_endpoint(etcd_server: EtcdServer) -> str:
     """``127.0.0.1:<port>`` of the test's etcd server."""
     return etcd_server.endpoint
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster_module() -> Iterator[EtcdCluster]:
+    """The 3-member etcd cluster of one test module (use ``etcd_cluster``)."""
+    from shardroute.testing.etcd_cluster import EtcdCluster
+
+    with EtcdCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def etcd_cluster(etcd_cluster_module: EtcdCluster) -> EtcdCluster:
+    """A real 3-member etcd cluster on free loopback ports, made once per test module
+    (about 1 s) and shared by its tests: give each test its own keys (e.g. its own
+    service name). Each test gets it with every member running (members an earlier test
+    killed are started again) and a leader elected."""
+    etcd_cluster_module.start()
+    etcd_cluster_module.wait_for_leader()
+    return etcd_cluster_module
 
 
 # -- Redis (docs/testing.md, "Redis") ------------------------------------------------------
