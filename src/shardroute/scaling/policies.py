@@ -262,10 +262,13 @@ class CostAwarePolicy:
 
 @dataclass(frozen=True, slots=True)
 class SpillPolicy:
-    """Router-side: when more than ``max_share`` of a client's calls spilled past a full
-    home, crossed zones or failed (``Overloaded`` among them) in each of the last
-    ``intervals`` samples, one shard more: the homes are hot even if the shards' reports
-    have not said so yet. Abstains without router signals (a sampler with no client)."""
+    """Router-side: when more than ``max_share`` of a client's routing decisions spilled
+    past a full home, crossed zones, were refused as ``Overloaded`` or failed, in each of
+    the last ``intervals`` samples (at least ``min_calls`` decisions each), one shard more:
+    the homes are hot even if the shards' reports have not said so yet. The reason also
+    gives the share of decisions at a priority ceiling
+    (:attr:`~shardroute.scaling.RouterSignals.ceiling_share`). Abstains without router
+    signals (a sampler with no client)."""
 
     max_share: float = 0.25
     intervals: int = 3
@@ -279,13 +282,20 @@ class SpillPolicy:
         recent = [s.router for s in history.samples[-self.intervals :]]
         if len(recent) < self.intervals or any(r is None for r in recent):
             return Vote(self.name, None, "no router signals (no client in this process)")
-        shares = [r.spill_share + r.error_share for r in recent if r is not None]
-        calls = min(r.calls for r in recent if r is not None)
-        if calls >= self.min_calls and min(shares) > self.max_share:
+        routers = [r for r in recent if r is not None]
+        shares = [r.spill_share + r.overloaded_share + r.error_share for r in routers]
+        decisions = min(r.decisions for r in routers)
+        last = routers[-1]
+        seen = (
+            f"{last.ceiling_share:.0%} of decisions at a priority ceiling "
+            f"({last.overloaded} refused as Overloaded)"
+        )
+        if decisions >= self.min_calls and min(shares) > self.max_share:
             return Vote(
                 self.name,
                 current + 1,
-                f"{min(shares):.0%}+ of calls spilled or failed in {self.intervals} "
-                f"intervals (limit {self.max_share:.0%}): one more shard",
+                f"{min(shares):.0%}+ of decisions spilled, were refused or failed in "
+                f"{self.intervals} intervals (limit {self.max_share:.0%}), {seen}: "
+                "one more shard",
             )
-        return Vote(self.name, None, f"spills and errors at {shares[-1]:.0%} of calls")
+        return Vote(self.name, None, f"spills, refusals and errors at {shares[-1]:.0%}; {seen}")
