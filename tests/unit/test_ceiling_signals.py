@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from test_client_hot_path import EchoStub
 
 from shardroute.client import ShardClient
 from shardroute.discovery.memory import InMemoryTopologySource
@@ -34,17 +35,6 @@ from shardroute.testing.otel import OtelCapture
 from shardroute.transport import ChannelPool
 
 KEYS = [f"conv-{i}" for i in range(200)]
-
-
-def _same(data: bytes) -> bytes:
-    return data
-
-
-class EchoStub:
-    def __init__(self, channel: Any) -> None:
-        self.Echo = channel.unary_unary(
-            "/t.Echo/Echo", request_serializer=_same, response_deserializer=_same
-        )
 
 
 class NoopChannel:
