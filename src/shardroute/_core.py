@@ -16,7 +16,7 @@ import grpc
 from shardroute import metadata as md_keys
 from shardroute._validate import seconds
 from shardroute.discovery.source import TopologySource
-from shardroute.errors import ConfigError, UnknownMethod
+from shardroute.errors import ConfigError, Overloaded, UnknownMethod
 from shardroute.model import Shard, Topology
 from shardroute.routing import Decision, Reason, Router
 from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
@@ -196,6 +196,8 @@ class ClientCore(Generic[C]):
         zone, region, default_timeout = self.zone, self.region, self.timeout
         clock = self.rules.clock
         affinity = Reason.AFFINITY
+        at_ceiling = self.stats.counter("at_ceiling")  # counted off the common path only
+        refused = self.stats.counter("overloaded")
         session_header = md_keys.SESSION_KEY
         inf = math.inf
         known = known_wire_form
@@ -234,16 +236,22 @@ class ClientCore(Generic[C]):
             base, due, view = board.state  # the view to route on, while still good
             if topology is not base or now >= due:
                 view = view_for(topology, now)
-            decision = route(
-                session_key,
-                view,
-                priority=priority,
-                zone=zone,
-                region=region,
-                excluded=ejected() if health else (),
-                loads=inflight,
-            )
+            try:  # free unless raised (zero-cost exceptions)
+                decision = route(
+                    session_key,
+                    view,
+                    priority=priority,
+                    zone=zone,
+                    region=region,
+                    excluded=ejected() if health else (),
+                    loads=inflight,
+                )
+            except Overloaded:
+                next(refused)
+                raise
             if metadata or idempotent or priority != "standard" or decision.reason is not affinity:
+                if decision.home_at_ceiling:  # only a spill or a zone fallback has it
+                    next(at_ceiling)
                 options: CallOptions = (priority, idempotent, tuple(metadata), None)
                 md = first_metadata(session_key, decision, priority, options[2])
                 if turn_ids is not None:

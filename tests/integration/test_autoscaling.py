@@ -16,11 +16,21 @@ import pytest
 from chat_calls import history, turn_retried
 
 from shardroute.client import ShardClient
-from shardroute.errors import TopologyTimeout
+from shardroute.errors import Overloaded, TopologyTimeout
+from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.model import Topology
-from shardroute.scaling import Autoscaler, ScalingAdvice, ScalingAdvisor, UtilisationPolicy
+from shardroute.routing import Router, RoutingPolicy
+from shardroute.scaling import (
+    Autoscaler,
+    DesiredShardsGauge,
+    ScalingAdvice,
+    ScalingAdvisor,
+    SpillPolicy,
+    UtilisationPolicy,
+)
 from shardroute.testing.actuator import LocalActuator
 from shardroute.testing.cluster import ShardCluster
+from shardroute.testing.otel import OtelCapture
 
 SHARD_KWARGS = {"token_delay_s": 0.03, "capacity": 8}
 
@@ -139,3 +149,63 @@ def test_load_up_adds_a_shard_load_down_drains_one_and_no_turn_is_lost(
         assert talk.errors == []
         for key, turns in talk.turns.items():
             assert history(client, key) == [f"p{n}" for n in range(1, turns + 1)]
+
+
+def test_low_priority_traffic_at_its_ceiling_shows_in_the_router_signals(
+    cluster: ShardCluster, etcd_endpoint: str, otel_capture: OtelCapture
+) -> None:
+    """Real etcd, two real chat shards of capacity 8, a batch ceiling of 1/8 (one call in
+    flight fills a shard for batch): batch calls spill past a home at its ceiling, then are
+    refused as Overloaded when both are; standard calls still go home. The client's
+    CallStats count both, the sampler's RouterSignals turn them into the share of decisions
+    at a priority ceiling, and the spill policy and the gauge show it."""
+    ceilings = {"batch": 0.125, "standard": 0.9, "critical": 1.0}
+    router = Router(RoutingPolicy(priority_ceilings=ceilings))
+    gauge = DesiredShardsGauge(otel_capture.meter_provider.get_meter("shardroute"))
+    advisor = ScalingAdvisor([SpillPolicy(0.25, intervals=1, min_calls=1)], max_shards=3)
+    with ShardClient.connect(etcd_endpoint, "chat", timeout=30, router=router) as client:
+        client.source.wait_for(lambda t: len(t.shards) == 2)
+        scaler = Autoscaler(
+            advisor, None, cluster.source, router_stats=client.stats.snapshot, gauge=gauge
+        )
+        scaler.step()  # the first sample: the interval starts here
+        homes: dict[str, list[str]] = {}
+        for n in range(200):
+            homes.setdefault(client.route(f"conv-{n}").home.id, []).append(f"conv-{n}")
+        (a, on_a), (b, on_b) = sorted(homes.items())
+        chat = client.stub(chat_pb2_grpc.ChatStub)
+
+        def hold(key: str) -> Iterator[chat_pb2.Token]:
+            """A turn whose stream stays open (in flight) until closed."""
+            request = chat_pb2.GenerateRequest(prompt="long", max_tokens=50)
+            stream: Iterator[chat_pb2.Token] = chat.Generate(request, session_key=key)
+            next(stream)
+            return stream
+
+        def turn(key: str, priority: str = "standard") -> chat_pb2.Token:
+            request = chat_pb2.GenerateRequest(prompt="p1", max_tokens=3)
+            return list(chat.Generate(request, session_key=key, priority=priority))[-1]
+
+        held = [hold(on_a[0])]
+        try:
+            assert client.inflight.count(a) == 1
+            assert turn(on_a[1], "batch").shard_id == b  # home at batch's ceiling: spilled
+            assert turn(on_a[2]).shard_id == a  # standard: home, no mark
+            held.append(hold(on_b[0]))
+            with pytest.raises(Overloaded, match="'batch'"):
+                turn(on_a[3], "batch")
+            stats = client.stats.snapshot()
+            assert stats["at_ceiling"] == 1 and stats["overloaded"] == 1
+            assert stats["spill"] == 1 and stats["calls"] == 2
+            advice = scaler.step()
+        finally:
+            for stream in held:
+                stream.close()
+    latest = scaler.history.latest
+    assert latest is not None and latest.router is not None
+    signals = latest.router
+    assert signals.decisions == 3 and signals.overloaded == 1
+    assert signals.ceiling_share == pytest.approx(2 / 3)  # 1 at ceiling + 1 refused, of 3
+    assert advice.desired_shards == 3  # spilled or refused: 2 of 3 decisions
+    assert any("67% of decisions at a priority ceiling" in r for r in advice.reasons)
+    assert otel_capture.value("shardroute_router_ceiling_share") == pytest.approx(2 / 3)

@@ -126,6 +126,24 @@ def test_predictive_scales_up_before_the_forecast_peak() -> None:
     assert estimated.desired == 1 and "(estimated)" in estimated.reason
 
 
+def test_predictive_falls_back_to_the_observed_rate_when_the_forecast_misses_a_jump() -> None:
+    step = 60.0
+    steady = [fleet(t * step, 5, inflight=5, rate=50.0) for t in range(10)]
+    jump = fleet(10 * step, 5, inflight=10, rate=80.0)  # a burst no history showed
+    policy = PredictivePolicy(horizon_s=120, per_shard_rate=20.0, target=0.5)
+    calm = policy.vote(history(*steady), 5)
+    assert calm.desired == 5 and "forecasts a peak of 50.0" in calm.reason  # no miss so far
+    vote = policy.vote(history(*steady, jump), 5)
+    # the forecaster moved only part way (level 59); the fallback sizes for 80 calls/s
+    assert vote.desired == 8 and "observed 80.0 calls/s" in vote.reason
+    assert "reactive fallback" in vote.reason
+    off = PredictivePolicy(horizon_s=120, per_shard_rate=20.0, target=0.5, surprise_errors=None)
+    lagging = off.vote(history(*steady, jump), 5)
+    assert lagging.desired is not None and lagging.desired < 8 and "forecasts" in lagging.reason
+    with pytest.raises(ConfigError, match="surprise_errors"):
+        PredictivePolicy(surprise_errors=-1.0).vote(history(*steady), 5)
+
+
 def test_spill_policy_reads_the_router_side_signals() -> None:
     policy = SpillPolicy(max_share=0.25, intervals=2, min_calls=10)
 

@@ -17,6 +17,7 @@ INSTRUMENTS = [
     "FAILOVERS",
     "REDIRECTS",
     "OVERLOADED",
+    "AT_CEILING",
     "EJECTIONS",
     "EJECTED",
     "STALENESS",

@@ -38,12 +38,18 @@ class Decision:
             transport takes the next entry.
         reason: why ``shard`` was chosen.
         home: the session's home for this caller (whatever its state or load).
+        home_at_ceiling: True when ``home`` was passed over because its load was at the
+            ceiling of the request's priority class (the reason is then ``spill`` or
+            ``zone_fallback``); False when it was passed over for the balance bound, was
+            unavailable, or was chosen. Clients count these decisions
+            (``CallStats`` key ``at_ceiling``): a scaling signal.
     """
 
     shard: Shard
     fallbacks: tuple[Shard, ...]
     reason: Reason
     home: Shard
+    home_at_ceiling: bool = False
 
     @property
     def candidates(self) -> tuple[Shard, ...]:

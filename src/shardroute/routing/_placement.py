@@ -88,6 +88,7 @@ class RingPlan:
         skipped: list[int] = []
         after: list[int] = []
         candidates = 0
+        home_full = False  # the home was passed over at its priority ceiling
         for t, s in view.walk(i):
             if not eligible[s] or (excluded and shards[s].id in excluded):
                 continue
@@ -101,6 +102,8 @@ class RingPlan:
             if load < limits[s] and (load < scale * tb.weights[s] or load < floors[s]):
                 chosen, chosen_tier = s, t
                 continue
+            if s == home and load >= limits[s]:
+                home_full = True
             if spare < 0 and load < limits[s]:
                 spare, spare_tier = s, t
             skipped.append(s)
@@ -133,7 +136,7 @@ class RingPlan:
             reason = Reason.FAILOVER
         else:
             reason = Reason.SPILL
-        return Decision(shards[chosen], fallbacks, reason, shards[home])
+        return Decision(shards[chosen], fallbacks, reason, shards[home], home_full)
 
     @staticmethod
     def affinity(tb: RouteTable, view: PlanView, i: int) -> Decision:

@@ -16,6 +16,7 @@ from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
 from shardroute.scaling.autoscaler import (
     DESIRED_SHARDS_GAUGE,
     FLEET_GAUGES,
+    ROUTER_GAUGES,
     Actions,
     Actuator,
     Autoscaler,
@@ -57,6 +58,7 @@ __all__ = [
     "COST_LABEL",
     "DESIRED_SHARDS_GAUGE",
     "FLEET_GAUGES",
+    "ROUTER_GAUGES",
     "Actions",
     "Actuator",
     "Autoscaler",

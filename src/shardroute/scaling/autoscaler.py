@@ -22,11 +22,12 @@ from opentelemetry import metrics
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.scaling.advisor import ScalingAdvice, ScalingAdvisor
-from shardroute.scaling.signals import CapacityClass, FleetSignals, SignalHistory
+from shardroute.scaling.signals import CapacityClass, FleetSignals, RouterSignals, SignalHistory
 
 __all__ = [
     "DESIRED_SHARDS_GAUGE",
     "FLEET_GAUGES",
+    "ROUTER_GAUGES",
     "Actions",
     "Actuator",
     "Autoscaler",
@@ -107,10 +108,36 @@ FLEET_GAUGES: Mapping[str, tuple[str, str, Callable[[FleetSignals], float]]] = {
 }
 """The fleet signals the gauge also reports (name: unit, description, value)."""
 
+ROUTER_GAUGES: Mapping[str, tuple[str, str, Callable[[RouterSignals], float]]] = {
+    "shardroute_router_spill_share": (
+        "1",
+        "Share of the client's routing decisions that spilled or crossed zones",
+        lambda r: r.spill_share,
+    ),
+    "shardroute_router_ceiling_share": (
+        "1",
+        "Share of routing decisions at a priority ceiling (home at it, or refused)",
+        lambda r: r.ceiling_share,
+    ),
+    "shardroute_router_overloaded_share": (
+        "1",
+        "Share of routing decisions refused as Overloaded",
+        lambda r: r.overloaded_share,
+    ),
+    "shardroute_router_failovers": (
+        "{call}",
+        "Calls that succeeded on a fallback in the last interval",
+        lambda r: r.failovers,
+    ),
+}
+"""The router-side signals the gauge reports when the autoscaler has a client's stats
+(``Autoscaler(router_stats=...)``): nothing is observed without them."""
+
 
 class DesiredShardsGauge:
-    """The ``shardroute_desired_shards`` observable gauge (attribute ``zone``) and the fleet
-    signals (:data:`FLEET_GAUGES`, no attribute) on ``metrics.get_meter("shardroute")``,
+    """The ``shardroute_desired_shards`` observable gauge (attribute ``zone``), the fleet
+    signals (:data:`FLEET_GAUGES`, no attribute) and the router signals
+    (:data:`ROUTER_GAUGES`, when the sample has them) on ``metrics.get_meter("shardroute")``,
     reporting the latest advice and sample given to :meth:`publish`. Thread-safe."""
 
     def __init__(self, meter: metrics.Meter | None = None) -> None:
@@ -127,6 +154,13 @@ class DesiredShardsGauge:
             meter.create_observable_gauge(
                 name, callbacks=[self._fleet_callback(value)], unit=unit, description=description
             )
+        for name, (unit, description, read) in ROUTER_GAUGES.items():
+            meter.create_observable_gauge(
+                name,
+                callbacks=[self._fleet_callback(_of_router(read))],
+                unit=unit,
+                description=description,
+            )
 
     def publish(self, advice: ScalingAdvice, fleet: FleetSignals | None = None) -> None:
         """Report ``advice`` (and the sample ``fleet`` it came from) from now on."""
@@ -138,13 +172,19 @@ class DesiredShardsGauge:
         return [metrics.Observation(n, {"zone": zone}) for zone, n in self._per_zone.items()]
 
     def _fleet_callback(
-        self, value: Callable[[FleetSignals], float]
+        self, value: Callable[[FleetSignals], float | None]
     ) -> Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]:
         def observe(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
             fleet = self._fleet
-            return [] if fleet is None else [metrics.Observation(value(fleet))]
+            seen = None if fleet is None else value(fleet)
+            return [] if seen is None else [metrics.Observation(seen)]
 
         return observe
+
+
+def _of_router(read: Callable[[RouterSignals], float]) -> Callable[[FleetSignals], float | None]:
+    """A fleet gauge's value from the sample's router signals (None without them)."""
+    return lambda fleet: None if fleet.router is None else read(fleet.router)
 
 
 class Autoscaler:

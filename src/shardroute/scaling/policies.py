@@ -186,17 +186,27 @@ class PredictivePolicy:
     ``horizon_s`` must be at least the time a new shard takes to become ready.
     ``per_shard_rate``: calls per second one shard serves at full utilisation; None
     estimates it from the latest sample by Little's law (rate * capacity / in-flight).
+
+    Reactive fallback (``surprise_errors``): a forecast knows only what recurs. When the
+    latest observed rate is above the forecast peak by more than ``surprise_errors`` times
+    the forecaster's mean one-step miss (a burst, or load the season never showed), the
+    vote sizes for the observed rate instead, at once, as a reactive policy would: the
+    forecaster, fed once a ``step_s`` and smoothing, would follow the jump only over
+    several steps. None turns the fallback off.
     """
 
     horizon_s: float = 120.0
     per_shard_rate: float | None = None
     target: float = 0.7
+    surprise_errors: float | None = 3.0
     name: str = "predictive"
 
     def vote(self, history: SignalHistory, current: int) -> Vote:
         """See the class."""
         if self.horizon_s <= 0 or not 0 < self.target <= 1:
             raise ConfigError("horizon_s must be > 0 and target in (0, 1]")
+        if self.surprise_errors is not None and not self.surprise_errors >= 0:
+            raise ConfigError("surprise_errors must be >= 0 or None")
         model = history.model
         if model.count < 2:
             return Vote(self.name, None, "too little history to forecast", 0.0)
@@ -210,16 +220,30 @@ class PredictivePolicy:
             per_shard /= latest.active_count
         steps = max(1, math.ceil(self.horizon_s / history.step_s))
         peak = model.peak(steps)
-        desired = math.ceil(peak / (per_shard * self.target) - 1e-9)
         how = "Holt-Winters" if model.seasonal else "Holt (season still learning)"
         scale = max(abs(model.level), 1e-9)
         confidence = max(0.0, 1.0 - model.error / scale) * (1.0 if model.seasonal else 0.6)
+        each = (
+            f"at {per_shard:.1f} calls/s each{' (estimated)' if estimated else ''} "
+            f"and {self.target:.0%} target"
+        )
+        rate, k = latest.request_rate, self.surprise_errors
+        if k is not None and rate > peak + k * model.error:
+            desired = math.ceil(rate / (per_shard * self.target) - 1e-9)
+            return Vote(
+                self.name,
+                desired,
+                f"observed {rate:.1f} calls/s, above the {how} peak of {peak:.1f} by more than "
+                f"{k:g} x its mean miss ({model.error:.1f}): reactive fallback, "
+                f"{desired} shards {each}",
+                round(confidence, 3),
+            )
+        desired = math.ceil(peak / (per_shard * self.target) - 1e-9)
         return Vote(
             self.name,
             desired,
             f"{how} forecasts a peak of {peak:.1f} calls/s within {self.horizon_s:.0f} s; "
-            f"{desired} shards at {per_shard:.1f} calls/s each"
-            f"{' (estimated)' if estimated else ''} and {self.target:.0%} target",
+            f"{desired} shards {each}",
             round(confidence, 3),
         )
 
@@ -262,10 +286,13 @@ class CostAwarePolicy:
 
 @dataclass(frozen=True, slots=True)
 class SpillPolicy:
-    """Router-side: when more than ``max_share`` of a client's calls spilled past a full
-    home, crossed zones or failed (``Overloaded`` among them) in each of the last
-    ``intervals`` samples, one shard more: the homes are hot even if the shards' reports
-    have not said so yet. Abstains without router signals (a sampler with no client)."""
+    """Router-side: when more than ``max_share`` of a client's routing decisions spilled
+    past a full home, crossed zones, were refused as ``Overloaded`` or failed, in each of
+    the last ``intervals`` samples (at least ``min_calls`` decisions each), one shard more:
+    the homes are hot even if the shards' reports have not said so yet. The reason also
+    gives the share of decisions at a priority ceiling
+    (:attr:`~shardroute.scaling.RouterSignals.ceiling_share`). Abstains without router
+    signals (a sampler with no client)."""
 
     max_share: float = 0.25
     intervals: int = 3
@@ -279,13 +306,20 @@ class SpillPolicy:
         recent = [s.router for s in history.samples[-self.intervals :]]
         if len(recent) < self.intervals or any(r is None for r in recent):
             return Vote(self.name, None, "no router signals (no client in this process)")
-        shares = [r.spill_share + r.error_share for r in recent if r is not None]
-        calls = min(r.calls for r in recent if r is not None)
-        if calls >= self.min_calls and min(shares) > self.max_share:
+        routers = [r for r in recent if r is not None]
+        shares = [r.spill_share + r.overloaded_share + r.error_share for r in routers]
+        decisions = min(r.decisions for r in routers)
+        last = routers[-1]
+        seen = (
+            f"{last.ceiling_share:.0%} of decisions at a priority ceiling "
+            f"({last.overloaded} refused as Overloaded)"
+        )
+        if decisions >= self.min_calls and min(shares) > self.max_share:
             return Vote(
                 self.name,
                 current + 1,
-                f"{min(shares):.0%}+ of calls spilled or failed in {self.intervals} "
-                f"intervals (limit {self.max_share:.0%}): one more shard",
+                f"{min(shares):.0%}+ of decisions spilled, were refused or failed in "
+                f"{self.intervals} intervals (limit {self.max_share:.0%}), {seen}: "
+                "one more shard",
             )
-        return Vote(self.name, None, f"spills and errors at {shares[-1]:.0%} of calls")
+        return Vote(self.name, None, f"spills, refusals and errors at {shares[-1]:.0%}; {seen}")

@@ -146,11 +146,22 @@ class RouterSignals:
     """What one client's router saw since the previous sample, from two snapshots of its
     :class:`~shardroute.transport.CallStats` (free in every client: no etcd write).
 
-    ``calls``: calls finished in the interval; ``spill_share``: share of them that spilled
-    past a full home or crossed zones (bounded loads at work: homes are hot);
-    ``error_share``: share that raised (``Overloaded`` among them: nobody could take the
-    call under its priority ceiling); ``failovers``, ``redirects``: counts in the interval.
-    ``counters`` is the raw snapshot, for the next interval.
+    ``decisions``: routing decisions in the interval, the calls that finished (``calls``)
+    plus the calls the router refused (``overloaded``). Shares are over ``decisions``:
+
+    - ``spill_share``: spilled past a full home or crossed zones (bounded loads or a
+      priority ceiling at work: homes are hot);
+    - ``ceiling_share``: the share of decisions **at a priority ceiling**: routed past a
+      home that was at the ceiling of the call's priority class (``at_ceiling``, counted
+      when routed: a subset of the spill decisions), plus refused because every shard
+      that may take the priority was at its ceiling (``overloaded``). Low classes reach
+      their ceilings first (70 % for ``batch`` by default), so this rises before the
+      fleet is full;
+    - ``overloaded_share``: refused with ``Overloaded`` (nothing was sent);
+    - ``error_share``: raised after routing (deadline, unavailable, ...).
+
+    ``failovers``, ``redirects``: counts in the interval. ``counters`` is the raw snapshot,
+    for the next interval.
     """
 
     counters: Mapping[str, int]
@@ -159,6 +170,14 @@ class RouterSignals:
     error_share: float = 0.0
     failovers: int = 0
     redirects: int = 0
+    overloaded: int = 0
+    ceiling_share: float = 0.0
+    overloaded_share: float = 0.0
+
+    @property
+    def decisions(self) -> int:
+        """Routing decisions in the interval: ``calls`` + ``overloaded``."""
+        return self.calls + self.overloaded
 
     @classmethod
     def between(cls, now: Mapping[str, int], before: RouterSignals | None) -> RouterSignals:
@@ -168,14 +187,21 @@ class RouterSignals:
         def delta(*keys: str) -> int:
             return max(0, sum(now.get(k, 0) - then.get(k, 0) for k in keys))
 
-        calls = delta("calls")
+        def share(*keys: str) -> float:
+            return min(1.0, delta(*keys) / decisions) if decisions else 0.0
+
+        calls, overloaded = delta("calls"), delta("overloaded")
+        decisions = calls + overloaded
         return cls(
             MappingProxyType(dict(now)),
             calls,
-            delta("spill", "zone_fallback") / calls if calls else 0.0,
-            delta("errors") / calls if calls else 0.0,
+            share("spill", "zone_fallback"),
+            share("errors"),
             delta("failovers"),
             delta("redirects"),
+            overloaded,
+            share("at_ceiling", "overloaded"),
+            share("overloaded"),
         )
 
 

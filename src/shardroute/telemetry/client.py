@@ -27,6 +27,7 @@ __all__ = [
     "LIVE_CLIENTS",
     "CallRecord",
     "ClientInstruments",
+    "at_ceiling",
     "client_instruments",
     "ejected",
     "failed_over",
@@ -64,6 +65,11 @@ class ClientInstruments:
         )
         self.overloaded = meter.create_counter(
             names.OVERLOADED, unit="{call}", description="Calls refused as Overloaded"
+        )
+        self.at_ceiling = meter.create_counter(
+            names.AT_CEILING,
+            unit="{call}",
+            description="Calls routed past a home at the ceiling of their priority",
         )
         self.ejections = meter.create_counter(
             names.EJECTIONS, unit="{ejection}", description="Shards ejected by outlier detection"
@@ -284,6 +290,11 @@ def failed_over(
 def overloaded(telemetry: Telemetry, priority: str) -> None:
     """Count a call refused as Overloaded (no shard may take ``priority`` now)."""
     client_instruments(telemetry).overloaded.add(1, {names.PRIORITY: priority})
+
+
+def at_ceiling(telemetry: Telemetry, priority: str) -> None:
+    """Count a call routed past its home, which was at ``priority``'s ceiling."""
+    client_instruments(telemetry).at_ceiling.add(1, {names.PRIORITY: priority})
 
 
 def ejected(telemetry: Telemetry, shard_id: str, cause: str) -> None:

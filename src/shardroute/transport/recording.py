@@ -15,7 +15,7 @@ from shardroute._validate import seconds
 from shardroute.errors import Overloaded
 from shardroute.metadata import TURN_ID
 from shardroute.session_keys import wire_form
-from shardroute.telemetry.client import CallRecord, overloaded
+from shardroute.telemetry.client import CallRecord, at_ceiling, overloaded
 from shardroute.transport.attempts import first_metadata
 from shardroute.transport.methods import MethodSpec
 
@@ -46,8 +46,12 @@ def recorded_call(core: ClientCore[Any], spec: MethodSpec, run: CallLoop) -> Cal
         try:
             decision = core.route(session_key, priority)
         except Overloaded:
+            core.stats.overloaded()
             overloaded(telemetry, priority)
             raise
+        if decision.home_at_ceiling:
+            core.stats.at_ceiling()
+            at_ceiling(telemetry, priority)
         record = CallRecord(telemetry, spec.path, session_key, decision, priority)
         extra = (*metadata, *record.metadata)
         options: CallOptions = (priority, idempotent, extra, record)

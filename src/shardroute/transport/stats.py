@@ -24,8 +24,17 @@ class CallStats:
     Keys of :meth:`snapshot`: ``calls`` (finished calls), one key per routing reason
     of the calls that succeeded (``affinity``, ``memo``, ``spill``, ``zone_fallback``,
     ``failover``, ``redirect``), ``failovers`` (calls that succeeded on a fallback after
-    a failed attempt), ``redirects`` (redirects followed) and ``errors`` (calls that
-    raised after routing). Zero counts are left out.
+    a failed attempt), ``redirects`` (redirects followed), ``errors`` (calls that
+    raised after routing), ``at_ceiling`` (calls routed past their home because the
+    home was at the ceiling of the call's priority: ``Decision.home_at_ceiling``,
+    counted when routed) and ``overloaded`` (calls the router refused with
+    :class:`~shardroute.errors.Overloaded`: every shard that may take the priority was
+    at its ceiling; not in ``calls``, nothing was sent). Zero counts are left out.
+
+    Routing decisions = ``calls`` + ``overloaded``; the share of decisions at a
+    priority ceiling = (``at_ceiling`` + ``overloaded``) / decisions
+    (:class:`~shardroute.scaling.RouterSignals`). Both are counted only off the common
+    path (a spill, a refusal), never per ordinary call.
     """
 
     def __init__(self) -> None:
@@ -58,6 +67,14 @@ class CallStats:
     def redirected(self) -> None:
         """Count a redirect followed."""
         next(self._counter("redirects"))
+
+    def at_ceiling(self) -> None:
+        """Count a call routed past its home, which was at the priority's ceiling."""
+        next(self._counter("at_ceiling"))
+
+    def overloaded(self) -> None:
+        """Count a call refused by the router as ``Overloaded``."""
+        next(self._counter("overloaded"))
 
     def failed(self) -> None:
         """Count a call that ended with an error."""
