@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-from test_client_hot_path import EchoStub
+from test_client_hot_path import EchoStub, _DoneCall
 
 from shardroute.client import ShardClient
 from shardroute.discovery.memory import InMemoryTopologySource
@@ -37,9 +37,19 @@ from shardroute.transport import ChannelPool
 KEYS = [f"conv-{i}" for i in range(200)]
 
 
+class _Echo:
+    """grpc's unary multi-callable: called, or ``with_call`` for (response, call)."""
+
+    def __call__(self, request: bytes, timeout: Any = None, metadata: Any = None) -> bytes:
+        return request
+
+    def with_call(self, request: bytes, timeout: Any = None, metadata: Any = None) -> Any:
+        return request, _DoneCall()
+
+
 class NoopChannel:
     def unary_unary(self, path: str, **_: Any) -> Callable[..., bytes]:
-        return lambda request, timeout=None, metadata=None: request
+        return _Echo()
 
 
 def shards(n: int = 4, capacity: int = 10, **kw: Any) -> list[Shard]:
