@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from shardroute._core import ClientShell
+from shardroute._shell import ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.source import TopologySource
 from shardroute.model import Shard

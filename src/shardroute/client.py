@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._core import ClientShell
+from shardroute._shell import ClientShell
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.model import Shard
 from shardroute.transport._sync_calls import CallLoops

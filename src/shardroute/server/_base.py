@@ -15,12 +15,7 @@ from typing import Any, Protocol
 from shardroute import metadata
 from shardroute._proto import shard_pb2
 from shardroute._validate import seconds
-from shardroute.errors import (
-    ConfigError,
-    EtcdUnavailable,
-    InvalidSessionKey,
-    ServerLifecycleError,
-)
+from shardroute.errors import ConfigError, EtcdUnavailable, InvalidSessionKey, ServerLifecycleError
 from shardroute.etcd import EtcdOptions
 from shardroute.model import LoadReport, Topology
 from shardroute.security import ChannelSecurity, ControlAuth, ControlGuard, ServerSecurity

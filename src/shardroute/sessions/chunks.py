@@ -9,10 +9,11 @@ empty last chunk.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from shardroute._proto import shard_pb2
-from shardroute.errors import ChunkError
+from shardroute.errors import ChunkError, MigrationFailed
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -20,6 +21,7 @@ __all__ = [
     "ChunkAssembler",
     "ChunkError",
     "chunk_size",
+    "joined_export",
     "max_chunks",
     "split_chunks",
 ]
@@ -147,3 +149,22 @@ class ChunkAssembler:
     def data(self) -> bytes:
         """The whole state (only meaningful once :attr:`done`)."""
         return b"".join(self._parts)
+
+
+def joined_export(session_key: str, chunks: Iterable[Any], max_bytes: int) -> tuple[bytes, int]:
+    """The state an export streamed (checked by :class:`ChunkAssembler`, at most
+    ``max_bytes``: what the store accepts), and the store version it was saved at; a
+    malformed or oversized transfer is a :class:`~shardroute.errors.MigrationFailed`."""
+    assembler = ChunkAssembler(max_bytes=max_bytes)
+    try:
+        for chunk in chunks:
+            assembler.add(chunk)
+    except ChunkError as exc:
+        raise MigrationFailed(
+            f"session {session_key!r}: exported state is malformed: {exc}", session_key
+        ) from exc
+    if not assembler.done:
+        raise MigrationFailed(
+            f"session {session_key!r}: export ended without a last chunk", session_key
+        )
+    return assembler.data, assembler.state_version

@@ -22,7 +22,6 @@ import grpc
 from shardroute._proto import shard_pb2, shard_pb2_grpc
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import (
-    ChunkError,
     ConfigError,
     EtcdUnavailable,
     LeaseNotFound,
@@ -39,7 +38,7 @@ from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
 from shardroute.sessions.chunks import (
     DEFAULT_CHUNK_BYTES,
     MIN_CHUNK_BYTES,
-    ChunkAssembler,
+    joined_export,
     split_chunks,
 )
 from shardroute.sessions.etcd_store import EtcdSessionStore
@@ -325,7 +324,7 @@ class Migrator:
                     chunks = self._control(source).ExportSession(
                         request, timeout=self.timeout, metadata=self._credentials
                     )
-                    return _joined(session_key, chunks, self.store.max_bytes), False
+                    return joined_export(session_key, chunks, self.store.max_bytes), False
             except grpc.RpcError as exc:
                 if not _unreachable(exc):
                     raise
@@ -437,22 +436,3 @@ def _unreachable(error: grpc.RpcError) -> bool:
     from shardroute.transport.failures import Failure, classify
 
     return classify(error) is Failure.NOT_SENT
-
-
-def _joined(session_key: str, chunks: Iterable[Any], max_bytes: int) -> tuple[bytes, int]:
-    """The state an export streamed (checked by the one chunk implementation, at most
-    ``max_bytes``: what the store accepts), and the store version it was saved at; a
-    malformed or oversized transfer is a :class:`MigrationFailed`."""
-    assembler = ChunkAssembler(max_bytes=max_bytes)
-    try:
-        for chunk in chunks:
-            assembler.add(chunk)
-    except ChunkError as exc:
-        raise MigrationFailed(
-            f"session {session_key!r}: exported state is malformed: {exc}", session_key
-        ) from exc
-    if not assembler.done:
-        raise MigrationFailed(
-            f"session {session_key!r}: export ended without a last chunk", session_key
-        )
-    return assembler.data, assembler.state_version
