@@ -147,9 +147,12 @@ def test_shard_processes_log_in_without_a_password_on_their_command_line(
 ) -> None:
     # ShardCluster passes etcd credentials through the environment: the command line of
     # a process is readable by every user of the machine (/proc/<pid>/cmdline, ps).
+    # The default lease (10 s, so etcd calls may take 5 s): etcd checks a password with
+    # bcrypt, slow on a busy machine, and ShardCluster's 2 s lease allows 1 s.
     with ShardCluster(
         rbac.endpoint,
         zones=("zone-a",),
+        lease_ttl_s=10,
         etcd_user="chat-client",
         etcd_password=USERS["chat-client"],
         shard_kwargs={"token_delay_s": 0},
