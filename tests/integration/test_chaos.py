@@ -1,7 +1,7 @@
 """``shardroute demo --chaos`` in the suite, short: a partition, a slow shard, a kill, a
 SIGSTOP, an etcd kill and restart and a compaction, one after the other, under live
 conversations, against real shard processes and a real etcd (``shardroute.testing.chaos``,
-issue 14)."""
+issue 14); then with ``--etcd-cluster`` (3 members), with the loss of the etcd leader."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ class ShardServerBase:
         session_store: Any = None,
         session_codec: SessionCodec[Any] | None = None,
         hold_timeout_s: float = 5.0,
-        checkpoint_retry_s: float = 5.0,
+        checkpoint_retry_s: float = 10.0,
         max_concurrent_moves: int = 4,
         session_idle_ttl_s: float = 600.0,
         session_ttl_s: float | None = None,

@@ -123,7 +123,7 @@ class HostBase:
         idle_ttl_s: float = 600.0,
         wait_workers: int = 64,
         clock: Callable[[], float] = time.time,
-        checkpoint_retry_s: float = 5.0,
+        checkpoint_retry_s: float = 10.0,
     ) -> None:
         self.shard_id = shard_id
         self.checkpoint_retry_s = checkpoint_retry_s
