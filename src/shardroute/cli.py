@@ -8,7 +8,7 @@
     shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis] [--tls]
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
     shardroute demo --autoscale [--duration S] [--json]
-    shardroute demo --chaos [--duration S] [--json]
+    shardroute demo --chaos [--etcd-cluster] [--duration S] [--json]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
 """
@@ -219,6 +219,11 @@ def _parser() -> argparse.ArgumentParser:
         help="apply faults in turn (kill, SIGSTOP, etcd restart, compaction); a summary each",
     )
     demo.add_argument(
+        "--etcd-cluster",
+        action="store_true",
+        help="with --chaos: etcd as an embedded 3-member cluster, and its leader lost",
+    )
+    demo.add_argument(
         "--store",
         choices=("etcd", "redis"),
         default="etcd",
@@ -355,7 +360,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.chaos:
         from shardroute.demo._chaos import main as chaos_main
 
-        return chaos_main(args.duration, args.json, sessions=min(max(1, args.sessions), 16))
+        sessions = min(max(1, args.sessions), 16)
+        cluster = args.etcd_cluster
+        return chaos_main(args.duration, args.json, sessions=sessions, etcd_cluster=cluster)
     if args.shards < 3 or args.sessions < 1 or args.workers < 1:
         raise ConfigError("the demo needs --shards >= 3, --sessions >= 1, --workers >= 1")
     if args.metrics_port is not None:

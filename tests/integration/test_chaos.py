@@ -1,7 +1,7 @@
 """``shardroute demo --chaos`` in the suite, short: a partition, a slow shard, a kill, a
 SIGSTOP, an etcd kill and restart and a compaction, one after the other, under live
 conversations, against real shard processes and a real etcd (``shardroute.testing.chaos``,
-issue 14)."""
+issue 14); then with ``--etcd-cluster`` (3 members), with the loss of the etcd leader."""
 
 from __future__ import annotations
 
@@ -45,3 +45,31 @@ def test_chaos_demo_loses_no_turn(
     # shard is asserted in test_faults_stop.py.
     assert summary["failed_turns"] == sum(summary["errors"].values())
     assert summary["failed_turns"] <= 3 * SESSIONS, summary["errors"]
+
+
+def test_chaos_demo_on_an_etcd_cluster_includes_the_loss_of_its_leader(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--etcd-cluster``: etcd as 3 members; its leader is killed (the others elect a
+    new one), then the whole cluster is restarted. Neither costs a turn: a checkpoint
+    caught by the outage is settled and retried on the shard (checkpoint_retry_s)."""
+    argv = ["demo", "--chaos", "--etcd-cluster", "--duration", "24"]
+    code = main([*argv, "--sessions", str(SESSIONS), "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    print(summary)
+    assert code == 0
+    assert summary["lost_turns"] == 0
+    faults = {fault["name"]: fault for fault in summary["faults"]}
+    assert list(faults) == [
+        "partition",
+        "slow_shard",
+        "kill",
+        "stop",
+        "etcd_leader_loss",
+        "etcd_restart",
+        "compaction",
+    ]
+    for name in ("etcd_leader_loss", "etcd_restart", "compaction"):
+        assert faults[name]["failed_turns_by_cause"] == {}, faults[name]
+        assert faults[name]["converged_s"] is not None, faults[name]
+        assert faults[name]["turns"] > 0

@@ -4,8 +4,10 @@ between the client and a shard (a black hole, then healed), a slow shard (0.1 s 
 each way), a shard SIGKILLed and started again, a shard SIGSTOPped then resumed, the
 embedded etcd killed and restarted, etcd's history compacted. The shards run behind
 TCP proxies for the network faults (:func:`~shardroute.testing.chaos.add_proxied_shards`).
-The loss of an etcd leader needs a 3-member cluster: see ``EtcdLeaderLoss`` and the
-``etcd_cluster`` fixture (docs/testing.md); the demo runs one embedded etcd.
+With ``--etcd-cluster`` etcd is an embedded 3-member cluster
+(:class:`~shardroute.testing.etcd_cluster.EtcdCluster`) that everyone reaches on all
+three endpoints, and the loss of its leader (``EtcdLeaderLoss``) comes before the restart
+of the whole cluster.
 
 The summary has one entry per fault (the time until the client stopped sending to the
 faulty shard, the time to converge after the heal, the turns that failed by cause, turn
@@ -30,6 +32,7 @@ from shardroute.testing.chaos import (
     ChaosEnv,
     ChaosRunner,
     Compaction,
+    EtcdLeaderLoss,
     EtcdRestart,
     Fault,
     Kill,
@@ -40,6 +43,7 @@ from shardroute.testing.chaos import (
 )
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
+from shardroute.testing.etcd_cluster import EtcdCluster
 
 __all__ = ["main", "run_chaos_demo"]
 
@@ -49,9 +53,14 @@ SLOW_S = 0.1
 
 
 def run_chaos_demo(
-    duration_s: float, *, sessions: int = 8, live: TextIO | None = sys.stdout
+    duration_s: float,
+    *,
+    sessions: int = 8,
+    live: TextIO | None = sys.stdout,
+    etcd_cluster: bool = False,
 ) -> dict[str, Any]:
-    """Run the chaos demo; returns the summary."""
+    """Run the chaos demo; returns the summary. ``etcd_cluster``: etcd as 3 members, and
+    the loss of the leader among the faults."""
     hold = max(3.0, duration_s / 8)
     # The network faults first: a shard the kill restarts is no longer behind its proxy.
     faults: list[Fault] = [
@@ -59,25 +68,32 @@ def run_chaos_demo(
         SlowShard(SLOW_S, hold_s=hold),
         Kill(),
         Stop(hold),
+        *([EtcdLeaderLoss(hold_s=hold)] if etcd_cluster else []),
         EtcdRestart(hold),
         Compaction(),
     ]
     with contextlib.ExitStack() as cleanup:
-        etcd = cleanup.enter_context(EtcdServer())
+        members: EtcdCluster | None = None
+        etcd: EtcdServer | None = None
+        if etcd_cluster:
+            members = cleanup.enter_context(EtcdCluster())
+            endpoints = members.endpoints
+        else:
+            etcd = cleanup.enter_context(EtcdServer())
+            endpoints = (etcd.endpoint,)
         cluster = cleanup.enter_context(
-            ShardCluster(etcd.endpoint, service=SERVICE, shard_kwargs=SHARD_KWARGS)
+            ShardCluster(",".join(endpoints), service=SERVICE, shard_kwargs=SHARD_KWARGS)
         )
         proxies = add_proxied_shards(cluster, 3)
         for proxy in proxies.values():
             cleanup.callback(proxy.close)
-        client = cleanup.enter_context(
-            ShardClient.connect(etcd.endpoint, SERVICE, retry=EXACTLY_ONCE)
-        )
-        env = ChaosEnv(cluster, etcd, client, proxies=proxies)
+        client = cleanup.enter_context(ShardClient.connect(endpoints, SERVICE, retry=EXACTLY_ONCE))
+        env = ChaosEnv(cluster, etcd, client, etcd_cluster=members, proxies=proxies)
         runner = ChaosRunner(env, sessions=sessions)
         if live is not None:
             names = ", ".join(fault.name for fault in faults)
-            print(f"{sessions} conversations over 3 shards; faults: {names}", file=live)
+            where = "a 3-member etcd cluster" if etcd_cluster else "one etcd"
+            print(f"{sessions} conversations over 3 shards, {where}; faults: {names}", file=live)
         results = runner.run(faults)
         lost = runner.lost_turns()
     if live is not None:
@@ -95,9 +111,11 @@ def run_chaos_demo(
     }
 
 
-def main(duration_s: float, as_json: bool, *, sessions: int = 8) -> int:
-    """Entry point of ``shardroute demo --chaos``; exit code 1 when a turn was lost."""
-    summary = run_chaos_demo(duration_s, sessions=sessions, live=None if as_json else sys.stdout)
+def main(duration_s: float, as_json: bool, *, sessions: int = 8, etcd_cluster: bool = False) -> int:
+    """Entry point of ``shardroute demo --chaos [--etcd-cluster]``; exit code 1 when a
+    turn was lost."""
+    live = None if as_json else sys.stdout
+    summary = run_chaos_demo(duration_s, sessions=sessions, live=live, etcd_cluster=etcd_cluster)
     if as_json:
         print(json.dumps(summary, separators=(",", ":")), flush=True)
     else:

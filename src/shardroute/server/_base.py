@@ -90,6 +90,7 @@ class ShardServerBase:
         session_store: Any = None,
         session_codec: SessionCodec[Any] | None = None,
         hold_timeout_s: float = 5.0,
+        checkpoint_retry_s: float = 10.0,
         max_concurrent_moves: int = 4,
         session_idle_ttl_s: float = 600.0,
         session_ttl_s: float | None = None,
@@ -100,6 +101,7 @@ class ShardServerBase:
         telemetry: Telemetry | None = None,
     ) -> None:
         seconds("hold_timeout_s", hold_timeout_s)
+        seconds("checkpoint_retry_s", checkpoint_retry_s, zero=True)
         seconds("session_idle_ttl_s", session_idle_ttl_s)
         if session_ttl_s is not None:
             seconds("session_ttl_s", session_ttl_s)
@@ -172,6 +174,7 @@ class ShardServerBase:
             on_warm=self.warm_session,
             idle_ttl_s=session_idle_ttl_s,
             wait_workers=self._config.workers,
+            checkpoint_retry_s=checkpoint_retry_s,
         )
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         """Where this shard's spans and metrics go (docs/observability.md)."""

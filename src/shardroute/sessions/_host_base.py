@@ -23,6 +23,7 @@ from shardroute.errors import (
     EtcdUnavailable,
     MalformedRecord,
     Refused,
+    StaleState,
 )
 from shardroute.model import Override, Topology
 from shardroute.sessions.applied import Applied, AppliedTurn, TurnMemory, find
@@ -122,8 +123,11 @@ class HostBase:
         idle_ttl_s: float = 600.0,
         wait_workers: int = 64,
         clock: Callable[[], float] = time.time,
+        checkpoint_retry_s: float = 10.0,
     ) -> None:
         self.shard_id = shard_id
+        self.checkpoint_retry_s = checkpoint_retry_s
+        """How long a checkpoint is retried while the store is unreachable (0: never)."""
         self.codec: SessionCodec[Any] = codec if codec is not None else JsonCodec()
         self.hold_timeout_s = hold_timeout_s
         self.max_state_bytes = max_state_bytes
@@ -160,6 +164,9 @@ class HostBase:
         self._sweeper: threading.Thread | None = None
         self.checkpoints_total = 0
         """Turns saved to the session store."""
+        self.checkpoint_retries_total = 0
+        """Checkpoint attempts repeated (read back, then written again if need be) after
+        the store was unreachable (``checkpoint_retry_s``)."""
         self.store_bytes_written = 0
         self.telemetry = Telemetry()
         """Where checkpoint metrics go (the shard server sets its own)."""
@@ -267,6 +274,50 @@ class HostBase:
         if turn is not None and self.turn_memory.max_turns:
             applied = self.turn_memory.remember(applied, turn)
         return previous, {"applied": applied}
+
+    def _write(
+        self,
+        store: Any,
+        key: str,
+        entry: _Entry,
+        data: bytes,
+        previous: StoredState | None,
+        extra: dict[str, Applied],
+    ) -> tuple[int, LogPosition | None, Applied | None]:
+        """One attempt of a checkpoint: the new version, log position and record of
+        applied turns (the arguments as :meth:`_write_from` made them)."""
+        incremental = getattr(store, "checkpoint", None)
+        if incremental is not None:
+            saved = incremental(key, data, owner=self.shard_id, previous=previous, **extra)
+            return saved.version, saved.log, extra.get("applied", entry.applied)
+        # A store without turn records: the whole state every turn.
+        version = store.save(key, data, owner=self.shard_id, expected_version=entry.version)
+        return version, None, entry.applied
+
+    def _landed(
+        self, key: str, entry: _Entry, data: bytes, turn: AppliedTurn | None
+    ) -> tuple[int, LogPosition | None, Applied | None] | None:
+        """After a checkpoint attempt with an unknown outcome, the stored state read
+        back: the checkpoint's result when that attempt was applied (this shard's write,
+        ``data``, ``turn`` recorded), None when nothing was written (still at the
+        entry's version). Raises :class:`StaleState` when another writer got there
+        first, a store error when the store cannot answer."""
+        with self._cond:
+            self.checkpoint_retries_total += 1
+        try:
+            stored = self._require_store().load(key)
+        except MalformedRecord as exc:
+            raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
+        version = stored.version if stored is not None else 0
+        if version == entry.version:
+            return None
+        records = bool(getattr(self._store, "records_turns", False))
+        if stored is not None and stored.owner == self.shard_id and stored.data == data:
+            recorded = records and self.turn_memory.max_turns > 0
+            if turn is None or not recorded or find(stored.applied, turn.turn_id) is not None:
+                log.info("shard %s: a checkpoint of %s was applied already", self.shard_id, key)
+                return stored.version, stored.log, stored.applied if records else entry.applied
+        raise StaleState(f"session {key!r} changed while a checkpoint's outcome was unknown", key)
 
     def _read_override(self, key: str) -> Override | None:
         if self._overrides is None:

@@ -13,7 +13,13 @@ import grpc
 
 from shardroute._io.sync import run_blocking, run_waiting
 from shardroute.errors import Refused
-from shardroute.sessions._turn_base import TurnBase, call_reason, replay_trailers, reply_bytes
+from shardroute.sessions._turn_base import (
+    TurnBase,
+    call_deadline,
+    call_reason,
+    replay_trailers,
+    reply_bytes,
+)
 from shardroute.sessions.applied import AppliedTurn
 
 __all__ = ["Turn"]
@@ -63,8 +69,11 @@ class Turn(TurnBase[Any]):
         ``reply``'s bytes (a protobuf message or bytes, up to the host's
         ``turn_memory.max_reply_bytes``): a retry of the call is answered with them.
 
-        On a lost compare-and-swap the call ends with ``ABORTED`` (the local copy is
-        dropped); over the store's limit with ``RESOURCE_EXHAUSTED``.
+        While the store is unreachable the save is retried for up to the host's
+        ``checkpoint_retry_s``, ending before the call's deadline; then the call ends
+        with ``UNAVAILABLE`` (the turn not saved). On a lost compare-and-swap it ends
+        with ``ABORTED`` (the local copy is dropped); over the store's limit with
+        ``RESOURCE_EXHAUSTED``.
         """
         if self._entry is None:
             raise RuntimeError("checkpoint() outside the turn's 'with' block")
@@ -72,7 +81,9 @@ class Turn(TurnBase[Any]):
             turn_id = self.turn_id
             kept = None if self.streams else reply_bytes(reply)
             turn = None if turn_id is None else AppliedTurn(turn_id, kept)
-            run_blocking(self._host.checkpoint, self.key, self._entry, new_state, turn)
+            deadline = call_deadline(self._context)
+            checkpoint = self._host.checkpoint
+            run_blocking(checkpoint, self.key, self._entry, new_state, turn, deadline)
         except Refused as refused:
             self._abort(refused)
         self.checkpointed = True

@@ -3,6 +3,7 @@ share (hand-written; the two turns are one async source and its generated twin).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from shardroute import metadata
@@ -14,7 +15,15 @@ if TYPE_CHECKING:
     from shardroute.sessions._host_base import _Entry
     from shardroute.sessions.host import SessionHost
 
-__all__ = ["NO_KEY", "TurnBase", "call_key", "call_reason", "call_turn_id", "reply_bytes"]
+__all__ = [
+    "NO_KEY",
+    "TurnBase",
+    "call_deadline",
+    "call_key",
+    "call_reason",
+    "call_turn_id",
+    "reply_bytes",
+]
 
 S = TypeVar("S")
 
@@ -24,6 +33,14 @@ NO_KEY = "no session key: pass session_key=, or call through a shardroute client
 def call_reason(context: Any) -> str | None:
     """Why the client sent the call here (``x-shardroute-reason``), or None."""
     return metadata.get(context.invocation_metadata(), metadata.REASON)
+
+
+def call_deadline(context: Any) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant (None: the call has none,
+    or the context cannot tell)."""
+    time_remaining = getattr(context, "time_remaining", None)
+    remaining = time_remaining() if callable(time_remaining) else None
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def call_key(context: Any, session_key: str | None) -> str:

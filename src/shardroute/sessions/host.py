@@ -41,8 +41,8 @@ from shardroute.sessions._host_base import (
     _Store,
     log,
 )
+from shardroute.sessions._save_retry import retry_deadline, save_retrying
 from shardroute.sessions.applied import AppliedTurn
-from shardroute.sessions.envelope import LogPosition
 from shardroute.sessions.handoff import Handoff
 from shardroute.sessions.lifetime import Lifetime
 from shardroute.sessions.ownership import Action, decide
@@ -77,6 +77,8 @@ class SessionHost(Handoff, Lifetime):
         wait_workers: threads of the executor the asyncio server runs the blocking
             :meth:`begin` on (a waiting call holds one; checkpoints use another pool).
         clock: the wall clock (``time.time``) for last use and eviction; tests inject one.
+        checkpoint_retry_s: how long a checkpoint is retried while the store is
+            unreachable (within the call's deadline; 0: not retried).
 
     The store, the override store, the topology and the lease come from the server at
     ``start()`` (:meth:`attach`). Thread contract: every method may be called from any
@@ -334,7 +336,12 @@ class SessionHost(Handoff, Lifetime):
                 self._hint(key, written)
 
     def checkpoint(
-        self, session_key: str, entry: Any, new_state: Any, turn: AppliedTurn | None = None
+        self,
+        session_key: str,
+        entry: Any,
+        new_state: Any,
+        turn: AppliedTurn | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Save a turn's new state (compare-and-swap on the version), then keep it.
 
@@ -343,28 +350,27 @@ class SessionHost(Handoff, Lifetime):
         ``turn`` (the call's turn id and reply) is added to the session's record of
         applied turns, saved in the same write (stores with ``records_turns``).
 
+        An unreachable store is retried for ``checkpoint_retry_s``, until a little
+        before ``deadline`` (the RPC's ``time.monotonic()`` deadline; None: none), a
+        write that may have landed read back first (:mod:`._save_retry`).
+
         Raises :class:`Refused`: ``ABORTED`` when another shard wrote the session
         meanwhile, or it ended or expired (the local copy is dropped),
         ``RESOURCE_EXHAUSTED`` when the state is over the store's limit, ``UNAVAILABLE``
-        when the store is unreachable.
+        when the store stayed unreachable.
         """
         assert isinstance(entry, _Entry)
         data = self.codec.encode(new_state)
         store = self._require_store()
-        log: LogPosition | None = None
         started = time.perf_counter()
         previous, extra = self._write_from(entry, store, turn)
+        until = retry_deadline(time.monotonic(), self.checkpoint_retry_s, deadline)
         try:
-            incremental = getattr(store, "checkpoint", None)
-            if incremental is not None:
-                saved = incremental(
-                    session_key, data, owner=self.shard_id, previous=previous, **extra
-                )
-                version, log = saved.version, saved.log
-            else:  # a store without turn records: the whole state every turn
-                version = store.save(
-                    session_key, data, owner=self.shard_id, expected_version=entry.version
-                )
+            version, log, applied = save_retrying(
+                lambda: self._write(store, session_key, entry, data, previous, extra),
+                lambda: self._landed(session_key, entry, data, turn),
+                until,
+            )
         except StaleState as exc:
             with self._cond:
                 if self._held.get(session_key) is entry:
@@ -385,7 +391,7 @@ class SessionHost(Handoff, Lifetime):
             ) from exc
         with self._cond:
             entry.state, entry.data, entry.version, entry.log = new_state, data, version, log
-            entry.applied = extra.get("applied", entry.applied)
+            entry.applied = applied
             self.checkpoints_total += 1
             written = getattr(store, "bytes_written", None)
             wrote = len(data)

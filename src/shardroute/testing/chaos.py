@@ -159,20 +159,29 @@ class ZoneOutage:
 
 @dataclass(frozen=True)
 class EtcdRestart:
-    """Kill etcd and start it again (same data); heal: wait until the client follows
-    the topology again."""
+    """Stop etcd and start it again (same data); with an etcd cluster instead
+    (``ChaosEnv.etcd_cluster``), every member at once. Heal: wait until the client
+    follows the topology again."""
 
     hold_s: float = 2.0
     name: str = "etcd_restart"
     on_shard: ClassVar[bool] = False
 
     def apply(self, env: ChaosEnv, target: str) -> None:
-        assert env.etcd is not None, "EtcdRestart needs ChaosEnv.etcd"
+        if env.etcd is None and env.etcd_cluster is not None:
+            for member in env.etcd_cluster.running:
+                env.etcd_cluster.stop(member)
+            return
+        assert env.etcd is not None, "EtcdRestart needs ChaosEnv.etcd or ChaosEnv.etcd_cluster"
         env.etcd.stop()
 
     def heal(self, env: ChaosEnv, target: str) -> None:
-        assert env.etcd is not None
-        env.etcd.start()
+        if env.etcd is None and env.etcd_cluster is not None:
+            env.etcd_cluster.start()
+            env.etcd_cluster.wait_for_leader(30)
+        else:
+            assert env.etcd is not None
+            env.etcd.start()
         wait_until(lambda: env.client.source.staleness() == 0.0, 30, "the client following etcd")
 
 
@@ -185,8 +194,11 @@ class Compaction:
     on_shard: ClassVar[bool] = False
 
     def apply(self, env: ChaosEnv, target: str) -> None:
-        assert env.etcd is not None, "Compaction needs ChaosEnv.etcd"
-        etcd = env.etcd.client()
+        if env.etcd is None and env.etcd_cluster is not None:
+            etcd = env.etcd_cluster.client()
+        else:
+            assert env.etcd is not None, "Compaction needs ChaosEnv.etcd or ChaosEnv.etcd_cluster"
+            etcd = env.etcd.client()
         try:
             etcd.compact(etcd.revision())
         finally:
