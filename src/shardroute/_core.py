@@ -143,7 +143,7 @@ class ClientCore(Generic[C]):
 
     def _on_topology(self, topology: Topology) -> None:
         self.loads.adopt(topology)  # the view to route on: calls _on_view if it changed
-        gone = self.channels.retain(topology)
+        gone = self.channels.retain(topology.shards)
         self.loads.forget(gone)
         for shard_id in gone:
             self.outlier.forget(shard_id)

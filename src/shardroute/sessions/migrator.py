@@ -420,7 +420,7 @@ class Migrator:
 
     def _prune(self, topology: Topology) -> None:
         """Close channels to shards that left ``topology`` or moved address."""
-        self._channels.retain(topology)
+        self._channels.retain(topology.shards)
 
     def _control(self, shard: Shard) -> Any:
         return control_stub(self._channels.channel(shard))

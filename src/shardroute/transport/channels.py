@@ -9,11 +9,11 @@ lock once a channel exists; creating and closing take a small lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from shardroute.errors import ClientClosed
-from shardroute.model import Shard, Topology
+from shardroute.model import Shard
 from shardroute.transport.methods import MethodSpec
 
 __all__ = ["KEEPALIVE_OPTIONS", "ChannelPool", "channel_options"]
@@ -111,8 +111,9 @@ class ChannelPool(Generic[C]):
         with self._lock:
             return list(self._entries)
 
-    def retain(self, topology: Topology) -> list[str]:
-        """Close the channels of shards that left ``topology`` or moved address.
+    def retain(self, shards: Mapping[str, Shard]) -> list[str]:
+        """Close the channels of shards not in ``shards`` (a topology's, by id) or that
+        moved address.
 
         Returns the ids whose channels were closed.
         """
@@ -120,8 +121,7 @@ class ChannelPool(Generic[C]):
             gone = [
                 shard_id
                 for shard_id, entry in self._entries.items()
-                if (shard := topology.shards.get(shard_id)) is None
-                or shard.address != entry.address
+                if (shard := shards.get(shard_id)) is None or shard.address != entry.address
             ]
             entries = [self._entries.pop(shard_id) for shard_id in gone]
         for entry in entries:

@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shardroute._validate import seconds
 from shardroute.errors import ConfigError
 from shardroute.model import Shard
+from shardroute.transport.channels import ChannelPool
 from shardroute.transport.outlier import OutlierDetector
 
 __all__ = ["HEALTH_CHECK_CAUSE", "HealthChecker", "HealthChecks"]
@@ -105,9 +106,8 @@ class HealthChecker:
         self.policy = policy
         self._outlier = outlier
         self._shards = shards
-        self._make_channel = make_channel
         self._on_ejection = on_ejection
-        self._channels: dict[str, tuple[str, grpc.Channel]] = {}  # the thread's own
+        self._channels = ChannelPool(make_channel, _close)  # the checker's own
         self._misses: dict[str, int] = {}
         self._unimplemented: set[str] = set()
         self.rounds = 0
@@ -135,19 +135,17 @@ class HealthChecker:
                 self.rounds += 1
                 self._stop.wait(self.policy.interval_s)
         finally:
-            for _, channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
+            self._channels.close()
 
     def _round(self) -> None:
         shards = {s.id: s for s in self._shards() if s.id not in self._unimplemented}
-        for shard_id in [i for i in self._channels if i not in shards]:
-            self._channels.pop(shard_id)[1].close()
-            self._misses.pop(shard_id, None)
+        for shard_id in self._channels.retain(shards):  # left, or moved address
+            if shard_id not in shards:
+                self._misses.pop(shard_id, None)
         request = health_pb2.HealthCheckRequest(service=self.policy.service)
         pending: list[tuple[str, Any]] = []
         for shard in shards.values():
-            stub = health_pb2_grpc.HealthStub(self._channel(shard))
+            stub = health_pb2_grpc.HealthStub(self._channels.channel(shard))
             pending.append((shard.id, stub.Check.future(request, timeout=self.policy.timeout_s)))
         for shard_id, future in pending:
             try:
@@ -156,22 +154,11 @@ class HealthChecker:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code is grpc.StatusCode.UNIMPLEMENTED:
                     log.warning("shard %s has no gRPC health service: not checked", shard_id)
-                    self._unimplemented.add(shard_id)
-                    self._channels.pop(shard_id)[1].close()
+                    self._unimplemented.add(shard_id)  # its channel goes at the next round
                     continue
                 self._missed(shard_id)
             else:
                 self._answered(shard_id)
-
-    def _channel(self, shard: Shard) -> grpc.Channel:
-        known = self._channels.get(shard.id)
-        if known is not None and known[0] == shard.address:
-            return known[1]
-        if known is not None:
-            known[1].close()
-        channel = self._make_channel(shard)
-        self._channels[shard.id] = (shard.address, channel)
-        return channel
 
     def _answered(self, shard_id: str) -> None:
         # Only the checks' own count: an answered check does not forgive the failures
@@ -193,3 +180,7 @@ class HealthChecker:
             )
             if self._on_ejection is not None:
                 self._on_ejection(shard_id, HEALTH_CHECK_CAUSE)
+
+
+def _close(channel: grpc.Channel) -> None:
+    channel.close()
