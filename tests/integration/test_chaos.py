@@ -6,6 +6,7 @@ issue 14); then with ``--etcd-cluster`` (3 members), with the loss of the etcd l
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -14,14 +15,21 @@ from shardroute.cli import main
 SESSIONS = 4
 
 
+def run_chaos_demo(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:
+    """``shardroute demo --chaos [flags]``, short; its JSON summary (it exited 0)."""
+    # --duration 24: faults held 3 s, longer than a client needs to notice a stop (~2 s)
+    argv = ["demo", "--chaos", *flags, "--duration", "24", "--sessions", str(SESSIONS)]
+    code = main([*argv, "--json"])
+    summary: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    print(summary)
+    assert code == 0
+    return summary
+
+
 def test_chaos_demo_loses_no_turn(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # --duration 24: faults held 3 s, longer than a client needs to notice a stop (~2 s)
-    code = main(["demo", "--chaos", "--duration", "24", "--sessions", str(SESSIONS), "--json"])
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    print(summary)
-    assert code == 0
+    summary = run_chaos_demo(capsys)
     assert summary["lost_turns"] == 0
     faults = {fault["name"]: fault for fault in summary["faults"]}
     assert list(faults) == [
@@ -53,11 +61,7 @@ def test_chaos_demo_on_an_etcd_cluster_includes_the_loss_of_its_leader(
     """``--etcd-cluster``: etcd as 3 members; its leader is killed (the others elect a
     new one), then the whole cluster is restarted. Neither costs a turn: a checkpoint
     caught by the outage is settled and retried on the shard (checkpoint_retry_s)."""
-    argv = ["demo", "--chaos", "--etcd-cluster", "--duration", "24"]
-    code = main([*argv, "--sessions", str(SESSIONS), "--json"])
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    print(summary)
-    assert code == 0
+    summary = run_chaos_demo(capsys, "--etcd-cluster")
     assert summary["lost_turns"] == 0
     faults = {fault["name"]: fault for fault in summary["faults"]}
     assert list(faults) == [
