@@ -104,7 +104,6 @@ class ClientCore(Generic[C]):
         self.inflight = InFlight()  # this client's calls per shard: the router's load input
         # the loads routed on: etcd reports and response trailers, freshest, aged
         self.loads = LoadBoard(lambda: self.router.policy.max_report_age_s, self._on_view)
-        self.heard = self.loads.heard  # the call loops' hook: a response's trailers
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._health = self.outlier.health
         self._slow_s = self.outlier.slow_call_s  # None: answers never count as slow

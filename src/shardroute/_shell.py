@@ -59,6 +59,9 @@ class RoutedStub:
                     "unary-unary and unary-stream methods"
                 )
             bound = self._bound[name] = self._call(spec)
+            # found as a plain attribute from now on: no __getattr__ (and no
+            # AttributeError raised and caught inside Python) on the per-call path
+            object.__setattr__(self, name, bound)
         return bound
 
     def __dir__(self) -> list[str]:

@@ -16,6 +16,7 @@ __all__ = [
     "run_waiting",
     "sleep",
     "streams_by_yielding",
+    "trailers_of",
 ]
 
 T = TypeVar("T")
@@ -27,11 +28,19 @@ async def sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-async def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
-    """A unary call: (its response, its finished call object, whose trailing metadata
-    ``LoadBoard`` reads later, off the call)."""
+async def call_unary(
+    method: Any, request: Any, timeout: float, metadata: Any, trailers: bool
+) -> tuple[Any, Any]:
+    """A unary call: its response, and its trailing metadata when ``trailers`` is true
+    (else None; ``LoadBoard`` parses them later, off the call path)."""
     call = method(request, timeout=timeout, metadata=metadata)
-    return await call, call
+    response = await call
+    return response, (await call.trailing_metadata() if trailers else None)
+
+
+async def trailers_of(call: Any) -> Any:
+    """The trailing metadata of a finished call (a stream that was read to its end)."""
+    return await call.trailing_metadata()
 
 
 async def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

@@ -15,6 +15,7 @@ __all__ = [
     "run_waiting",
     "sleep",
     "streams_by_yielding",
+    "trailers_of",
 ]
 
 T = TypeVar("T")
@@ -26,11 +27,22 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def call_unary(method: Any, request: Any, timeout: float, metadata: Any) -> tuple[Any, Any]:
-    """A unary call: (its response, its finished call object, whose trailing metadata
-    ``LoadBoard`` reads later, off the call)."""
-    result: tuple[Any, Any] = method.with_call(request, timeout=timeout, metadata=metadata)
-    return result
+def call_unary(
+    method: Any, request: Any, timeout: float, metadata: Any, trailers: bool
+) -> tuple[Any, Any]:
+    """A unary call: its response, and its trailing metadata when ``trailers`` is true
+    (else None; ``LoadBoard`` parses them later, off the call path). The call object
+    itself is never kept: a finished sync call held past its end made the next calls on
+    the channel ~0.1 ms slower (docs/benchmarks.md, "Trailers, sampled")."""
+    if trailers:
+        response, call = method.with_call(request, timeout=timeout, metadata=metadata)
+        return response, call.trailing_metadata()
+    return method(request, timeout=timeout, metadata=metadata), None
+
+
+def trailers_of(call: Any) -> Any:
+    """The trailing metadata of a finished call (a stream that was read to its end)."""
+    return call.trailing_metadata()
 
 
 def run_blocking(fn: Callable[[*Ts], T], *args: *Ts) -> T:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._io.sync import call_unary, sleep
+from shardroute._io.sync import call_unary, sleep, trailers_of
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 from shardroute.transport.turns import is_replay, recorded_reply, turn_id_of
@@ -47,15 +47,16 @@ class CallLoops:
         options: CallOptions,
     ) -> Any:
         core = self._core
-        channels, inflight, heard = core.channels, core.inflight, core.heard
+        channels, inflight, board = core.channels, core.inflight, core.loads
         shard = decision.shard
         attempts: Attempts | None = None  # built only if an attempt fails
         while True:
             shard_id = shard.id
             method = channels.callable_for(shard, spec)
+            inbox = board.inbox  # trailers heard since the board's last merge
             inflight.begin(shard_id)
-            try:
-                response, done = call_unary(method, request, timeout, md)
+            try:  # the load trailer only of the first call to the shard since that merge
+                response, trailers = call_unary(method, request, timeout, md, shard_id not in inbox)
             except grpc.RpcError as error:
                 inflight.end(shard_id)
                 failed = error
@@ -64,7 +65,8 @@ class CallLoops:
                 raise
             else:
                 inflight.end(shard_id)
-                heard(shard_id, done)  # its load trailer, read and merged later (LoadBoard)
+                if trailers is not None:
+                    inbox[shard_id] = trailers  # parsed and merged later (LoadBoard)
                 core.succeeded(attempts, session_key, decision, shard, started)
                 return response
             if is_replay(failed):  # a retried turn the session applied: its recorded reply
@@ -89,7 +91,7 @@ class CallLoops:
         options: CallOptions,
     ) -> Iterator[Any]:
         core = self._core
-        channels, inflight = core.channels, core.inflight
+        channels, inflight, board = core.channels, core.inflight, core.loads
         shard = decision.shard
         attempts: Attempts | None = None  # built only if an attempt fails
         received = False
@@ -111,8 +113,8 @@ class CallLoops:
                 if call is not None:
                     call.cancel()  # no-op when finished; stops it if the caller stopped early
             if failed is None:
-                if call is not None:
-                    core.heard(shard_id, call)
+                if call is not None and shard_id not in (inbox := board.inbox):
+                    inbox[shard_id] = trailers_of(call)
                 core.succeeded(attempts, session_key, decision, shard)
                 return
             if is_replay(failed):  # applied already: a stream's replies are not kept

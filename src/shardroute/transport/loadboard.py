@@ -1,8 +1,10 @@
 """The loads a client routes on: each shard's etcd report or its latest load trailer,
 whichever is freshest, with reports older than the max age left out.
 
-The call loops drop each successful call's finished call object here as it comes
-(:meth:`LoadBoard.heard`: one dict store; nothing is read or parsed). The rest happens
+The call loops drop the trailing metadata of the first call to each shard since the
+last merge into :attr:`LoadBoard.inbox` (one dict test per call, and one dict store per
+shard per merge; nothing is parsed; later calls to that shard skip reading trailers:
+docs/benchmarks.md, "Trailers, sampled"). The rest happens
 at most every :data:`MERGE_EVERY_S` on the call path, or when a new topology snapshot
 arrives: the trailers heard since are read and parsed, stamped with the time of the
 previous merge (a lower bound of when they arrived), merged with the snapshot's reports
@@ -60,10 +62,11 @@ def _trailers(heard: Any) -> Any:
 class LoadBoard:
     """Trailers heard per shard and the snapshot the router routes on.
 
-    Mutable state: ``_inbox`` (shard id → the last call object heard since the last
-    drain, written by :meth:`heard` without a lock, swapped for an empty dict by the
-    drain), and under ``_lock``: ``_trailers`` (the latest trailer load of each shard,
-    parsed), ``_changed`` (shards whose trailer changed since the last view),
+    Mutable state: :attr:`inbox` (shard id → the trailers, or a finished call object,
+    heard since the last drain, written by the call loops and :meth:`heard` without a
+    lock, swapped for an empty dict by the drain), and under ``_lock``: ``_trailers``
+    (the latest trailer load of each shard, parsed), ``_changed`` (shards whose
+    trailer changed since the last view),
     ``_drained_at`` (unix time of the last drain: what was heard after it is stamped
     with it at the next), ``_ageing_due`` and :attr:`state`, replaced whole. Readers
     read :attr:`state` once and never lock.
@@ -79,12 +82,12 @@ class LoadBoard:
         "_ageing_due",
         "_changed",
         "_drained_at",
-        "_inbox",
         "_lock",
         "_max_age",
         "_on_change",
         "_trailers",
         "clock",
+        "inbox",
         "state",
     )
 
@@ -98,7 +101,12 @@ class LoadBoard:
         self._on_change = on_change
         self.clock = clock
         self._lock = threading.Lock()
-        self._inbox: dict[str, Any] = {}
+        self.inbox: dict[str, Any] = {}
+        """Shard id → what was heard from it since the last merge (trailing metadata, or
+        a finished call object): written without a lock, replaced whole by each merge. A
+        call loop reads it before a call, asks for the call's trailers only when its
+        shard is not in it, and stores them after (in the dict it read: one that a merge
+        replaced meanwhile is dropped, and the next call asks again)."""
         self._drained_at = clock()
         self._trailers: dict[str, LoadReport] = {}
         self._changed: set[str] = set()
@@ -116,7 +124,7 @@ class LoadBoard:
         """A call to ``shard_id`` succeeded: ``call`` is its finished call object (or
         its trailing metadata). Hot path: one dict store, nothing read. One that lands
         while a drain swaps the inbox may be lost: the next one counts."""
-        self._inbox[shard_id] = call
+        self.inbox[shard_id] = call
 
     def view(self, topology: Topology, now: float) -> Topology:
         """The snapshot to route on for ``topology`` (the source's current one) at
@@ -142,7 +150,7 @@ class LoadBoard:
         """Drop the trailers of shards that left the topology."""
         with self._lock:
             for shard_id in shard_ids:
-                self._inbox.pop(shard_id, None)
+                self.inbox.pop(shard_id, None)
                 self._trailers.pop(shard_id, None)
 
     def heard_loads(self) -> dict[str, LoadReport]:
@@ -154,7 +162,7 @@ class LoadBoard:
     def _drain(self, now: float) -> None:
         """Parse what was heard since the last drain into ``_trailers``, stamped with
         the time of that drain: each arrived after it, and at most this long ago."""
-        inbox, self._inbox = self._inbox, {}
+        inbox, self.inbox = self.inbox, {}
         stamp, self._drained_at = self._drained_at, now
         trailers = self._trailers
         for shard_id, call in list(inbox.items()):  # a late heard() may still add one
