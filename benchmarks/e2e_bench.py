@@ -1,8 +1,9 @@
 """Routed (ShardClient / AsyncShardClient) versus direct calls to the same shard servers.
 
 Starts 2 echo shard servers in subprocesses. Everything is measured as a ratio against
-a plain gRPC stub in the same run, in interleaved A/B slices (the machine's noise falls
-on both sides):
+a plain gRPC stub in the same run, the sides taking turns (unary: call by call, in
+rotating order; streams: stream by stream; concurrency: round by round), so the
+machine's noise falls on every side alike:
 
 - unary: the same sessions' calls go straight to their shard's channel (direct, a plain
   stub) or through the client (routing, in-flight accounting, metadata, failover plan):
@@ -140,9 +141,9 @@ def log(*args: object) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
-def order(r: int) -> list[int]:
-    """The sides of concurrent round ``r``: rotated, so no side always runs first."""
-    return [(r + k) % 3 for k in range(3)]
+def order(r: int, n: int = 3) -> list[int]:
+    """The ``n`` sides of round ``r``: rotated, so no side always runs first."""
+    return [(r + k) % n for k in range(n)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -211,13 +212,19 @@ def summary(
 # ----------------------------------------------------------------------------- sync
 
 
-def timed(samples: Samples, calls: int, one: Callable[[int], object]) -> None:
-    start = clock()
+def interleaved(
+    samples: tuple[Samples, ...], calls: int, arms: tuple[Callable[[int], object], ...]
+) -> None:
+    """``calls`` rounds of one call per arm, the arms taking turns in rotating order:
+    paired call by call, so the machine's drift (other processes, CPU frequency) falls
+    on every arm alike. Each call's time goes to its arm's samples."""
     for i in range(calls):
-        t = clock()
-        one(i)
-        samples.us.append((clock() - t) * 1e6)
-    samples.seconds += clock() - start
+        for k in order(i, len(arms)):
+            t = clock()
+            arms[k](i)
+            elapsed = clock() - t
+            samples[k].us.append(elapsed * 1e6)
+            samples[k].seconds += elapsed
 
 
 def first_message(start: Callable[[], Iterator[bytes]]) -> float:
@@ -246,12 +253,14 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
 
     unary = Samples(), Samples(), Samples()
     for _ in range(args.slices):
-        timed(unary[0], args.calls, lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10))
-        timed(unary[1], args.calls, lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64]))
-        timed(
-            unary[2],
+        interleaved(
+            unary,
             args.calls,
-            lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+            (
+                lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10),
+                lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64]),
+                lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+            ),
         )
 
     stream = Samples(), Samples()
@@ -345,13 +354,19 @@ def otel_overhead(shards: list[Shard]) -> float | None:
 # ----------------------------------------------------------------------------- asyncio
 
 
-async def atimed(samples: Samples, calls: int, one: Callable[[int], Awaitable[object]]) -> None:
-    start = clock()
+async def ainterleaved(
+    samples: tuple[Samples, ...],
+    calls: int,
+    arms: tuple[Callable[[int], Awaitable[object]], ...],
+) -> None:
+    """:func:`interleaved`, awaiting each call."""
     for i in range(calls):
-        t = clock()
-        await one(i)
-        samples.us.append((clock() - t) * 1e6)
-    samples.seconds += clock() - start
+        for k in order(i, len(arms)):
+            t = clock()
+            await arms[k](i)
+            elapsed = clock() - t
+            samples[k].us.append(elapsed * 1e6)
+            samples[k].seconds += elapsed
 
 
 async def afirst_message(start: Callable[[], Any]) -> float:
@@ -380,14 +395,14 @@ async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, An
 
     unary = Samples(), Samples(), Samples()
     for _ in range(args.slices):
-        await atimed(unary[0], args.calls, lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10))
-        await atimed(
-            unary[1], args.calls, lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64])
-        )
-        await atimed(
-            unary[2],
+        await ainterleaved(
+            unary,
             args.calls,
-            lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+            (
+                lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10),
+                lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64]),
+                lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+            ),
         )
 
     stream = Samples(), Samples()
@@ -450,8 +465,8 @@ async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--aio", action="store_true", help="AsyncShardClient vs grpc.aio")
-    parser.add_argument("--slices", type=int, default=30, help="unary A/B slice pairs")
-    parser.add_argument("--calls", type=int, default=250, help="unary calls per slice")
+    parser.add_argument("--slices", type=int, default=30, help="unary rounds")
+    parser.add_argument("--calls", type=int, default=250, help="unary calls per side per round")
     parser.add_argument("--stream-slices", type=int, default=10, help="stream slice pairs")
     parser.add_argument("--stream-calls", type=int, default=100, help="streams per slice")
     parser.add_argument("--rounds", type=int, default=12, help="concurrent A/B round pairs")
