@@ -125,22 +125,21 @@ class OutlierDetector:
     def timeout(self, shard_id: str) -> bool:
         """A call to ``shard_id`` ran out of its deadline there. Returns True when this
         timeout ejected the shard."""
-        with self._lock:
-            health = self._health.setdefault(shard_id, _Health())
-            health.timeouts += 1
-            if health.timeouts < self.consecutive_timeouts:
-                return False
-            return self._eject_locked(health)
+        return self._count(shard_id, "timeouts", self.consecutive_timeouts)
 
     def slow(self, shard_id: str) -> bool:
         """A call to ``shard_id`` succeeded, but took longer than :attr:`slow_call_s`.
         Returns True when this slow answer ejected the shard."""
+        return self._count(shard_id, "slow", self.consecutive_slow)
+
+    def _count(self, shard_id: str, kind: str, limit: int) -> bool:
+        """One more ``kind`` (a :class:`_Health` counter) for ``shard_id``: ejects it when
+        ``limit`` are in a row. Returns True when this one ejected it."""
         with self._lock:
             health = self._health.setdefault(shard_id, _Health())
-            health.slow += 1
-            if health.slow < self.consecutive_slow:
-                return False
-            return self._eject_locked(health)
+            count = getattr(health, kind) + 1
+            setattr(health, kind, count)
+            return self._eject_locked(health) if count >= limit else False
 
     def _eject_locked(self, health: _Health) -> bool:
         now = self._clock()
