@@ -9,7 +9,6 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = [
-    "call_unary",
     "finish_before_abort",
     "on_call_done",
     "run_blocking",
@@ -17,6 +16,8 @@ __all__ = [
     "sleep",
     "streams_by_yielding",
     "trailers_of",
+    "unary",
+    "unary_with_trailers",
 ]
 
 T = TypeVar("T")
@@ -28,14 +29,20 @@ async def sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-async def call_unary(
-    method: Any, request: Any, timeout: float, metadata: Any, trailers: bool
+def unary(method: Any, request: Any, timeout: float, metadata: Any) -> Any:
+    """Start a unary call: an awaitable of its response (grpc.aio's call object; a plain
+    function, so the caller's ``await`` is the only coroutine step)."""
+    return method(request, timeout=timeout, metadata=metadata)
+
+
+async def unary_with_trailers(
+    method: Any, request: Any, timeout: float, metadata: Any
 ) -> tuple[Any, Any]:
-    """A unary call: its response, and its trailing metadata when ``trailers`` is true
-    (else None; ``LoadBoard`` parses them later, off the call path)."""
+    """A unary call: its response and its trailing metadata (``LoadBoard`` parses them
+    later, off the call path)."""
     call = method(request, timeout=timeout, metadata=metadata)
     response = await call
-    return response, (await call.trailing_metadata() if trailers else None)
+    return response, await call.trailing_metadata()
 
 
 async def trailers_of(call: Any) -> Any:

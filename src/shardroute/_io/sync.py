@@ -8,7 +8,6 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple
 
 __all__ = [
-    "call_unary",
     "finish_before_abort",
     "on_call_done",
     "run_blocking",
@@ -16,6 +15,8 @@ __all__ = [
     "sleep",
     "streams_by_yielding",
     "trailers_of",
+    "unary",
+    "unary_with_trailers",
 ]
 
 T = TypeVar("T")
@@ -27,17 +28,20 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def call_unary(
-    method: Any, request: Any, timeout: float, metadata: Any, trailers: bool
+def unary(method: Any, request: Any, timeout: float, metadata: Any) -> Any:
+    """A unary call: its response (the asyncio twin returns an awaitable of it)."""
+    return method(request, timeout=timeout, metadata=metadata)
+
+
+def unary_with_trailers(
+    method: Any, request: Any, timeout: float, metadata: Any
 ) -> tuple[Any, Any]:
-    """A unary call: its response, and its trailing metadata when ``trailers`` is true
-    (else None; ``LoadBoard`` parses them later, off the call path). The call object
-    itself is never kept: a finished sync call held past its end made the next calls on
-    the channel ~0.1 ms slower (docs/benchmarks.md, "Trailers, sampled")."""
-    if trailers:
-        response, call = method.with_call(request, timeout=timeout, metadata=metadata)
-        return response, call.trailing_metadata()
-    return method(request, timeout=timeout, metadata=metadata), None
+    """A unary call: its response and its trailing metadata (``LoadBoard`` parses them
+    later, off the call path). The call object itself is never kept: a finished sync
+    call held past its end made the next calls on the channel ~0.1 ms slower
+    (docs/benchmarks.md, "Trailers, sampled")."""
+    response, call = method.with_call(request, timeout=timeout, metadata=metadata)
+    return response, call.trailing_metadata()
 
 
 def trailers_of(call: Any) -> Any:

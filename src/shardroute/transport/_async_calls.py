@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._io.aio import call_unary, sleep, trailers_of
+from shardroute._io.aio import sleep, trailers_of, unary, unary_with_trailers
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 from shardroute.transport.turns import is_replay, recorded_reply, turn_id_of
@@ -53,10 +53,12 @@ class AsyncCallLoops:
             method = channels.callable_for(shard, spec)
             inbox = board.inbox  # trailers heard since the board's last merge
             inflight.begin(shard_id)
-            try:  # the load trailer only of the first call to the shard since that merge
-                response, trailers = await call_unary(
-                    method, request, timeout, md, shard_id not in inbox
-                )
+            try:
+                if shard_id in inbox:  # heard from since that merge: no trailers wanted
+                    trailers = None
+                    response = await unary(method, request, timeout, md)
+                else:  # the first call to the shard since that merge: its load trailer too
+                    response, trailers = await unary_with_trailers(method, request, timeout, md)
             except grpc.RpcError as error:
                 inflight.end(shard_id)
                 failed = error

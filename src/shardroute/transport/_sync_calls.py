@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shardroute._io.sync import call_unary, sleep, trailers_of
+from shardroute._io.sync import sleep, trailers_of, unary, unary_with_trailers
 from shardroute.transport.attempts import Attempts, Metadata
 from shardroute.transport.methods import MethodSpec
 from shardroute.transport.turns import is_replay, recorded_reply, turn_id_of
@@ -55,8 +55,12 @@ class CallLoops:
             method = channels.callable_for(shard, spec)
             inbox = board.inbox  # trailers heard since the board's last merge
             inflight.begin(shard_id)
-            try:  # the load trailer only of the first call to the shard since that merge
-                response, trailers = call_unary(method, request, timeout, md, shard_id not in inbox)
+            try:
+                if shard_id in inbox:  # heard from since that merge: no trailers wanted
+                    trailers = None
+                    response = unary(method, request, timeout, md)
+                else:  # the first call to the shard since that merge: its load trailer too
+                    response, trailers = unary_with_trailers(method, request, timeout, md)
             except grpc.RpcError as error:
                 inflight.end(shard_id)
                 failed = error
