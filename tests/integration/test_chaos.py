@@ -17,8 +17,9 @@ SESSIONS = 4
 
 def run_chaos_demo(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:
     """``shardroute demo --chaos [flags]``, short; its JSON summary (it exited 0)."""
-    # --duration 24: faults held 3 s, longer than a client needs to notice a stop (~2 s)
-    argv = ["demo", "--chaos", *flags, "--duration", "24", "--sessions", str(SESSIONS)]
+    # --duration 6: faults held 3 s (the least the demo holds them), longer than a client
+    # needs to notice a stop (~2 s); 0.3 s of settling after each fault converged
+    argv = ["demo", "--chaos", *flags, "--duration", "6", "--sessions", str(SESSIONS)]
     code = main([*argv, "--json"])
     summary: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     print(summary)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -22,6 +22,7 @@ from shardroute.etcd import EtcdClient
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.server import AsyncShardServer, ShardServer
 from shardroute.sessions import InMemorySessionStore
+from shardroute.testing.waiting import wait_until
 
 RELEASE = threading.Event()
 """Lets the Echo shards' Block and Stream calls go on (set by the test)."""
@@ -98,13 +99,6 @@ def echo_shell(kind: str, **kwargs: Any) -> Shell:
     return Shell(kind, cls=cls, shard_id="e", service="t", etcd=None, **kwargs).start()
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
-
-
 def _trailer(call: Any) -> dict[str, int]:
     text = metadata.get(call.trailing_metadata(), metadata.LOAD)
     assert text is not None, call.trailing_metadata()
@@ -142,7 +136,7 @@ def test_streams_count_as_in_flight_until_they_finish(kind: str) -> None:
         RELEASE.set()
         assert list(stream) == [b"2"]
         assert _trailer(stream)["inflight"] == 0
-        _wait_until(lambda: server.accounting.inflight == 0)
+        wait_until(lambda: server.accounting.inflight == 0, 5.0, "no call in flight")
     p50, p95 = server.accounting.latency_ms()
     assert 0 < p50 <= p95
 
@@ -193,8 +187,8 @@ def test_queue_depth_counts_calls_waiting_for_a_worker(
         ):
             block = channel.unary_unary("/t.Echo/Block")
             calls = [pool.submit(block.with_call, b"x", timeout=10) for _ in range(4)]
-            _wait_until(lambda: server.accounting.inflight == running)
-            _wait_until(lambda: server.accounting.queue_depth == queued)
+            wait_until(lambda: server.accounting.inflight == running, 5.0, f"{running} in flight")
+            wait_until(lambda: server.accounting.queue_depth == queued, 5.0, f"{queued} queued")
             assert server.load().queue_depth == queued
             RELEASE.set()
             for call in calls:

@@ -5,10 +5,8 @@ Every test runs on both shells (``ShardServer`` and ``AsyncShardServer``)."""
 
 from __future__ import annotations
 
-import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
@@ -25,17 +23,9 @@ from shardroute.model import Override
 from shardroute.server import AsyncShardServer, ShardServer
 from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
 from shardroute.testing.cluster import ShardCluster
+from shardroute.testing.waiting import wait_until
 
 Chat = ChatShard | AsyncChatShard
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    done = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        done.wait(0.005)
 
 
 @pytest.fixture
@@ -56,7 +46,7 @@ def pair_shells(etcd_endpoint: str, kind: str) -> Iterator[tuple[Shell, Shell]]:
         for shell in (a, b):
             shell.start()
         for shard in (a.server, b.server):
-            _wait_until(lambda s=shard: {"a", "b"} <= set(s.topology.shards))
+            wait_until(lambda s=shard: {"a", "b"} <= set(s.topology.shards))
         yield a, b
 
 
@@ -153,7 +143,7 @@ def test_a_session_owned_elsewhere_is_redirected_and_nothing_executes(
 ) -> None:
     a, b = pair
     OverrideStore(etcd, "chat").swap("r", None, Override("b", 1), lease=_lease_of(b))
-    _wait_until(lambda: "r" in a.topology.overrides)  # type: ignore[union-attr]
+    wait_until(lambda: "r" in a.topology.overrides)  # type: ignore[union-attr]
     error, tokens = _generate_error(a.address, "r")
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert _trailer(error, metadata.REDIRECT) == "b" and tokens == []
@@ -166,7 +156,7 @@ def _fence(etcd: EtcdClient, a: Chat, key: str) -> Override:
     overrides = OverrideStore(etcd, "chat")
     fenced = overrides.swap(key, overrides.get(key), Override("a", 1, "b"), lease=_lease_of(a))
     assert fenced is not None
-    _wait_until(lambda: key in a.topology.overrides)  # type: ignore[union-attr]
+    wait_until(lambda: key in a.topology.overrides)  # type: ignore[union-attr]
     return fenced
 
 
@@ -175,7 +165,7 @@ def _start_held_call(a: Chat, key: str) -> futures.Future[Any]:
     inflight = a.accounting.inflight
     future = pool.submit(lambda: _generate_error_or_tokens(a.address, key))
     pool.shutdown(wait=False)
-    _wait_until(lambda: a.accounting.inflight == inflight + 1)  # the call is in, waiting
+    wait_until(lambda: a.accounting.inflight == inflight + 1)  # the call is in, waiting
     return future
 
 
@@ -230,7 +220,7 @@ def test_a_hold_on_an_abandoned_fence_reclaims_the_session_after_hold_timeout(
         kind, shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0, hold_timeout_s=0.3
     ).start() as shell:
         a = shell.server
-        _wait_until(lambda: "a" in a.topology.shards)  # type: ignore[union-attr]
+        wait_until(lambda: "a" in a.topology.shards)  # type: ignore[union-attr]
         _generate(a.address, "t")
         fenced = _fence(etcd, a, "t")  # the mover fenced, then died
         tokens = _generate(a.address, "t")  # held 0.3 s, then a reclaims it and serves
@@ -261,9 +251,9 @@ def test_take_over_swaps_the_override_with_epoch_plus_one_on_its_own_lease(
     finally:
         raw.close()
     # The record carries the lease too, so movers can attach overrides to it.
-    _wait_until(lambda: a.topology.shards["b"].lease == _lease_of(b))  # type: ignore[union-attr]
+    wait_until(lambda: a.topology.shards["b"].lease == _lease_of(b))  # type: ignore[union-attr]
     # a now redirects its own stale copy to b (and drops it).
-    _wait_until(lambda: "t" in a.topology.overrides)  # type: ignore[union-attr]
+    wait_until(lambda: "t" in a.topology.overrides)  # type: ignore[union-attr]
     error, _ = _generate_error(a.address, "t")
     assert _trailer(error, metadata.REDIRECT) == "b" and "t" not in a.sessions
     # Another failover back to a: epoch + 1, on a's lease.

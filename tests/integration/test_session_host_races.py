@@ -32,15 +32,6 @@ from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, Override
 K = "k1"
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        tick.wait(0.005)
-
-
 class _EtcdOverrides(Mapping[str, Override]):
     """A topology's overrides that are always current: each look-up reads etcd."""
 

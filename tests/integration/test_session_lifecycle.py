@@ -7,7 +7,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from shardroute.errors import ShardRouteError
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.testing.cluster import ShardCluster
 from shardroute.testing.etcd import EtcdServer
+from shardroute.testing.waiting import wait_until
 
 KEYS = KeySchema("chat")
 
@@ -53,13 +54,6 @@ def stored_keys(etcd: EtcdClient, session: str) -> list[str]:
         if k == KEYS.state(session) or k.startswith(f"{KEYS.state(session)}/")
     ]
     return mine + ([KEYS.session(session)] if etcd.get(KEYS.session(session)) else [])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_end_session_removes_state_and_override(

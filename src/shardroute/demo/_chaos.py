@@ -15,7 +15,8 @@ p99 against steady state), then ``lost_turns``, ``failed_turns`` and ``errors`` 
 cause over the whole run.
 
 Each fault is held for an eighth of ``--duration`` (at least 3 s: longer than the ~2 s a
-client takes to notice a stopped shard).
+client takes to notice a stopped shard). Steady state is measured, and things settle after
+each fault has converged, for a twentieth of it (at most 1 s).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def run_chaos_demo(
     """Run the chaos demo; returns the summary. ``etcd_cluster``: etcd as 3 members, and
     the loss of the leader among the faults."""
     hold = max(3.0, duration_s / 8)
+    settle = min(1.0, duration_s / 20)
     # The network faults first: a shard the kill restarts is no longer behind its proxy.
     faults: list[Fault] = [
         Partition(hold_s=hold),
@@ -89,7 +91,7 @@ def run_chaos_demo(
             cleanup.callback(proxy.close)
         client = cleanup.enter_context(ShardClient.connect(endpoints, SERVICE, retry=EXACTLY_ONCE))
         env = ChaosEnv(cluster, etcd, client, etcd_cluster=members, proxies=proxies)
-        runner = ChaosRunner(env, sessions=sessions)
+        runner = ChaosRunner(env, sessions=sessions, steady_s=settle)
         if live is not None:
             names = ", ".join(fault.name for fault in faults)
             where = "a 3-member etcd cluster" if etcd_cluster else "one etcd"

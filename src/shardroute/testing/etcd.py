@@ -170,6 +170,7 @@ class EtcdServer(ServerProcess):
         self.extra_args = extra_args
         self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
+        self._healthy = False
         self._log_path = self.base_dir / "etcd.log"
 
     @property
@@ -178,11 +179,19 @@ class EtcdServer(ServerProcess):
         return f"127.0.0.1:{self.client_port}"
 
     def start(self) -> Self:
-        """Start etcd and wait until it is healthy."""
-        if self.running:
+        """Start etcd (unless :meth:`launch` did) and wait until it is healthy."""
+        if not self.running:
+            self._launch()
+        elif self._healthy:
             return self
-        self._launch()
         self._wait_healthy()
+        return self
+
+    def launch(self) -> Self:
+        """Start the etcd process without waiting for it; :meth:`start` then waits until
+        it is healthy. Launch one ahead of need and other work overlaps its start-up."""
+        if not self.running:
+            self._launch()
         return self
 
     def _cluster_args(self, peer: str) -> list[str]:
@@ -192,6 +201,7 @@ class EtcdServer(ServerProcess):
 
     def _launch(self) -> None:
         """Start the etcd process without waiting for it."""
+        self._healthy = False
         scheme = "https" if self.tls else "http"
         client = f"{scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -262,9 +272,10 @@ class EtcdServer(ServerProcess):
                 urllib.request.urlopen(url, timeout=1, context=context) as response,
             ):
                 if b'"health":"true"' in response.read() and self._grpc_ready():
+                    self._healthy = True
                     return
             time.sleep(delay)  # polling a process we started; nothing to wait on
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, 0.05)
         self.kill()
         raise EtcdUnavailable(
             f"etcd did not become healthy in {self.start_timeout}s: {self._log_tail()}"
