@@ -101,7 +101,10 @@ class EtcdNoSpace(EtcdUnavailable):
     (``--quota-backend-bytes``) and raised the NOSPACE alarm.
 
     Nothing was written by the refused operation, data already in etcd is safe, and reads
-    and watches keep working. Every write (puts, transactions, lease grants) fails the
+    and watches keep working. (etcd applies the one write that fills its quota and then
+    answers NOSPACE; the client reads the keys of a put or transaction answered so back,
+    and when they hold what it wrote the call succeeds instead: this error means the
+    write is not there.) Every write (puts, transactions, lease grants) fails the
     same way until an operator frees space and disarms the alarm: compact to the current
     revision, defragment every member, ``etcdctl alarm disarm`` (docs/operations.md,
     "etcd: compaction, quota and NOSPACE"). Retrying is safe (nothing is duplicated) but

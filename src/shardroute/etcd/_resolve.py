@@ -27,9 +27,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
+
 from shardroute.etcd._failover import endpoint_failed, not_run, rpc_error
 
-__all__ = ["can_settle", "settle"]
+__all__ = ["can_settle", "landed_despite_nospace", "nospace", "settle"]
 
 Attempt = Callable[[list[Any], list[Any], float], tuple[bool, list[Any]]]
 """One transaction on the current member: ``(compare, success, timeout)``."""
@@ -93,6 +95,40 @@ def settle(
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))  # backoff
             delay = min(delay * 2, _BACKOFF_S[1])
     return None
+
+
+def nospace(exc: BaseException) -> bool:
+    """Whether ``exc`` is etcd's NOSPACE answer (its database reached its quota).
+
+    etcd *applies* the write that crosses the quota and then answers NOSPACE (its quota
+    applier checks the space, applies the write, then reports the error: a write must
+    apply alike on every member), so that one write may have landed; every write after
+    it, once the alarm is raised, is refused before it is applied."""
+    error = rpc_error(exc)
+    return (
+        isinstance(error, grpc.Call)
+        and error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        and "space exceeded" in (error.details() or "")
+    )
+
+
+def landed_despite_nospace(
+    attempt: Attempt, success: list[Any], timeout: float
+) -> list[Any] | None:
+    """After a NOSPACE answer to a write: read back the keys it puts (reads still work);
+    the responses etcd would have given when every one holds what it put, at one
+    revision (the write landed: it was the one that filled the quota), else None
+    (nothing was written, or it cannot be read now)."""
+    from shardroute.etcd import txn
+
+    puts = [op.request_put for op in success if op.HasField("request_put")]
+    if not puts:
+        return None
+    reads = [txn.read(put.key.decode()) for put in puts]
+    try:
+        return _applied(success, puts, attempt([], reads, timeout)[1])
+    except Exception:  # cannot tell now: the NOSPACE answer stands
+        return None
 
 
 def _applied(success: list[Any], puts: list[Any], responses: list[Any]) -> list[Any] | None:

@@ -34,7 +34,13 @@ from shardroute.etcd._failover import (
     mark_failed,
 )
 from shardroute.etcd._maintenance_calls import MaintenanceCalls
-from shardroute.etcd._resolve import can_settle, read_only, settle
+from shardroute.etcd._resolve import (
+    can_settle,
+    landed_despite_nospace,
+    nospace,
+    read_only,
+    settle,
+)
 from shardroute.etcd._translate import _is_lease_not_found, _translated, _version_compare
 from shardroute.etcd.credentials import warn_if_cleartext
 from shardroute.etcd.options import EtcdOptions, parse_endpoint
@@ -44,6 +50,15 @@ from shardroute.etcd.watch import WatchStream
 __all__ = ["EtcdClient"]
 
 log = logging.getLogger("shardroute.etcd")
+
+
+def _log_landed(keys: str) -> None:
+    log.warning(
+        "etcd answered NOSPACE to a write it applied (the write that filled its quota: "
+        "etcd applies it, then raises the alarm): %s holds what was written, so it counts "
+        "as done; the next writes will be refused until space is freed (docs/operations.md)",
+        keys,
+    )
 
 
 # Keep-alive pings detect a silently dead etcd (no RST) on a long-lived watch. etcd's
@@ -192,8 +207,22 @@ class EtcdClient(MaintenanceCalls):
 
     @etcd_call(IDEMPOTENT)
     def put(self, key: str, value: bytes, lease: int | None = None) -> int:
-        """Write a key (attached to ``lease`` when given); returns the new revision."""
-        response = self._etcd.put(key, value, lease=lease)
+        """Write a key (attached to ``lease`` when given); returns the new revision.
+
+        A NOSPACE answer is checked by reading the key back (etcd applies the write that
+        fills its quota, then answers NOSPACE): when it holds this value, the put
+        counts as done (the key's revision is returned), else
+        :class:`~shardroute.errors.EtcdNoSpace` (nothing written)."""
+        try:
+            response = self._etcd.put(key, value, lease=lease)
+        except grpc.RpcError as exc:
+            if nospace(exc):
+                op = [txn.put(key, value, lease or 0)]
+                landed = landed_despite_nospace(self._txn_attempt, op, self._nospace_timeout())
+                if landed is not None:
+                    _log_landed(key)
+                    return int(landed[0].response_put.header.revision)
+            raise
         return int(response.header.revision)
 
     @etcd_call(IDEMPOTENT)
@@ -288,6 +317,16 @@ class EtcdClient(MaintenanceCalls):
                 self._mark_current_failed,
             )
         except grpc.RpcError as exc:
+            if nospace(exc):  # the write that filled the quota may have landed: read it
+                landed = landed_despite_nospace(self._txn_attempt, success, self._nospace_timeout())
+                if landed is None:
+                    raise
+                _log_landed(
+                    ", ".join(
+                        op.request_put.key.decode() for op in success if op.HasField("request_put")
+                    )
+                )
+                return True, landed
             if not failover.enabled or not can_settle(exc, compare, success):
                 raise
             settled = settle(
@@ -306,6 +345,10 @@ class EtcdClient(MaintenanceCalls):
                 "applied" if settled[0] else "its compare failed",
             )
             return settled
+
+    def _nospace_timeout(self) -> float:
+        """The time a read-back after a NOSPACE answer gets."""
+        return self._failover.attempt_timeout
 
     def _txn_attempt(
         self, compare: list[Any], success: list[Any], timeout: float
