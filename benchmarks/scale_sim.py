@@ -36,10 +36,12 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    otherwise the replica settles. On every ``--sample-every``-th request all replicas
    route the same key: ``agreement`` is the share of those on which all agree;
    ``redirected_share`` the share of requests redirected. Each sample on which they
-   disagree is counted as ``disagree_spill_or_not`` (some send it home, some elsewhere)
-   or ``disagree_where_to`` (all off home, to different shards), and also as
-   ``disagree_with_pins`` (some follow their affinity memo) and ``disagree_fresh_differ``
-   (those not following a pin disagree among themselves: their load views differ).
+   disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
+   replicas send it home, some elsewhere) or "where to" (all off home, to different
+   shards). ``--shared-pins`` models the override proposal: each session placed off
+   home is pinned at every replica from the next snapshot on (the override reached them
+   by the watch); ``override_writes_per_s`` is what that would write (one per session
+   placed off home, with sessions starting as fast as they end, mean ``--session-life-s``).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
    lost (its sessions move; mean, p90, max over the shards), ``moved_added_*`` when one
@@ -83,6 +85,12 @@ from shardroute.routing._ring import shard_points  # a new shard's points, as th
 from shardroute.server.load import LoadAccounting, LoadReportPolicy
 
 BATCH = 200
+SPLIT = ("spill_or_not_spilled", "spill_or_not_held_home", "where_to", "with_pins", "fresh_differ")
+"""Why the replicas disagree on a sample: some send the session home and some elsewhere,
+and it was placed off home (``spilled``: its home has room again) or at home
+(``held_home``: its home is over the bound now); or all send it off home, to different
+shards (``where_to``). Also counted: some of them follow a pin (``with_pins``), and those
+that do not follow one disagree among themselves (``fresh_differ``: load views differ)."""
 ETCD_WRITES_PER_S = 10_000
 
 
@@ -268,8 +276,10 @@ class Fleet:
     """The replicas, the shards' true loads and the snapshots they are all fed."""
 
     def __init__(self, args: argparse.Namespace, shards: Mapping[str, Shard]) -> None:
-        policy = RoutingPolicy(vnodes_per_weight=args.vnodes)
+        policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=args.balance_factor)
         self.shards = shards
+        self.shared_pins = args.shared_pins
+        self.exceptions: list[tuple[str, str]] = []  # sessions placed off home since publish
         self.routers = [Router(policy) for _ in range(args.replicas)]
         self.flights = [Heard(not args.no_trailers) for _ in self.routers]
         self.load = dict.fromkeys(shards, 0)
@@ -289,11 +299,18 @@ class Fleet:
         for router, flight in zip(self.routers, self.flights, strict=True):
             router.prepare(self.topology)
             flight.rebase(router.basis(self.topology))
+            if self.shared_pins:  # the overrides reached every replica by the watch
+                for key, sid in self.exceptions:
+                    router.remember(key, sid)
+        self.exceptions.clear()
         return self.topology
 
 
-def place(args: argparse.Namespace, sim: Fleet, keys: list[str], rates: list[int]) -> list[str]:
-    """Each session placed once, at a random replica; returns each session's shard id."""
+def place(
+    args: argparse.Namespace, sim: Fleet, keys: list[str], rates: list[int]
+) -> tuple[list[str], float]:
+    """Each session placed once, at a random replica; returns each session's shard id
+    and the share placed off their home."""
     rng = random.Random(args.seed + 1)
     order = list(range(len(keys)))
     rng.shuffle(order)
@@ -314,10 +331,12 @@ def place(args: argparse.Namespace, sim: Fleet, keys: list[str], rates: list[int
         load[sid] += rates[i]
         flights[k].heard(sid, load[sid])  # the response's load trailer
         owner[i] = sid
-        spilled += d.shard is not d.home
+        if d.shard is not d.home:
+            spilled += 1
+            sim.exceptions.append((key, sid))  # with --shared-pins: an override written
     sim.publish()
     log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home")
-    return owner
+    return owner, spilled / len(keys)
 
 
 def max_over_avg(loads: list[int]) -> float:
@@ -339,7 +358,7 @@ def traffic(
     pairs = list(zip(routers, flights, strict=True))
     redirects = 0
     sampled, agreed = [0, 0], [0, 0]  # before / during the last quarter of the requests
-    split = dict.fromkeys(("spill_or_not", "where_to", "with_pins", "fresh_differ"), 0)
+    split = dict.fromkeys(SPLIT, 0)
     late = len(stream) * 3 // 4
     for n, i in enumerate(stream):
         k = rng.randrange(len(routers))
@@ -356,7 +375,7 @@ def traffic(
             sampled[n >= late] += 1
             agreed[n >= late] += same
             if not same:
-                _why(every, split)
+                _why(every, owner[i], split)
     out = {
         "agreement": round(sum(agreed) / max(1, sum(sampled)), 5),
         "agreement_last_quarter": round(agreed[1] / max(1, sampled[1]), 5),
@@ -367,13 +386,15 @@ def traffic(
     return out
 
 
-def _why(decisions: list[Decision], split: dict[str, int]) -> None:
-    """Counts one sample on which the replicas disagree: ``spill_or_not`` if some send
-    the session to its home and some elsewhere, else ``where_to`` (all off home, to
-    different shards); ``with_pins`` if some follow their memo; ``fresh_differ`` if
-    those that do not follow a pin disagree among themselves (their load views differ)."""
+def _why(decisions: list[Decision], owner: str, split: dict[str, int]) -> None:
+    """Counts one sample on which the replicas disagree (see ``SPLIT``)."""
     homes = sum(d.shard is d.home for d in decisions)
-    split["spill_or_not" if homes else "where_to"] += 1
+    if not homes:
+        split["where_to"] += 1
+    elif decisions[0].home.id == owner:
+        split["spill_or_not_held_home"] += 1
+    else:
+        split["spill_or_not_spilled"] += 1
     split["with_pins"] += any(d.reason is Reason.MEMO for d in decisions)
     split["fresh_differ"] += len({d.shard.id for d in decisions if d.reason is not Reason.MEMO}) > 1
 
@@ -532,6 +553,12 @@ def main() -> None:
     ap.add_argument(
         "--no-trailers", action="store_true", help="replicas do not learn loads from responses"
     )
+    ap.add_argument("--balance-factor", type=float, default=RoutingPolicy().balance_factor)
+    ap.add_argument(
+        "--shared-pins",
+        action="store_true",
+        help="model the override proposal: every replica pins each session placed off home",
+    )
     ap.add_argument("--report-every", type=int, default=0, help="placements a snapshot (N)")
     ap.add_argument("--max-session-calls", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50_000)
@@ -561,6 +588,8 @@ def main() -> None:
         "replicas": args.replicas,
         "vnodes_per_weight": args.vnodes,
         "trailers": not args.no_trailers,
+        "balance_factor": args.balance_factor,
+        "shared_pins": args.shared_pins,
     }
     replica = in_subprocess(args, args.vnodes)
     log("one replica:", replica)
@@ -578,7 +607,11 @@ def main() -> None:
     t0 = time.perf_counter()
     sim = Fleet(args, fleet(args.shards, args.zones, capacity))
     log(f"{args.replicas} replicas fed the first snapshot in {time.perf_counter() - t0:.2f}s")
-    owner = place(args, sim, keys, rates)
+    owner, off_home = place(args, sim, keys, rates)
+    out["placed_off_home_share"] = round(off_home, 5)
+    # the proposal modelled by --shared-pins: an override written for each session
+    # placed off its home, as many sessions start per second as end (mean life)
+    out["override_writes_per_s"] = round(off_home * args.sessions / args.session_life_s, 1)
     out["max_over_avg"] = round(max_over_avg(list(sim.load.values())), 3)
     ring = sim.routers[0].ring
     homes = dict.fromkeys(sim.shards, 0)
