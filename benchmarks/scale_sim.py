@@ -23,25 +23,25 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    keeps calls in flight in proportion to it, scaled so the hottest keeps
    ``--max-session-calls`` (8) and at least 1. Placement: the sessions, in random order,
    are each placed by one route() at a random replica and then hold their calls there
-   (``InFlight.begin`` at that replica); every ``--report-every`` placements (default:
-   one per shard) a snapshot with every shard's exact load is published, so the reports
-   lag in between and each replica also sees its own calls and, unless
-   ``--no-trailers``, the load trailer of each response it got since (the placed
-   shard's true load, as issue 14's clients read it: see ``Heard``). ``max_over_avg``: the
-   largest shard load over the average at the end (bounded loads, c = 1.25);
-   ``max_over_avg_homes``: the same with every session at its ring home (plain
-   consistent hashing), the same-run baseline. Traffic: ``--requests`` requests drawn
-   by popularity, each at a random replica; a first attempt at a shard other than the
-   one holding the session is redirected (the replica remembers, as the transport does),
-   otherwise the replica settles. On every ``--sample-every``-th request all replicas
-   route the same key: ``agreement`` is the share of those on which all agree;
-   ``redirected_share`` the share of requests redirected. Each sample on which they
-   disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
+   (``Heard.begin`` at that replica: an ``InFlight`` with trailers); every
+   ``--report-every`` placements (default: one per shard) a snapshot with every shard's
+   exact load is published, so the reports lag in between and each replica also sees its
+   own calls and, unless ``--no-trailers``, the load trailer of each response it got since
+   (the placed shard's true load, as issue 14's clients read it: see ``Heard``).
+   ``max_over_avg``: the largest shard load over the average at the end (bounded loads, c =
+   ``--balance-factor``, 1.25 by default); ``max_over_avg_homes``: the same with every
+   session at its ring home (plain consistent hashing), the same-run baseline. Traffic:
+   ``--requests`` requests drawn by popularity, each at a random replica; a first attempt
+   at a shard other than the one holding the session is redirected (the replica remembers,
+   as the transport does), otherwise the replica settles. On every ``--sample-every``-th
+   request all replicas route the same key: ``agreement`` is the share of those on which
+   all agree; ``redirected_share`` the share of requests redirected. Each sample on which
+   they disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
    replicas send it home, some elsewhere) or "where to" (all off home, to different
-   shards). ``--shared-pins`` models the override proposal: each session placed off
-   home is pinned at every replica from the next snapshot on (the override reached them
-   by the watch); ``override_writes_per_s`` is what that would write (one per session
-   placed off home, with sessions starting as fast as they end, mean ``--session-life-s``).
+   shards). ``--shared-pins`` models the override proposal: each session placed off home is
+   pinned at every replica from the next snapshot on (the override reached them by the
+   watch); ``override_writes_per_s`` is what that would write (one per session placed off
+   home, with sessions starting as fast as they end, mean ``--session-life-s``).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
    lost (its sessions move; mean, p90, max over the shards), ``moved_added_*`` when one
@@ -88,7 +88,7 @@ BATCH = 200
 SPLIT = ("spill_or_not_spilled", "spill_or_not_held_home", "where_to", "with_pins", "fresh_differ")
 """Why the replicas disagree on a sample: some send the session home and some elsewhere,
 and it was placed off home (``spilled``: its home has room again) or at home
-(``held_home``: its home is over the bound now); or all send it off home, to different
+(``held_home``: its home is at or over the bound now); or all send it off home, to different
 shards (``where_to``). Also counted: some of them follow a pin (``with_pins``), and those
 that do not follow one disagree among themselves (``fresh_differ``: load views differ)."""
 ETCD_WRITES_PER_S = 10_000
@@ -226,7 +226,7 @@ def in_subprocess(args: argparse.Namespace, vnodes: int) -> dict[str, float]:
 
 class Heard:
     """One replica's ``loads`` (an ``OwnLoads``): its own calls in flight and, with
-    ``trailers``, the load trailer of each response it got since the last snapshot.
+    ``use_trailers``, the load trailer of each response it got since the last snapshot.
 
     A real client routes on a snapshot whose report for a shard is the freshest of
     the etcd report and the shard's last trailer (``transport/loadboard.py``) and takes
