@@ -16,7 +16,7 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    RSS growth after routing (``warm_mb``: the decision caches). ``baseline_160``: the
    same with ``vnodes_per_weight`` 160, the default (``--no-baseline`` skips it).
 2. **100 replicas** (``max_over_avg``, ``agreement``): each replica is a ``Router``
-   with its own affinity memo and its own ``InFlight``, all fed the same snapshots. They
+   with its own affinity memo and its own ``Heard`` (in flight), all fed the same snapshots. They
    run in this one process and, fed the very same snapshot objects, share the ring and
    its per-location views and decision caches (pure values; a real process builds its
    own, which part 1 measures). Sessions have a Zipf popularity (1 / rank**1.1); each
