@@ -16,24 +16,32 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    RSS growth after routing (``warm_mb``: the decision caches). ``baseline_160``: the
    same with ``vnodes_per_weight`` 160, the default (``--no-baseline`` skips it).
 2. **100 replicas** (``max_over_avg``, ``agreement``): each replica is a ``Router``
-   with its own affinity memo and its own ``InFlight``, all fed the same snapshots. They
+   with its own affinity memo and its own ``Heard`` (in flight), all fed the same snapshots. They
    run in this one process and, fed the very same snapshot objects, share the ring and
    its per-location views and decision caches (pure values; a real process builds its
    own, which part 1 measures). Sessions have a Zipf popularity (1 / rank**1.1); each
    keeps calls in flight in proportion to it, scaled so the hottest keeps
    ``--max-session-calls`` (8) and at least 1. Placement: the sessions, in random order,
    are each placed by one route() at a random replica and then hold their calls there
-   (``InFlight.begin`` at that replica); every ``--report-every`` placements (default:
-   one per shard) a snapshot with every shard's exact load is published, so the reports
-   lag in between and each replica also sees its own calls. ``max_over_avg``: the
-   largest shard load over the average at the end (bounded loads, c = 1.25);
-   ``max_over_avg_homes``: the same with every session at its ring home (plain
-   consistent hashing), the same-run baseline. Traffic: ``--requests`` requests drawn
-   by popularity, each at a random replica; a first attempt at a shard other than the
-   one holding the session is redirected (the replica remembers, as the transport does),
-   otherwise the replica settles. On every ``--sample-every``-th request all replicas
-   route the same key: ``agreement`` is the share of those on which all agree;
-   ``redirected_share`` the share of requests redirected.
+   (``Heard.begin`` at that replica: an ``InFlight`` with trailers); every
+   ``--report-every`` placements (default: one per shard) a snapshot with every shard's
+   exact load is published, so the reports lag in between and each replica also sees its
+   own calls and, unless ``--no-trailers``, the load trailer of each response it got since
+   (the placed shard's true load, as issue 14's clients read it: see ``Heard``).
+   ``max_over_avg``: the largest shard load over the average at the end (bounded loads, c =
+   ``--balance-factor``, 1.25 by default); ``max_over_avg_homes``: the same with every
+   session at its ring home (plain consistent hashing), the same-run baseline. Traffic:
+   ``--requests`` requests drawn by popularity, each at a random replica; a first attempt
+   at a shard other than the one holding the session is redirected (the replica remembers,
+   as the transport does), otherwise the replica settles. On every ``--sample-every``-th
+   request all replicas route the same key: ``agreement`` is the share of those on which
+   all agree; ``redirected_share`` the share of requests redirected. Each sample on which
+   they disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
+   replicas send it home, some elsewhere) or "where to" (all off home, to different
+   shards). ``--shared-pins`` models the override proposal: each session placed off home is
+   pinned at every replica from the next snapshot on (the override reached them by the
+   watch); ``override_writes_per_s`` is what that would write (one per session placed off
+   home, with sessions starting as fast as they end, mean ``--session-life-s``).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
    lost (its sessions move; mean, p90, max over the shards), ``moved_added_*`` when one
@@ -72,12 +80,17 @@ from itertools import accumulate
 from types import MappingProxyType
 
 from shardroute.model import LoadReport, Shard, Topology
-from shardroute.routing import Router, RoutingPolicy, key_hash
+from shardroute.routing import Decision, Reason, Router, RoutingPolicy, key_hash
 from shardroute.routing._ring import shard_points  # a new shard's points, as the ring makes them
 from shardroute.server.load import LoadAccounting, LoadReportPolicy
-from shardroute.transport import InFlight
 
 BATCH = 200
+SPLIT = ("spill_or_not_spilled", "spill_or_not_held_home", "where_to", "with_pins", "fresh_differ")
+"""Why the replicas disagree on a sample: some send the session home and some elsewhere,
+and it was placed off home (``spilled``: its home has room again) or at home
+(``held_home``: its home is at or over the bound now); or all send it off home, to different
+shards (``where_to``). Also counted: some of them follow a pin (``with_pins``), and those
+that do not follow one disagree among themselves (``fresh_differ``: load views differ)."""
 ETCD_WRITES_PER_S = 10_000
 
 
@@ -211,14 +224,64 @@ def in_subprocess(args: argparse.Namespace, vnodes: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- 2. 100 replicas
 
 
+class Heard:
+    """One replica's ``loads`` (an ``OwnLoads``): its own calls in flight and, with
+    ``use_trailers``, the load trailer of each response it got since the last snapshot.
+
+    A real client routes on a snapshot whose report for a shard is the freshest of
+    the etcd report and the shard's last trailer (``transport/loadboard.py``) and takes
+    max(that, own in flight). While sessions are placed, loads only grow, so a trailer
+    heard since the last snapshot is at least that snapshot's report (and the next
+    snapshot at least the trailer): the load is max(report, own, trailer), which this
+    keeps as its ``counts`` (O(1) a response instead of a new snapshot a response).
+    """
+
+    __slots__ = ("basis", "counts", "excess", "own", "trailers", "use_trailers")
+
+    def __init__(self, use_trailers: bool) -> None:
+        self.use_trailers = use_trailers
+        self.own: dict[str, int] = {}
+        self.trailers: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+        self.basis: Mapping[str, int] | None = None
+        self.excess = 0
+
+    def begin(self, shard_id: str, n: int) -> None:
+        self.own[shard_id] = self.own.get(shard_id, 0) + n
+        self._update(shard_id)
+
+    def heard(self, shard_id: str, load: int) -> None:
+        """A response from ``shard_id`` whose trailer says it holds ``load`` calls."""
+        if self.use_trailers:
+            self.trailers[shard_id] = load
+            self._update(shard_id)
+
+    def _update(self, shard_id: str) -> None:
+        new = max(self.own.get(shard_id, 0), self.trailers.get(shard_id, 0))
+        old = self.counts.get(shard_id, 0)
+        self.counts[shard_id] = new
+        t = self.basis.get(shard_id) if self.basis is not None else None
+        if t is not None:
+            self.excess += max(0, new - t) - max(0, old - t)
+
+    def rebase(self, basis: Mapping[str, int]) -> None:
+        """A new snapshot: its reports are fresher than every trailer heard before it."""
+        self.trailers.clear()
+        self.basis = basis
+        self.counts = dict(self.own)
+        self.excess = sum(max(0, c - basis[s]) for s, c in self.counts.items() if s in basis)
+
+
 class Fleet:
     """The replicas, the shards' true loads and the snapshots they are all fed."""
 
     def __init__(self, args: argparse.Namespace, shards: Mapping[str, Shard]) -> None:
-        policy = RoutingPolicy(vnodes_per_weight=args.vnodes)
+        policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=args.balance_factor)
         self.shards = shards
+        self.shared_pins = args.shared_pins
+        self.exceptions: list[tuple[str, str]] = []  # sessions placed off home since publish
         self.routers = [Router(policy) for _ in range(args.replicas)]
-        self.flights = [InFlight() for _ in self.routers]
+        self.flights = [Heard(not args.no_trailers) for _ in self.routers]
         self.load = dict.fromkeys(shards, 0)
         self.reports: dict[str, LoadReport] = {}
         self.revision = 0
@@ -236,11 +299,18 @@ class Fleet:
         for router, flight in zip(self.routers, self.flights, strict=True):
             router.prepare(self.topology)
             flight.rebase(router.basis(self.topology))
+            if self.shared_pins:  # the overrides reached every replica by the watch
+                for key, sid in self.exceptions:
+                    router.remember(key, sid)
+        self.exceptions.clear()
         return self.topology
 
 
-def place(args: argparse.Namespace, sim: Fleet, keys: list[str], rates: list[int]) -> list[str]:
-    """Each session placed once, at a random replica; returns each session's shard id."""
+def place(
+    args: argparse.Namespace, sim: Fleet, keys: list[str], rates: list[int]
+) -> tuple[list[str], float]:
+    """Each session placed once, at a random replica; returns each session's shard id
+    and the share placed off their home."""
     rng = random.Random(args.seed + 1)
     order = list(range(len(keys)))
     rng.shuffle(order)
@@ -259,11 +329,14 @@ def place(args: argparse.Namespace, sim: Fleet, keys: list[str], rates: list[int
         flights[k].begin(sid, rates[i])
         routers[k].settle(key, d)
         load[sid] += rates[i]
+        flights[k].heard(sid, load[sid])  # the response's load trailer
         owner[i] = sid
-        spilled += d.shard is not d.home
+        if d.shard is not d.home:
+            spilled += 1
+            sim.exceptions.append((key, sid))  # with --shared-pins: an override written
     sim.publish()
     log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home")
-    return owner
+    return owner, spilled / len(keys)
 
 
 def max_over_avg(loads: list[int]) -> float:
@@ -285,6 +358,7 @@ def traffic(
     pairs = list(zip(routers, flights, strict=True))
     redirects = 0
     sampled, agreed = [0, 0], [0, 0]  # before / during the last quarter of the requests
+    split = dict.fromkeys(SPLIT, 0)
     late = len(stream) * 3 // 4
     for n, i in enumerate(stream):
         k = rng.randrange(len(routers))
@@ -296,16 +370,33 @@ def traffic(
         else:
             routers[k].settle(key, d)
         if n % args.sample_every == 0:
-            first = d.shard.id
-            same = all(r.route(key, topology, loads=f).shard.id == first for r, f in pairs)
+            every = [r.route(key, topology, loads=f) for r, f in pairs]
+            same = len({e.shard.id for e in every}) == 1
             sampled[n >= late] += 1
             agreed[n >= late] += same
-    return {
+            if not same:
+                _why(every, owner[i], split)
+    out = {
         "agreement": round(sum(agreed) / max(1, sum(sampled)), 5),
         "agreement_last_quarter": round(agreed[1] / max(1, sampled[1]), 5),
         "agreement_samples": sum(sampled),
         "redirected_share": round(redirects / max(1, len(stream)), 5),
     }
+    out.update({f"disagree_{k}": v for k, v in split.items()})
+    return out
+
+
+def _why(decisions: list[Decision], owner: str, split: dict[str, int]) -> None:
+    """Counts one sample on which the replicas disagree (see ``SPLIT``)."""
+    homes = sum(d.shard is d.home for d in decisions)
+    if not homes:
+        split["where_to"] += 1
+    elif decisions[0].home.id == owner:
+        split["spill_or_not_held_home"] += 1
+    else:
+        split["spill_or_not_spilled"] += 1
+    split["with_pins"] += any(d.reason is Reason.MEMO for d in decisions)
+    split["fresh_differ"] += len({d.shard.id for d in decisions if d.reason is not Reason.MEMO}) > 1
 
 
 # --------------------------------------------------------------------------- 3. sessions moved
@@ -459,6 +550,15 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=100)
     ap.add_argument("--vnodes", type=int, default=40, help="vnodes_per_weight of the runs")
     ap.add_argument("--no-baseline", action="store_true", help="skip the 160-vnode replica")
+    ap.add_argument(
+        "--no-trailers", action="store_true", help="replicas do not learn loads from responses"
+    )
+    ap.add_argument("--balance-factor", type=float, default=RoutingPolicy().balance_factor)
+    ap.add_argument(
+        "--shared-pins",
+        action="store_true",
+        help="model the override proposal: every replica pins each session placed off home",
+    )
     ap.add_argument("--report-every", type=int, default=0, help="placements a snapshot (N)")
     ap.add_argument("--max-session-calls", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50_000)
@@ -487,6 +587,9 @@ def main() -> None:
         "sessions": args.sessions,
         "replicas": args.replicas,
         "vnodes_per_weight": args.vnodes,
+        "trailers": not args.no_trailers,
+        "balance_factor": args.balance_factor,
+        "shared_pins": args.shared_pins,
     }
     replica = in_subprocess(args, args.vnodes)
     log("one replica:", replica)
@@ -504,7 +607,11 @@ def main() -> None:
     t0 = time.perf_counter()
     sim = Fleet(args, fleet(args.shards, args.zones, capacity))
     log(f"{args.replicas} replicas fed the first snapshot in {time.perf_counter() - t0:.2f}s")
-    owner = place(args, sim, keys, rates)
+    owner, off_home = place(args, sim, keys, rates)
+    out["placed_off_home_share"] = round(off_home, 5)
+    # the proposal modelled by --shared-pins: an override written for each session
+    # placed off its home, as many sessions start per second as end (mean life)
+    out["override_writes_per_s"] = round(off_home * args.sessions / args.session_life_s, 1)
     out["max_over_avg"] = round(max_over_avg(list(sim.load.values())), 3)
     ring = sim.routers[0].ring
     homes = dict.fromkeys(sim.shards, 0)
