@@ -44,7 +44,7 @@ from shardroute.sessions.chunks import (
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
-from shardroute.telemetry import Telemetry
+from shardroute.telemetry import Telemetry, names
 from shardroute.telemetry.migration import MigrationTrace, attached, carry
 from shardroute.transport.channels import ChannelPool
 
@@ -69,6 +69,20 @@ class MigrationResult:
     from_store: bool
     """True when the source was unreachable and the state came from the session store."""
     duration_s: float
+    """Fence to commit: the target serves the session from then on. The source's
+    release is sent then, not waited for (:meth:`Migrator.wait_released`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Exported:
+    """A session's state as a move carries it."""
+
+    data: bytes
+    version: int
+    """The store version the bytes were saved at (0: unknown)."""
+    chunks: list[Any] | None
+    """The export's chunks, checked, forwarded to the target as they are (None: the
+    state came from the store)."""
 
 
 class Migrator:
@@ -138,6 +152,9 @@ class Migrator:
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
+        self._releases: dict[str, grpc.Future[Any]] = {}
+        self.releases_failed = 0
+        """Releases the source refused or did not answer (logged; the commit stands)."""
 
     # -- one session ------------------------------------------------------------------
 
@@ -162,6 +179,7 @@ class Migrator:
 
     def _migrate(self, session_key: str, target: str | None) -> MigrationResult:
         started = time.monotonic()
+        self.wait_released(session_key)  # this mover's previous move of it has ended
         topology = self.topology.current()
         self._prune(topology)
         current = self.overrides.get(session_key)
@@ -188,8 +206,8 @@ class Migrator:
         assert fenced is not None
         commit = next_override(fenced, target_shard.id)
         try:
-            (data, version), from_store = self._export(session_key, fenced, source_shard, steps)
-            self._import(session_key, fenced, target_shard, data, version, steps)
+            exported = self._export(session_key, fenced, source_shard, steps)
+            self._import(session_key, fenced, target_shard, exported, steps)
             with steps.step("commit"):
                 committed = self._commit(session_key, fenced, commit, target_shard)
         except BaseException as exc:
@@ -216,8 +234,12 @@ class Migrator:
             raise
         assert committed is not None
         if source_shard is not None:
-            with steps.step("release"):
-                self._release(source_shard, session_key, committed.epoch, target_shard.id)
+            # The target serves the session from the commit on: the release is sent, not
+            # waited for (its failure changes nothing: logged, and the source learns the
+            # commit from its override watch). See docs/migration.md.
+            with steps.step("release") as span:
+                span.set_attribute(names.STEP_AWAITED, False)
+                self._release_later(source_shard, session_key, committed.epoch, target_shard.id)
         self.router.remember(session_key, target_shard.id)
         steps.finish("committed")
         return MigrationResult(
@@ -225,8 +247,8 @@ class Migrator:
             source_id,
             target_shard.id,
             committed.epoch,
-            len(data),
-            from_store,
+            len(exported.data),
+            exported.chunks is None,
             time.monotonic() - started,
         )
 
@@ -266,8 +288,28 @@ class Migrator:
             list(pool.map(one, session_keys))
         return results, errors
 
+    def wait_released(self, session_key: str | None = None) -> None:
+        """Wait for the releases this mover sent after its commits (of ``session_key``
+        only, or all) to be answered, each at most the mover's ``timeout``. A failed
+        release was logged and counted (:attr:`releases_failed`)."""
+        with self._lock:
+            if session_key is None:
+                pending = list(self._releases.values())
+            else:
+                one = self._releases.get(session_key)
+                pending = [] if one is None else [one]
+        for future in pending:
+            try:
+                future.result(timeout=self.timeout)
+            except grpc.FutureTimeoutError:
+                future.cancel()  # its done callback logs and counts it
+            except (grpc.RpcError, grpc.FutureCancelledError):
+                pass  # logged and counted by its done callback
+
     def close(self) -> None:
-        """Close the channels to shards. Idempotent."""
+        """Wait for the releases still in flight, then close the channels to shards.
+        Idempotent."""
+        self.wait_released()
         self._channels.close()
         if self._etcd is not None:
             self._etcd.close()
@@ -311,9 +353,8 @@ class Migrator:
 
     def _export(
         self, session_key: str, fenced: Override, source: Shard | None, steps: MigrationTrace
-    ) -> tuple[tuple[bytes, int], bool]:
-        """The state (bytes, and the store version they were saved at, 0 if unknown),
-        and whether it came from the store."""
+    ) -> _Exported:
+        """The state: exported by the source, else (source unreachable) from the store."""
         if source is not None:
             request = shard_pb2.ExportSessionRequest(
                 session_key=session_key, epoch=fenced.epoch, chunk_bytes=self.chunk_bytes
@@ -324,7 +365,10 @@ class Migrator:
                     chunks = self._control(source).ExportSession(
                         request, timeout=self.timeout, metadata=self._credentials
                     )
-                    return joined_export(session_key, chunks, self.store.max_bytes), False
+                    received = joined_export(
+                        session_key, chunks, self.store.max_bytes, epoch=fenced.epoch
+                    )
+                    return _Exported(received.data, received.state_version, received.chunks)
             except grpc.RpcError as exc:
                 if not _unreachable(exc):
                     raise
@@ -335,31 +379,45 @@ class Migrator:
         with steps.step("store_load"):
             stored = self.store.load(session_key)
         if stored is None:
-            return (b"", 0), True
-        return (stored.data, stored.version), True
+            return _Exported(b"", 0, None)
+        return _Exported(stored.data, stored.version, None)
 
     def _import(
         self,
         session_key: str,
         fenced: Override,
         target: Shard,
-        data: bytes,
-        version: int,
+        exported: _Exported,
         steps: MigrationTrace,
     ) -> None:
+        """Import into the target, warming it in the same call; a shard that predates
+        that (``warmed`` false) is sent ``WarmSession`` after it."""
         control = self._control(target)
+        chunks: Iterable[Any]
+        if exported.chunks is not None:
+            chunks = exported.chunks
+            chunks[-1].warm = True
+        else:
+            chunks = split_chunks(
+                session_key,
+                fenced.epoch,
+                exported.data,
+                self.chunk_bytes,
+                exported.version,
+                warm=True,
+            )
         with steps.step("import"):
-            control.ImportSession(
-                split_chunks(session_key, fenced.epoch, data, self.chunk_bytes, version),
-                timeout=self.timeout,
-                metadata=self._credentials,
+            reply = control.ImportSession(
+                iter(chunks), timeout=self.timeout, metadata=self._credentials
             )
-        with steps.step("warm"):
-            control.WarmSession(
-                shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
-                timeout=self.timeout,
-                metadata=self._credentials,
-            )
+        with steps.step("warm") as span:
+            span.set_attribute(names.STEP_IN_IMPORT, bool(reply.warmed))
+            if not reply.warmed:
+                control.WarmSession(
+                    shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
+                    timeout=self.timeout,
+                    metadata=self._credentials,
+                )
 
     def _release(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
         request = shard_pb2.ReleaseSessionRequest(
@@ -371,6 +429,31 @@ class Migrator:
             )
         except grpc.RpcError as exc:  # the commit stands; the shard learns from etcd
             log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
+
+    def _release_later(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
+        """Send the release after a commit without waiting for its answer; a failure is
+        logged and counted when it comes (the commit stands, as with :meth:`_release`)."""
+        request = shard_pb2.ReleaseSessionRequest(
+            session_key=session_key, epoch=epoch, new_owner=new_owner
+        )
+        future = self._control(shard).ReleaseSession.future(
+            request, timeout=self.timeout, metadata=self._credentials
+        )
+        with self._lock:
+            self._releases[session_key] = future
+
+        def answered(done: Any) -> None:
+            with self._lock:
+                if self._releases.get(session_key) is done:
+                    del self._releases[session_key]
+                failed = done.cancelled() or done.exception() is not None
+                if failed:
+                    self.releases_failed += 1
+            if failed:
+                cause = "cancelled" if done.cancelled() else done.exception()
+                log.warning("%s: release on %s failed: %s", session_key, shard.id, cause)
+
+        future.add_done_callback(answered)
 
     def _commit(
         self, session_key: str, fenced: Override, commit: Override, target: Shard
