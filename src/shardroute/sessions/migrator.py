@@ -152,7 +152,9 @@ class Migrator:
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
-        self._releases: dict[str, grpc.Future[Any]] = {}
+        self._releases: dict[str, tuple[grpc.Future[Any], threading.Event]] = {}
+        """The releases sent and not yet answered: each call, and an event set once its
+        answer was handled."""
         self.releases_failed = 0
         """Releases the source refused or did not answer (logged; the commit stands)."""
 
@@ -298,13 +300,10 @@ class Migrator:
             else:
                 one = self._releases.get(session_key)
                 pending = [] if one is None else [one]
-        for future in pending:
-            try:
-                future.result(timeout=self.timeout)
-            except grpc.FutureTimeoutError:
+        for future, handled in pending:
+            if not handled.wait(self.timeout):
                 future.cancel()  # its done callback logs and counts it
-            except (grpc.RpcError, grpc.FutureCancelledError):
-                pass  # logged and counted by its done callback
+                handled.wait(self.timeout)
 
     def close(self) -> None:
         """Wait for the releases still in flight, then close the channels to shards.
@@ -439,19 +438,22 @@ class Migrator:
         future = self._control(shard).ReleaseSession.future(
             request, timeout=self.timeout, metadata=self._credentials
         )
+        handled = threading.Event()
         with self._lock:
-            self._releases[session_key] = future
+            self._releases[session_key] = (future, handled)
 
         def answered(done: Any) -> None:
-            with self._lock:
-                if self._releases.get(session_key) is done:
-                    del self._releases[session_key]
+            try:
                 failed = done.cancelled() or done.exception() is not None
                 if failed:
-                    self.releases_failed += 1
-            if failed:
-                cause = "cancelled" if done.cancelled() else done.exception()
-                log.warning("%s: release on %s failed: %s", session_key, shard.id, cause)
+                    cause = "cancelled" if done.cancelled() else done.exception()
+                    log.warning("%s: release on %s failed: %s", session_key, shard.id, cause)
+                with self._lock:
+                    self.releases_failed += failed
+                    if self._releases.get(session_key, (None,))[0] is done:
+                        del self._releases[session_key]
+            finally:
+                handled.set()
 
         future.add_done_callback(answered)
 

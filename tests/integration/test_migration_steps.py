@@ -1,0 +1,168 @@
+"""The short path of a move (issue 15): the import warms the session in the same call,
+the release is sent after the commit and not waited for. Each still fenced in etcd; an
+older shard (no warm in its import) and a release that fails are handled. Real etcd,
+real chat shards in this process (so their control answers can be wrapped)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from chat_calls import history, turn
+
+from shardroute import ShardClient
+from shardroute._proto import shard_pb2_grpc
+from shardroute.discovery.etcd import EtcdTopologySource
+from shardroute.errors import Refused
+from shardroute.etcd import EtcdClient
+from shardroute.examples.chat import ChatShard
+from shardroute.sessions import Migrator
+from shardroute.sessions.chunks import split_chunks
+from shardroute.testing.waiting import wait_until
+
+
+class WarmedChat(ChatShard):
+    """A chat shard that records its warm hook's calls."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.warmed: list[str] = []
+
+    def warm_session(self, session_key: str, state: Any) -> None:
+        self.warmed.append(session_key)
+
+
+Pair = tuple[WarmedChat, WarmedChat, ShardClient, Migrator]
+
+
+@pytest.fixture
+def pair(etcd_endpoint: str) -> Iterator[Pair]:
+    common: dict[str, Any] = {"service": "chat", "etcd": etcd_endpoint, "token_delay_s": 0}
+    with WarmedChat(shard_id="a", **common) as a, WarmedChat(shard_id="b", **common) as b:
+        source = EtcdTopologySource(etcd_endpoint, "chat")
+        source.start()
+        try:
+            for topology in (source.current, lambda: a.topology, lambda: b.topology):
+                wait_until(lambda t=topology: {"a", "b"} <= set(t().shards))
+            mover = Migrator(EtcdClient(source.options), "chat", source, close_etcd=True)
+            with ShardClient(source) as client, mover:
+                yield a, b, client, mover
+        finally:
+            source.close()
+
+
+def _placed(pair: Pair, key: str) -> tuple[WarmedChat, WarmedChat]:
+    """Start ``key`` with one turn; its owner and the other shard."""
+    a, b, client, _ = pair
+    turn(client, key, "first words")
+    owner = a if client.route(key).shard.id == "a" else b
+    return owner, (b if owner is a else a)
+
+
+def test_the_import_warms_in_the_same_call_and_a_stale_epoch_warms_nothing(
+    pair: Pair,
+) -> None:
+    _, _, client, mover = pair
+    key = "conv-warm"
+    source, target = _placed(pair, key)
+    result = mover.migrate(key, target=target.shard_id)
+    assert result.target == target.shard_id
+    assert target.warmed == [key] and source.warmed == []  # once, in the import
+    assert history(client, key) == ["first words"]
+    # The same import replayed at the move's fence epoch (now past: the commit moved the
+    # override on) is refused before anything is imported or warmed.
+    fence_epoch = result.epoch - 1
+    channel = grpc.insecure_channel(source.address)
+    with channel, pytest.raises(grpc.RpcError) as refused:
+        shard_pb2_grpc.ShardControlStub(channel).ImportSession(
+            split_chunks(key, fence_epoch, b'[["planted","x"]]', 1024, warm=True)
+        )
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert source.warmed == [] and key not in source.sessions
+    assert history(client, key) == ["first words"]
+
+
+def test_a_shard_whose_import_does_not_warm_gets_warm_session(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target older than the ``warm`` field answers ``warmed = false``: the mover then
+    sends ``WarmSession``, fenced as before."""
+    _, _, client, mover = pair
+    key = "conv-old-target"
+    _, target = _placed(pair, key)
+    answers = target._answers
+    old_import, old_warm = answers.import_assembled, answers.warm
+    warm_calls: list[str] = []
+
+    def import_ignoring_warm(assembler: Any) -> Any:
+        assembler.warm = False  # what a shard that predates the field reads
+        return old_import(assembler)
+
+    def counted_warm(request: Any) -> Any:
+        warm_calls.append(request.session_key)
+        return old_warm(request)
+
+    monkeypatch.setattr(answers, "import_assembled", import_ignoring_warm)
+    monkeypatch.setattr(answers, "warm", counted_warm)
+    mover.migrate(key, target=target.shard_id)
+    assert warm_calls == [key] and target.warmed == [key]
+    assert history(client, key) == ["first words"]
+
+
+def test_a_release_not_awaited_still_releases_and_back_and_forth_moves_work(
+    pair: Pair,
+) -> None:
+    a, b, client, mover = pair
+    key = "conv-released"
+    source, target = _placed(pair, key)
+    result = mover.migrate(key, target=target.shard_id)
+    mover.wait_released(key)
+    assert key not in source.sessions and mover.releases_failed == 0
+    # Moves right after one another: each waits for this mover's previous release of the
+    # session, so the next export never meets a copy still frozen by the last one.
+    for n in range(4):
+        here = result.target
+        there = "a" if here == "b" else "b"
+        result = mover.migrate(key, target=there)
+        assert (result.source, result.target) == (here, there)
+        turn(client, key, f"turn {n}")
+    mover.wait_released()
+    owner, other = (a, b) if result.target == "a" else (b, a)
+    assert key in owner.sessions and key not in other.sessions
+    assert history(client, key) == ["first words", "turn 0", "turn 1", "turn 2", "turn 3"]
+    assert mover.releases_failed == 0
+
+
+def test_a_failed_release_is_logged_counted_and_the_commit_stands(
+    pair: Pair, etcd_endpoint: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    _, _, client, mover = pair
+    key = "conv-release-fails"
+    source, target = _placed(pair, key)
+
+    def refuse(request: Any) -> Any:
+        raise Refused(grpc.StatusCode.UNAVAILABLE, "release refused by the test")
+
+    monkeypatch.setattr(source._answers, "release", refuse)
+    with caplog.at_level(logging.WARNING, logger="shardroute.migration"):
+        result = mover.migrate(key, target=target.shard_id)
+        mover.wait_released(key)
+    assert result.target == target.shard_id
+    assert mover.releases_failed == 1
+    assert any(
+        "release on" in r.getMessage() and "refused by the test" in r.getMessage()
+        for r in caplog.records
+    )
+    # The source kept its frozen copy (no release came), but the commit stands: a client
+    # that still sends the session to the source is redirected to the target, and the
+    # conversation continues whole there.
+    assert source.sessions.is_frozen(key)
+    with ShardClient.connect(etcd_endpoint, "chat") as stale:
+        stale.source.wait_for(lambda t: {"a", "b"} <= set(t.shards), 10)
+        stale.router.remember(key, source.shard_id)
+        assert turn(stale, key, "after").shard_id == target.shard_id
+    assert key not in source.sessions
+    assert history(client, key) == ["first words", "after"]
