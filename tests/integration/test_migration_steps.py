@@ -16,11 +16,12 @@ from chat_calls import history, turn
 from shardroute import ShardClient
 from shardroute._proto import shard_pb2_grpc
 from shardroute.discovery.etcd import EtcdTopologySource
-from shardroute.errors import Refused
+from shardroute.errors import CallFailed, Refused
 from shardroute.etcd import EtcdClient
 from shardroute.examples.chat import ChatShard
-from shardroute.sessions import Migrator
+from shardroute.sessions import EtcdSessionStore, Migrator, OverrideStore
 from shardroute.sessions.chunks import split_chunks
+from shardroute.sessions.overrides import next_override
 from shardroute.testing.waiting import wait_until
 
 
@@ -166,3 +167,53 @@ def test_a_failed_release_is_logged_counted_and_the_commit_stands(
         assert turn(stale, key, "after").shard_id == target.shard_id
     assert key not in source.sessions
     assert history(client, key) == ["first words", "after"]
+
+
+def test_an_import_is_decoded_at_its_first_turn_and_bad_bytes_fall_back_to_the_store(
+    etcd_endpoint: str, etcd: EtcdClient
+) -> None:
+    """A shard without a warm hook holds imported bytes undecoded (no codec on the move's
+    path). Bytes that do not decode (not a shard's export, yet fenced, of the store's
+    version and with a good CRC) fail that first turn with DATA_LOSS and are dropped;
+    the next turn loads the session from the store, whole."""
+    common: dict[str, Any] = {"service": "chat", "etcd": etcd_endpoint, "token_delay_s": 0}
+    with (
+        ChatShard(shard_id="a", **common) as a,
+        ChatShard(shard_id="b", **common) as b,
+        ShardClient.connect(etcd_endpoint, "chat") as client,
+    ):
+        client.source.wait_for(lambda t: {"a", "b"} <= set(t.shards), 10)
+        for shard in (a, b):
+            wait_until(lambda s=shard: {"a", "b"} <= set(s.topology.shards))
+        key = "conv-undecodable"
+        turn(client, key, "first words")
+        source, target = (a, b) if client.route(key).shard.id == "a" else (b, a)
+        shards = client.source.current().shards
+        overrides = OverrideStore(etcd, "chat")
+        fence = overrides.swap(
+            key,
+            overrides.get(key),
+            next_override(overrides.get(key), source.shard_id, moving_to=target.shard_id),
+            lease=shards[source.shard_id].lease,
+        )
+        assert fence is not None
+        version = EtcdSessionStore(etcd, "chat").version(key)
+        channel = grpc.insecure_channel(target.address)
+        with channel:
+            control = shard_pb2_grpc.ShardControlStub(channel)
+            reply = control.ImportSession(
+                split_chunks(key, fence.epoch, b"not json", 1024, version)
+            )
+            assert reply.state_bytes == len(b"not json") and not reply.warmed
+            commit = next_override(fence, target.shard_id)
+            assert commit is not None
+            overrides.swap(key, fence, commit, lease=shards[target.shard_id].lease)
+        wait_until(lambda: target.sessions.epoch(key) == commit.epoch)
+        client.router.remember(key, target.shard_id)
+        with pytest.raises(CallFailed) as lost:
+            turn(client, key, "lost")
+        assert lost.value.code is grpc.StatusCode.DATA_LOSS
+        assert "does not decode" in lost.value.details
+        assert key not in target.sessions
+        assert turn(client, key, "again").shard_id == target.shard_id
+        assert history(client, key) == ["first words", "again"]

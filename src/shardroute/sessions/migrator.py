@@ -15,11 +15,9 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
-from shardroute._proto import shard_pb2, shard_pb2_grpc
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import (
     ConfigError,
@@ -34,19 +32,14 @@ from shardroute.errors import (
 from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
 from shardroute.routing import OwnLoads, Router
-from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
-from shardroute.sessions.chunks import (
-    DEFAULT_CHUNK_BYTES,
-    MIN_CHUNK_BYTES,
-    joined_export,
-    split_chunks,
-)
+from shardroute.security import ChannelSecurity, ControlToken
+from shardroute.sessions._shard_calls import Exported, ShardCalls, control_stub
+from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
 from shardroute.telemetry import Telemetry, names
 from shardroute.telemetry.migration import MigrationTrace, attached, carry
-from shardroute.transport.channels import ChannelPool
 
 __all__ = ["MAX_CONCURRENT_MOVES", "MigrationResult", "Migrator", "control_stub"]
 
@@ -71,18 +64,6 @@ class MigrationResult:
     duration_s: float
     """Fence to commit: the target serves the session from then on. The source's
     release is sent then, not waited for (:meth:`Migrator.wait_released`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Exported:
-    """A session's state as a move carries it."""
-
-    data: bytes
-    version: int
-    """The store version the bytes were saved at (0: unknown)."""
-    chunks: list[Any] | None
-    """The export's chunks, checked, forwarded to the target as they are (None: the
-    state came from the store)."""
 
 
 class Migrator:
@@ -143,20 +124,18 @@ class Migrator:
         self._etcd = etcd if close_etcd else None
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._lock = threading.Lock()
-        maker = ChannelMaker(tls)
-        self._channels: ChannelPool[grpc.Channel] = ChannelPool(
-            maker.sync_channel, lambda channel: channel.close()
+        self._calls = ShardCalls(
+            timeout=timeout, chunk_bytes=chunk_bytes, tls=tls, control_token=control_token
         )
-        token = control_token if control_token is not None else ControlToken.from_env()
-        self._credentials = token.metadata() if token is not None else ()
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
-        self._releases: dict[str, tuple[grpc.Future[Any], threading.Event]] = {}
-        """The releases sent and not yet answered: each call, and an event set once its
-        answer was handled."""
-        self.releases_failed = 0
-        """Releases the source refused or did not answer (logged; the commit stands)."""
+
+    @property
+    def releases_failed(self) -> int:
+        """Releases sent after a commit that the source refused or did not answer
+        (logged; the commit stands)."""
+        return self._calls.releases_failed
 
     # -- one session ------------------------------------------------------------------
 
@@ -209,7 +188,7 @@ class Migrator:
         commit = next_override(fenced, target_shard.id)
         try:
             exported = self._export(session_key, fenced, source_shard, steps)
-            self._import(session_key, fenced, target_shard, exported, steps)
+            self._calls.import_warm(session_key, fenced.epoch, target_shard, exported, steps)
             with steps.step("commit"):
                 committed = self._commit(session_key, fenced, commit, target_shard)
         except BaseException as exc:
@@ -241,7 +220,9 @@ class Migrator:
             # commit from its override watch). See docs/migration.md.
             with steps.step("release") as span:
                 span.set_attribute(names.STEP_AWAITED, False)
-                self._release_later(source_shard, session_key, committed.epoch, target_shard.id)
+                self._calls.release_later(
+                    source_shard, session_key, committed.epoch, target_shard.id
+                )
         self.router.remember(session_key, target_shard.id)
         steps.finish("committed")
         return MigrationResult(
@@ -294,22 +275,12 @@ class Migrator:
         """Wait for the releases this mover sent after its commits (of ``session_key``
         only, or all) to be answered, each at most the mover's ``timeout``. A failed
         release was logged and counted (:attr:`releases_failed`)."""
-        with self._lock:
-            if session_key is None:
-                pending = list(self._releases.values())
-            else:
-                one = self._releases.get(session_key)
-                pending = [] if one is None else [one]
-        for future, handled in pending:
-            if not handled.wait(self.timeout):
-                future.cancel()  # its done callback logs and counts it
-                handled.wait(self.timeout)
+        self._calls.wait_released(session_key)
 
     def close(self) -> None:
         """Wait for the releases still in flight, then close the channels to shards.
         Idempotent."""
-        self.wait_released()
-        self._channels.close()
+        self._calls.close()
         if self._etcd is not None:
             self._etcd.close()
 
@@ -352,110 +323,19 @@ class Migrator:
 
     def _export(
         self, session_key: str, fenced: Override, source: Shard | None, steps: MigrationTrace
-    ) -> _Exported:
+    ) -> Exported:
         """The state: exported by the source, else (source unreachable) from the store."""
         if source is not None:
-            request = shard_pb2.ExportSessionRequest(
-                session_key=session_key, epoch=fenced.epoch, chunk_bytes=self.chunk_bytes
+            exported = self._calls.export(
+                session_key, fenced.epoch, source, self.store.max_bytes, steps
             )
-            chunks = None
-            try:
-                with steps.step("export"):
-                    chunks = self._control(source).ExportSession(
-                        request, timeout=self.timeout, metadata=self._credentials
-                    )
-                    received = joined_export(
-                        session_key, chunks, self.store.max_bytes, epoch=fenced.epoch
-                    )
-                    return _Exported(received.data, received.state_version, received.chunks)
-            except grpc.RpcError as exc:
-                if not _unreachable(exc):
-                    raise
-                log.warning("%s: source %s unreachable; using the store", session_key, source.id)
-            finally:
-                if chunks is not None:
-                    chunks.cancel()  # no-op once finished; stops a stream we gave up on
+            if exported is not None:
+                return exported
         with steps.step("store_load"):
             stored = self.store.load(session_key)
         if stored is None:
-            return _Exported(b"", 0, None)
-        return _Exported(stored.data, stored.version, None)
-
-    def _import(
-        self,
-        session_key: str,
-        fenced: Override,
-        target: Shard,
-        exported: _Exported,
-        steps: MigrationTrace,
-    ) -> None:
-        """Import into the target, warming it in the same call; a shard that predates
-        that (``warmed`` false) is sent ``WarmSession`` after it."""
-        control = self._control(target)
-        chunks: Iterable[Any]
-        if exported.chunks is not None:
-            chunks = exported.chunks
-            chunks[-1].warm = True
-        else:
-            chunks = split_chunks(
-                session_key,
-                fenced.epoch,
-                exported.data,
-                self.chunk_bytes,
-                exported.version,
-                warm=True,
-            )
-        with steps.step("import"):
-            reply = control.ImportSession(
-                iter(chunks), timeout=self.timeout, metadata=self._credentials
-            )
-        with steps.step("warm") as span:
-            span.set_attribute(names.STEP_IN_IMPORT, bool(reply.warmed))
-            if not reply.warmed:
-                control.WarmSession(
-                    shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
-                    timeout=self.timeout,
-                    metadata=self._credentials,
-                )
-
-    def _release(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
-        request = shard_pb2.ReleaseSessionRequest(
-            session_key=session_key, epoch=epoch, new_owner=new_owner
-        )
-        try:
-            self._control(shard).ReleaseSession(
-                request, timeout=self.timeout, metadata=self._credentials
-            )
-        except grpc.RpcError as exc:  # the commit stands; the shard learns from etcd
-            log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
-
-    def _release_later(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
-        """Send the release after a commit without waiting for its answer; a failure is
-        logged and counted when it comes (the commit stands, as with :meth:`_release`)."""
-        request = shard_pb2.ReleaseSessionRequest(
-            session_key=session_key, epoch=epoch, new_owner=new_owner
-        )
-        future = self._control(shard).ReleaseSession.future(
-            request, timeout=self.timeout, metadata=self._credentials
-        )
-        handled = threading.Event()
-        with self._lock:
-            self._releases[session_key] = (future, handled)
-
-        def answered(done: Any) -> None:
-            try:
-                failed = done.cancelled() or done.exception() is not None
-                if failed:
-                    cause = "cancelled" if done.cancelled() else done.exception()
-                    log.warning("%s: release on %s failed: %s", session_key, shard.id, cause)
-                with self._lock:
-                    self.releases_failed += failed
-                    if self._releases.get(session_key, (None,))[0] is done:
-                        del self._releases[session_key]
-            finally:
-                handled.set()
-
-        future.add_done_callback(answered)
+            return Exported(b"", 0, None)
+        return Exported(stored.data, stored.version, None)
 
     def _commit(
         self, session_key: str, fenced: Override, commit: Override, target: Shard
@@ -500,24 +380,9 @@ class Migrator:
             back = None
         if source is not None:
             epoch = back.epoch if back is not None else fenced.epoch + 1
-            self._release(source, session_key, epoch, "")
-        self._release(target, session_key, fenced.epoch + 1, source_id)
+            self._calls.release(source, session_key, epoch, "")
+        self._calls.release(target, session_key, fenced.epoch + 1, source_id)
 
     def _prune(self, topology: Topology) -> None:
         """Close channels to shards that left ``topology`` or moved address."""
-        self._channels.retain(topology.shards)
-
-    def _control(self, shard: Shard) -> Any:
-        return control_stub(self._channels.channel(shard))
-
-
-def control_stub(channel: grpc.Channel) -> Any:
-    """A ``ShardControl`` stub on ``channel`` (the generated class is untyped)."""
-    factory: Any = shard_pb2_grpc.ShardControlStub
-    return factory(channel)
-
-
-def _unreachable(error: grpc.RpcError) -> bool:
-    from shardroute.transport.failures import Failure, classify
-
-    return classify(error) is Failure.NOT_SENT
+        self._calls.retain(topology.shards)
