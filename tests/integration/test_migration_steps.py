@@ -16,7 +16,7 @@ from chat_calls import history, turn
 from shardroute import ShardClient
 from shardroute._proto import shard_pb2_grpc
 from shardroute.discovery.etcd import EtcdTopologySource
-from shardroute.errors import CallFailed, Refused
+from shardroute.errors import CallFailed, MigrationFailed, Refused
 from shardroute.etcd import EtcdClient
 from shardroute.examples.chat import ChatShard
 from shardroute.sessions import EtcdSessionStore, Migrator, OverrideStore
@@ -217,3 +217,31 @@ def test_an_import_is_decoded_at_its_first_turn_and_bad_bytes_fall_back_to_the_s
         assert key not in target.sessions
         assert turn(client, key, "again").shard_id == target.shard_id
         assert history(client, key) == ["first words", "again"]
+
+
+def test_a_corrupt_export_is_refused_by_the_target_and_the_move_rolls_back(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mover forwards the export's chunks without checking their CRC-32: the target
+    does, over the same bytes, and the move rolls back with the session whole."""
+    _, _, client, mover = pair
+    key = "conv-corrupt"
+    source, target = _placed(pair, key)
+    answers = source._answers
+    export = answers.export_chunks
+
+    def corrupted(request: Any, time_remaining: float | None = None) -> list[Any]:
+        chunks = export(request, time_remaining)
+        last = chunks[-1]
+        last.data = bytes([last.data[0] ^ 0xFF]) + last.data[1:]
+        return chunks
+
+    monkeypatch.setattr(answers, "export_chunks", corrupted)
+    with pytest.raises(MigrationFailed) as failed:
+        mover.migrate(key, target=target.shard_id)
+    assert "CRC-32 mismatch" in str(failed.value)
+    monkeypatch.undo()
+    assert key not in target.sessions and target.warmed == []
+    assert not source.sessions.is_frozen(key)
+    assert turn(client, key, "more").shard_id == source.shard_id
+    assert history(client, key) == ["first words", "more"]

@@ -92,10 +92,15 @@ class ChunkAssembler:
     state. Any inconsistency (key or epoch changing, an offset gap, a size over
     ``total_bytes``, a CRC-32 mismatch, chunks after the last, an empty chunk before the
     last, more chunks than :func:`max_chunks` allows) raises :class:`ChunkError`.
+    ``check_crc=False`` leaves the CRC-32 to whoever the chunks are forwarded to (a
+    mover's relay); ``keep_chunks`` keeps them in :attr:`chunks` for that.
     """
 
-    def __init__(self, max_bytes: int, *, keep_chunks: bool = False) -> None:
+    def __init__(
+        self, max_bytes: int, *, keep_chunks: bool = False, check_crc: bool = True
+    ) -> None:
         self._max_bytes = max_bytes
+        self._check_crc = check_crc
         self._parts: list[bytes] = []
         self._received = 0
         self._crc = 0
@@ -144,7 +149,8 @@ class ChunkAssembler:
         self._received += len(data)
         if self._received > self.total_bytes:
             raise ChunkError(f"more than total_bytes={self.total_bytes} bytes received")
-        self._crc = zlib.crc32(data, self._crc)
+        if self._check_crc:
+            self._crc = zlib.crc32(data, self._crc)
         self._parts.append(data)
         if self._keep_chunks:
             self.chunks.append(chunk)
@@ -153,7 +159,7 @@ class ChunkAssembler:
                 raise ChunkError(
                     f"{self._received} bytes received, total_bytes says {self.total_bytes}"
                 )
-            if self._crc != chunk.crc32:
+            if self._check_crc and self._crc != chunk.crc32:
                 raise ChunkError(
                     f"CRC-32 mismatch: computed {self._crc:08x}, the last chunk says "
                     f"{chunk.crc32:08x}",
@@ -175,8 +181,9 @@ def joined_export(
     """The transfer an export streamed, checked by :class:`ChunkAssembler` (at most
     ``max_bytes``: what the store accepts; for ``session_key`` and, when given, ``epoch``),
     its chunks kept so a mover can forward them as they are. A malformed, oversized or
-    foreign transfer is a :class:`~shardroute.errors.MigrationFailed`."""
-    assembler = ChunkAssembler(max_bytes=max_bytes, keep_chunks=True)
+    foreign transfer is a :class:`~shardroute.errors.MigrationFailed`. The CRC-32 is left
+    to the importer, which checks it over the same bytes (a mismatch: ``DATA_LOSS``)."""
+    assembler = ChunkAssembler(max_bytes=max_bytes, keep_chunks=True, check_crc=False)
     try:
         for chunk in chunks:
             assembler.add(chunk)
