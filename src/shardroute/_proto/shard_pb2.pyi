@@ -124,7 +124,7 @@ class ExportSessionRequest(_message.Message):
     def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class SessionChunk(_message.Message):
-    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32", "state_version")
+    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32", "state_version", "warm")
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class SessionChunk(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WARM_FIELD_NUMBER: _ClassVar[int]
     session_key: str
     epoch: int
     offset: int
@@ -141,17 +142,20 @@ class SessionChunk(_message.Message):
     last: bool
     crc32: int
     state_version: int
-    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
+    warm: bool
+    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32: _Optional[int] = ..., state_version: _Optional[int] = ..., warm: _Optional[bool] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
-    __slots__ = ("session_key", "epoch", "state_bytes")
+    __slots__ = ("session_key", "epoch", "state_bytes", "warmed")
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WARMED_FIELD_NUMBER: _ClassVar[int]
     session_key: str
     epoch: int
     state_bytes: int
-    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., state_bytes: _Optional[int] = ...) -> None: ...
+    warmed: bool
+    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., state_bytes: _Optional[int] = ..., warmed: _Optional[bool] = ...) -> None: ...
 
 class WarmSessionRequest(_message.Message):
     __slots__ = ("session_key", "epoch")

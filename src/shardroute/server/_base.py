@@ -167,11 +167,12 @@ class ShardServerBase:
         """Whether a drain moves held sessions away (a Drain RPC may turn it off)."""
         self.last_drain: DrainSummary | None = None
         """Moves of the last drain (None before any)."""
+        warms = type(self).warm_session is not ShardServerBase.warm_session
         self._sessions = SessionHost(
             shard_id,
             codec=session_codec,
             hold_timeout_s=hold_timeout_s,
-            on_warm=self.warm_session,
+            on_warm=self.warm_session if warms else None,
             idle_ttl_s=session_idle_ttl_s,
             wait_workers=self._config.workers,
             checkpoint_retry_s=checkpoint_retry_s,
@@ -291,15 +292,14 @@ class ShardServerBase:
 
     def import_session(self, session_key: str, epoch: int, data: bytes) -> None:
         """Take in a session's state from ``ImportSession`` (verified bytes; blocking).
-
-        Default: :meth:`SessionHost.import_state` (decodes it with the codec and holds
-        it, imported but not owned until the override names this shard).
-        """
+        Default: :meth:`SessionHost.import_state` (holds it, imported but not owned until
+        the override names this shard; decoded at its first turn, or warm hook)."""
         self._sessions.import_state(session_key, epoch, data)
 
     def warm_session(self, session_key: str, state: Any) -> None:
         """Pre-warm an imported session before it takes traffic (``WarmSession``): load
-        caches, a KV cache, ... ``state`` is the decoded state. Default: nothing."""
+        caches, a KV cache, ... ``state`` is the decoded state. Default: nothing (and a
+        shard that does not override it decodes an import at its first turn instead)."""
 
     def release_session(self, session_key: str, epoch: int, new_owner: str) -> bool:
         """End a move on this shard (``ReleaseSession``): drop the session when

@@ -70,14 +70,18 @@ class ControlAnswers:
                 grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk"
             )
         self._server.sessions.verify_move(assembler.session_key, assembler.epoch, "import")
-        data = assembler.data
+        key, epoch, data = assembler.session_key, assembler.epoch, assembler.data
         token = import_version.set(assembler.state_version)
         try:
-            self._server.import_session(assembler.session_key, assembler.epoch, data)
+            self._server.import_session(key, epoch, data)
         finally:
             import_version.reset(token)
+        if assembler.warm:
+            # WarmSession's step, in this call: the fence verify_move just read for the
+            # import ({epoch, moving_to: this shard}) is the one a warm needs.
+            self._warm(key, epoch)
         return shard_pb2.ImportSessionResponse(
-            session_key=assembler.session_key, epoch=assembler.epoch, state_bytes=len(data)
+            session_key=key, epoch=epoch, state_bytes=len(data), warmed=assembler.warm
         )
 
     def new_assembler(self) -> ChunkAssembler:
@@ -85,12 +89,12 @@ class ControlAnswers:
 
     def warm(self, request: shard_pb2.WarmSessionRequest) -> shard_pb2.WarmSessionResponse:
         self._server.sessions.verify_move(request.session_key, request.epoch, "warm")
-        warmed = self._server.sessions.warm(request.session_key, request.epoch)
-        if not warmed:
-            raise Refused(
-                grpc.StatusCode.NOT_FOUND, f"session {request.session_key!r} is not held here"
-            )
+        self._warm(request.session_key, request.epoch)
         return shard_pb2.WarmSessionResponse(warmed=True)
+
+    def _warm(self, session_key: str, epoch: int) -> None:
+        if not self._server.sessions.warm(session_key, epoch):
+            raise Refused(grpc.StatusCode.NOT_FOUND, f"session {session_key!r} is not held here")
 
     def release(self, request: shard_pb2.ReleaseSessionRequest) -> shard_pb2.ReleaseSessionResponse:
         self._server.sessions.verify_move(

@@ -75,6 +75,11 @@ FREEZE_LIMIT_S = 120.0
 mover that died after its export): then the frozen copy is dropped (its state is in the
 store) and the next turn reclaims the session (docs/migration.md)."""
 
+UNDECODED: Any = object()
+"""The state of an imported entry whose bytes are not decoded yet: decoded at its first
+use (a turn, the warm hook, :meth:`peek`), not on the move's path; a session drained and
+never used again is never decoded."""
+
 
 @dataclass(slots=True, eq=False)
 class _Entry:
@@ -228,6 +233,30 @@ class HostBase:
             return stored.version if stored is not None else 0
         except STORE_UNAVAILABLE as exc:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
+
+    def _decoded(self, key: str, entry: _Entry) -> Any:
+        """The entry's state, decoding an import's bytes at their first use. Bytes that
+        do not decode (a sender that is not a shard's export) drop the copy: DATA_LOSS,
+        nothing executed; the next call loads the session from the store."""
+        state, data = entry.state, entry.data
+        if state is not UNDECODED:
+            return state
+        try:
+            state = self.codec.decode(data)
+        except Exception as exc:
+            with self._cond:
+                if self._held.get(key) is entry:
+                    del self._held[key]
+                self._cond.notify_all()
+            raise Refused(
+                grpc.StatusCode.DATA_LOSS,
+                f"imported state of session {key!r} does not decode: {exc}; the copy was "
+                "dropped, the next call loads the session from the store",
+            ) from exc
+        with self._cond:
+            if entry.state is UNDECODED and entry.data is data:
+                entry.state = state
+        return state
 
     def _load(self, key: str) -> Any:
         try:

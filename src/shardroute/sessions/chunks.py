@@ -51,10 +51,17 @@ def max_chunks(total_bytes: int) -> int:
 
 
 def split_chunks(
-    session_key: str, epoch: int, data: bytes, size: int, state_version: int = 0
+    session_key: str,
+    epoch: int,
+    data: bytes,
+    size: int,
+    state_version: int = 0,
+    *,
+    warm: bool = False,
 ) -> Iterator[object]:
-    """The chunks of one transfer of ``data`` (at least one, the last with the CRC-32 and
-    the store version the bytes were saved at, when known)."""
+    """The chunks of one transfer of ``data`` (at least one, the last with the CRC-32, the
+    store version the bytes were saved at, when known, and ``warm``: whether the importer
+    should warm the session in the same call)."""
     total = len(data)
     view = memoryview(data)
     offset = 0
@@ -65,11 +72,13 @@ def split_chunks(
             session_key=session_key,
             epoch=epoch,
             offset=offset,
-            data=bytes(view[offset:end]),
+            # one chunk for the whole state: no copy of it here (the message makes its own)
+            data=data if offset == 0 and last else bytes(view[offset:end]),
             total_bytes=total,
             last=last,
             crc32=zlib.crc32(data) if last else 0,
             state_version=state_version if last else 0,
+            warm=warm and last,
         )
         if last:
             return
@@ -83,10 +92,15 @@ class ChunkAssembler:
     state. Any inconsistency (key or epoch changing, an offset gap, a size over
     ``total_bytes``, a CRC-32 mismatch, chunks after the last, an empty chunk before the
     last, more chunks than :func:`max_chunks` allows) raises :class:`ChunkError`.
+    ``check_crc=False`` leaves the CRC-32 to whoever the chunks are forwarded to (a
+    mover's relay); ``keep_chunks`` keeps them in :attr:`chunks` for that.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(
+        self, max_bytes: int, *, keep_chunks: bool = False, check_crc: bool = True
+    ) -> None:
         self._max_bytes = max_bytes
+        self._check_crc = check_crc
         self._parts: list[bytes] = []
         self._received = 0
         self._crc = 0
@@ -95,7 +109,12 @@ class ChunkAssembler:
         self.total_bytes = -1
         self.state_version = 0
         """The store version the sender says the bytes were saved at (0: unknown)."""
+        self.warm = False
+        """Whether the sender asks the importer to warm the session too."""
         self.done = False
+        self.chunks: list[Any] = []
+        """The chunks as received, when ``keep_chunks`` (a mover forwards them as they are)."""
+        self._keep_chunks = keep_chunks
 
     def add(self, chunk: shard_pb2.SessionChunk) -> None:
         """Check one chunk and keep its data."""
@@ -119,30 +138,35 @@ class ChunkAssembler:
             raise ChunkError("session_key, epoch or total_bytes changed within one transfer")
         if chunk.offset != self._received:
             raise ChunkError(f"chunk at offset {chunk.offset}, expected {self._received}")
-        if not chunk.data and not chunk.last:
+        data = chunk.data  # each read of a bytes field is a copy: read it once
+        if not data and not chunk.last:
             raise ChunkError(f"empty chunk at offset {chunk.offset} (only the last may be empty)")
         if len(self._parts) >= max_chunks(self.total_bytes):
             raise ChunkError(
                 f"more than {max_chunks(self.total_bytes)} chunks for a state of "
                 f"{self.total_bytes} bytes (senders use chunks of {MIN_CHUNK_BYTES} bytes or more)"
             )
-        self._received += len(chunk.data)
+        self._received += len(data)
         if self._received > self.total_bytes:
             raise ChunkError(f"more than total_bytes={self.total_bytes} bytes received")
-        self._crc = zlib.crc32(chunk.data, self._crc)
-        self._parts.append(chunk.data)
+        if self._check_crc:
+            self._crc = zlib.crc32(data, self._crc)
+        self._parts.append(data)
+        if self._keep_chunks:
+            self.chunks.append(chunk)
         if chunk.last:
             if self._received != self.total_bytes:
                 raise ChunkError(
                     f"{self._received} bytes received, total_bytes says {self.total_bytes}"
                 )
-            if self._crc != chunk.crc32:
+            if self._check_crc and self._crc != chunk.crc32:
                 raise ChunkError(
                     f"CRC-32 mismatch: computed {self._crc:08x}, the last chunk says "
                     f"{chunk.crc32:08x}",
                     corrupt=True,
                 )
             self.state_version = chunk.state_version
+            self.warm = chunk.warm
             self.done = True
 
     @property
@@ -151,14 +175,24 @@ class ChunkAssembler:
         return b"".join(self._parts)
 
 
-def joined_export(session_key: str, chunks: Iterable[Any], max_bytes: int) -> tuple[bytes, int]:
-    """The state an export streamed (checked by :class:`ChunkAssembler`, at most
-    ``max_bytes``: what the store accepts), and the store version it was saved at; a
-    malformed or oversized transfer is a :class:`~shardroute.errors.MigrationFailed`."""
-    assembler = ChunkAssembler(max_bytes=max_bytes)
+def joined_export(
+    session_key: str, chunks: Iterable[Any], max_bytes: int, *, epoch: int | None = None
+) -> ChunkAssembler:
+    """The transfer an export streamed, checked by :class:`ChunkAssembler` (at most
+    ``max_bytes``: what the store accepts; for ``session_key`` and, when given, ``epoch``),
+    its chunks kept so a mover can forward them as they are. A malformed, oversized or
+    foreign transfer is a :class:`~shardroute.errors.MigrationFailed`. The CRC-32 is left
+    to the importer, which checks it over the same bytes (a mismatch: ``DATA_LOSS``)."""
+    assembler = ChunkAssembler(max_bytes=max_bytes, keep_chunks=True, check_crc=False)
     try:
         for chunk in chunks:
             assembler.add(chunk)
+        foreign = assembler.session_key != session_key or epoch not in (None, assembler.epoch)
+        if assembler.done and foreign:
+            raise ChunkError(
+                f"the chunks are for session {assembler.session_key!r} at epoch "
+                f"{assembler.epoch}, not this export's"
+            )
     except ChunkError as exc:
         raise MigrationFailed(
             f"session {session_key!r}: exported state is malformed: {exc}", session_key
@@ -167,4 +201,4 @@ def joined_export(session_key: str, chunks: Iterable[Any], max_bytes: int) -> tu
         raise MigrationFailed(
             f"session {session_key!r}: export ended without a last chunk", session_key
         )
-    return assembler.data, assembler.state_version
+    return assembler

@@ -16,6 +16,7 @@ from shardroute.errors import (
 )
 from shardroute.model import Override
 from shardroute.sessions._host_base import (
+    UNDECODED,
     HostBase,
     _Entry,
     _moving_message,
@@ -159,20 +160,15 @@ class Handoff(HostBase):
 
     def import_state(self, session_key: str, epoch: int, data: bytes) -> int:
         """Hold an imported state (not yet owned: served once the override names this
-        shard). Returns its size.
+        shard). Returns its size. The bytes are decoded at their first use (a turn, the
+        warm hook), not here: a move does not wait for the codec, and bytes that do not
+        decode are refused then (``DATA_LOSS``, the copy dropped).
 
-        Raises :class:`Refused`: ``INVALID_ARGUMENT`` when it does not decode;
-        ``FAILED_PRECONDITION`` when the epoch is older than the override this shard
-        knows, when this shard serves the session itself (owns it, or a turn, an export
-        or a load is in progress), or when the bytes are not the store's current state
-        (a turn was answered after the export: the mover rolls back).
+        Raises :class:`Refused`: ``FAILED_PRECONDITION`` when the epoch is older than the
+        override this shard knows, when this shard serves the session itself (owns it, or
+        a turn, an export or a load is in progress), or when the bytes are not the store's
+        current state (a turn was answered after the export: the mover rolls back).
         """
-        try:
-            state = self.codec.decode(data)
-        except Exception as exc:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT, f"imported state does not decode: {exc}"
-            ) from exc
         claimed = import_version.get()
         applied: Applied | None = None  # unknown: read from the store before the next turn
         if claimed > 0:
@@ -204,7 +200,7 @@ class Handoff(HostBase):
                     f"session {session_key!r} is served by this shard; import refused",
                 )
             self._held[session_key] = _Entry(
-                state, data, version, imported=True, last_used=self._clock(), applied=applied
+                UNDECODED, data, version, imported=True, last_used=self._clock(), applied=applied
             )
             self._cond.notify_all()
         return len(data)
@@ -221,16 +217,15 @@ class Handoff(HostBase):
         return known.owner != self.shard_id
 
     def warm(self, session_key: str, epoch: int) -> bool:
-        """Pre-warm an imported or held session (calls ``on_warm``); False when the
-        session is not held here."""
+        """Pre-warm an imported or held session (calls ``on_warm`` with its decoded
+        state); False when the session is not held here."""
         with self._cond:
             self._check_epoch(session_key, epoch)
             entry = self._held.get(session_key)
             if entry is None or entry.loading:
                 return False
-            state = entry.state
         if self._on_warm is not None:
-            self._on_warm(session_key, state)
+            self._on_warm(session_key, self._decoded(session_key, entry))
         return True
 
     def release(self, session_key: str, epoch: int, new_owner: str) -> bool:

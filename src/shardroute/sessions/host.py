@@ -32,6 +32,7 @@ from shardroute.errors import (
 )
 from shardroute.model import Override, Topology
 from shardroute.sessions._host_base import (
+    UNDECODED,
     SessionSummary,
     _busy_message,
     _Entry,
@@ -145,9 +146,9 @@ class SessionHost(Handoff, Lifetime):
         return known.epoch if known else 0
 
     def peek(self, session_key: str) -> Any:
-        """The held state of a session, or None (no ownership check, no lock)."""
+        """The held state of a session, or None (no ownership check; decodes an import)."""
         entry = self._held.get(session_key)
-        return None if entry is None or entry.loading else entry.state
+        return None if entry is None or entry.loading else self._decoded(session_key, entry)
 
     def is_frozen(self, session_key: str) -> bool:
         """Whether an export froze the session here."""
@@ -181,16 +182,18 @@ class SessionHost(Handoff, Lifetime):
         running them for nothing.
         """
         entry = self._begin(session_key, reason, load)
-        if not entry.loading and (self.store_suspect or entry.applied is None):
-            try:
+        try:
+            if not entry.loading and (self.store_suspect or entry.applied is None):
                 if entry.applied is None:  # imported by version: read its applied turns
                     self._read_applied(session_key, entry)
                 else:
                     self._stored_version(session_key)  # raises Refused (UNAVAILABLE)
-            except BaseException:
-                self.end(session_key, entry)
-                raise
-            self.store_suspect = False
+                self.store_suspect = False
+            if load and entry.state is UNDECODED:
+                self._decoded(session_key, entry)  # an import's first turn
+        except BaseException:
+            self.end(session_key, entry)
+            raise
         return entry
 
     def _begin(self, session_key: str, reason: str | None, load: bool) -> Any:

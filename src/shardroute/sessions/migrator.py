@@ -15,11 +15,9 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
-from shardroute._proto import shard_pb2, shard_pb2_grpc
 from shardroute.discovery.source import TopologySource
 from shardroute.errors import (
     ConfigError,
@@ -34,19 +32,14 @@ from shardroute.errors import (
 from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
 from shardroute.routing import OwnLoads, Router
-from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
-from shardroute.sessions.chunks import (
-    DEFAULT_CHUNK_BYTES,
-    MIN_CHUNK_BYTES,
-    joined_export,
-    split_chunks,
-)
+from shardroute.security import ChannelSecurity, ControlToken
+from shardroute.sessions._shard_calls import Exported, ShardCalls, control_stub
+from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
-from shardroute.telemetry import Telemetry
+from shardroute.telemetry import Telemetry, names
 from shardroute.telemetry.migration import MigrationTrace, attached, carry
-from shardroute.transport.channels import ChannelPool
 
 __all__ = ["MAX_CONCURRENT_MOVES", "MigrationResult", "Migrator", "control_stub"]
 
@@ -69,6 +62,8 @@ class MigrationResult:
     from_store: bool
     """True when the source was unreachable and the state came from the session store."""
     duration_s: float
+    """Fence to commit: the target serves the session from then on. The source's
+    release is sent then, not waited for (:meth:`Migrator.wait_released`)."""
 
 
 class Migrator:
@@ -129,15 +124,18 @@ class Migrator:
         self._etcd = etcd if close_etcd else None
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._lock = threading.Lock()
-        maker = ChannelMaker(tls)
-        self._channels: ChannelPool[grpc.Channel] = ChannelPool(
-            maker.sync_channel, lambda channel: channel.close()
+        self._calls = ShardCalls(
+            timeout=timeout, chunk_bytes=chunk_bytes, tls=tls, control_token=control_token
         )
-        token = control_token if control_token is not None else ControlToken.from_env()
-        self._credentials = token.metadata() if token is not None else ()
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
+
+    @property
+    def releases_failed(self) -> int:
+        """Releases sent after a commit that the source refused or did not answer
+        (logged; the commit stands)."""
+        return self._calls.releases_failed
 
     # -- one session ------------------------------------------------------------------
 
@@ -162,6 +160,7 @@ class Migrator:
 
     def _migrate(self, session_key: str, target: str | None) -> MigrationResult:
         started = time.monotonic()
+        self.wait_released(session_key)  # this mover's previous move of it has ended
         topology = self.topology.current()
         self._prune(topology)
         current = self.overrides.get(session_key)
@@ -188,8 +187,8 @@ class Migrator:
         assert fenced is not None
         commit = next_override(fenced, target_shard.id)
         try:
-            (data, version), from_store = self._export(session_key, fenced, source_shard, steps)
-            self._import(session_key, fenced, target_shard, data, version, steps)
+            exported = self._export(session_key, fenced, source_shard, steps)
+            self._calls.import_warm(session_key, fenced.epoch, target_shard, exported, steps)
             with steps.step("commit"):
                 committed = self._commit(session_key, fenced, commit, target_shard)
         except BaseException as exc:
@@ -216,8 +215,14 @@ class Migrator:
             raise
         assert committed is not None
         if source_shard is not None:
-            with steps.step("release"):
-                self._release(source_shard, session_key, committed.epoch, target_shard.id)
+            # The target serves the session from the commit on: the release is sent, not
+            # waited for (its failure changes nothing: logged, and the source learns the
+            # commit from its override watch). See docs/migration.md.
+            with steps.step("release") as span:
+                span.set_attribute(names.STEP_AWAITED, False)
+                self._calls.release_later(
+                    source_shard, session_key, committed.epoch, target_shard.id
+                )
         self.router.remember(session_key, target_shard.id)
         steps.finish("committed")
         return MigrationResult(
@@ -225,8 +230,8 @@ class Migrator:
             source_id,
             target_shard.id,
             committed.epoch,
-            len(data),
-            from_store,
+            len(exported.data),
+            exported.chunks is None,
             time.monotonic() - started,
         )
 
@@ -266,9 +271,16 @@ class Migrator:
             list(pool.map(one, session_keys))
         return results, errors
 
+    def wait_released(self, session_key: str | None = None) -> None:
+        """Wait for the releases this mover sent after its commits (of ``session_key``
+        only, or all) to be answered, each at most the mover's ``timeout``. A failed
+        release was logged and counted (:attr:`releases_failed`)."""
+        self._calls.wait_released(session_key)
+
     def close(self) -> None:
-        """Close the channels to shards. Idempotent."""
-        self._channels.close()
+        """Wait for the releases still in flight, then close the channels to shards.
+        Idempotent."""
+        self._calls.close()
         if self._etcd is not None:
             self._etcd.close()
 
@@ -311,66 +323,19 @@ class Migrator:
 
     def _export(
         self, session_key: str, fenced: Override, source: Shard | None, steps: MigrationTrace
-    ) -> tuple[tuple[bytes, int], bool]:
-        """The state (bytes, and the store version they were saved at, 0 if unknown),
-        and whether it came from the store."""
+    ) -> Exported:
+        """The state: exported by the source, else (source unreachable) from the store."""
         if source is not None:
-            request = shard_pb2.ExportSessionRequest(
-                session_key=session_key, epoch=fenced.epoch, chunk_bytes=self.chunk_bytes
+            exported = self._calls.export(
+                session_key, fenced.epoch, source, self.store.max_bytes, steps
             )
-            chunks = None
-            try:
-                with steps.step("export"):
-                    chunks = self._control(source).ExportSession(
-                        request, timeout=self.timeout, metadata=self._credentials
-                    )
-                    return joined_export(session_key, chunks, self.store.max_bytes), False
-            except grpc.RpcError as exc:
-                if not _unreachable(exc):
-                    raise
-                log.warning("%s: source %s unreachable; using the store", session_key, source.id)
-            finally:
-                if chunks is not None:
-                    chunks.cancel()  # no-op once finished; stops a stream we gave up on
+            if exported is not None:
+                return exported
         with steps.step("store_load"):
             stored = self.store.load(session_key)
         if stored is None:
-            return (b"", 0), True
-        return (stored.data, stored.version), True
-
-    def _import(
-        self,
-        session_key: str,
-        fenced: Override,
-        target: Shard,
-        data: bytes,
-        version: int,
-        steps: MigrationTrace,
-    ) -> None:
-        control = self._control(target)
-        with steps.step("import"):
-            control.ImportSession(
-                split_chunks(session_key, fenced.epoch, data, self.chunk_bytes, version),
-                timeout=self.timeout,
-                metadata=self._credentials,
-            )
-        with steps.step("warm"):
-            control.WarmSession(
-                shard_pb2.WarmSessionRequest(session_key=session_key, epoch=fenced.epoch),
-                timeout=self.timeout,
-                metadata=self._credentials,
-            )
-
-    def _release(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:
-        request = shard_pb2.ReleaseSessionRequest(
-            session_key=session_key, epoch=epoch, new_owner=new_owner
-        )
-        try:
-            self._control(shard).ReleaseSession(
-                request, timeout=self.timeout, metadata=self._credentials
-            )
-        except grpc.RpcError as exc:  # the commit stands; the shard learns from etcd
-            log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
+            return Exported(b"", 0, None)
+        return Exported(stored.data, stored.version, None)
 
     def _commit(
         self, session_key: str, fenced: Override, commit: Override, target: Shard
@@ -415,24 +380,9 @@ class Migrator:
             back = None
         if source is not None:
             epoch = back.epoch if back is not None else fenced.epoch + 1
-            self._release(source, session_key, epoch, "")
-        self._release(target, session_key, fenced.epoch + 1, source_id)
+            self._calls.release(source, session_key, epoch, "")
+        self._calls.release(target, session_key, fenced.epoch + 1, source_id)
 
     def _prune(self, topology: Topology) -> None:
         """Close channels to shards that left ``topology`` or moved address."""
-        self._channels.retain(topology.shards)
-
-    def _control(self, shard: Shard) -> Any:
-        return control_stub(self._channels.channel(shard))
-
-
-def control_stub(channel: grpc.Channel) -> Any:
-    """A ``ShardControl`` stub on ``channel`` (the generated class is untyped)."""
-    factory: Any = shard_pb2_grpc.ShardControlStub
-    return factory(channel)
-
-
-def _unreachable(error: grpc.RpcError) -> bool:
-    from shardroute.transport.failures import Failure, classify
-
-    return classify(error) is Failure.NOT_SENT
+        self._calls.retain(topology.shards)
