@@ -190,6 +190,7 @@ class ClientShell(abc.ABC):
                 source,
                 router=self._core.router,
                 loads=self._core.inflight,
+                routing_view=self._core.current,
                 telemetry=self._core.telemetry,
                 close_etcd=True,
                 tls=self._channel_maker.security,

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -78,6 +78,9 @@ class Migrator:
         router: picks targets when none is given (default: a fresh :class:`Router`).
         loads: this process's own in-flight counts (a client's ``inflight``), so target
             choice sees the load this process adds; None: reported loads only.
+        routing_view: the snapshot to pick targets on (a client passes its own: the
+            topology with each shard's freshest load, etcd report or response trailer,
+            docs/routing.md); default: ``topology``'s snapshot, with its etcd reports.
         timeout: deadline of each shard call, in seconds.
         chunk_bytes: size of the state chunks streamed between shards.
         close_etcd: close ``etcd`` in :meth:`close` (when the migrator owns it).
@@ -108,6 +111,7 @@ class Migrator:
         tls: ChannelSecurity = None,
         control_token: ControlToken | None = None,
         telemetry: Telemetry | None = None,
+        routing_view: Callable[[], Topology] | None = None,
     ) -> None:
         if not timeout > 0 or not math.isfinite(timeout):
             raise ConfigError(f"timeout must be a finite number > 0, got {timeout!r}")
@@ -119,6 +123,7 @@ class Migrator:
         self.store: SessionStore = store if store is not None else EtcdSessionStore(etcd, service)
         self.router = router if router is not None else Router()
         self.loads = loads
+        self._routing_view = routing_view
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes
         self._etcd = etcd if close_etcd else None
@@ -313,7 +318,8 @@ class Migrator:
             if target == source_id:
                 raise ConfigError(f"session {session_key!r} already lives on {target!r}")
             return shard
-        decision = self.router.route(session_key, topology, excluded=(source_id,), loads=self.loads)
+        view = topology if self._routing_view is None else self._routing_view()
+        decision = self.router.route(session_key, view, excluded=(source_id,), loads=self.loads)
         return decision.shard
 
     def _swap(
