@@ -68,13 +68,21 @@ def test_demo_json_summary_and_cleanup() -> None:
 
 
 def test_demo_ctrl_c_cleans_up() -> None:
-    proc = subprocess.Popen(
-        [*CLI, "--duration", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: run so (CI in the background), the demo would never see the
+    # Ctrl-C. So the demo starts with SIGINT's default disposition, as from a terminal
+    # (a handler, unlike an ignore, is reset to the default at exec).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [*CLI, "--duration", "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("etcd db "):
