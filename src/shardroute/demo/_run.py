@@ -203,7 +203,11 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 view = _view(client, tally, time.monotonic() - t_start, shown, space)
                 live.write(("\x1b[H\x1b[J" if is_tty else "") + view + "\n\n")
                 live.flush()
-            stop.wait(min(1.0, max(0.05, end_t - time.monotonic())))
+            # A plain sleep, not stop.wait(): Ctrl-C lands in this thread, and a
+            # KeyboardInterrupt inside Event.wait can leave the event's lock held, so
+            # stop.set() in the cleanup below would block for ever (seen in CI: the
+            # workers ran on after Ctrl-C). Nothing else sets stop while this loop runs.
+            time.sleep(min(1.0, max(0.05, end_t - time.monotonic())))
         stop.set()
         _join(workers)
         for thread in drain_threads:
