@@ -5,6 +5,7 @@ member without missing an event (issue 14, "A real etcd cluster")."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -137,3 +138,14 @@ def test_watch_resumes_on_another_member_without_missing_events(
         assert source.staleness() == 0.0
     finally:
         source.close()
+
+
+def test_a_cluster_that_cannot_start_leaves_no_member_running() -> None:
+    cluster = EtcdCluster(start_timeout=10.0)
+    host, port = cluster.members[2].endpoint.rsplit(":", 1)
+    with socket.socket() as taken:  # the third member's client port is taken
+        taken.bind((host, int(port)))
+        taken.listen()
+        with pytest.raises(EtcdUnavailable, match="exited at start-up"), cluster:
+            pass
+    assert cluster.running == []  # the two that started were closed, not left behind

@@ -191,7 +191,11 @@ class EtcdCluster:
             member.close()
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # e.g. a member that never became healthy: leave none running
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
