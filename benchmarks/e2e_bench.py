@@ -21,6 +21,9 @@ machine's noise falls on every side alike:
   exporter and metric reader; null without the SDK). Without an SDK the client takes
   its plain path: ``client_overhead_us`` is the no-SDK figure.
 
+``--shared-channels`` hands the routed client the direct stubs' own channels (one
+connection per shard for both sides), so only the client's own work differs: the
+paired harness of docs/benchmarks.md, "Trailers, sampled".
 ``--exactly-once`` makes every client send a turn id (``RetryPolicy(exactly_once=True)``:
 one more metadata entry per call). ``--aio`` measures ``AsyncShardClient`` against plain
 ``grpc.aio`` stubs, with the same keys. ``*_same_metadata`` repeat two ratios against
@@ -245,7 +248,10 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
         retry=RetryPolicy(exactly_once=args.exactly_once),
     )
     routed = client.stub(EchoStub)
-    direct = {s.id: EchoStub(grpc.insecure_channel(s.address)) for s in shards}
+    plain = {s.id: grpc.insecure_channel(s.address) for s in shards}
+    if args.shared_channels:  # the client calls over the direct stubs' own channels
+        client._core.channels = ChannelPool(lambda shard: plain[shard.id], lambda ch: None)
+    direct = {sid: EchoStub(ch) for sid, ch in plain.items()}
     homes = [direct[client.route(k).shard.id] for k in SESSIONS]
     for k, stub in zip(SESSIONS, homes, strict=True):  # warm both paths
         stub.Echo(PAYLOAD, timeout=10)
@@ -387,6 +393,8 @@ async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, An
     )
     routed = client.stub(EchoStub)
     channels = {s.id: grpc.aio.insecure_channel(s.address) for s in shards}
+    if args.shared_channels:  # the client calls over the direct stubs' own channels
+        client._core.channels = ChannelPool(lambda shard: channels[shard.id], lambda ch: None)
     direct = {sid: EchoStub(ch) for sid, ch in channels.items()}
     homes = [direct[client.route(k).shard.id] for k in SESSIONS]
     for k, stub in zip(SESSIONS, homes, strict=True):
@@ -472,6 +480,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="concurrent A/B round pairs")
     parser.add_argument(
         "--exactly-once", action="store_true", help="clients send turn ids (one more entry)"
+    )
+    parser.add_argument(
+        "--shared-channels",
+        action="store_true",
+        help="routed calls use the direct stubs' channels (only the client's work differs)",
     )
     parser.add_argument("--thread-calls", type=int, default=100, help="calls per thread per round")
     args = parser.parse_args()
