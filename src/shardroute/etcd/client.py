@@ -52,15 +52,6 @@ __all__ = ["EtcdClient"]
 log = logging.getLogger("shardroute.etcd")
 
 
-def _log_landed(keys: str) -> None:
-    log.warning(
-        "etcd answered NOSPACE to a write it applied (the write that filled its quota: "
-        "etcd applies it, then raises the alarm): %s holds what was written, so it counts "
-        "as done; the next writes will be refused until space is freed (docs/operations.md)",
-        keys,
-    )
-
-
 # Keep-alive pings detect a silently dead etcd (no RST) on a long-lived watch. etcd's
 # default --grpc-keepalive-min-time is 5 s, so pinging every 10 s is allowed.
 _CHANNEL_OPTIONS = [
@@ -217,10 +208,8 @@ class EtcdClient(MaintenanceCalls):
             response = self._etcd.put(key, value, lease=lease)
         except grpc.RpcError as exc:
             if nospace(exc):
-                op = [txn.put(key, value, lease or 0)]
-                landed = landed_despite_nospace(self._txn_attempt, op, self._nospace_timeout())
+                landed = self._read_back_after_nospace([txn.put(key, value, lease or 0)])
                 if landed is not None:
-                    _log_landed(key)
                     return int(landed[0].response_put.header.revision)
             raise
         return int(response.header.revision)
@@ -318,14 +307,9 @@ class EtcdClient(MaintenanceCalls):
             )
         except grpc.RpcError as exc:
             if nospace(exc):  # the write that filled the quota may have landed: read it
-                landed = landed_despite_nospace(self._txn_attempt, success, self._nospace_timeout())
+                landed = self._read_back_after_nospace(success)
                 if landed is None:
                     raise
-                _log_landed(
-                    ", ".join(
-                        op.request_put.key.decode() for op in success if op.HasField("request_put")
-                    )
-                )
                 return True, landed
             if not failover.enabled or not can_settle(exc, compare, success):
                 raise
@@ -346,9 +330,20 @@ class EtcdClient(MaintenanceCalls):
             )
             return settled
 
-    def _nospace_timeout(self) -> float:
-        """The time a read-back after a NOSPACE answer gets."""
-        return self._failover.attempt_timeout
+    def _read_back_after_nospace(self, success: list[Any]) -> list[Any] | None:
+        """After a NOSPACE answer to the write ``success``: the responses etcd would have
+        given when its keys hold what it wrote (logged: it landed), else None."""
+        landed = landed_despite_nospace(self._txn_attempt, success, self._failover.attempt_timeout)
+        if landed is not None:
+            keys = [op.request_put.key.decode() for op in success if op.HasField("request_put")]
+            log.warning(
+                "etcd answered NOSPACE to a write it applied (the write that filled its "
+                "quota: etcd applies it, then raises the alarm): %s holds what was written, "
+                "so it counts as done; the next writes will be refused until space is freed "
+                "(docs/operations.md)",
+                ", ".join(keys),
+            )
+        return landed
 
     def _txn_attempt(
         self, compare: list[Any], success: list[Any], timeout: float
