@@ -20,8 +20,9 @@ import json
 import queue
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+from shardroute._exit_guard import DEFAULT_EXIT_GRACE_S, exit_within
 from shardroute._validate import seconds
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.records import load_to_dict, shard_to_dict
@@ -392,5 +393,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console(
+    argv: Sequence[str] | None = None, *, exit_grace_s: float = DEFAULT_EXIT_GRACE_S
+) -> NoReturn:
+    """The ``shardroute`` console script: :func:`main`, then exit with its code, within
+    ``exit_grace_s`` of the command's end even if closing a connection hangs
+    (:mod:`shardroute._exit_guard`)."""
+    code = main(argv)
+    sys.stdout.flush()
+    exit_within(code, exit_grace_s)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
