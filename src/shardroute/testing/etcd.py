@@ -173,10 +173,15 @@ class EtcdServer(ServerProcess):
         self._healthy = False
         self._log_path = self.base_dir / "etcd.log"
 
+    listen_host = "127.0.0.1"
+    """The address the client port binds (a subclass may widen it; ``0.0.0.0``: every
+    interface, advertised and health-checked as ``127.0.0.1``)."""
+
     @property
     def endpoint(self) -> str:
-        """``127.0.0.1:<port>``: what clients connect to."""
-        return f"127.0.0.1:{self.client_port}"
+        """``<host>:<port>`` (``127.0.0.1:<port>`` by default): what clients connect to."""
+        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "") else self.listen_host
+        return f"{host}:{self.client_port}"
 
     def start(self) -> Self:
         """Start etcd (unless :meth:`launch` did) and wait until it is healthy."""
@@ -203,13 +208,13 @@ class EtcdServer(ServerProcess):
         """Start the etcd process without waiting for it."""
         self._healthy = False
         scheme = "https" if self.tls else "http"
-        client = f"{scheme}://127.0.0.1:{self.client_port}"
+        client = f"{scheme}://{self.endpoint}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             self.binary,
             *self._cluster_args(peer),
             f"--data-dir={self.base_dir / 'data'}",
-            f"--listen-client-urls={client}",
+            f"--listen-client-urls={scheme}://{self.listen_host}:{self.client_port}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
@@ -261,7 +266,7 @@ class EtcdServer(ServerProcess):
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         scheme = "https" if self.tls else "http"
-        url = f"{scheme}://127.0.0.1:{self.client_port}/health"
+        url = f"{scheme}://{self.endpoint}/health"
         context = self.tls.client_context() if self.tls else None
         delay = 0.01
         while time.monotonic() < deadline:
