@@ -13,15 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from dev_commands import SHARDROUTE, etcd_answers
 
 from shardroute.client import ShardClient
-from shardroute.errors import EtcdUnavailable
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.testing import free_port
 from shardroute.testing.counter import CounterStub, tags_of
 from shardroute.testing.waiting import wait_until
-
-SHARDROUTE = str(Path(sys.executable).parent / "shardroute")  # the console script
 
 MY_SHARD = """\
 from shardroute.testing.counter import CounterShard
@@ -34,17 +32,6 @@ class MyShard(CounterShard):
 def not_a_class():
     pass
 """
-
-
-def _answers(endpoint: str) -> bool:
-    client = EtcdClient(EtcdOptions((endpoint,), timeout=1.0))
-    try:
-        client.revision()
-        return True
-    except EtcdUnavailable:
-        return False
-    finally:
-        client.close()
 
 
 def _children(pid: int) -> list[int]:
@@ -68,7 +55,7 @@ def test_dev_etcd_starts_answers_compacts_stops_and_keeps_its_data(tmp_path: Pat
     endpoint = f"127.0.0.1:{port}"
     proc = _start_etcd(tmp_path, port)
     try:
-        wait_until(lambda: _answers(endpoint), 30, "the dev etcd answering")
+        wait_until(lambda: etcd_answers(endpoint), 30, "the dev etcd answering")
         (etcd_pid,) = _children(proc.pid)
         with open(f"/proc/{etcd_pid}/cmdline", "rb") as handle:
             flags = handle.read().decode().split("\0")
@@ -85,10 +72,10 @@ def test_dev_etcd_starts_answers_compacts_stops_and_keeps_its_data(tmp_path: Pat
     data_dir = tmp_path / "shardroute-etcd.data"  # the documented default, in the cwd
     assert f"endpoint    {endpoint}" in out and str(data_dir) in out and "Ctrl-C" in out
     assert "stopped" in out and not os.path.exists(f"/proc/{etcd_pid}")
-    assert not _answers(endpoint)
+    assert not etcd_answers(endpoint)
     proc = _start_etcd(tmp_path, port)  # the same command again: the same data
     try:
-        wait_until(lambda: _answers(endpoint), 30, "the restarted dev etcd answering")
+        wait_until(lambda: etcd_answers(endpoint), 30, "the restarted dev etcd answering")
         client = EtcdClient(EtcdOptions((endpoint,)))
         assert client.get("/tutorial/kept") == b"yes"
         client.close()
