@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from dev_commands import SHARDROUTE, etcd_answers
+from dev_commands import SHARDROUTE
 
 from shardroute.client import ShardClient
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.testing import free_port
 from shardroute.testing.counter import CounterStub, tags_of
+from shardroute.testing.etcd import etcd_answers
 from shardroute.testing.waiting import wait_until
 
 MY_SHARD = """\

@@ -14,9 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dev_commands import SHARDROUTE, etcd_answers
+from dev_commands import SHARDROUTE
 
 from shardroute.testing import free_port
+from shardroute.testing.etcd import etcd_answers
 from shardroute.testing.waiting import wait_until
 
 TUTORIAL = Path(__file__).parents[2] / "docs" / "tutorial.md"

@@ -37,24 +37,24 @@ def test_listen_and_port_together_are_refused() -> None:
         listen_address(_args("--listen", "127.0.0.1:7001", "--port", "7002"))
 
 
-def test_a_module_that_raises_is_one_line_with_its_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("x = 1\nraise RuntimeError('no model')\n", ["RuntimeError: no model", "line 2"]),
+        ("import no_such_dependency_xyz\n", ["failed", "no_such_dependency_xyz"]),
+    ],
+    ids=["raises", "missing-dependency"],
+)
+def test_a_module_that_fails_to_import_is_one_line_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, said: list[str]
 ) -> None:
+    """An exception names its place; a missing dependency is not called a missing module."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "raising_shard_module.py").write_text("x = 1\nraise RuntimeError('no model')\n")
+    name = f"failing_shard_{len(source)}"
+    (tmp_path / f"{name}.py").write_text(source)
     with pytest.raises(ConfigError) as info:
-        import_class("raising_shard_module:Shard", str(tmp_path))
+        import_class(f"{name}:Shard", str(tmp_path))
     message = str(info.value)
-    assert "RuntimeError: no model" in message and "line 2" in message
-    assert "\n" not in message and str(tmp_path) in sys.path[0]
-
-
-def test_a_missing_dependency_is_not_called_a_missing_module(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    (tmp_path / "needs_dep_module.py").write_text("import no_such_dependency_xyz\n")
-    with pytest.raises(ConfigError) as info:
-        import_class("needs_dep_module:Shard", str(tmp_path))
-    assert "importing 'needs_dep_module' failed" in str(info.value)
-    assert "no_such_dependency_xyz" in str(info.value)
+    assert f"importing {name!r} failed" in message and "\n" not in message
+    assert all(part in message for part in said), message
+    assert sys.path[0] == str(tmp_path)

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_QUOTA_BACKEND_BYTES",
     "EtcdServer",
     "EtcdTls",
+    "etcd_answers",
     "find_etcd_binary",
     "free_port",
 ]
@@ -83,6 +84,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def etcd_answers(endpoint: str, timeout: float = 1.0) -> bool:
+    """True when a plaintext etcd at ``endpoint`` answers a key-value read over gRPC."""
+    from shardroute.etcd import EtcdClient, EtcdOptions
+
+    client = EtcdClient(EtcdOptions((endpoint,), timeout=timeout))
+    try:
+        client.revision()
+        return True
+    except EtcdUnavailable:
+        return False
+    finally:
+        client.close()
 
 
 @dataclass(frozen=True)
@@ -288,16 +303,8 @@ class EtcdServer(ServerProcess):
 
     def _grpc_ready(self) -> bool:
         """A key-value read over gRPC answers (HTTP health can come first)."""
-        if self.tls is not None:
-            return True  # the health check above already went through TLS
-        client = self.client(timeout=1.0)
-        try:
-            client.revision()
-            return True
-        except EtcdUnavailable:
-            return False
-        finally:
-            client.close()
+        # With TLS, the health check above already went through TLS.
+        return self.tls is not None or etcd_answers(self.endpoint)
 
     def _log_tail(self) -> str:
         try:
