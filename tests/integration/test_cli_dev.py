@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dev_commands import SHARDROUTE
+from dev_commands import SHARDROUTE, stop_process
 
 from shardroute.client import ShardClient
 from shardroute.etcd import EtcdClient, EtcdOptions
@@ -68,7 +68,7 @@ def test_dev_etcd_starts_answers_compacts_stops_and_keeps_its_data(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
-        proc.kill()
+        stop_process(proc)
     assert proc.returncode == 0, err
     data_dir = tmp_path / "shardroute-etcd.data"  # the documented default, in the cwd
     assert f"endpoint    {endpoint}" in out and str(data_dir) in out and "Ctrl-C" in out
@@ -84,7 +84,7 @@ def test_dev_etcd_starts_answers_compacts_stops_and_keeps_its_data(tmp_path: Pat
         proc.communicate(timeout=30)
         assert proc.returncode == 0
     finally:
-        proc.kill()
+        stop_process(proc)
 
 
 def test_dev_etcd_on_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -163,4 +163,4 @@ def test_serve_runs_a_class_from_the_working_directory(tmp_path: Path, etcd_endp
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     finally:
-        proc.kill()
+        stop_process(proc)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dev_commands import SHARDROUTE
+from dev_commands import SHARDROUTE, stop_process
 
 from shardroute.testing import free_port
 from shardroute.testing.etcd import etcd_answers
@@ -86,9 +86,8 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
                     client_output.append(done.stdout)
                 ran.append(argv[1])
     finally:
-        for process in processes.values():
-            process.kill()
-            process.wait(30)
+        for process in reversed(processes.values()):  # the shards, then etcd
+            stop_process(process)
     assert ran == [
         "-m", "etcd", "serve s1", "serve s2", "serve s3", "client.py", "kill s2", "client.py"
     ]  # fmt: skip
