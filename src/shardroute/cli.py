@@ -9,6 +9,9 @@
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
     shardroute demo --autoscale [--duration S] [--json]
     shardroute demo --chaos [--etcd-cluster] [--duration S] [--json]
+    shardroute etcd [--data-dir D] [--port P] [--host H]
+    shardroute serve MODULE:CLASS --etcd HOST:PORT --service NAME --shard-id ID [--zone Z]
+        [--listen HOST:PORT] [...]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
 """
@@ -22,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from shardroute._cli_etcd import add_dev_etcd_command
+from shardroute._cli_serve import add_serve_command
 from shardroute._exit_guard import DEFAULT_EXIT_GRACE_S, exit_within
 from shardroute._validate import seconds
 from shardroute.discovery.etcd import EtcdTopologySource
@@ -242,6 +247,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
     add_scaling_commands(commands, _add_etcd_args, _source)
+    add_dev_etcd_command(commands)
+    add_serve_command(commands)
     return parser
 
 
