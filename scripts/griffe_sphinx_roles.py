@@ -18,6 +18,9 @@ from typing import Any
 
 import griffe
 
+# reST's "text::" before an indented block: the block is code, the text ends with ":".
+_LITERAL = re.compile(r"(?<=\S)::\n(?=\n[ \t]+\S)")
+_LONE_LITERAL = re.compile(r"^[ \t]*::\n(?=\n[ \t]+\S)", re.M)  # a "::" line: dropped
 _ROLE = re.compile(
     r":(?:class|meth|func|attr|mod|data|exc|obj):`"
     r"(?:(?P<title>[^`<]+?)\s+<(?P<explicit>[\w.]+)>|(?P<tilde>~?)(?P<target>[\w.]+)(?P<call>\(\))?)`"
@@ -41,7 +44,9 @@ def _resolve(obj: griffe.Object, target: str) -> str:
 
 
 def convert(obj: griffe.Object, text: str) -> str:
-    """``text`` with every Sphinx role replaced by an optional cross-reference."""
+    """``text`` with every Sphinx role replaced by an optional cross-reference, and
+    reST's ``::`` before a literal block by ``:`` (Markdown already makes the indented
+    block code)."""
 
     def replace(match: re.Match[str]) -> str:
         if match["explicit"]:  # :meth:`Router.route <shardroute.routing.Router.route>`
@@ -53,7 +58,8 @@ def convert(obj: griffe.Object, text: str) -> str:
         identifier = html.escape(_resolve(obj, target), quote=True)
         return f'<autoref identifier="{identifier}" optional><code>{title}</code></autoref>'
 
-    return _ROLE.sub(replace, text)
+    text = _LONE_LITERAL.sub("", _ROLE.sub(replace, text))
+    return _LITERAL.sub(":\n", text)
 
 
 class SphinxRoles(griffe.Extension):

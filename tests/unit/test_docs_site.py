@@ -101,7 +101,14 @@ def test_sphinx_roles_become_optional_cross_references_resolved_in_scope() -> No
             "class JsonCodec:\n"
             '    """See :meth:`encode`, :class:`~pkg.store.Store`, :mod:`.store`,\n'
             "    :func:`helper()`, :class:`Missing` and :meth:`Store.put\n"
-            '    <pkg.store.Store.put>`."""\n'
+            "    <pkg.store.Store.put>`. Use it::\n"
+            "\n"
+            "        JsonCodec().encode()\n"
+            "\n"
+            "    ::\n"
+            "\n"
+            "        helper()\n"
+            '    """\n'
             "    def encode(self): ...\n"
             "def helper(): ...\n"
         ),
@@ -121,3 +128,5 @@ def test_sphinx_roles_become_optional_cross_references_resolved_in_scope() -> No
     assert ref("pkg.codecs.helper", "helper()") in docstring  # the module's scope
     assert ref("Missing", "Missing") in docstring  # unresolved: code, no failure
     assert ref("pkg.store.Store.put", "Store.put") in docstring  # an explicit target
+    assert "Use it:\n\n    JsonCodec().encode()" in docstring  # reST's :: before code
+    assert "encode()\n\n\n    helper()" in docstring  # a "::" line before code: dropped
