@@ -404,7 +404,8 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         with self._cond:
             entry.busy = False
             entry.last_used = self._clock()
-            if entry.version == 0 and not entry.imported and self._held.get(session_key) is entry:
+            unsaved = entry.version == 0 and not entry.imported
+            if (unsaved or entry.elsewhere) and self._held.get(session_key) is entry:
                 del self._held[session_key]
             self._cond.notify_all()
 
