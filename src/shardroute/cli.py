@@ -10,7 +10,8 @@
     shardroute demo --autoscale [--duration S] [--json]
     shardroute demo --chaos [--etcd-cluster] [--duration S] [--json]
 
-Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
+Exit codes: 0 success, 2 etcd unreachable or bad arguments, 3 (``drain``) sessions left
+behind or not reported, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -309,6 +310,7 @@ def _cmd_drain(args: argparse.Namespace) -> int:
     import grpc
 
     from shardroute._proto import shard_pb2
+    from shardroute.server.drain import DRAIN_REPORT_S, EXIT_LEFT_BEHIND, drain_counts
     from shardroute.sessions.migrator import control_stub
 
     source = _source(args)
@@ -319,12 +321,15 @@ def _cmd_drain(args: argparse.Namespace) -> int:
             grace_s=args.grace or 0.0,
             migrate_sessions=True,
             max_concurrent_moves=max(0, args.max_moves),
+            wait_for_moves=True,
         )
         token = control_token_from_args(args)
+        # The moves end by the grace period (the shard's own when --grace is not given).
+        timeout = args.timeout + (args.grace or DRAIN_REPORT_S) + 15.0
         with ChannelMaker(tls_from_args(args)).sync_channel(shard) as channel:
             try:
-                control_stub(channel).Drain(
-                    request, timeout=args.timeout, metadata=token.metadata() if token else ()
+                reply = control_stub(channel).Drain(
+                    request, timeout=timeout, metadata=token.metadata() if token else ()
                 )
             except grpc.RpcError as exc:
                 raise ShardUnavailable(
@@ -332,11 +337,12 @@ def _cmd_drain(args: argparse.Namespace) -> int:
                     f"{exc.code().name if isinstance(exc, grpc.Call) else exc}",
                     (shard.id,),
                 ) from exc
-        print(f"shard {shard.id} is draining", flush=True)
+        print(drain_counts(shard.id, reply), flush=True)
         if args.wait:
             source.wait_for(lambda t: shard.id not in t.shards, timeout=3600)
             print(f"shard {shard.id} has left", flush=True)
-        return 0
+        left = reply.sessions_not_moved + reply.sessions_failed
+        return EXIT_LEFT_BEHIND if left or not reply.moves_counted else 0
     finally:
         source.close()
 

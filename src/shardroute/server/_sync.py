@@ -32,6 +32,7 @@ from shardroute.server._grpc_threads import (
 )
 from shardroute.server._registration import Registrar
 from shardroute.server._sync_control import control_calls
+from shardroute.server.drain import stop_line
 from shardroute.server.lifecycle import ServerState
 
 __all__ = ["ShardServer"]
@@ -223,12 +224,16 @@ class ShardServer(ShardServerBase):
             end_stop(begin_stop(self._grpc, None))
         self._finish_stop()
 
-    def _finish_stop(self) -> None:
+    def _finish_stop(self) -> int:
+        """Close what is left; returns how many sessions the shard held."""
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        held = len(self._sessions)
         # Closing the session host and its etcd client blocks: off the event loop.
         run_blocking(self._stop_sessions)
+        self._moves_ended.set()
         self._lifecycle.advance(ServerState.STOPPED)
+        return held
 
     def stop(self, grace: float | None = None) -> None:
         """Deregister and stop serving. Idempotent; returns once stopped.
@@ -251,8 +256,8 @@ class ShardServer(ShardServerBase):
                     wait_idle(self._accounting, time.monotonic() + grace)
                     end_stop(begin_stop(self._grpc, 0))
                 end_stop(stopping)
-            self._finish_stop()
-            log.info("shard %s stopped", self.shard_id)
+            held = self._finish_stop()
+            log.info(stop_line(self.shard_id, held, self.last_drain, self._sessions.store))
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
             begin_stop(self._grpc, grace)  # the strictest grace wins
@@ -278,7 +283,10 @@ class ShardServer(ShardServerBase):
         self._set_health(_NOT_SERVING)
         if self._registrar is not None:
             run_blocking(self._registrar.set_state, ShardState.DRAINING)
-        self.migrate_sessions_before_stop(deadline)
+        try:
+            self.migrate_sessions_before_stop(deadline)
+        finally:
+            self._moves_ended.set()  # a Drain call waiting for the counts answers now
         if not wait_idle(self._accounting, deadline):
             log.warning(
                 "shard %s: %d calls still in flight at the end of the grace period",

@@ -263,7 +263,7 @@ class Migrator:
         def one(key: str) -> None:
             if deadline is not None and time.monotonic() >= deadline:
                 errors[key] = MigrationFailed(
-                    f"session {key!r} not moved: the deadline passed first", key
+                    f"session {key!r} not moved: the deadline passed first", key, started=False
                 )
                 return
             try:

@@ -1,0 +1,48 @@
+"""The operator's lines of a drain and a stop (shardroute.server.drain): each session
+left behind gets a plain reason that says whether a move was started; the stop line
+says where the sessions are."""
+
+from __future__ import annotations
+
+from shardroute.errors import (
+    EtcdUnavailable,
+    LeaseNotFound,
+    MigrationConflict,
+    MigrationFailed,
+    NoShardAvailable,
+    StaleState,
+)
+from shardroute.server.drain import DrainSummary, move_reason, stop_line
+from shardroute.sessions import InMemorySessionStore
+
+
+def chained(error: MigrationFailed | MigrationConflict, cause: Exception) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+def test_each_outcome_has_a_plain_reason_and_says_whether_a_move_started() -> None:
+    stale = StaleState("session 's': expected no override, but the override changed", "s")
+    conflict = chained(MigrationConflict(f"session 's' changed hands: {stale}", "s"), stale)
+    gone = chained(MigrationFailed("moving 's': lost lease", "s"), LeaseNotFound("x", "s"))
+    cases = {
+        MigrationFailed("not moved: deadline", "s", started=False): (False, "grace period"),
+        NoShardAvailable("none"): (False, "no other active shard"),
+        conflict: (True, "another mover or shard changed its owner first"),
+        gone: (True, "target shard went away"),
+        MigrationFailed("moving 's' failed: UNAVAILABLE", "s"): (True, "rolled back"),
+        EtcdUnavailable("down"): (False, "etcd was unreachable"),
+    }
+    for error, (started, words) in cases.items():
+        tried, why = move_reason(error)  # type: ignore[arg-type]
+        assert tried is started and words in why, (error, why)
+        assert "expected" not in why and "Read it again" not in why
+
+
+def test_the_stop_line_says_where_the_sessions_are() -> None:
+    left = DrainSummary(5, 1, 2, not_moved=0, held=6)
+    assert "its drain moved 5 and left 1 (0 not moved, 1 failed)" in stop_line("a", 0, left, None)
+    assert "no data is lost" in stop_line("a", 3, None, None)
+    assert stop_line("a", 3, DrainSummary(3, 0, 1, held=3), None).endswith("all 3 sessions it held")
+    assert "in-memory session store" in stop_line("a", 3, None, InMemorySessionStore())
+    assert "held no sessions" in stop_line("a", 0, None, None)
