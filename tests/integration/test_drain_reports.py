@@ -13,14 +13,25 @@ import pytest
 from shells import Shell
 
 from shardroute.client import ShardClient
+from shardroute.errors import MigrationConflict
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
-from shardroute.model import Override
-from shardroute.server.drain import EXIT_LEFT_BEHIND
-from shardroute.sessions import OverrideStore
+from shardroute.model import Override, Topology
+from shardroute.server.drain import EXIT_LEFT_BEHIND, move_reason
+from shardroute.sessions import Migrator, OverrideStore
 
 CLI = [sys.executable, "-m", "shardroute.cli"]
 SERVER_LOGGERS = ("shardroute.server", "shardroute.migration", "shardroute.sessions")
+
+
+def chat_shard(kind: str, etcd: str, shard_id: str) -> Shell:
+    return Shell(kind, shard_id=shard_id, service="chat", etcd=etcd, token_delay_s=0)
+
+
+def drain_command(etcd: str, shard_id: str) -> subprocess.CompletedProcess[str]:
+    """``shardroute drain`` of ``shard_id``, as an operator runs it."""
+    command = [*CLI, "drain", "--etcd", etcd, "--service", "chat", "--shard", shard_id]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def open_sessions(client: ShardClient, shard_id: str, keys: list[str]) -> None:
@@ -39,7 +50,7 @@ def test_a_drain_with_nowhere_to_go_logs_one_line_then_one_stop_line(
     etcd_endpoint: str, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     keys = [f"alone-{n}" for n in range(30)]
-    shell = Shell(kind, shard_id="solo", service="chat", etcd=etcd_endpoint, token_delay_s=0)
+    shell = chat_shard(kind, etcd_endpoint, "solo")
     with shell.start(), ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
         client.source.wait_for(lambda t: "solo" in t.shards, 10)
         open_sessions(client, "solo", keys)
@@ -66,8 +77,7 @@ def test_drain_command_prints_counts_and_exits_3_when_a_move_lost_a_race(
     etcd_endpoint: str, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     keys = [f"race-{n}" for n in range(6)]
-    a = Shell(kind, shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0)
-    b = Shell(kind, shard_id="b", service="chat", etcd=etcd_endpoint, token_delay_s=0)
+    a, b = (chat_shard(kind, etcd_endpoint, name) for name in "ab")
     etcd = EtcdClient(EtcdOptions((etcd_endpoint,)))
     with (
         a.start(),
@@ -86,12 +96,7 @@ def test_drain_command_prints_counts_and_exits_3_when_a_move_lost_a_race(
             etcd.close()
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            drained = subprocess.run(
-                [*CLI, "drain", "--etcd", etcd_endpoint, "--service", "chat", "--shard", "a"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            drained = drain_command(etcd_endpoint, "a")
             assert a.do("wait", 30)
 
     assert drained.returncode == EXIT_LEFT_BEHIND, drained.stderr
@@ -107,17 +112,40 @@ def test_drain_command_prints_counts_and_exits_3_when_a_move_lost_a_race(
 
 def test_drain_command_exits_0_when_every_session_moved(etcd_endpoint: str, kind: str) -> None:
     keys = [f"calm-{n}" for n in range(4)]
-    a = Shell(kind, shard_id="a", service="chat", etcd=etcd_endpoint, token_delay_s=0)
-    b = Shell(kind, shard_id="b", service="chat", etcd=etcd_endpoint, token_delay_s=0)
+    a, b = (chat_shard(kind, etcd_endpoint, name) for name in "ab")
     with a.start(), b.start(), ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
         client.source.wait_for(lambda t: {"a", "b"} <= set(t.shards), 10)
         open_sessions(client, "a", keys)
-        drained = subprocess.run(
-            [*CLI, "drain", "--etcd", etcd_endpoint, "--service", "chat", "--shard", "a"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        drained = drain_command(etcd_endpoint, "a")
         assert a.do("wait", 30)
     assert drained.returncode == 0, drained.stderr
     assert "4 of 4 sessions moved" in drained.stdout and "0 not moved, 0 failed" in drained.stdout
+
+
+def test_the_race_of_issue_16_is_one_plain_sentence(etcd_endpoint: str) -> None:
+    """The real race: another writer sets the override between the mover's read and its
+    fence (here from the mover's own routing view, called in between, on real etcd)."""
+    a, b = (chat_shard("sync", etcd_endpoint, name) for name in "ab")
+    etcd = EtcdClient(EtcdOptions((etcd_endpoint,)))
+    with a.start(), b.start(), ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
+        client.source.wait_for(lambda t: {"a", "b"} <= set(t.shards), 10)
+        open_sessions(client, "a", ["sess-054"])
+        overrides = OverrideStore(etcd, "chat")
+        assert overrides.get("sess-054") is None  # at its ring home: "expected no override"
+
+        def another_writer_first() -> Topology:
+            overrides.swap("sess-054", None, Override("a", 1))
+            return client.source.current()
+
+        mover = Migrator(etcd, "chat", client.source, routing_view=another_writer_first)
+        try:
+            with pytest.raises(MigrationConflict) as raised:
+                mover.migrate("sess-054")
+        finally:
+            mover.close()
+            etcd.close()
+    message = str(raised.value)
+    assert message.startswith("session 'sess-054' changed hands while this move started")
+    assert "nothing was changed" in message and message.count("sess-054") == 1  # not nested
+    assert "Read it again" not in message and "expected no override" not in message
+    assert move_reason(raised.value) == (True, "another mover or shard changed its owner first")

@@ -27,6 +27,7 @@ from shardroute.security.channels import ChannelMaker
 from shardroute.security.control_auth import ControlToken
 from shardroute.security.tls import ChannelSecurity
 from shardroute.sessions.migrator import Migrator, control_stub
+from shardroute.transport.failures import rpc_brief
 
 __all__ = ["HeldSession", "Move", "RebalanceResult", "Rebalancer", "imbalance", "plan_moves"]
 
@@ -182,7 +183,12 @@ class Rebalancer:
                         request, timeout=self.timeout, metadata=self._credentials
                     )
                 except grpc.RpcError as exc:
-                    log.warning("cannot list the sessions of %s: %s", shard.id, exc)
+                    log.warning(
+                        "cannot list the sessions of %s (%s): this rebalance moves none of "
+                        "them; no data is at risk; nothing to do",
+                        shard.id,
+                        rpc_brief(exc),
+                    )
                     return sessions
                 sessions += [
                     HeldSession(i.session_key, shard.id, i.state_bytes, i.last_used_ts)

@@ -359,7 +359,11 @@ class ShardServerBase:
         self._topology_source = source
         if not source.loaded:
             log.warning(
-                "shard %s: no take-over until etcd is back: %s", self.shard_id, source.last_error
+                "shard %s cannot read the topology from etcd yet (%s): it takes no session "
+                "over until it can (such calls are refused and clients retry them), so no "
+                "data is at risk; check that etcd is reachable",
+                self.shard_id,
+                source.last_error,
             )
 
     def _stop_sessions(self) -> None:
@@ -392,8 +396,9 @@ class ShardServerBase:
         if open_to_all and not config.loopback_only:
             log.warning(
                 "shard %s listens on %s but its control service has no control token or "
-                "mTLS identities configured: it is closed to remote callers (movers, "
-                "drains and the CLI on other machines are refused); see docs/security.md",
+                "mTLS identities configured, so it refuses remote callers (movers, drains "
+                "and the CLI on other machines); no data is at risk; to drain or move its "
+                "sessions from elsewhere, configure control_auth (docs/security.md)",
                 self.shard_id,
                 config.host,
             )

@@ -192,7 +192,9 @@ class ShardServer(ShardServerBase):
                         "once etcd is back"
                     ) from exc
                 log.warning(
-                    "shard %s serving at %s without registration; retrying etcd: %s",
+                    "shard %s serves at %s but could not register in etcd (%s): clients cannot "
+                    "find it until it does, and it keeps retrying; no data is at risk; check "
+                    "that etcd is reachable",
                     self.shard_id,
                     self._address,
                     exc,
@@ -204,7 +206,13 @@ class ShardServer(ShardServerBase):
             if not config.wait_for_etcd:
                 self._abort_start()
                 raise self._topology_unreachable(exc) from exc
-            log.warning("shard %s: no session overrides until etcd is back: %s", self.shard_id, exc)
+            log.warning(
+                "shard %s cannot follow the topology in etcd (%s): it takes no session over "
+                "until it can (such calls are refused and clients retry them); no data is at "
+                "risk; check that etcd is reachable",
+                self.shard_id,
+                exc,
+            )
         self._lifecycle.advance(ServerState.SERVING)
         log.info("shard %s serving at %s", self.shard_id, self._address)
         return self
@@ -289,7 +297,9 @@ class ShardServer(ShardServerBase):
             self._moves_ended.set()  # a Drain call waiting for the counts answers now
         if not wait_idle(self._accounting, deadline):
             log.warning(
-                "shard %s: %d calls still in flight at the end of the grace period",
+                "shard %s: %d calls still in flight at the end of the grace period are "
+                "cancelled: their callers get an error, and each session keeps its last "
+                "saved turn; raise drain_grace_s if calls need longer",
                 self.shard_id,
                 self._accounting.inflight,
             )
