@@ -104,7 +104,7 @@ def test_drain_command_prints_counts_and_exits_3_when_a_move_lost_a_race(
     assert "0 not moved, 1 failed; no data is lost" in drained.stdout
     warnings = [r.getMessage() for r in server_records(caplog, logging.WARNING)]
     drain_lines = [m for m in warnings if "shard a drain:" in m]
-    assert len(drain_lines) == 1, warnings
+    assert len(drain_lines) == len(warnings) == 1, warnings
     assert "1 because another mover or shard changed its owner first" in drain_lines[0]
     # The programmer's chain (the StaleState/MigrationConflict text) stays at DEBUG.
     assert not any("Read it again" in m or "race-0" in m for m in warnings)

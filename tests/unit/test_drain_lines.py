@@ -4,6 +4,10 @@ says where the sessions are."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from shardroute.errors import (
     EtcdUnavailable,
     LeaseNotFound,
@@ -14,6 +18,8 @@ from shardroute.errors import (
 )
 from shardroute.server.drain import DrainSummary, move_reason, stop_line
 from shardroute.sessions import InMemorySessionStore
+from shardroute.telemetry import Telemetry
+from shardroute.telemetry.migration import MigrationTrace, batched
 
 
 def chained(error: MigrationFailed | MigrationConflict, cause: Exception) -> Exception:
@@ -46,3 +52,16 @@ def test_the_stop_line_says_where_the_sessions_are() -> None:
     assert stop_line("a", 3, DrainSummary(3, 0, 1, held=3), None).endswith("all 3 sessions it held")
     assert "in-memory session store" in stop_line("a", 3, None, InMemorySessionStore())
     assert "held no sessions" in stop_line("a", 0, None, None)
+
+
+def test_a_move_in_a_batch_logs_at_debug_and_a_lone_one_reads_plainly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "shardroute.migration")
+    stale = StaleState("session 's': expected no override, but the override changed", "s")
+    with batched():
+        MigrationTrace(Telemetry(), "s", "a", "b").finish("conflict", stale)
+    MigrationTrace(Telemetry(), "s", "a", "b").finish("conflict", stale)
+    batch, lone = caplog.records
+    assert batch.levelno == logging.DEBUG and lone.levelno == logging.WARNING
+    assert "lost to another mover or shard, nothing changed by this move" in lone.getMessage()

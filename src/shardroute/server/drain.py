@@ -134,7 +134,8 @@ def log_drain(shard_id: str, summary: DrainSummary) -> None:
         f"{summary.duration_s:.1f}s, {summary.not_moved} not moved, {summary.failed} failed"
     )
     extra = {
-        "shard_id": shard_id,
+        "shardroute_event": "drained",
+        "shard": shard_id,
         "sessions_held": summary.held,
         "sessions_moved": summary.moved,
         "sessions_not_moved": summary.not_moved,

@@ -39,7 +39,7 @@ from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
 from shardroute.telemetry import Telemetry, names
-from shardroute.telemetry.migration import MigrationTrace, attached, carry
+from shardroute.telemetry.migration import MigrationTrace, attached, batched, carry
 from shardroute.transport.failures import rpc_brief
 
 __all__ = ["MAX_CONCURRENT_MOVES", "MigrationResult", "Migrator", "control_stub"]
@@ -256,7 +256,8 @@ class Migrator:
         """Move several sessions, at most ``max_concurrent`` at once (each to the router's
         choice). No move starts after ``deadline`` (a ``time.monotonic()`` value); the
         sessions left get a ``MigrationFailed`` (they stay whole in the session store).
-        Returns the results and the errors by session key."""
+        Returns the results and the errors by session key. Each move's own log line is
+        at DEBUG: the caller logs the batch's summary (a drain does)."""
         if not 1 <= max_concurrent <= MAX_CONCURRENT_MOVES:
             raise ConfigError(
                 f"max_concurrent must be in 1..{MAX_CONCURRENT_MOVES}, got {max_concurrent!r}"
@@ -273,7 +274,7 @@ class Migrator:
                 )
                 return
             try:
-                with attached(parent):
+                with attached(parent), batched():
                     results.append(self.migrate(key))
             except ShardRouteError as exc:
                 errors[key] = exc
