@@ -312,6 +312,7 @@ def _cmd_drain(args: argparse.Namespace) -> int:
     from shardroute._proto import shard_pb2
     from shardroute.server.drain import DRAIN_REPORT_S, EXIT_LEFT_BEHIND, drain_counts
     from shardroute.sessions.migrator import control_stub
+    from shardroute.transport.failures import rpc_brief
 
     source = _source(args)
     try:
@@ -333,8 +334,10 @@ def _cmd_drain(args: argparse.Namespace) -> int:
                 )
             except grpc.RpcError as exc:
                 raise ShardUnavailable(
-                    f"shard {shard.id!r} at {shard.address} did not take the drain: "
-                    f"{exc.code().name if isinstance(exc, grpc.Call) else exc}",
+                    f"shard {shard.id!r} at {shard.address} did not take the drain "
+                    f"({rpc_brief(exc)}); no data is at risk either way: see its state "
+                    "with `shardroute topology` and run the drain again if it is still "
+                    "active",
                     (shard.id,),
                 ) from exc
         print(drain_counts(shard.id, reply), flush=True)

@@ -138,8 +138,8 @@ class ShardCalls:
             return True
         except grpc.RpcError as exc:
             log.warning(
-                "session %r: release on %s failed (%s): the move stands either way (the "
-                "shard learns it from etcd); no data is lost; nothing to do",
+                "session %r: release on %s failed (%s): that shard learns the session's "
+                "owner from etcd instead; no data is lost; nothing to do",
                 session_key,
                 shard.id,
                 rpc_brief(exc),
