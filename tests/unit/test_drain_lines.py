@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 import pytest
 
 from shardroute.errors import (
@@ -22,6 +23,13 @@ from shardroute.telemetry import Telemetry
 from shardroute.telemetry.migration import MigrationTrace, batched
 
 
+class Denied(grpc.RpcError):
+    """A shard's refusal as the mover sees it (a finished call's status code)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.PERMISSION_DENIED
+
+
 def chained(error: MigrationFailed | MigrationConflict, cause: Exception) -> Exception:
     error.__cause__ = cause
     return error
@@ -36,7 +44,15 @@ def test_each_outcome_has_a_plain_reason_and_says_whether_a_move_started() -> No
         NoShardAvailable("none"): (False, "no other active shard"),
         conflict: (True, "another mover or shard changed its owner first"),
         gone: (True, "target shard went away"),
-        MigrationFailed("moving 's' failed: UNAVAILABLE", "s"): (True, "rolled back"),
+        MigrationFailed("moving 's' failed", "s"): (True, "no cause given) and was rolled"),
+        chained(MigrationFailed("moving 's' failed", "s"), Denied()): (
+            True,
+            "the move failed (a shard answered PERMISSION_DENIED) and was rolled back",
+        ),
+        chained(MigrationFailed("moving 's' failed", "s"), EtcdUnavailable("down")): (
+            True,
+            "the move failed (etcd unreachable) and was rolled back",
+        ),
         EtcdUnavailable("down"): (False, "etcd was unreachable"),
     }
     for error, (started, words) in cases.items():

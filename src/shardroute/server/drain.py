@@ -80,10 +80,23 @@ def move_reason(error: ShardRouteError) -> tuple[bool, str]:
     if isinstance(error, MigrationFailed) and isinstance(error.__cause__, LeaseNotFound):
         return True, "its target shard went away during the move (rolled back)"
     if isinstance(error, MigrationFailed):
-        return True, "the move failed and was rolled back"
+        return True, f"the move failed ({_cause(error.__cause__)}) and was rolled back"
     if isinstance(error, EtcdUnavailable):
         return False, "etcd was unreachable"
     return True, f"the move failed ({type(error).__name__})"
+
+
+def _cause(cause: BaseException | None) -> str:
+    """What made a move fail, in a word or two: a shard's gRPC status code, etcd."""
+    if isinstance(cause, EtcdUnavailable):
+        return "etcd unreachable"
+    code = getattr(cause, "code", None)
+    if callable(code):
+        try:
+            return f"a shard answered {code().name}"
+        except Exception:  # not a finished call
+            pass
+    return type(cause).__name__ if cause is not None else "no cause given"
 
 
 def _reasons(reasons: Mapping[str, int]) -> str:
