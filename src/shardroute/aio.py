@@ -58,10 +58,14 @@ class AsyncShardClient(AsyncCallLoops, ClientShell):
         service: str,
         *,
         etcd_options: dict[str, Any] | None = None,
+        follow_overrides: bool = False,
         **kwargs: Any,
     ) -> AsyncShardClient:
-        """A client following ``service`` in etcd (the source is started and owned)."""
+        """A client following ``service`` in etcd (the source is started and owned);
+        the arguments as :meth:`ShardClient.connect <shardroute.ShardClient.connect>`."""
         source_options = {"telemetry": kwargs.get("telemetry"), **(etcd_options or {})}
+        if follow_overrides:
+            source_options["include_sessions"] = True
         source = EtcdTopologySource(etcd, service, **source_options)
         await asyncio.to_thread(source.start)
         try:

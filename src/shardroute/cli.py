@@ -9,6 +9,9 @@
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
     shardroute demo --autoscale [--duration S] [--json]
     shardroute demo --chaos [--etcd-cluster] [--duration S] [--json]
+    shardroute etcd [--data-dir D] [--port P] [--host H]
+    shardroute serve MODULE:CLASS --etcd HOST:PORT --service NAME --shard-id ID [--zone Z]
+        [--listen HOST:PORT] [...]
 
 Exit codes: 0 success, 2 etcd unreachable or bad arguments, 3 (``drain``) sessions left
 behind or not reported, 130 interrupted.
@@ -21,8 +24,11 @@ import json
 import queue
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+from shardroute._cli_etcd import add_dev_etcd_command
+from shardroute._cli_serve import add_serve_command
+from shardroute._exit_guard import DEFAULT_EXIT_GRACE_S, exit_within
 from shardroute._validate import seconds
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.discovery.records import load_to_dict, shard_to_dict
@@ -242,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
     add_scaling_commands(commands, _add_etcd_args, _source)
+    add_dev_etcd_command(commands)
+    add_serve_command(commands)
     return parser
 
 
@@ -401,5 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console(
+    argv: Sequence[str] | None = None, *, exit_grace_s: float = DEFAULT_EXIT_GRACE_S
+) -> NoReturn:
+    """The ``shardroute`` console script: :func:`main`, then exit with its code, within
+    ``exit_grace_s`` of the command's end even if closing a connection hangs
+    (:mod:`shardroute._exit_guard`)."""
+    code = main(argv)
+    sys.stdout.flush()
+    exit_within(code, exit_grace_s)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -64,6 +64,7 @@ class ShardClient(CallLoops, ClientShell):
         service: str,
         *,
         etcd_options: dict[str, Any] | None = None,
+        follow_overrides: bool = False,
         **kwargs: Any,
     ) -> ShardClient:
         """A client following ``service`` in etcd (the source is started and owned).
@@ -71,8 +72,17 @@ class ShardClient(CallLoops, ClientShell):
         ``etcd_options`` go to :class:`~shardroute.discovery.etcd.EtcdTopologySource`
         (timeout, TLS files, user/password); ``kwargs`` to the constructor (its
         ``telemetry`` to the source too: topology events).
+
+        ``follow_overrides``: the source also reads the session overrides (the owner of
+        each session that moved off its home: a spill, a failover, a migration), and the
+        router sends such a session straight to its owner (reason ``override``) instead
+        of home and a redirect. Every client that follows them agrees on where those
+        sessions go. It costs a watch on the overrides' keys and their memory in every
+        client (one entry per moved session); docs/routing.md, "Following overrides".
         """
         source_options = {"telemetry": kwargs.get("telemetry"), **(etcd_options or {})}
+        if follow_overrides:
+            source_options["include_sessions"] = True
         source = EtcdTopologySource(etcd, service, **source_options)
         source.start()
         try:

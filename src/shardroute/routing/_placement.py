@@ -10,10 +10,10 @@ written by the transport once a call went somewhere (:meth:`AffinityPolicy.settl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 from shardroute.errors import NoShardAvailable, Overloaded
-from shardroute.model import Shard
+from shardroute.model import EMPTY_MAPPING, Override, Shard
 from shardroute.routing._decision import Decision, Reason
 from shardroute.routing._memo import AffinityMemo
 from shardroute.routing._plan import PlanView
@@ -181,8 +181,24 @@ class AffinityPolicy:
         limits: tuple[int, ...],
         loads: OwnLoads,
         excluded: Collection[str],
+        overrides: Mapping[str, Override] = EMPTY_MAPPING,
     ) -> Decision:
-        """The pinned shard's decision, or the child's."""
+        """The override's owner, else the pinned shard, else the child's decision.
+
+        ``overrides`` (the snapshot's, filled when the client follows them): a session
+        with an override goes to the owner it names on the same terms as a pin (in the
+        table, active, not excluded, under the priority's hard ceiling). The override is
+        what every shard agrees on, so it comes before this client's own pin.
+        """
+        override = overrides.get(session_key) if overrides is not EMPTY_MAPPING else None
+        if override is not None:
+            p = tb.ring.index.get(override.owner)
+            if (
+                p is not None
+                and not (excluded and override.owner in excluded)
+                and tb.load(p, loads.counts) < limits[p]
+            ):
+                return self.pinned(tb, view, i, p, excluded, Reason.OVERRIDE)
         pin = self._pins.get(session_key)
         if pin is not None and self._clock() < pin[2]:
             p = tb.ring.index.get(pin[0])
@@ -198,18 +214,24 @@ class AffinityPolicy:
 
     @staticmethod
     def pinned(
-        tb: RouteTable, view: PlanView, i: int, p: int, excluded: Collection[str]
+        tb: RouteTable,
+        view: PlanView,
+        i: int,
+        p: int,
+        excluded: Collection[str],
+        reason: Reason = Reason.MEMO,
     ) -> Decision:
-        """The memo decision for position ``i`` pinned to shard index ``p``."""
+        """The decision for position ``i`` pinned to shard index ``p`` (by the memo, or
+        by an override: ``reason``)."""
         shards = tb.ring.shards
         if excluded:
             fallbacks = _fallbacks(tb, view, i, excluded, p)
-            return Decision(shards[p], fallbacks, Reason.MEMO, shards[view.owners[i]])
-        k = (i << 20) | p
+            return Decision(shards[p], fallbacks, reason, shards[view.owners[i]])
+        k = (i << 21) | (p << 1) | (reason is Reason.OVERRIDE)
         d = view.pinned.get(k)
         if d is None:
             fallbacks = _fallbacks(tb, view, i, (), p)
-            d = Decision(shards[p], fallbacks, Reason.MEMO, shards[view.owners[i]])
+            d = Decision(shards[p], fallbacks, reason, shards[view.owners[i]])
             if len(view.pinned) >= _PINNED_CACHE_MAX:
                 view.pinned.clear()
             view.pinned[k] = d
@@ -219,10 +241,13 @@ class AffinityPolicy:
         """A call of ``session_key`` succeeded on ``decision.shard`` (its first attempt).
 
         Home (``affinity``): any pin is dropped (the session was placed home again).
-        ``memo``: the pin is renewed past half its TTL. Anywhere else (spill, zone
-        fallback, failover): the session is pinned there, where its context now is.
+        ``memo``: the pin is renewed past half its TTL. ``override``: nothing (the
+        override, not a pin, places the session). Anywhere else (spill, zone fallback,
+        failover): the session is pinned there, where its context now is.
         """
         reason = decision.reason
+        if reason is Reason.OVERRIDE:
+            return
         if reason is Reason.AFFINITY:
             if session_key in self._pins:
                 self.memo.discard(session_key)

@@ -165,8 +165,11 @@ class Router:
             i = 0
         if loads is None:
             loads = NO_LOADS
+        overrides = topology.overrides  # EMPTY_MAPPING unless the client follows them
         if not excluded:
-            if session_key not in self._pins:  # the common case: home, if it has room
+            if session_key not in self._pins and (
+                overrides is EMPTY_MAPPING or session_key not in overrides
+            ):  # the common case: home, if it has room
                 # limits and share are 0 for shards that take no sessions: no extra test
                 s = view.owners[i]
                 r = tb.rep[s]
@@ -179,7 +182,9 @@ class Router:
                     return d if d is not None else RingPlan.affinity(tb, view, i)
         elif not isinstance(excluded, set | frozenset | dict):
             excluded = frozenset(excluded)
-        return self._plan.decide(tb, view, i, session_key, priority, limits, loads, excluded)
+        return self._plan.decide(
+            tb, view, i, session_key, priority, limits, loads, excluded, overrides
+        )
 
     def prepare(
         self, topology: Topology, *, zone: str | None = None, region: str | None = None

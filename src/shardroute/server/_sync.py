@@ -65,22 +65,30 @@ class ShardServer(ShardServerBase):
         shard_id: this shard's id (unique within the service; no ``/``).
         service: the service name (etcd keys under ``/shardroute/<service>/``).
         etcd: etcd endpoint(s) ``host:port``; None runs standalone (no registration).
-        host, port: where to listen (port 0: a free port, see :attr:`port`).
+        host: the address to listen on.
+        port: the port to listen on (0: a free port, see :attr:`port`).
         advertise_address: ``host:port`` written in the record when clients must use
             another address than the bound one (NAT, containers).
-        zone, region, weight, capacity, labels: the shard record's fields
-            (docs/etcd-schema.md). ``capacity`` is also the number of user calls
-            served at once by default.
+        zone: the shard record's zone (docs/etcd-schema.md).
+        region: the shard record's region.
+        weight: the shard record's weight: its share of the ring.
+        capacity: the shard record's capacity, also the number of user calls served
+            at once by default.
+        labels: the shard record's labels.
         lease_ttl_s: TTL of the lease holding the record and load report; a killed
             shard disappears from every client's topology within it (≥ 2, default
             10; kept alive every ``lease_ttl_s / 4``).
         drain_grace_s: default time in-flight calls get to finish on a drain.
         max_workers: worker threads (default ``capacity + 8``).
         max_message_bytes: largest request or response message.
-        etcd_timeout_s, etcd_ca_cert, etcd_cert_key, etcd_cert_cert, etcd_user,
-            etcd_password: how to reach etcd (per-call timeout, TLS, authentication).
-            The timeout defaults to ``min(5, lease_ttl_s / 2)`` and may not exceed
-            ``lease_ttl_s / 2`` (:class:`~shardroute.errors.ConfigError`).
+        etcd_timeout_s: the per-call etcd timeout. It defaults to
+            ``min(5, lease_ttl_s / 2)`` and may not exceed ``lease_ttl_s / 2``
+            (:class:`~shardroute.errors.ConfigError`).
+        etcd_ca_cert: PEM file path of the CA that signs etcd's certificate (TLS).
+        etcd_cert_key: PEM file path of the client certificate's key for etcd.
+        etcd_cert_cert: PEM file path of the client certificate for etcd.
+        etcd_user: etcd authentication: the user name.
+        etcd_password: etcd authentication: the password.
         wait_for_etcd: when etcd is unreachable at :meth:`start`, serve anyway and
             register in the background once it is back; until the shard has read the
             topology and holds a lease, it takes over no session (such calls are

@@ -11,14 +11,8 @@ import grpc
 
 from shardroute._io.aio import run_blocking, run_waiting
 from shardroute.errors import Refused
-from shardroute.sessions._turn_base import (
-    TurnBase,
-    call_deadline,
-    call_reason,
-    replay_trailers,
-    reply_bytes,
-)
-from shardroute.sessions.applied import AppliedTurn
+from shardroute.sessions._turn_base import TurnBase, call_deadline, call_reason, reply_bytes
+from shardroute.sessions.applied import AppliedTurn, replay_trailers
 
 __all__ = ["AsyncTurn"]
 
@@ -47,12 +41,12 @@ class AsyncTurn(TurnBase[Any]):
         turn_id = self.turn_id
         applied = None if turn_id is None else host.replay(self._entry, turn_id)
         if applied is not None:  # applied already (a retry): answer from the record
-            self._context.set_trailing_metadata(replay_trailers(applied))
             await self._abort(
                 Refused(
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"turn {turn_id} of session {key!r} was applied already; answered from "
                     "the record of applied turns, not run again",
+                    extra_trailers=replay_trailers(applied),
                 )
             )
         return self

@@ -23,12 +23,11 @@ from shardroute.errors import (
     EtcdUnavailable,
     MalformedRecord,
     Refused,
-    StaleState,
 )
 from shardroute.model import Override, Topology
-from shardroute.sessions.applied import Applied, AppliedTurn, TurnMemory, find
+from shardroute.sessions.applied import Applied, TurnMemory
 from shardroute.sessions.codecs import JsonCodec, SessionCodec
-from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
+from shardroute.sessions.envelope import LogPosition
 from shardroute.sessions.ownership import epoch_is_stale, newest_override
 from shardroute.sessions.store import STORE_UNAVAILABLE
 from shardroute.telemetry import Telemetry
@@ -265,88 +264,6 @@ class HostBase:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"session store unreachable: {exc}") from exc
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
-
-    def _read_applied(self, key: str, entry: _Entry) -> None:
-        """Read the record of applied turns of a session imported by version (the
-        transfer carries the state's bytes only; Refused ``UNAVAILABLE`` when the store
-        cannot answer). Another stored version: this copy is stale, its checkpoint will
-        lose its swap, so it runs with an empty record."""
-        stored = self._load(key)
-        same = stored is not None and stored.version == entry.version
-        entry.applied = self.turn_memory.keep(stored.applied) if same else ()
-
-    def replay(self, entry: Any, turn_id: str) -> AppliedTurn | None:
-        """The turn ``turn_id`` if the session (``entry``, from ``begin``) applied it
-        recently, counted in :attr:`replayed_total`: it must not run again, it is
-        answered from the record. None: run it."""
-        found = find(entry.applied, turn_id) if self.turn_memory.max_turns else None
-        if found is not None:
-            with self._cond:
-                self.replayed_total += 1
-        return found
-
-    def _write_from(
-        self, entry: _Entry, store: Any, turn: AppliedTurn | None
-    ) -> tuple[StoredState | None, dict[str, Applied]]:
-        """What a checkpoint of ``entry`` names: the stored state it grew from (None: a
-        new session) and the store's extra arguments (for stores with ``records_turns``:
-        ``applied``, the record with ``turn`` added)."""
-        previous = None
-        if entry.version:
-            log = entry.log or UNKNOWN_LOG
-            previous = StoredState(
-                entry.data, entry.version, self.shard_id, log, entry.applied or ()
-            )
-        if not getattr(store, "records_turns", False):
-            return previous, {}
-        applied = entry.applied or ()
-        if turn is not None and self.turn_memory.max_turns:
-            applied = self.turn_memory.remember(applied, turn)
-        return previous, {"applied": applied}
-
-    def _write(
-        self,
-        store: Any,
-        key: str,
-        entry: _Entry,
-        data: bytes,
-        previous: StoredState | None,
-        extra: dict[str, Applied],
-    ) -> tuple[int, LogPosition | None, Applied | None]:
-        """One attempt of a checkpoint: the new version, log position and record of
-        applied turns (the arguments as :meth:`_write_from` made them)."""
-        incremental = getattr(store, "checkpoint", None)
-        if incremental is not None:
-            saved = incremental(key, data, owner=self.shard_id, previous=previous, **extra)
-            return saved.version, saved.log, extra.get("applied", entry.applied)
-        # A store without turn records: the whole state every turn.
-        version = store.save(key, data, owner=self.shard_id, expected_version=entry.version)
-        return version, None, entry.applied
-
-    def _landed(
-        self, key: str, entry: _Entry, data: bytes, turn: AppliedTurn | None
-    ) -> tuple[int, LogPosition | None, Applied | None] | None:
-        """After a checkpoint attempt with an unknown outcome, the stored state read
-        back: the checkpoint's result when that attempt was applied (this shard's write,
-        ``data``, ``turn`` recorded), None when nothing was written (still at the
-        entry's version). Raises :class:`StaleState` when another writer got there
-        first, a store error when the store cannot answer."""
-        with self._cond:
-            self.checkpoint_retries_total += 1
-        try:
-            stored = self._require_store().load(key)
-        except MalformedRecord as exc:
-            raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
-        version = stored.version if stored is not None else 0
-        if version == entry.version:
-            return None
-        records = bool(getattr(self._store, "records_turns", False))
-        if stored is not None and stored.owner == self.shard_id and stored.data == data:
-            recorded = records and self.turn_memory.max_turns > 0
-            if turn is None or not recorded or find(stored.applied, turn.turn_id) is not None:
-                log.info("shard %s: a checkpoint of %s was applied already", self.shard_id, key)
-                return stored.version, stored.log, stored.applied if records else entry.applied
-        raise StaleState(f"session {key!r} changed while a checkpoint's outcome was unknown", key)
 
     def _read_override(self, key: str) -> Override | None:
         if self._overrides is None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from shardroute import metadata
 from shardroute.errors import InvalidSessionKey, InvalidTurnId
 from shardroute.session_keys import check_session_key
-from shardroute.sessions.applied import AppliedTurn, check_turn_id
+from shardroute.sessions.applied import check_turn_id
 
 if TYPE_CHECKING:
     from shardroute.sessions._host_base import _Entry
@@ -72,14 +72,6 @@ def reply_bytes(reply: Any) -> bytes | None:
         return reply
     serialize = getattr(reply, "SerializeToString", None)
     return bytes(serialize()) if callable(serialize) else None
-
-
-def replay_trailers(turn: AppliedTurn) -> tuple[tuple[str, str | bytes], ...]:
-    """The trailers of a call answered from the record of applied turns."""
-    applied: tuple[tuple[str, str | bytes], ...] = ((metadata.TURN_APPLIED, "1"),)
-    if turn.reply is None:
-        return applied
-    return (*applied, (metadata.TURN_REPLY, b"\x00" + turn.reply))
 
 
 class TurnBase(Generic[S]):

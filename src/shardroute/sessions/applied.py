@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shardroute import metadata
 from shardroute.errors import ConfigError, InvalidTurnId, MalformedRecord
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "check_turn_id",
     "find",
     "pack_turns",
+    "replay_trailers",
     "unpack_turns",
 ]
 
@@ -183,3 +185,11 @@ def unpack_turns(key: str, header: dict[str, Any], tail: bytes) -> Applied:
     if zlib.crc32(tail) != crc:
         raise MalformedRecord(key, "CRC-32 mismatch in the applied turns' replies")
     return tuple(applied)
+
+
+def replay_trailers(turn: AppliedTurn) -> tuple[tuple[str, str | bytes], ...]:
+    """The trailers of a call answered from the record of applied turns."""
+    applied: tuple[tuple[str, str | bytes], ...] = ((metadata.TURN_APPLIED, "1"),)
+    if turn.reply is None:
+        return applied
+    return (*applied, (metadata.TURN_REPLY, b"\x00" + turn.reply))

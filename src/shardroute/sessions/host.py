@@ -6,8 +6,9 @@ bytes last saved), the session store version last read or written, a busy flag (
 per-session lock: one turn of a session at a time) and a frozen flag (an export is in
 progress). It applies the ownership rules (:mod:`shardroute.sessions.ownership`) to every
 call and carries the decision out: serve, take over from the store, redirect, or hold.
-Its parts: the shared state (:mod:`._host_base`), the migration side
-(:mod:`.handoff`), eviction and expiry (:mod:`.lifetime`); turns here.
+Its parts: the shared state (:mod:`._host_base`), checkpoint writes and the record of
+applied turns (:mod:`._checkpoints`), the migration side (:mod:`.handoff`), eviction and
+expiry (:mod:`.lifetime`); turns here.
 
 Every method blocks (a held call waits on the condition), so the asyncio server calls
 them through ``asyncio.to_thread`` or the host's own executor.
@@ -31,6 +32,7 @@ from shardroute.errors import (
     StateTooLarge,
 )
 from shardroute.model import Override, Topology
+from shardroute.sessions._checkpoints import Checkpoints
 from shardroute.sessions._host_base import (
     UNDECODED,
     SessionSummary,
@@ -54,7 +56,7 @@ from shardroute.telemetry.server import checkpointed
 __all__ = ["SessionHost"]
 
 
-class SessionHost(Handoff, Lifetime):
+class SessionHost(Checkpoints, Handoff, Lifetime):
     """The sessions one shard holds, with ownership decisions and write-through
     checkpoints (docs/server.md, "Sessions").
 
@@ -358,7 +360,8 @@ class SessionHost(Handoff, Lifetime):
         write that may have landed read back first (:mod:`._save_retry`).
 
         Raises :class:`Refused`: ``ABORTED`` when another shard wrote the session
-        meanwhile, or it ended or expired (the local copy is dropped),
+        meanwhile, or it ended or expired (the local copy is dropped; ``ALREADY_EXISTS``
+        with the record's reply when that writer applied this same turn id),
         ``RESOURCE_EXHAUSTED`` when the state is over the store's limit, ``UNAVAILABLE``
         when the store stayed unreachable.
         """
@@ -375,15 +378,7 @@ class SessionHost(Handoff, Lifetime):
                 until,
             )
         except StaleState as exc:
-            with self._cond:
-                if self._held.get(session_key) is entry:
-                    del self._held[session_key]
-                self.conflicts_total += 1
-            raise Refused(
-                grpc.StatusCode.ABORTED,
-                f"session {session_key!r} was written by another shard during this turn; "
-                "the turn was not saved (retry: the next call follows the new owner)",
-            ) from exc
+            raise self._conflict(session_key, entry, turn) from exc
         except StateTooLarge as exc:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
         except STORE_UNAVAILABLE as exc:

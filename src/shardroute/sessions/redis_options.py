@@ -41,8 +41,9 @@ class RedisOptions:
         db: the database number (single server only).
         tls: use TLS (``rediss://``); ``ca_cert`` verifies the server (default: the
             system's CAs), ``cert_cert``/``cert_key`` are a client certificate.
-        username, password: Redis 6 ACL user (``AUTH user password``) or, without a
-            username, the ``requirepass`` password. Never shown by ``repr``.
+        username: the Redis 6 ACL user (``AUTH user password``).
+        password: that user's password or, without a username, the ``requirepass``
+            password. Never shown by ``repr``.
         timeout: seconds for a connect and for one command.
     """
 

@@ -82,7 +82,7 @@ def render(topology: Topology, staleness: float = 0.0) -> str:
 
 def reason_line(stats: Mapping[str, int]) -> str:
     """Routed calls per routing reason, from a client's ``stats.snapshot()``."""
-    reasons = ("affinity", "memo", "spill", "zone_fallback", "failover", "redirect")
+    reasons = ("affinity", "memo", "override", "spill", "zone_fallback", "failover", "redirect")
     return "routing: " + "  ".join(f"{r}={stats.get(r, 0)}" for r in reasons)
 
 

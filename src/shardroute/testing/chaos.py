@@ -281,6 +281,9 @@ class ChaosRunner:
         self._turns: list[_Turn] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.lost_examples: dict[str, str] = {}
+        """Per conversation with lost turns, what :meth:`lost_turns` found (who answered
+        its history, how many turns it held and how many were acknowledged)."""
 
     def run(self, faults: Sequence[Fault]) -> list[FaultResult]:
         """Talk, apply each fault in turn (held for its ``hold_s``, default 3 s),
@@ -302,15 +305,22 @@ class ChaosRunner:
         """Acknowledged turns missing from their conversation's history (or out of
         order); call after :meth:`run`."""
         lost = 0
+        self.lost_examples = {}
         for conversation in self.conversations:
             reply = self._chat.History(
                 chat_pb2.HistoryRequest(), session_key=conversation.key, idempotent=True
             )
             held = [turn.prompt for turn in reply.turns]
             kept = [prompt for prompt in held if prompt in set(conversation.acked)]
-            lost += len(conversation.acked) - len(kept)
+            missing = len(conversation.acked) - len(kept)
             if kept != conversation.acked[: len(kept)]:
-                lost += 1
+                missing += 1
+            if missing:
+                self.lost_examples[conversation.key] = (
+                    f"shard {reply.shard_id} answered {len(held)} turns, "
+                    f"{len(conversation.acked)} acknowledged, {missing} lost"
+                )
+            lost += missing
         return lost
 
     # -- internals ----------------------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_QUOTA_BACKEND_BYTES",
     "EtcdServer",
     "EtcdTls",
+    "etcd_answers",
     "find_etcd_binary",
     "free_port",
 ]
@@ -83,6 +84,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def etcd_answers(endpoint: str, timeout: float = 1.0) -> bool:
+    """True when a plaintext etcd at ``endpoint`` answers a key-value read over gRPC."""
+    from shardroute.etcd import EtcdClient, EtcdOptions
+
+    client = EtcdClient(EtcdOptions((endpoint,), timeout=timeout))
+    try:
+        client.revision()
+        return True
+    except EtcdUnavailable:
+        return False
+    finally:
+        client.close()
 
 
 @dataclass(frozen=True)
@@ -173,10 +188,15 @@ class EtcdServer(ServerProcess):
         self._healthy = False
         self._log_path = self.base_dir / "etcd.log"
 
+    listen_host = "127.0.0.1"
+    """The address the client port binds (a subclass may widen it; ``0.0.0.0``: every
+    interface, advertised and health-checked as ``127.0.0.1``)."""
+
     @property
     def endpoint(self) -> str:
-        """``127.0.0.1:<port>``: what clients connect to."""
-        return f"127.0.0.1:{self.client_port}"
+        """``<host>:<port>`` (``127.0.0.1:<port>`` by default): what clients connect to."""
+        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "") else self.listen_host
+        return f"{host}:{self.client_port}"
 
     def start(self) -> Self:
         """Start etcd (unless :meth:`launch` did) and wait until it is healthy."""
@@ -203,13 +223,13 @@ class EtcdServer(ServerProcess):
         """Start the etcd process without waiting for it."""
         self._healthy = False
         scheme = "https" if self.tls else "http"
-        client = f"{scheme}://127.0.0.1:{self.client_port}"
+        client = f"{scheme}://{self.endpoint}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             self.binary,
             *self._cluster_args(peer),
             f"--data-dir={self.base_dir / 'data'}",
-            f"--listen-client-urls={client}",
+            f"--listen-client-urls={scheme}://{self.listen_host}:{self.client_port}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
@@ -261,7 +281,7 @@ class EtcdServer(ServerProcess):
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         scheme = "https" if self.tls else "http"
-        url = f"{scheme}://127.0.0.1:{self.client_port}/health"
+        url = f"{scheme}://{self.endpoint}/health"
         context = self.tls.client_context() if self.tls else None
         delay = 0.01
         while time.monotonic() < deadline:
@@ -283,16 +303,8 @@ class EtcdServer(ServerProcess):
 
     def _grpc_ready(self) -> bool:
         """A key-value read over gRPC answers (HTTP health can come first)."""
-        if self.tls is not None:
-            return True  # the health check above already went through TLS
-        client = self.client(timeout=1.0)
-        try:
-            client.revision()
-            return True
-        except EtcdUnavailable:
-            return False
-        finally:
-            client.close()
+        # With TLS, the health check above already went through TLS.
+        return self.tls is not None or etcd_answers(self.endpoint)
 
     def _log_tail(self) -> str:
         try:

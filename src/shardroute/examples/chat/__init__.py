@@ -5,7 +5,7 @@
   generated code in :mod:`shardroute.examples.chat._proto` (``chat_pb2``,
   ``chat_pb2_grpc.ChatStub`` for callers).
 
-Run one shard: ``python -m shardroute.server.run --class shardroute.examples.chat:ChatShard
+Run one shard: ``shardroute serve shardroute.examples.chat:ChatShard
 --etcd 127.0.0.1:2379 --service chat --shard-id s1``. See examples/chat/README.md.
 """
 

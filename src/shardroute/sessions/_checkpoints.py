@@ -1,0 +1,135 @@
+"""Checkpoint writes and the record of applied turns, for
+:class:`~shardroute.sessions.SessionHost` (its :meth:`checkpoint
+<shardroute.sessions.SessionHost.checkpoint>` is in :mod:`.host`): what a write names,
+reading back a write whose outcome is unknown, a lost compare-and-swap, and answering a
+retried turn from the record."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import grpc
+
+from shardroute.errors import MalformedRecord, Refused, StaleState
+from shardroute.sessions._host_base import HostBase, _Entry, log
+from shardroute.sessions.applied import Applied, AppliedTurn, find, replay_trailers
+from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
+
+__all__ = ["Checkpoints"]
+
+
+class Checkpoints(HostBase):
+    """The checkpoint side of :class:`~shardroute.sessions.SessionHost`."""
+
+    def _read_applied(self, key: str, entry: _Entry) -> None:
+        """Read the record of applied turns of a session imported by version (the
+        transfer carries the state's bytes only; Refused ``UNAVAILABLE`` when the store
+        cannot answer). Another stored version: this copy is stale, its checkpoint will
+        lose its swap, so it runs with an empty record."""
+        stored = self._load(key)
+        same = stored is not None and stored.version == entry.version
+        entry.applied = self.turn_memory.keep(stored.applied) if same else ()
+
+    def _conflict(self, key: str, entry: _Entry, turn: AppliedTurn | None) -> Refused:
+        """Forget ``entry`` after its checkpoint lost the compare-and-swap (another shard
+        wrote the session meanwhile) and say so. When that writer applied this very
+        turn id (the call was sent again while its first attempt, on a stopped or cut
+        off shard, had not finished saving, and then did), the turn happened exactly
+        once: this run is discarded and the call answered from the record, as a later
+        retry would be."""
+        found = None
+        if turn is not None and self.turn_memory.max_turns:
+            with contextlib.suppress(Refused):  # the store cannot tell now: plain conflict
+                found = find(getattr(self._load(key), "applied", None), turn.turn_id)
+        with self._cond:
+            if self._held.get(key) is entry:
+                del self._held[key]
+            self.conflicts_total += 1
+            self.replayed_total += found is not None
+        if found is None:
+            return Refused(
+                grpc.StatusCode.ABORTED,
+                f"session {key!r} was written by another shard during this turn; "
+                "the turn was not saved (retry: the next call follows the new owner)",
+            )
+        return Refused(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"turn {turn.turn_id if turn else ''} of session {key!r} was applied already by "
+            "another shard, exactly once (this call was a retry of it); this run was not "
+            "saved, the call is answered from the record of applied turns",
+            extra_trailers=replay_trailers(found),
+        )
+
+    def replay(self, entry: Any, turn_id: str) -> AppliedTurn | None:
+        """The turn ``turn_id`` if the session (``entry``, from ``begin``) applied it
+        recently, counted in :attr:`replayed_total`: it must not run again, it is
+        answered from the record. None: run it."""
+        found = find(entry.applied, turn_id) if self.turn_memory.max_turns else None
+        if found is not None:
+            with self._cond:
+                self.replayed_total += 1
+        return found
+
+    def _write_from(
+        self, entry: _Entry, store: Any, turn: AppliedTurn | None
+    ) -> tuple[StoredState | None, dict[str, Applied]]:
+        """What a checkpoint of ``entry`` names: the stored state it grew from (None: a
+        new session) and the store's extra arguments (for stores with ``records_turns``:
+        ``applied``, the record with ``turn`` added)."""
+        previous = None
+        if entry.version:
+            log = entry.log or UNKNOWN_LOG
+            previous = StoredState(
+                entry.data, entry.version, self.shard_id, log, entry.applied or ()
+            )
+        if not getattr(store, "records_turns", False):
+            return previous, {}
+        applied = entry.applied or ()
+        if turn is not None and self.turn_memory.max_turns:
+            applied = self.turn_memory.remember(applied, turn)
+        return previous, {"applied": applied}
+
+    def _write(
+        self,
+        store: Any,
+        key: str,
+        entry: _Entry,
+        data: bytes,
+        previous: StoredState | None,
+        extra: dict[str, Applied],
+    ) -> tuple[int, LogPosition | None, Applied | None]:
+        """One attempt of a checkpoint: the new version, log position and record of
+        applied turns (the arguments as :meth:`_write_from` made them)."""
+        incremental = getattr(store, "checkpoint", None)
+        if incremental is not None:
+            saved = incremental(key, data, owner=self.shard_id, previous=previous, **extra)
+            return saved.version, saved.log, extra.get("applied", entry.applied)
+        # A store without turn records: the whole state every turn.
+        version = store.save(key, data, owner=self.shard_id, expected_version=entry.version)
+        return version, None, entry.applied
+
+    def _landed(
+        self, key: str, entry: _Entry, data: bytes, turn: AppliedTurn | None
+    ) -> tuple[int, LogPosition | None, Applied | None] | None:
+        """After a checkpoint attempt with an unknown outcome, the stored state read
+        back: the checkpoint's result when that attempt was applied (this shard's write,
+        ``data``, ``turn`` recorded), None when nothing was written (still at the
+        entry's version). Raises :class:`StaleState` when another writer got there
+        first, a store error when the store cannot answer."""
+        with self._cond:
+            self.checkpoint_retries_total += 1
+        try:
+            stored = self._require_store().load(key)
+        except MalformedRecord as exc:
+            raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
+        version = stored.version if stored is not None else 0
+        if version == entry.version:
+            return None
+        records = bool(getattr(self._store, "records_turns", False))
+        if stored is not None and stored.owner == self.shard_id and stored.data == data:
+            recorded = records and self.turn_memory.max_turns > 0
+            if turn is None or not recorded or find(stored.applied, turn.turn_id) is not None:
+                log.info("shard %s: a checkpoint of %s was applied already", self.shard_id, key)
+                return stored.version, stored.log, stored.applied if records else entry.applied
+        raise StaleState(f"session {key!r} changed while a checkpoint's outcome was unknown", key)

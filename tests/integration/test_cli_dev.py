@@ -1,0 +1,166 @@
+"""The first hour's commands as a user runs them (issue 16): ``shardroute etcd`` (a dev
+etcd that starts, answers, compacts, stops on SIGTERM and keeps its data) and
+``shardroute serve module:Class`` (a class from the working directory; a bad class is
+one line and exit code 2, also for ``python -m shardroute.server.run``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dev_commands import SHARDROUTE, stop_process
+
+from shardroute.client import ShardClient
+from shardroute.etcd import EtcdClient, EtcdOptions
+from shardroute.testing import free_port
+from shardroute.testing.counter import CounterStub, tags_of
+from shardroute.testing.etcd import etcd_answers
+from shardroute.testing.waiting import wait_until
+
+MY_SHARD = """\
+from shardroute.testing.counter import CounterShard
+
+
+class MyShard(CounterShard):
+    pass
+
+
+def not_a_class():
+    pass
+"""
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def _start_etcd(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [SHARDROUTE, "etcd", "--port", str(port), "--peer-port", str(free_port())],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_dev_etcd_starts_answers_compacts_stops_and_keeps_its_data(tmp_path: Path) -> None:
+    port = free_port()
+    endpoint = f"127.0.0.1:{port}"
+    proc = _start_etcd(tmp_path, port)
+    try:
+        wait_until(lambda: etcd_answers(endpoint), 30, "the dev etcd answering")
+        (etcd_pid,) = _children(proc.pid)
+        with open(f"/proc/{etcd_pid}/cmdline", "rb") as handle:
+            flags = handle.read().decode().split("\0")
+        assert "--auto-compaction-mode=periodic" in flags
+        assert "--unsafe-no-fsync=false" in flags  # a dev etcd's data is kept: fsync on
+        client = EtcdClient(EtcdOptions((endpoint,)))
+        client.put("/tutorial/kept", b"yes")
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, err
+    data_dir = tmp_path / "shardroute-etcd.data"  # the documented default, in the cwd
+    assert f"endpoint    {endpoint}" in out and str(data_dir) in out and "Ctrl-C" in out
+    assert "stopped" in out and not os.path.exists(f"/proc/{etcd_pid}")
+    assert not etcd_answers(endpoint)
+    proc = _start_etcd(tmp_path, port)  # the same command again: the same data
+    try:
+        wait_until(lambda: etcd_answers(endpoint), 30, "the restarted dev etcd answering")
+        client = EtcdClient(EtcdOptions((endpoint,)))
+        assert client.get("/tutorial/kept") == b"yes"
+        client.close()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc)
+
+
+def test_dev_etcd_on_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [SHARDROUTE, "etcd", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in done.stderr
+    assert "--port" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "shardroute-etcd.data").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "cls", "said"),
+    [
+        ("run", "my_shard:Nope", "no attribute 'Nope' (classes defined there: MyShard)"),
+        ("serve", "my_shard:Nope", "no attribute 'Nope'"),
+        ("serve", "missing_module:MyShard", "cannot import module 'missing_module'"),
+        ("serve", "my_shard:not_a_class", "is a function, not a ShardServer"),
+        ("serve", "my_shard", "must be 'module:Class'"),
+    ],
+)
+def test_a_bad_class_is_one_line_and_exit_2(
+    tmp_path: Path, entry: str, cls: str, said: str
+) -> None:
+    (tmp_path / "my_shard.py").write_text(MY_SHARD)
+    if entry == "run":
+        command = [sys.executable, "-m", "shardroute.server.run", "--class", cls]
+    else:
+        command = [SHARDROUTE, "serve", cls]
+    done = subprocess.run(
+        [*command, "--service", "counter", "--shard-id", "s1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_runs_a_class_from_the_working_directory(tmp_path: Path, etcd_endpoint: str) -> None:
+    """Like ``uvicorn module:app``: ``my_shard`` is importable only from the working
+    directory. The session key ``a/b`` works from the client to that shard (issue 16,
+    item 3: the client once passed it and the shard failed with UNKNOWN)."""
+    (tmp_path / "my_shard.py").write_text(MY_SHARD)
+    port = free_port()
+    proc = subprocess.Popen(
+        [SHARDROUTE, "serve", "my_shard:MyShard", "--etcd", etcd_endpoint,
+         "--service", "counter", "--shard-id", "s1", "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == f"READY 127.0.0.1:{port}\n"
+        with ShardClient.connect(etcd_endpoint, "counter") as client:
+            client.source.wait_for(lambda t: "s1" in t.shards, 10)
+            counter = client.stub(CounterStub)
+            assert counter.Add(b"x", session_key="a/b") == b"1"
+            assert counter.Add(b"y", session_key="a/b") == b"2"
+            assert tags_of(counter.Get(b"", session_key="a/b")) == ["x", "y"]
+            assert tags_of(counter.Get(b"", session_key="a")) == []  # not the same session
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        stop_process(proc)

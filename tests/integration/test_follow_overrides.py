@@ -1,0 +1,74 @@
+"""Clients that follow session overrides send moved sessions straight to their owner
+(real etcd, real shards): no redirect, and every such client agrees."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from chat_calls import turn
+
+from shardroute.aio import AsyncShardClient
+from shardroute.client import ShardClient
+from shardroute.routing import Reason
+from shardroute.testing.etcd import EtcdServer
+
+
+@pytest.fixture
+def shard_count() -> int:
+    return 3
+
+
+def test_a_moved_session_goes_to_its_owner_without_a_redirect(
+    shard_client: ShardClient, etcd_server: EtcdServer
+) -> None:
+    session = "conv-followed"
+    turn(shard_client, session, "one")
+    endpoint = etcd_server.endpoint
+    with (
+        ShardClient.connect(endpoint, "chat", timeout=10, follow_overrides=True) as follower,
+        ShardClient.connect(endpoint, "chat", timeout=10) as plain,
+    ):
+        follower.source.wait_for(lambda t: len(t) == 3, 10)
+        plain.source.wait_for(lambda t: len(t) == 3, 10)
+        home = follower.route(session).shard.id
+        target = next(s for s in shard_client.source.current().shards if s != home)
+        shard_client.migrate(session, target=target)  # another client moves it
+
+        # the follower sees the override by the watch and routes to the owner
+        follower.source.wait_for(lambda t: session in t.overrides, 10)
+        decision = follower.route(session)
+        assert (decision.shard.id, decision.reason) == (target, Reason.OVERRIDE)
+        reply = turn(follower, session, "two")
+        assert reply.shard_id == target and reply.turns_held == 2
+        assert "redirects" not in follower.stats.snapshot()
+        assert follower.router.pinned(session) is None  # placed by the override alone
+
+        # a client that does not follow them goes home and is redirected once
+        assert plain.source.current().overrides == {}
+        assert plain.route(session).reason is Reason.AFFINITY
+        assert turn(plain, session, "three").shard_id == target
+        assert plain.stats.snapshot().get("redirects") == 1
+
+
+def test_the_async_client_follows_them_too(
+    shard_client: ShardClient, etcd_server: EtcdServer
+) -> None:
+    session = "conv-followed-async"
+    turn(shard_client, session, "one")
+    home = shard_client.route(session).shard.id
+    target = next(s for s in shard_client.source.current().shards if s != home)
+    shard_client.migrate(session, target=target)
+
+    async def route() -> tuple[str, Reason]:
+        client = await AsyncShardClient.connect(
+            etcd_server.endpoint, "chat", timeout=10, follow_overrides=True
+        )
+        try:
+            await asyncio.to_thread(client.source.wait_for, lambda t: session in t.overrides)
+            decision = client.route(session)
+            return decision.shard.id, decision.reason
+        finally:
+            await client.close()
+
+    assert asyncio.run(route()) == (target, Reason.OVERRIDE)
