@@ -26,6 +26,7 @@ from shardroute.errors import (
     ShardRouteError,
     UnknownShard,
 )
+from shardroute.telemetry.migration import status_name
 
 __all__ = ["DrainSummary", "move_reason", "stop_line"]
 
@@ -90,12 +91,9 @@ def _cause(cause: BaseException | None) -> str:
     """What made a move fail, in a word or two: a shard's gRPC status code, etcd."""
     if isinstance(cause, EtcdUnavailable):
         return "etcd unreachable"
-    code = getattr(cause, "code", None)
-    if callable(code):
-        try:
-            return f"a shard answered {code().name}"
-        except Exception:  # not a finished call
-            pass
+    code = status_name(cause)
+    if code is not None:
+        return f"a shard answered {code}"
     return type(cause).__name__ if cause is not None else "no cause given"
 
 

@@ -23,7 +23,7 @@ from opentelemetry.trace import Status, StatusCode
 from shardroute.telemetry import names
 from shardroute.telemetry._setup import Telemetry
 
-__all__ = ["MigrationInstruments", "MigrationTrace", "batched", "drain_span"]
+__all__ = ["MigrationInstruments", "MigrationTrace", "batched", "drain_span", "status_name"]
 
 log = logging.getLogger(names.LOG_MIGRATION)
 drain_log = logging.getLogger(names.LOG_SERVER)
@@ -143,16 +143,21 @@ def batched() -> Iterator[None]:
         _batched.reset(token)
 
 
-def _brief(error: BaseException) -> str:
-    """An error in a few words: a gRPC status code, else its message's first 160
-    characters."""
+def status_name(error: BaseException | None) -> str | None:
+    """The gRPC status code's name of a finished call's error, else None."""
     code = getattr(error, "code", None)
     if callable(code):
         try:
-            return f"{type(error).__name__}: {code().name}"
+            return str(code().name)
         except Exception:  # not a finished call
             pass
-    return f"{type(error).__name__}: {error}"[:160]
+    return None
+
+
+def _brief(error: BaseException) -> str:
+    """An error in a few words: a gRPC status code, else its message's first 160
+    characters."""
+    return f"{type(error).__name__}: {status_name(error) or error}"[:160]
 
 
 @contextlib.contextmanager
