@@ -217,7 +217,9 @@ class Registrar:
     def _run(self) -> None:
         backoff = 0.25
         wait = 0.0
-        outage: float | None = None  # since when etcd does not answer (one line per outage)
+        # Since when etcd does not answer (one line per outage); not registered yet: the
+        # shell's start() has said so already.
+        outage: float | None = None if self._lease is not None else time.monotonic()
         while not self._stop.wait(wait):
             try:
                 with self._io:
