@@ -17,7 +17,7 @@ from shardroute.errors import (
     NoShardAvailable,
     StaleState,
 )
-from shardroute.server.drain import DrainSummary, move_reason, stop_line
+from shardroute.server.drain import DrainSummary, move_reason, not_moved_summary, stop_line
 from shardroute.sessions import InMemorySessionStore
 from shardroute.telemetry import Telemetry
 from shardroute.telemetry.migration import MigrationTrace, batched
@@ -81,3 +81,18 @@ def test_a_move_in_a_batch_logs_at_debug_and_a_lone_one_reads_plainly(
     batch, lone = caplog.records
     assert batch.levelno == logging.DEBUG and lone.levelno == logging.WARNING
     assert "lost to another mover or shard, nothing changed by this move" in lone.getMessage()
+
+
+def test_a_drain_that_cannot_move_says_so_once_and_never_promises_an_in_memory_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "shardroute.server")
+    keys = [f"k{n}" for n in range(5)]
+    why = "the shard does not follow the topology in etcd"
+    shared = not_moved_summary("a", keys, why, object())
+    alone = not_moved_summary("a", keys, why, InMemorySessionStore())
+    assert (shared.held, shared.not_moved, shared.left_behind) == (5, 5, 5)
+    assert alone.reasons == {why: 5}
+    first, second = (r.getMessage() for r in caplog.records)
+    assert f"5 because {why}" in first and "no data is lost" in first
+    assert "in-memory session store" in second and "no data is lost" not in second

@@ -415,7 +415,7 @@ class ShardServerBase:
             why = "moves were turned off for this drain" if keys else ""
             if keys and self.migrate_on_drain:
                 why = "the shard does not follow the topology in etcd"
-            self.last_drain = not_moved_summary(self.shard_id, keys, why)
+            self.last_drain = not_moved_summary(self.shard_id, keys, why, self._sessions.store)
             return 0, len(keys)
         # Each shard call gets at most 10 s (and never past the drain's deadline); no
         # move starts after the deadline: the sessions left stay whole in the store and

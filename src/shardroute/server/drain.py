@@ -105,12 +105,22 @@ def _most(item: tuple[str, int]) -> tuple[int, str]:
     return -item[1], item[0]
 
 
-def not_moved_summary(shard_id: str, keys: Iterable[str], reason: str) -> DrainSummary:
-    """The summary of a drain that moved nothing, for ``reason`` (one line logged)."""
+def not_moved_summary(
+    shard_id: str, keys: Iterable[str], reason: str, store: object
+) -> DrainSummary:
+    """The summary of a drain that moved nothing, for ``reason`` (one line logged;
+    ``store``: the shard's session store)."""
     held = len(list(keys))
     summary = DrainSummary(0, 0, 0, held, held, 0.0, {reason: held} if held else {})
-    log_drain(shard_id, summary)
+    log_drain(shard_id, summary, _volatile(store))
     return summary
+
+
+def _volatile(store: object) -> bool:
+    """Whether ``store`` lives in this process (an in-memory store) and ends with it."""
+    from shardroute.sessions import InMemorySessionStore
+
+    return isinstance(store, InMemorySessionStore)
 
 
 def move_all(
@@ -138,8 +148,9 @@ def move_all(
     return summary
 
 
-def log_drain(shard_id: str, summary: DrainSummary) -> None:
-    """One line per drain: INFO when every session moved, else WARNING with the reasons."""
+def log_drain(shard_id: str, summary: DrainSummary, volatile: bool = False) -> None:
+    """One line per drain: INFO when every session moved, else WARNING with the reasons
+    (``volatile``: the session store ends with this process)."""
     counts = (
         f"shard {shard_id} drain: {summary.moved} of {summary.held} sessions moved in "
         f"{summary.duration_s:.1f}s, {summary.not_moved} not moved, {summary.failed} failed"
@@ -161,22 +172,20 @@ def log_drain(shard_id: str, summary: DrainSummary) -> None:
         if NO_TARGET in summary.reasons
         else "nothing to do"
     )
-    log.warning(
-        "%s (%s); no data is lost: each session left behind is whole in the session store "
-        "and another shard takes it over at its next turn; %s",
-        counts,
-        _reasons(summary.reasons),
-        todo,
-        extra=extra,
+    safety = (
+        "the sessions left behind are in an in-memory session store, which ends with this "
+        "process: configure a shared store (etcd, Redis) to keep sessions when a shard stops"
+        if volatile
+        else "no data is lost: each session left behind is whole in the session store and "
+        f"another shard takes it over at its next turn; {todo}"
     )
+    log.warning("%s (%s); %s", counts, _reasons(summary.reasons), safety, extra=extra)
 
 
 def stop_line(shard_id: str, held: int, drain: DrainSummary | None, store: object) -> str:
     """The one line a shard logs once stopped: how many sessions it held, where they
     are (``store``: its session store), what its drain moved, and what to do."""
-    from shardroute.sessions import InMemorySessionStore
-
-    volatile = isinstance(store, InMemorySessionStore)
+    volatile = _volatile(store)
     if drain is not None and drain.held and not drain.left_behind:
         return f"shard {shard_id} stopped; its drain moved all {drain.held} sessions it held"
     if drain is not None:
