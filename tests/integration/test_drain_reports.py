@@ -53,7 +53,9 @@ def test_a_drain_with_nowhere_to_go_logs_one_line_then_one_stop_line(
     shell = chat_shard(kind, etcd_endpoint, "solo")
     with shell.start(), ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
         client.source.wait_for(lambda t: "solo" in t.shards, 10)
-        open_sessions(client, "solo", keys)
+        with caplog.at_level(logging.INFO):
+            open_sessions(client, "solo", keys)
+        assert not server_records(caplog, logging.INFO)  # a new session is no news
         caplog.clear()
         with caplog.at_level(logging.INFO):
             shell.do("drain", 10.0)
