@@ -316,7 +316,13 @@ class HostBase:
         except EtcdUnavailable as exc:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
         except MalformedRecord:
-            log.warning("shard %s: malformed override of session %s", self.shard_id, key)
+            log.warning(
+                "shard %s: the override of session %r in etcd is malformed: it is ignored "
+                "(the session is served at its ring home); no data is lost; fix or delete "
+                "the key (docs/etcd-schema.md)",
+                self.shard_id,
+                key,
+            )
             return None
 
     def _topology_override(self, key: str) -> Override | None:

@@ -39,7 +39,8 @@ from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
 from shardroute.telemetry import Telemetry, names
-from shardroute.telemetry.migration import MigrationTrace, attached, carry
+from shardroute.telemetry.migration import MigrationTrace, attached, batched, carry
+from shardroute.transport.failures import rpc_brief
 
 __all__ = ["MAX_CONCURRENT_MOVES", "MigrationResult", "Migrator", "control_stub"]
 
@@ -186,7 +187,9 @@ class Migrator:
         except StaleState as exc:
             steps.finish("conflict", exc)
             raise MigrationConflict(
-                f"session {session_key!r} changed hands while this move started: {exc}",
+                f"session {session_key!r} changed hands while this move started (another "
+                "mover or shard wrote its override first); nothing was changed: look at its "
+                "owner again and move it again if you still want to",
                 session_key,
             ) from exc
         assert fenced is not None
@@ -208,13 +211,16 @@ class Migrator:
                 ) from exc
             if isinstance(exc, StaleState):
                 raise MigrationConflict(
-                    f"session {session_key!r}: the fence was broken during the move: {exc}",
+                    f"session {session_key!r}: another mover or shard broke this move's fence "
+                    "during the move; it was rolled back and nothing was lost: look at its "
+                    "owner again and move it again if you still want to",
                     session_key,
                 ) from exc
             if isinstance(exc, ShardRouteError | grpc.RpcError):
                 raise MigrationFailed(
                     f"moving session {session_key!r} from {source_id!r} to "
-                    f"{target_shard.id!r} failed and was rolled back: {exc}",
+                    f"{target_shard.id!r} failed and was rolled back, nothing lost: "
+                    f"{rpc_brief(exc)}",
                     session_key,
                 ) from exc
             raise
@@ -250,7 +256,8 @@ class Migrator:
         """Move several sessions, at most ``max_concurrent`` at once (each to the router's
         choice). No move starts after ``deadline`` (a ``time.monotonic()`` value); the
         sessions left get a ``MigrationFailed`` (they stay whole in the session store).
-        Returns the results and the errors by session key."""
+        Returns the results and the errors by session key. Each move's own log line is
+        at DEBUG: the caller logs the batch's summary (a drain does)."""
         if not 1 <= max_concurrent <= MAX_CONCURRENT_MOVES:
             raise ConfigError(
                 f"max_concurrent must be in 1..{MAX_CONCURRENT_MOVES}, got {max_concurrent!r}"
@@ -263,11 +270,11 @@ class Migrator:
         def one(key: str) -> None:
             if deadline is not None and time.monotonic() >= deadline:
                 errors[key] = MigrationFailed(
-                    f"session {key!r} not moved: the deadline passed first", key
+                    f"session {key!r} not moved: the deadline passed first", key, started=False
                 )
                 return
             try:
-                with attached(parent):
+                with attached(parent), batched():
                     results.append(self.migrate(key))
             except ShardRouteError as exc:
                 errors[key] = exc
@@ -382,7 +389,13 @@ class Migrator:
                 back = None
                 self.overrides.swap(session_key, fenced, None)
         except ShardRouteError as exc:
-            log.error("%s: rollback could not restore the override: %s", session_key, exc)
+            log.error(
+                "session %r: a failed move could not be rolled back in etcd (%s): the session "
+                "stays fenced until its shard reclaims it after its hold timeout (its calls "
+                "wait, then clients retry them); no data is lost; check that etcd is reachable",
+                session_key,
+                exc,
+            )
             back = None
         if source is not None:
             epoch = back.epoch if back is not None else fenced.epoch + 1
