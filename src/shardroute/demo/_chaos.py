@@ -108,6 +108,7 @@ def run_chaos_demo(
         "faults": [result.as_dict() for result in results],
         "turns": sum(result.turns for result in results),
         "lost_turns": lost,
+        "lost_examples": dict(runner.lost_examples),
         "failed_turns": sum(errors.values()),
         "errors": dict(errors),
     }
