@@ -25,7 +25,7 @@ from shardroute.sessions.chunks import (
     chunk_size,
     split_chunks,
 )
-from shardroute.sessions.handoff import import_version, rpc_deadline
+from shardroute.sessions.handoff import import_stored_version, import_version, rpc_deadline
 
 if TYPE_CHECKING:
     from shardroute.server._base import ShardServerBase
@@ -69,12 +69,16 @@ class ControlAnswers:
             raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk"
             )
-        self._server.sessions.verify_move(assembler.session_key, assembler.epoch, "import")
-        key, epoch, data = assembler.session_key, assembler.epoch, assembler.data
-        token = import_version.set(assembler.state_version)
+        key, epoch, claimed = assembler.session_key, assembler.epoch, assembler.state_version
+        # The fence check and the store's version, read at the same time.
+        stored = self._server.sessions.check_import(key, epoch, claimed)
+        data = assembler.data
+        token = import_version.set(claimed)
+        read = import_stored_version.set(stored)
         try:
             self._server.import_session(key, epoch, data)
         finally:
+            import_stored_version.reset(read)
             import_version.reset(token)
         if assembler.warm:
             # WarmSession's step, in this call: the fence verify_move just read for the

@@ -30,6 +30,13 @@ import_version: contextvars.ContextVar[int] = contextvars.ContextVar(
 """The store version an incoming import's bytes were saved at (0: unknown), set by the
 server around the ``import_session`` hook so its signature stays as it is."""
 
+import_stored_version: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "shardroute_import_stored_version", default=None
+)
+"""The session's store version as read beside the import's fence check
+(:meth:`Handoff.check_import`), set by the server around the ``import_session`` hook;
+None: :meth:`Handoff.import_state` reads it itself."""
+
 rpc_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "shardroute_rpc_deadline", default=None
 )
@@ -173,8 +180,11 @@ class Handoff(HostBase):
         applied: Applied | None = None  # unknown: read from the store before the next turn
         if claimed > 0:
             # The sender says which stored version the bytes are: comparing versions is
-            # a keys-only read, instead of reading the whole state back.
-            version = self._stored_version(session_key)
+            # a keys-only read, instead of reading the whole state back (done already
+            # when the server read it beside the fence check: check_import).
+            version = import_stored_version.get()
+            if version is None:
+                version = self._stored_version(session_key)
             if version not in (0, claimed):  # 0: nothing stored to contradict it
                 raise Refused(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -284,6 +294,26 @@ class Handoff(HostBase):
             f"{step} of session {session_key!r} at epoch {epoch} refused: etcd shows {shown}, "
             "not a move that this call belongs to; nothing changed",
         )
+
+    def check_import(self, session_key: str, epoch: int, claimed: int) -> int | None:
+        """The import's checks that read: :meth:`verify_move` (``import``) and, when the
+        sender named the store version its bytes were saved at (``claimed`` > 0), the
+        store's version of the session, read at the same time, so the two round trips
+        cost one. Returns that version for :meth:`import_state`
+        (:data:`import_stored_version`), or None when not read. Nothing changes here:
+        a refused fence is raised first, whatever the version read found; an
+        unreachable store is ``UNAVAILABLE``."""
+        side = self._side_executor() if claimed > 0 and self._store is not None else None
+        if side is None:
+            self.verify_move(session_key, epoch, "import")
+            return None
+        try:
+            read = side.submit(self._stored_version, session_key)
+        except RuntimeError:  # shut down meanwhile (the shard is stopping): in turn
+            self.verify_move(session_key, epoch, "import")
+            return None
+        self.verify_move(session_key, epoch, "import")
+        return read.result()
 
     def exported_version(self, session_key: str) -> int:
         """The store version of the copy this shard holds (0 when it holds none): what

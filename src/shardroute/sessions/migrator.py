@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ log = logging.getLogger("shardroute.migration")
 
 MAX_CONCURRENT_MOVES = 64
 """The most moves one mover runs at once (a drain's ``max_concurrent_moves`` too)."""
+
+_REMEMBERED_COMMITS = 4096
+"""How many of its own commits a mover remembers (the override each wrote): its next
+move of one of those sessions fences from it without reading etcd first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,8 @@ class Migrator:
         self._calls = ShardCalls(
             timeout=timeout, chunk_bytes=chunk_bytes, tls=tls, control_token=control_token
         )
+        self._committed: OrderedDict[str, Override] = OrderedDict()
+        """This mover's latest commits by session (at most ``_REMEMBERED_COMMITS``)."""
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
@@ -168,27 +175,51 @@ class Migrator:
         self.wait_released(session_key)  # this mover's previous move of it has ended
         topology = self.topology.current()
         self._prune(topology)
-        current = self.overrides.get(session_key)
-        if current is not None and current.moving_to:
-            raise MigrationConflict(
-                f"session {session_key!r} is already moving to {current.moving_to!r} "
-                f"(epoch {current.epoch})",
-                session_key,
-            )
-        source_id = self._owner(session_key, current)
-        target_shard = self._target(session_key, topology, source_id, target)
-        source_shard = topology.shards.get(source_id)
-        fence = next_override(current, source_id, moving_to=target_shard.id)
-        steps = MigrationTrace(self.telemetry, session_key, source_id, target_shard.id)
-        try:
-            with steps.step("fence"):
-                fenced = self._swap(session_key, current, fence, source_shard or target_shard)
-        except StaleState as exc:
-            steps.finish("conflict", exc)
-            raise MigrationConflict(
-                f"session {session_key!r} changed hands while this move started: {exc}",
-                session_key,
-            ) from exc
+        # The override as this mover knows it (its topology follows overrides, or it
+        # committed the session's last move itself), else read from etcd. The fence
+        # compares its revision: a view that is behind only makes that swap fail; then
+        # etcd is read and the move decided again.
+        known = self._known_override(session_key, topology)
+        current = known if known is not None else self.overrides.get(session_key)
+        steps: MigrationTrace | None = None
+        while True:
+            if current is not None and current.moving_to:
+                if steps is not None:
+                    steps.finish("conflict")
+                raise MigrationConflict(
+                    f"session {session_key!r} is already moving to {current.moving_to!r} "
+                    f"(epoch {current.epoch})",
+                    session_key,
+                )
+            try:
+                source_id = self._owner(session_key, current)
+                target_shard = self._target(session_key, topology, source_id, target)
+            except ShardRouteError as exc:
+                if known is not None:  # e.g. "already lives on the target": as known
+                    current, known = self.overrides.get(session_key), None
+                    continue
+                if steps is not None:  # decided again: the session changed hands meanwhile
+                    steps.finish("conflict", exc)
+                raise
+            source_shard = topology.shards.get(source_id)
+            fence = next_override(current, source_id, moving_to=target_shard.id)
+            if steps is None:
+                steps = MigrationTrace(self.telemetry, session_key, source_id, target_shard.id)
+            else:
+                steps.redecided(source_id, target_shard.id)
+            try:
+                with steps.step("fence"):
+                    fenced = self._swap(session_key, current, fence, source_shard or target_shard)
+                break
+            except StaleState as exc:
+                if known is None or isinstance(exc, LeaseNotFound):
+                    steps.finish("conflict", exc)
+                    raise MigrationConflict(
+                        f"session {session_key!r} changed hands while this move started: {exc}",
+                        session_key,
+                    ) from exc
+            current = self.overrides.get(session_key)  # the followed view was behind
+            known = None
         assert fenced is not None
         commit = next_override(fenced, target_shard.id)
         try:
@@ -229,6 +260,7 @@ class Migrator:
                     source_shard, session_key, committed.epoch, target_shard.id
                 )
         self.router.remember(session_key, target_shard.id)
+        self._remember(session_key, committed)
         steps.finish("committed")
         return MigrationResult(
             session_key,
@@ -296,6 +328,26 @@ class Migrator:
         self.close()
 
     # -- steps ------------------------------------------------------------------------
+
+    def _known_override(self, session_key: str, topology: Topology) -> Override | None:
+        """The session's override as this mover knows it without a read: the newer of
+        what ``topology`` follows (sources built with overrides: a client's
+        ``follow_overrides``, a shard's own) and this mover's own last commit of it.
+        None (read etcd) when neither has one, or it shows a move in progress."""
+        with self._lock:
+            mine = self._committed.pop(session_key, None)  # used once: kept on commit
+        found = topology.overrides.get(session_key)
+        if mine is not None and (found is None or mine.version > found.version):
+            found = mine
+        if found is None or found.moving_to or found.version <= 0:
+            return None
+        return found
+
+    def _remember(self, session_key: str, committed: Override) -> None:
+        with self._lock:
+            self._committed[session_key] = committed
+            while len(self._committed) > _REMEMBERED_COMMITS:
+                self._committed.popitem(last=False)
 
     def _owner(self, session_key: str, current: Override | None) -> str:
         if current is not None:
