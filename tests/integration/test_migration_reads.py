@@ -22,6 +22,7 @@ from shardroute.examples.chat import ChatShard
 from shardroute.model import Override, Topology
 from shardroute.server import SessionHost
 from shardroute.sessions import EtcdSessionStore, Migrator, OverrideStore
+from shardroute.testing.waiting import wait_until
 
 K = "conv-reads"
 
@@ -126,6 +127,7 @@ def test_a_commit_the_mover_remembers_that_is_behind_is_read_again(
         with _mover(plain) as one, _mover(plain) as two:
             reads = _counted(one)
             one.migrate(K, target=_other(home))  # one remembers {other, e}
+            one.wait_released(K)  # (a release in flight would keep home's frozen copy)
             two.migrate(K, target=home)  # now {home, e + 2}: one's memory is behind
             # (one would take the session to be on the target already: it reads instead)
             two.wait_released(K)  # the old source has dropped its frozen copy
@@ -270,4 +272,100 @@ def test_a_fenced_import_whose_store_is_down_is_unavailable(etcd: EtcdClient) ->
         assert refused.value.code is grpc.StatusCode.UNAVAILABLE
         assert K not in host
     finally:
+        host.close()
+
+
+# -- the fence checks: etcd's read races the shard's own override watch -----------------
+
+
+class _HeldReads(OverrideStore):
+    """Override reads that wait until the test lets them answer (at most 5 s)."""
+
+    def __init__(self, etcd: EtcdClient) -> None:
+        super().__init__(etcd, "chat")
+        self.answer = threading.Event()
+        self.reads = 0
+
+    def get(self, session_key: str) -> Override | None:
+        self.reads += 1
+        self.answer.wait(5)
+        return super().get(session_key)
+
+
+class _Watch:
+    """A shard's topology as its watch has it so far (set by the test)."""
+
+    def __init__(self) -> None:
+        self.topology = Topology("chat")
+
+    def __call__(self) -> Topology:
+        return self.topology
+
+
+def _fenced_source(etcd: EtcdClient) -> tuple[SessionHost, _HeldReads, _Watch, Override]:
+    """Shard A holding K (one turn), fenced in etcd for a move to T."""
+    reads, watch = _HeldReads(etcd), _Watch()
+    host = SessionHost("A")
+    host.attach(EtcdSessionStore(etcd, "chat"), overrides=reads, topology=watch)
+    reads.answer.set()
+    entry = host.begin(K, None)
+    try:
+        host.checkpoint(K, entry, ["t1"])
+    finally:
+        host.end(K, entry)
+    current = OverrideStore(etcd, "chat").get(K)
+    fence = OverrideStore(etcd, "chat").swap(K, current, Override("A", 7, "T"))
+    assert fence is not None
+    reads.answer.clear()
+    reads.reads = 0
+    return host, reads, watch, fence
+
+
+def test_a_fence_the_watch_shows_backs_the_export_without_waiting_for_the_read(
+    etcd: EtcdClient,
+) -> None:
+    host, reads, watch, fence = _fenced_source(etcd)
+    try:
+        watch.topology = Topology("chat", overrides={K: fence})
+        host.verify_move(K, fence.epoch, "export")
+        assert not reads.answer.is_set()  # answered with the read still held
+        assert host.export(K, fence.epoch)
+    finally:
+        reads.answer.set()
+        host.close()
+
+
+def test_a_fence_the_watch_shows_during_the_read_backs_the_call(etcd: EtcdClient) -> None:
+    host, reads, watch, fence = _fenced_source(etcd)
+    try:
+        checked = threading.Thread(target=host.verify_move, args=(K, fence.epoch, "export"))
+        checked.start()
+        wait_until(lambda: reads.reads == 1)  # the read is out, held
+        watch.topology = Topology("chat", overrides={K: fence})
+        host.topology_changed()
+        checked.join(5)
+        assert not checked.is_alive() and not reads.answer.is_set()
+    finally:
+        reads.answer.set()
+        host.close()
+
+
+def test_a_watch_that_shows_another_epoch_leaves_it_to_the_read(etcd: EtcdClient) -> None:
+    """The watch backs only exactly the fence asked for: a made-up epoch still waits for
+    etcd, and etcd refuses it, nothing frozen."""
+    host, reads, watch, fence = _fenced_source(etcd)
+    try:
+        watch.topology = Topology("chat", overrides={K: fence})
+        reads.answer.set()
+        with pytest.raises(Refused) as refused:
+            host.verify_move(K, fence.epoch + 5, "export")
+        assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert reads.reads == 1
+        unversioned = Override("A", fence.epoch + 5, "T")  # not from etcd: not trusted
+        watch.topology = Topology("chat", overrides={K: unversioned})
+        with pytest.raises(Refused):
+            host.verify_move(K, fence.epoch + 5, "export")
+        assert reads.reads == 2 and not host._held[K].frozen
+    finally:
+        reads.answer.set()
         host.close()

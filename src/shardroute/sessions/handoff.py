@@ -277,11 +277,18 @@ class Handoff(HostBase):
         So an epoch made up by a caller is refused (FAILED_PRECONDITION), and a session
         is frozen, imported or released only as part of a move a mover fenced. A shard
         without etcd (standalone) has nothing to check against and accepts the call.
+
+        The read races this shard's override watch: when the watch shows exactly such
+        an override (from etcd: it carries its revision) before the read answers, that
+        stands behind the call (the watch is etcd's own record of its writes, at most a
+        moment behind the read; the mover wrote the fence before calling). Otherwise the
+        read decides, as before.
         """
         if self._overrides is None:
             return
-        current = self._read_override(session_key)
-        if _backs(current, epoch, step, self.shard_id, new_owner or self.shard_id):
+        owner = new_owner or self.shard_id
+        watched, current = self._read_or_watch(session_key, epoch, step, owner)
+        if watched or _backs(current, epoch, step, self.shard_id, owner):
             return
         shown = (
             "no override"
@@ -294,6 +301,42 @@ class Handoff(HostBase):
             f"{step} of session {session_key!r} at epoch {epoch} refused: etcd shows {shown}, "
             "not a move that this call belongs to; nothing changed",
         )
+
+    def _watched_backs(self, key: str, epoch: int, step: str, owner: str) -> bool:
+        followed = self._topology_override(key)
+        return (
+            followed is not None
+            and followed.version > 0
+            and _backs(followed, epoch, step, self.shard_id, owner)
+        )
+
+    def _read_or_watch(
+        self, key: str, epoch: int, step: str, owner: str
+    ) -> tuple[bool, Override | None]:
+        """``(True, None)`` as soon as the watch backs the call, else ``(False, the
+        override read from etcd)`` (see :meth:`verify_move`; a read still running when
+        the watch backs the call is not waited for)."""
+        if self._watched_backs(key, epoch, step, owner):
+            return True, None
+        side = self._side_executor()
+        try:
+            if side is None:
+                raise RuntimeError("closed")
+            read = side.submit(self._read_override, key)
+        except RuntimeError:  # the shard is stopping: just read
+            return False, self._read_override(key)
+
+        def answered(_done: object) -> None:
+            with self._cond:
+                self._cond.notify_all()
+
+        read.add_done_callback(answered)
+        with self._cond:  # woken by the read's answer and by topology changes
+            while not read.done():
+                if self._watched_backs(key, epoch, step, owner):
+                    return True, None
+                self._cond.wait()
+        return False, read.result()
 
     def check_import(self, session_key: str, epoch: int, claimed: int) -> int | None:
         """The import's checks that read: :meth:`verify_move` (``import``) and, when the
