@@ -35,7 +35,7 @@ from shardroute.telemetry import Telemetry
 log = logging.getLogger("shardroute.server")
 
 _MAX_HINTS = 65536
-_SIDE_WORKERS = 8
+_SIDE_WORKERS = 16
 """Threads for the reads a migration call runs beside its fence check (an import's
 store version read): at most this many imports overlap them, later ones wait a little."""
 
