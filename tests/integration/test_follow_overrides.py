@@ -10,6 +10,7 @@ from chat_calls import turn
 
 from shardroute.aio import AsyncShardClient
 from shardroute.client import ShardClient
+from shardroute.model import Topology
 from shardroute.routing import Reason
 from shardroute.testing.etcd import EtcdServer
 
@@ -17,6 +18,11 @@ from shardroute.testing.etcd import EtcdServer
 @pytest.fixture
 def shard_count() -> int:
     return 3
+
+
+def _committed(topology: Topology, session: str, owner: str) -> bool:
+    found = topology.overrides.get(session)
+    return found is not None and found.owner == owner and not found.moving_to
 
 
 def test_a_moved_session_goes_to_its_owner_without_a_redirect(
@@ -35,8 +41,9 @@ def test_a_moved_session_goes_to_its_owner_without_a_redirect(
         target = next(s for s in shard_client.source.current().shards if s != home)
         shard_client.migrate(session, target=target)  # another client moves it
 
-        # the follower sees the override by the watch and routes to the owner
-        follower.source.wait_for(lambda t: session in t.overrides, 10)
+        # the follower sees the override by the watch and routes to the owner (the
+        # committed one: the fence, seen first, still names the source)
+        follower.source.wait_for(lambda t: _committed(t, session, target), 10)
         decision = follower.route(session)
         assert (decision.shard.id, decision.reason) == (target, Reason.OVERRIDE)
         reply = turn(follower, session, "two")

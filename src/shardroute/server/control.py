@@ -17,6 +17,7 @@ import grpc
 from shardroute import metadata
 from shardroute._proto import shard_pb2
 from shardroute.errors import ChunkError, ConfigError, Refused
+from shardroute.server._push import Pusher
 from shardroute.server.config import CONTROL_SERVICE
 from shardroute.server.lifecycle import ServerState
 from shardroute.sessions.chunks import (
@@ -46,6 +47,11 @@ class ControlAnswers:
 
     def __init__(self, server: ShardServerBase) -> None:
         self._server = server
+        self._pusher = Pusher(server)
+
+    def close(self) -> None:
+        """Close the channels pushes opened to other shards."""
+        self._pusher.close()
 
     def export_chunks(
         self, request: shard_pb2.ExportSessionRequest, time_remaining: float | None = None
@@ -63,6 +69,19 @@ class ControlAnswers:
         size = chunk_size(requested, self._server.config.max_message_bytes)
         version = self._server.sessions.exported_version(request.session_key)
         return list(split_chunks(request.session_key, request.epoch, data, size, version))
+
+    def export_answer(
+        self, request: shard_pb2.ExportSessionRequest, time_remaining: float | None = None
+    ) -> list[Any]:
+        """What ``ExportSession`` answers: :meth:`export_chunks`, or, when the request
+        names ``push_to`` and this shard imported them there itself, one chunk saying
+        ``pushed`` (docs/protocol.md)."""
+        deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        chunks = self.export_chunks(request, time_remaining)
+        if not request.push_to:
+            return chunks
+        pushed = self._pusher.push(request, chunks, deadline)
+        return chunks if pushed is None else [pushed]
 
     def import_assembled(self, assembler: ChunkAssembler) -> shard_pb2.ImportSessionResponse:
         if not assembler.done:

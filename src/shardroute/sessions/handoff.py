@@ -263,7 +263,9 @@ class Handoff(HostBase):
             self._cond.notify_all()
             return entry is not None
 
-    def verify_move(self, session_key: str, epoch: int, step: str, new_owner: str = "") -> None:
+    def verify_move(
+        self, session_key: str, epoch: int, step: str, new_owner: str = ""
+    ) -> Override | None:
         """Refuse a migration call that no move in etcd stands behind (the control
         service calls it before each step; docs/security.md). The session's override is
         read from etcd and must be, for ``step``:
@@ -282,14 +284,17 @@ class Handoff(HostBase):
         an override (from etcd: it carries its revision) before the read answers, that
         stands behind the call (the watch is etcd's own record of its writes, at most a
         moment behind the read; the mover wrote the fence before calling). Otherwise the
-        read decides, as before.
+        read decides, as before. Returns the override that stands behind the call (None
+        on a standalone shard).
         """
         if self._overrides is None:
-            return
+            return None
         owner = new_owner or self.shard_id
         watched, current = self._read_or_watch(session_key, epoch, step, owner)
-        if watched or _backs(current, epoch, step, self.shard_id, owner):
-            return
+        if watched is not None:
+            return watched
+        if _backs(current, epoch, step, self.shard_id, owner):
+            return current
         shown = (
             "no override"
             if current is None
@@ -302,29 +307,28 @@ class Handoff(HostBase):
             "not a move that this call belongs to; nothing changed",
         )
 
-    def _watched_backs(self, key: str, epoch: int, step: str, owner: str) -> bool:
+    def _watched_backs(self, key: str, epoch: int, step: str, owner: str) -> Override | None:
         followed = self._topology_override(key)
-        return (
-            followed is not None
-            and followed.version > 0
-            and _backs(followed, epoch, step, self.shard_id, owner)
-        )
+        if followed is None or followed.version <= 0:
+            return None
+        return followed if _backs(followed, epoch, step, self.shard_id, owner) else None
 
     def _read_or_watch(
         self, key: str, epoch: int, step: str, owner: str
-    ) -> tuple[bool, Override | None]:
-        """``(True, None)`` as soon as the watch backs the call, else ``(False, the
-        override read from etcd)`` (see :meth:`verify_move`; a read still running when
-        the watch backs the call is not waited for)."""
-        if self._watched_backs(key, epoch, step, owner):
-            return True, None
+    ) -> tuple[Override | None, Override | None]:
+        """``(the watched override, None)`` as soon as the watch backs the call, else
+        ``(None, the override read from etcd)`` (see :meth:`verify_move`; a read still
+        running when the watch backs the call is not waited for)."""
+        watched = self._watched_backs(key, epoch, step, owner)
+        if watched is not None:
+            return watched, None
         side = self._side_executor()
         try:
             if side is None:
                 raise RuntimeError("closed")
             read = side.submit(self._read_override, key)
         except RuntimeError:  # the shard is stopping: just read
-            return False, self._read_override(key)
+            return None, self._read_override(key)
 
         def answered(_done: object) -> None:
             with self._cond:
@@ -333,10 +337,11 @@ class Handoff(HostBase):
         read.add_done_callback(answered)
         with self._cond:  # woken by the read's answer and by topology changes
             while not read.done():
-                if self._watched_backs(key, epoch, step, owner):
-                    return True, None
+                watched = self._watched_backs(key, epoch, step, owner)
+                if watched is not None:
+                    return watched, None
                 self._cond.wait()
-        return False, read.result()
+        return None, read.result()
 
     def check_import(self, session_key: str, epoch: int, claimed: int) -> int | None:
         """The import's checks that read: :meth:`verify_move` (``import``) and, when the

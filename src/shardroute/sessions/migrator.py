@@ -49,9 +49,7 @@ log = logging.getLogger("shardroute.migration")
 MAX_CONCURRENT_MOVES = 64
 """The most moves one mover runs at once (a drain's ``max_concurrent_moves`` too)."""
 
-_REMEMBERED_COMMITS = 4096
-"""How many of its own commits a mover remembers (the override each wrote): its next
-move of one of those sessions fences from it without reading etcd first."""
+_REMEMBERED_COMMITS = 4096  # own commits kept: a next move fences from one, no read
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +135,7 @@ class Migrator:
         self._calls = ShardCalls(
             timeout=timeout, chunk_bytes=chunk_bytes, tls=tls, control_token=control_token
         )
-        self._committed: OrderedDict[str, Override] = OrderedDict()
-        """This mover's latest commits by session (at most ``_REMEMBERED_COMMITS``)."""
+        self._committed: OrderedDict[str, Override] = OrderedDict()  # by session
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
@@ -223,7 +220,7 @@ class Migrator:
         assert fenced is not None
         commit = next_override(fenced, target_shard.id)
         try:
-            exported = self._export(session_key, fenced, source_shard, steps)
+            exported = self._export(session_key, fenced, source_shard, target_shard, steps)
             self._calls.import_warm(session_key, fenced.epoch, target_shard, exported, steps)
             with steps.step("commit"):
                 committed = self._commit(session_key, fenced, commit, target_shard)
@@ -267,8 +264,8 @@ class Migrator:
             source_id,
             target_shard.id,
             committed.epoch,
-            len(exported.data),
-            exported.chunks is None,
+            exported.size,
+            exported.chunks is None and exported.pushed < 0,
             time.monotonic() - started,
         )
 
@@ -380,12 +377,18 @@ class Migrator:
         return self.overrides.swap(session_key, expected, new, lease=holder.lease or None)
 
     def _export(
-        self, session_key: str, fenced: Override, source: Shard | None, steps: MigrationTrace
+        self,
+        session_key: str,
+        fenced: Override,
+        source: Shard | None,
+        target: Shard,
+        steps: MigrationTrace,
     ) -> Exported:
-        """The state: exported by the source, else (source unreachable) from the store."""
+        """The state: exported by the source (which may push it into ``target`` itself),
+        else (source unreachable) from the store."""
         if source is not None:
             exported = self._calls.export(
-                session_key, fenced.epoch, source, self.store.max_bytes, steps
+                session_key, fenced.epoch, source, self.store.max_bytes, steps, target.id
             )
             if exported is not None:
                 return exported
