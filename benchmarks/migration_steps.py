@@ -38,15 +38,8 @@ def main() -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with ExitStack() as stack:
         etcd = stack.enter_context(EtcdServer())
-        cluster = stack.enter_context(
-            ShardCluster(
-                etcd.endpoint,
-                zones=("zone-a",),
-                lease_ttl_s=5,
-                shard_kwargs={"token_delay_s": 0.0005},
-            )
-        )
-        cluster.start(2)
+        shards = {"zones": ("zone-a",), "lease_ttl_s": 5, "shard_kwargs": {"token_delay_s": 5e-4}}
+        stack.enter_context(ShardCluster(etcd.endpoint, **shards)).start(2)
         client = stack.enter_context(ShardClient.connect(etcd.endpoint, "chat", timeout=60))
         client.source.wait_for(lambda t: len(t) == 2, 10)
         mover = stack.enter_context(

@@ -11,30 +11,18 @@ from typing import Any
 
 import grpc
 import pytest
-from chat_calls import history, turn
+from chat_calls import WarmedChat, history, turn
 
 from shardroute import ShardClient
 from shardroute._proto import shard_pb2, shard_pb2_grpc
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import Refused
 from shardroute.etcd import EtcdClient, EtcdOptions
-from shardroute.examples.chat import ChatShard
 from shardroute.sessions import Migrator, OverrideStore
 from shardroute.sessions.overrides import next_override
 from shardroute.testing.waiting import wait_until
 
 K = "conv-push"
-
-
-class WarmedChat(ChatShard):
-    """A chat shard that records its warm hook's calls."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.warmed: list[str] = []
-
-    def warm_session(self, session_key: str, state: Any) -> None:
-        self.warmed.append(session_key)
 
 
 Trio = tuple[dict[str, WarmedChat], ShardClient, Migrator]
@@ -82,12 +70,20 @@ def _placed(trio: Trio) -> tuple[WarmedChat, WarmedChat]:
     return shards[owner], shards[other]
 
 
+def _started(
+    trio: Trio, monkeypatch: pytest.MonkeyPatch
+) -> tuple[ShardClient, Migrator, WarmedChat, WarmedChat, list[str]]:
+    """K placed on a shard: the client, the mover, K's owner, another shard, and the
+    imports the mover makes itself from here on."""
+    _, client, mover = trio
+    source, target = _placed(trio)
+    return client, mover, source, target, _imports(mover, monkeypatch)
+
+
 def test_the_source_pushes_the_state_into_the_target(
     trio: Trio, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, client, mover = trio
-    source, target = _placed(trio)
-    imports = _imports(mover, monkeypatch)
+    client, mover, source, target, imports = _started(trio, monkeypatch)
     result = mover.migrate(K, target=target.shard_id)
     assert imports == []  # the bytes went source -> target
     assert (result.source, result.target) == (source.shard_id, target.shard_id)
@@ -102,9 +98,7 @@ def test_the_source_pushes_the_state_into_the_target(
 def test_a_source_that_predates_push_streams_and_the_mover_imports(
     trio: Trio, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, client, mover = trio
-    source, target = _placed(trio)
-    imports = _imports(mover, monkeypatch)
+    client, mover, source, target, imports = _started(trio, monkeypatch)
     answers = source._answers
     original = answers.export_chunks
 
@@ -121,9 +115,7 @@ def test_a_source_that_predates_push_streams_and_the_mover_imports(
 def test_a_push_that_fails_leaves_the_import_to_the_mover(
     trio: Trio, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, client, mover = trio
-    _, target = _placed(trio)
-    imports = _imports(mover, monkeypatch)
+    client, mover, _, target, imports = _started(trio, monkeypatch)
     answers = target._answers
     original = answers.import_assembled
     refused: list[str] = []

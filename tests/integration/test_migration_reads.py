@@ -17,7 +17,7 @@ from chat_calls import history, turn
 from shardroute import ShardClient
 from shardroute.discovery.etcd import EtcdTopologySource
 from shardroute.errors import Refused, SessionStoreUnavailable
-from shardroute.etcd import EtcdClient, EtcdOptions
+from shardroute.etcd import EtcdClient
 from shardroute.examples.chat import ChatShard
 from shardroute.model import Override, Topology
 from shardroute.server import SessionHost
@@ -51,13 +51,6 @@ def _counted(mover: Migrator) -> _CountedOverrides:
 
 
 Pair = tuple[ChatShard, ChatShard, ShardClient, EtcdTopologySource]
-
-
-@pytest.fixture
-def etcd(etcd_endpoint: str) -> Iterator[EtcdClient]:
-    client = EtcdClient(EtcdOptions(endpoints=(etcd_endpoint,)))
-    yield client
-    client.close()
 
 
 @pytest.fixture

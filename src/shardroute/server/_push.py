@@ -1,8 +1,9 @@
 """A source shard's push (``ExportSessionRequest.push_to``, docs/migration.md): it imports
 the exported state into the move's target itself, so the bytes cross once instead of
 through the mover. With the shard's peer credentials (``peer_tls``, its control token),
-to the fence's ``moving_to`` only, resolved in its own topology. Any failure leaves the
-export as it was: the chunks go to the mover, which imports them."""
+to a shard of its own topology, never to one its watch shows another fence for (the
+target checks the import's fence itself). Any failure leaves the export as it was: the
+chunks go to the mover, which imports them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from shardroute._proto import shard_pb2
-from shardroute.errors import Refused, ShardRouteError
+from shardroute.errors import ShardRouteError
 from shardroute.sessions._shard_calls import Exported, ShardCalls
 from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES
 
@@ -43,20 +44,20 @@ class Pusher:
         answer chunk (``pushed``), or None when not pushed (the caller streams the chunks
         to the mover)."""
         key, epoch, target_id = request.session_key, request.epoch, request.push_to
-        try:  # the fence the export just checked (the watch has it: usually no read)
-            fence = self._server.sessions.verify_move(key, epoch, "export")
-        except Refused:
-            fence = None  # the move ended meanwhile: the mover finds out at its import
+        # The export checked the fence. Where it moves the session to, as the watch shows
+        # it (no read: the target checks the import's fence itself, and refuses one that
+        # does not move the session to it).
+        moving_to = self._server.sessions.watched_move(key, epoch)
         topology = self._server.topology
         target = topology.shards.get(target_id) if topology is not None else None
-        if fence is None or fence.moving_to != target_id or target is None:
+        if moving_to not in (None, target_id) or target is None:
             log.warning(
-                "shard %s: export of session %s not pushed to %r: the fence does not move "
-                "it there (or that shard is not in this shard's topology); the mover "
-                "imports it",
+                "shard %s: export of session %s not pushed to %r: the fence moves it to "
+                "%r (or that shard is not in this shard's topology); the mover imports it",
                 self._server.shard_id,
                 key,
                 target_id,
+                moving_to,
             )
             return None
         calls = self._shard_calls()

@@ -343,6 +343,14 @@ class Handoff(HostBase):
                 self._cond.wait()
         return None, read.result()
 
+    def watched_move(self, session_key: str, epoch: int) -> str | None:
+        """Where the fence at ``epoch`` moves the session to, as this shard's override
+        watch shows it; None when the watch shows no such fence (yet)."""
+        followed = self._topology_override(session_key)
+        if followed is None or followed.epoch != epoch or not followed.moving_to:
+            return None
+        return followed.moving_to
+
     def check_import(self, session_key: str, epoch: int, claimed: int) -> int | None:
         """The import's checks that read: :meth:`verify_move` (``import``) and, when the
         sender named the store version its bytes were saved at (``claimed`` > 0), the
