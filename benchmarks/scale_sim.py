@@ -38,10 +38,13 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    all agree; ``redirected_share`` the share of requests redirected. Each sample on which
    they disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
    replicas send it home, some elsewhere) or "where to" (all off home, to different
-   shards). ``--shared-pins`` models the override proposal: each session placed off home is
-   pinned at every replica from the next snapshot on (the override reached them by the
-   watch); ``override_writes_per_s`` is what that would write (one per session placed off
-   home, with sessions starting as fast as they end, mean ``--session-life-s``).
+   shards). ``--follow-overrides``: replicas that follow session overrides
+   (``connect(follow_overrides=True)``, docs/routing.md): each session placed off home
+   gets an override (the shard that took it over writes one), carried by the next
+   snapshot's ``overrides`` to every replica, whose real router then sends the session to
+   its owner; ``override_writes_per_s`` is what those overrides write (one per session
+   placed off home, with sessions starting as fast as they end, mean
+   ``--session-life-s``).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
    lost (its sessions move; mean, p90, max over the shards), ``moved_added_*`` when one
@@ -79,7 +82,7 @@ from collections.abc import Mapping
 from itertools import accumulate
 from types import MappingProxyType
 
-from shardroute.model import LoadReport, Shard, Topology
+from shardroute.model import EMPTY_MAPPING, LoadReport, Override, Shard, Topology
 from shardroute.routing import Decision, Reason, Router, RoutingPolicy, key_hash
 from shardroute.routing._ring import shard_points  # a new shard's points, as the ring makes them
 from shardroute.server.load import LoadAccounting, LoadReportPolicy
@@ -119,7 +122,11 @@ def fleet(n: int, zones: int, capacity: int) -> Mapping[str, Shard]:
 
 
 def snapshot(
-    shards: Mapping[str, Shard], loads: Mapping[str, int], rev: int, reports: dict[str, LoadReport]
+    shards: Mapping[str, Shard],
+    loads: Mapping[str, int],
+    rev: int,
+    reports: dict[str, LoadReport],
+    overrides: Mapping[str, Override] = EMPTY_MAPPING,
 ) -> Topology:
     """A snapshot whose reports are new objects only for the shards whose load changed
     (as discovery applies the load keys an etcd watch delivers)."""
@@ -128,7 +135,14 @@ def snapshot(
         if old is None or old.inflight != v:
             reports[sid] = LoadReport(inflight=v)
     current = MappingProxyType({sid: reports[sid] for sid in shards})
-    return Topology(service="sim", revision=rev, shards=shards, loads=current, shards_revision=1)
+    return Topology(
+        service="sim",
+        revision=rev,
+        shards=shards,
+        loads=current,
+        shards_revision=1,
+        overrides=overrides,
+    )
 
 
 def zipf_ranks(count: int, rng: random.Random) -> list[float]:
@@ -278,8 +292,9 @@ class Fleet:
     def __init__(self, args: argparse.Namespace, shards: Mapping[str, Shard]) -> None:
         policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=args.balance_factor)
         self.shards = shards
-        self.shared_pins = args.shared_pins
+        self.follow_overrides = args.follow_overrides
         self.exceptions: list[tuple[str, str]] = []  # sessions placed off home since publish
+        self.overrides: dict[str, Override] = {}  # what the shards wrote, with --follow-overrides
         self.routers = [Router(policy) for _ in range(args.replicas)]
         self.flights = [Heard(not args.no_trailers) for _ in self.routers]
         self.load = dict.fromkeys(shards, 0)
@@ -295,13 +310,15 @@ class Fleet:
                 self.load.setdefault(sid, 0)
         self.revision += 1
         loads = {sid: self.load[sid] for sid in self.shards}
-        self.topology = snapshot(self.shards, loads, self.revision, self.reports)
+        overrides: Mapping[str, Override] = EMPTY_MAPPING
+        if self.follow_overrides:  # the takeovers' overrides, delivered by the watch
+            for key, sid in self.exceptions:
+                self.overrides[key] = Override(sid, 1)
+            overrides = MappingProxyType(dict(self.overrides))
+        self.topology = snapshot(self.shards, loads, self.revision, self.reports, overrides)
         for router, flight in zip(self.routers, self.flights, strict=True):
             router.prepare(self.topology)
             flight.rebase(router.basis(self.topology))
-            if self.shared_pins:  # the overrides reached every replica by the watch
-                for key, sid in self.exceptions:
-                    router.remember(key, sid)
         self.exceptions.clear()
         return self.topology
 
@@ -333,7 +350,7 @@ def place(
         owner[i] = sid
         if d.shard is not d.home:
             spilled += 1
-            sim.exceptions.append((key, sid))  # with --shared-pins: an override written
+            sim.exceptions.append((key, sid))  # the shard that took it over writes an override
     sim.publish()
     log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home")
     return owner, spilled / len(keys)
@@ -395,8 +412,9 @@ def _why(decisions: list[Decision], owner: str, split: dict[str, int]) -> None:
         split["spill_or_not_held_home"] += 1
     else:
         split["spill_or_not_spilled"] += 1
-    split["with_pins"] += any(d.reason is Reason.MEMO for d in decisions)
-    split["fresh_differ"] += len({d.shard.id for d in decisions if d.reason is not Reason.MEMO}) > 1
+    pinned = (Reason.MEMO, Reason.OVERRIDE)
+    split["with_pins"] += any(d.reason in pinned for d in decisions)
+    split["fresh_differ"] += len({d.shard.id for d in decisions if d.reason not in pinned}) > 1
 
 
 # --------------------------------------------------------------------------- 3. sessions moved
@@ -555,9 +573,10 @@ def main() -> None:
     )
     ap.add_argument("--balance-factor", type=float, default=RoutingPolicy().balance_factor)
     ap.add_argument(
-        "--shared-pins",
+        "--follow-overrides",
+        "--shared-pins",  # its earlier name, when it was a model
         action="store_true",
-        help="model the override proposal: every replica pins each session placed off home",
+        help="replicas follow session overrides (each session placed off home gets one)",
     )
     ap.add_argument("--report-every", type=int, default=0, help="placements a snapshot (N)")
     ap.add_argument("--max-session-calls", type=int, default=8)
@@ -589,7 +608,7 @@ def main() -> None:
         "vnodes_per_weight": args.vnodes,
         "trailers": not args.no_trailers,
         "balance_factor": args.balance_factor,
-        "shared_pins": args.shared_pins,
+        "follow_overrides": args.follow_overrides,
     }
     replica = in_subprocess(args, args.vnodes)
     log("one replica:", replica)
@@ -609,8 +628,8 @@ def main() -> None:
     log(f"{args.replicas} replicas fed the first snapshot in {time.perf_counter() - t0:.2f}s")
     owner, off_home = place(args, sim, keys, rates)
     out["placed_off_home_share"] = round(off_home, 5)
-    # the proposal modelled by --shared-pins: an override written for each session
-    # placed off its home, as many sessions start per second as end (mean life)
+    # an override written for each session placed off its home (whether or not clients
+    # follow them), as many sessions start per second as end (mean life)
     out["override_writes_per_s"] = round(off_home * args.sessions / args.session_life_s, 1)
     out["max_over_avg"] = round(max_over_avg(list(sim.load.values())), 3)
     ring = sim.routers[0].ring

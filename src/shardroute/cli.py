@@ -13,7 +13,8 @@
     shardroute serve MODULE:CLASS --etcd HOST:PORT --service NAME --shard-id ID [--zone Z]
         [--listen HOST:PORT] [...]
 
-Exit codes: 0 success, 2 etcd unreachable or bad arguments, 130 interrupted.
+Exit codes: 0 success, 2 etcd unreachable or bad arguments, 3 (``drain``) sessions left
+behind or not reported, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -317,7 +318,9 @@ def _cmd_drain(args: argparse.Namespace) -> int:
     import grpc
 
     from shardroute._proto import shard_pb2
+    from shardroute.server.drain import DRAIN_REPORT_S, EXIT_LEFT_BEHIND, drain_counts
     from shardroute.sessions.migrator import control_stub
+    from shardroute.transport.failures import rpc_brief
 
     source = _source(args)
     try:
@@ -327,24 +330,30 @@ def _cmd_drain(args: argparse.Namespace) -> int:
             grace_s=args.grace or 0.0,
             migrate_sessions=True,
             max_concurrent_moves=max(0, args.max_moves),
+            wait_for_moves=True,
         )
         token = control_token_from_args(args)
+        # The moves end by the grace period (the shard's own when --grace is not given).
+        timeout = args.timeout + (args.grace or DRAIN_REPORT_S) + 15.0
         with ChannelMaker(tls_from_args(args)).sync_channel(shard) as channel:
             try:
-                control_stub(channel).Drain(
-                    request, timeout=args.timeout, metadata=token.metadata() if token else ()
+                reply = control_stub(channel).Drain(
+                    request, timeout=timeout, metadata=token.metadata() if token else ()
                 )
             except grpc.RpcError as exc:
                 raise ShardUnavailable(
-                    f"shard {shard.id!r} at {shard.address} did not take the drain: "
-                    f"{exc.code().name if isinstance(exc, grpc.Call) else exc}",
+                    f"shard {shard.id!r} at {shard.address} did not take the drain "
+                    f"({rpc_brief(exc)}); no data is at risk either way: see its state "
+                    "with `shardroute topology` and run the drain again if it is still "
+                    "active",
                     (shard.id,),
                 ) from exc
-        print(f"shard {shard.id} is draining", flush=True)
+        print(drain_counts(shard.id, reply), flush=True)
         if args.wait:
             source.wait_for(lambda t: shard.id not in t.shards, timeout=3600)
             print(f"shard {shard.id} has left", flush=True)
-        return 0
+        left = reply.sessions_not_moved + reply.sessions_failed
+        return EXIT_LEFT_BEHIND if left or not reply.moves_counted else 0
     finally:
         source.close()
 

@@ -320,13 +320,15 @@ class MigrationConflict(ShardRouteError):
 
 class MigrationFailed(ShardRouteError):
     """A migration failed before its commit and was rolled back: the session stays on its
-    source shard, whole. ``__cause__`` says why. Safe to retry."""
+    source shard, whole. ``__cause__`` says why. Safe to retry. ``started`` is False
+    when no move was begun (a drain's deadline passed first): nothing was changed."""
 
     retry_safe = True
 
-    def __init__(self, message: str, session_key: str) -> None:
+    def __init__(self, message: str, session_key: str, *, started: bool = True) -> None:
         super().__init__(message)
         self.session_key = session_key
+        self.started = started
 
 
 class Compacted(ShardRouteError):

@@ -51,6 +51,7 @@ def test_migrate_and_drain_commands(
         timeout=120,
     )
     assert drained.returncode == 0, drained.stderr
+    assert "0 not moved, 0 failed" in drained.stdout  # the Drain call's counts
     assert f"shard {target} has left" in drained.stdout
     reply = list(chat.Generate(request, session_key="cli-conv"))[-1]
     assert reply.shard_id != target and reply.turns_held == 3  # moved by the drain

@@ -15,14 +15,14 @@ from shardroute.routing import Reason
 from shardroute.testing.etcd import EtcdServer
 
 
+def owner_of(topology: Topology, session: str) -> str | None:
+    found = topology.overrides.get(session)
+    return None if found is None else found.owner
+
+
 @pytest.fixture
 def shard_count() -> int:
     return 3
-
-
-def _committed(topology: Topology, session: str, owner: str) -> bool:
-    found = topology.overrides.get(session)
-    return found is not None and found.owner == owner and not found.moving_to
 
 
 def test_a_moved_session_goes_to_its_owner_without_a_redirect(
@@ -41,9 +41,9 @@ def test_a_moved_session_goes_to_its_owner_without_a_redirect(
         target = next(s for s in shard_client.source.current().shards if s != home)
         shard_client.migrate(session, target=target)  # another client moves it
 
-        # the follower sees the override by the watch and routes to the owner (the
-        # committed one: the fence, seen first, still names the source)
-        follower.source.wait_for(lambda t: _committed(t, session, target), 10)
+        # the follower sees the committed override by the watch (the move's fence, owner
+        # still the source, may come first) and routes to the owner
+        follower.source.wait_for(lambda t: owner_of(t, session) == target, 10)
         decision = follower.route(session)
         assert (decision.shard.id, decision.reason) == (target, Reason.OVERRIDE)
         reply = turn(follower, session, "two")
@@ -72,7 +72,9 @@ def test_the_async_client_follows_them_too(
             etcd_server.endpoint, "chat", timeout=10, follow_overrides=True
         )
         try:
-            await asyncio.to_thread(client.source.wait_for, lambda t: session in t.overrides)
+            await asyncio.to_thread(
+                client.source.wait_for, lambda t: owner_of(t, session) == target
+            )
             decision = client.route(session)
             return decision.shard.id, decision.reason
         finally:

@@ -168,10 +168,10 @@ def test_a_followed_view_that_shows_a_move_in_progress_is_not_trusted(
     try:
         with _mover(source) as mover:
             moving = Override("a", 1, "b", written.version)
-            assert mover._known_override(K, Topology("chat", overrides={K: moving})) is None
+            assert mover._known.take(K, Topology("chat", overrides={K: moving})) is None
             unversioned = Override("a", 1)
-            assert mover._known_override(K, Topology("chat", overrides={K: unversioned})) is None
-            assert mover._known_override(K, Topology("chat", overrides={K: written})) == written
+            assert mover._known.take(K, Topology("chat", overrides={K: unversioned})) is None
+            assert mover._known.take(K, Topology("chat", overrides={K: written})) == written
     finally:
         source.close()
 

@@ -5,6 +5,7 @@ Every test runs on both shells (``ShardServer`` and ``AsyncShardServer``)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import grpc
@@ -19,6 +20,7 @@ from shardroute.etcd import EtcdClient
 from shardroute.model import ShardState
 from shardroute.server import AsyncShardServer, ServerState, ShardServer
 from shardroute.testing.etcd import EtcdServer, free_port
+from shardroute.testing.waiting import wait_until
 
 
 def test_record_and_load_report_appear_under_one_lease(
@@ -118,6 +120,35 @@ def test_wait_for_etcd_serves_at_once_and_registers_when_etcd_comes_up(
             source.wait_for(lambda t: "s1" in t.shards, timeout=15)
     finally:
         shell.close()
+
+
+def test_an_etcd_outage_is_one_warning_and_one_recovery_line_not_one_per_retry(
+    etcd_server: EtcdServer, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "shardroute.server")
+    endpoint = etcd_server.endpoint
+    shell = Shell(kind, shard_id="s1", service="chat", etcd=endpoint, etcd_timeout_s=0.5)
+
+    def lines(words: str, level: int) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "shardroute.server" and r.levelno == level and words in r.getMessage()
+        ]
+
+    shell.do("start")
+    try:
+        etcd_server.stop()
+        retried = lambda: len(lines("etcd still unreachable", logging.DEBUG)) >= 2  # noqa: E731
+        wait_until(retried, 30, "two retries of the registrar while etcd is down")
+        etcd_server.start()
+        wait_until(lambda: lines("reached etcd again", logging.INFO), 20, "the recovery line")
+    finally:
+        shell.close()
+    outage = lines("cannot reach etcd", logging.WARNING)
+    assert len(outage) == 1, outage
+    assert "no data is at risk" in outage[0] and "check that etcd is reachable" in outage[0]
+    assert len(lines("reached etcd again", logging.INFO)) == 1
 
 
 def test_get_status_answers_identity_state_and_load(etcd_endpoint: str, kind: str) -> None:

@@ -576,3 +576,62 @@ def test_a_lost_swap_to_another_turn_stays_aborted(world: World) -> None:
     assert metadata.TURN_APPLIED not in dict(refused.value.trailers)
     assert world.stored(K) == ["t1", "t2"]
     assert (t.conflicts_total, t.replayed_total) == (1, 0)
+
+
+# -- a copy held while another shard owns the session is not served again --------------------
+
+
+class _Snapshots:
+    """What the shard's topology source does: each snapshot goes to the host's
+    ``topology_changed`` (every snapshot, in order), with the overrides as in etcd."""
+
+    def __init__(self, world: World, *hosts: SessionHost) -> None:
+        self.world, self.hosts = world, hosts
+
+    def publish(self) -> None:
+        current = {K: o} if (o := self.world.overrides.get(K)) is not None else {}
+        topology = Topology("chat", shards=self.world.live, overrides=current)
+        for host in self.hosts:
+            host.topology_changed(topology)
+
+
+def test_a_copy_is_forgotten_when_another_shard_takes_the_session_over(world: World) -> None:
+    """A holds the session; T takes it over (a spill) and answers a turn; T dies, so its
+    override goes with its lease. A's copy must not be served again without T's turn."""
+    a, t = world.host("A"), world.host("T")
+    snapshots = _Snapshots(world, a, t)
+    turn(a, K, "t1")
+    turn(t, K, "t2", reason="spill")  # T takes over: override T, a turn saved
+    snapshots.publish()  # A's watch delivers T's override
+    assert K not in a and a.dropped_elsewhere_total == 1
+    world.overrides.swap(K, world.overrides.get(K), None)  # T's lease expired
+    snapshots.publish()
+    entry = a.begin(K)  # back at A (home again): taken over from the store
+    try:
+        assert entry.state == ["t1", "t2"]
+    finally:
+        a.end(K, entry)
+    assert a.takeovers_total == 2
+
+
+def test_a_copy_in_a_turn_is_forgotten_when_the_turn_ends(world: World) -> None:
+    a, t = world.host("A"), world.host("T")
+    snapshots = _Snapshots(world, a, t)
+    turn(a, K, "t1")
+    entry = a.begin(K)  # a read-only turn in progress on A ...
+    turn(t, K, "t2", reason="spill")  # ... while T takes the session over
+    snapshots.publish()
+    assert K in a  # not pulled from under the turn
+    a.end(K, entry)
+    assert K not in a  # but not kept after it
+
+
+def test_the_own_newer_override_wins_over_an_older_snapshot(world: World) -> None:
+    a, t = world.host("A"), world.host("T")
+    turn(a, K, "t1")
+    turn(t, K, "t2", reason="spill")  # T owns it (override T)
+    older = Topology("chat", shards=world.live, overrides={K: world.overrides.get(K)})
+    turn(a, K, "t3", reason="spill")  # A takes it back: its own hint is newer
+    a.topology_changed(older)  # a snapshot from before A's swap arrives late
+    assert K in a
+    assert world.stored(K) == ["t1", "t2", "t3"]

@@ -120,7 +120,8 @@ def test_a_poison_rewritten_is_logged_once_and_counted_each_time(
     assert source.malformed_total == 5
     assert [r.getMessage() for r in caplog.records if "shards/x" in r.getMessage()] == [
         "skipping malformed record at '/shardroute/chat/shards/x': "
-        "'weight' must be <= 100.0, got 1000000000.0"
+        "'weight' must be <= 100.0, got 1000000000.0 (ignored until rewritten; no data is "
+        "at risk; fix what writes it, docs/etcd-schema.md)"
     ]
     # Once fixed and broken again, it is news again: logged once more.
     source.put(SCHEMA.shard("x"), b'{"address": "h:1"}')

@@ -66,24 +66,34 @@ class GetStatusResponse(_message.Message):
     def __init__(self, shard_id: _Optional[str] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., zone: _Optional[str] = ..., region: _Optional[str] = ..., capacity: _Optional[int] = ..., state: _Optional[_Union[ShardState, str]] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., checkpoints: _Optional[int] = ..., store_bytes_written: _Optional[int] = ..., sessions_ended: _Optional[int] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
-    __slots__ = ("grace_s", "migrate_sessions", "max_concurrent_moves")
+    __slots__ = ("grace_s", "migrate_sessions", "max_concurrent_moves", "wait_for_moves")
     GRACE_S_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_MOVES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_MOVES_FIELD_NUMBER: _ClassVar[int]
     grace_s: float
     migrate_sessions: bool
     max_concurrent_moves: int
-    def __init__(self, grace_s: _Optional[float] = ..., migrate_sessions: _Optional[bool] = ..., max_concurrent_moves: _Optional[int] = ...) -> None: ...
+    wait_for_moves: bool
+    def __init__(self, grace_s: _Optional[float] = ..., migrate_sessions: _Optional[bool] = ..., max_concurrent_moves: _Optional[int] = ..., wait_for_moves: _Optional[bool] = ...) -> None: ...
 
 class DrainResponse(_message.Message):
-    __slots__ = ("state", "sessions_moved", "sessions_failed")
+    __slots__ = ("state", "sessions_moved", "sessions_failed", "sessions_not_moved", "sessions_held", "moves_s", "moves_counted")
     STATE_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_MOVED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_NOT_MOVED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_HELD_FIELD_NUMBER: _ClassVar[int]
+    MOVES_S_FIELD_NUMBER: _ClassVar[int]
+    MOVES_COUNTED_FIELD_NUMBER: _ClassVar[int]
     state: ShardState
     sessions_moved: int
     sessions_failed: int
-    def __init__(self, state: _Optional[_Union[ShardState, str]] = ..., sessions_moved: _Optional[int] = ..., sessions_failed: _Optional[int] = ...) -> None: ...
+    sessions_not_moved: int
+    sessions_held: int
+    moves_s: float
+    moves_counted: bool
+    def __init__(self, state: _Optional[_Union[ShardState, str]] = ..., sessions_moved: _Optional[int] = ..., sessions_failed: _Optional[int] = ..., sessions_not_moved: _Optional[int] = ..., sessions_held: _Optional[int] = ..., moves_s: _Optional[float] = ..., moves_counted: _Optional[bool] = ...) -> None: ...
 
 class ListSessionsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

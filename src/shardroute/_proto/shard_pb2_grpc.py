@@ -88,7 +88,8 @@ class ShardControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Drain(self, request, context):
-        """Start a graceful drain; returns when the drain has begun (state draining).
+        """Start a graceful drain; returns when the drain has begun (state draining), or with
+        wait_for_moves once its session moves ended, with their counts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

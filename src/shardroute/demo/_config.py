@@ -33,6 +33,9 @@ class DemoConfig:
     drain_at: float = 0.7
     """Share of the duration after which another shard is drained."""
     seed: int = 7
+    follow_overrides: bool = True
+    """The client follows the session overrides (``connect(follow_overrides=True)``):
+    sessions the kill, the spills and the drain moved go straight to their owner."""
     turns_per_conversation: tuple[int, int] = (5, 40)
     """A conversation lasts this many turns (uniform, inclusive), then the demo ends it
     (``end_session``: its state and override are deleted) and starts a new one."""

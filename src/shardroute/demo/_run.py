@@ -141,7 +141,12 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
         cluster.start(config.shards)
         client = cleanup.enter_context(
             ShardClient.connect(
-                etcd.endpoint, SERVICE, zone=CLIENT_ZONE, tls=client_tls, retry=EXACTLY_ONCE
+                etcd.endpoint,
+                SERVICE,
+                zone=CLIENT_ZONE,
+                tls=client_tls,
+                retry=EXACTLY_ONCE,
+                follow_overrides=config.follow_overrides,
             )
         )
         if client_tls is not None:
@@ -228,6 +233,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "lost_turns": tally.lost_turns,
                 "sessions_migrated": len(tally.moved),
                 "redirects": stats.get("redirects", 0),
+                "routed_by_override": stats.get("override", 0),
                 "shards_added": len(added),
                 "shards_drained": len(drained),
                 "turns_retried": tally.retried,

@@ -206,7 +206,12 @@ class EtcdTopologySource(HolderSource):
                 self._follow()
                 failures = 0
             except Compacted as exc:
-                log.warning("%s: %s; resyncing", self.service, exc)
+                log.info(
+                    "%s: etcd compacted the history the topology watch needed (%s): reading "
+                    "the whole topology again; nothing to do",
+                    self.service,
+                    exc,
+                )
                 topology_event(
                     RESYNC,
                     self.service,
@@ -223,7 +228,11 @@ class EtcdTopologySource(HolderSource):
             except ShardRouteError as exc:
                 failures = self._on_failure(exc, failures)
             except Exception as exc:  # never let the thread die silently
-                log.exception("%s: topology watch failed unexpectedly", self.service)
+                log.exception(
+                    "%s: unexpected error in the topology watch (retrying; routing goes on "
+                    "with the last view); please report it with this traceback",
+                    self.service,
+                )
                 failures = self._on_failure(EtcdUnavailable(str(exc)), failures)
 
     def _on_failure(self, error: ShardRouteError, failures: int) -> int:
@@ -236,7 +245,9 @@ class EtcdTopologySource(HolderSource):
                 EVENT_ETCD_UNAVAILABLE, self.service, revision, str(error), telemetry=self.telemetry
             )
             log.warning(
-                "%s: lost the etcd watch (%s); routing on revision %d until it is back",
+                "%s: lost the topology watch on etcd (%s): routing goes on with the last view "
+                "(revision %d) until etcd is back, then catches up; no data is at risk; "
+                "check that etcd is reachable",
                 self.service,
                 error,
                 self._holder.current().revision,
@@ -260,7 +271,10 @@ class EtcdTopologySource(HolderSource):
                 # etcd answers with a revision below what we already saw: it is a new
                 # cluster (data lost or replaced). Our revision means nothing there.
                 log.warning(
-                    "%s: etcd revision went back (%d < %d); resyncing",
+                    "%s: etcd's revision went back (%d < %d): etcd was replaced or restored, "
+                    "and the whole topology is read again; if it was restored from a backup, "
+                    "what was written to it since (session state in an etcd store too) is "
+                    "gone: check how etcd was restored",
                     self.service,
                     stream.created_revision,
                     start - 1,

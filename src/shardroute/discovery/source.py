@@ -115,7 +115,11 @@ class SnapshotHolder:
             try:
                 callback(topology)
             except Exception:
-                log.exception("topology subscriber %r failed", callback)
+                log.exception(
+                    "topology subscriber %r raised: the new topology is in use, but this "
+                    "subscriber missed it; fix the subscriber (traceback below)",
+                    callback,
+                )
         return True
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -181,7 +185,11 @@ class SnapshotHolder:
         for error in errors:
             key = getattr(error, "key", None)
             if key not in logged:
-                log.warning("skipping %s", error)
+                log.warning(
+                    "skipping %s (ignored until rewritten; no data is at risk; fix what "
+                    "writes it, docs/etcd-schema.md)",
+                    error,
+                )
                 logged.add(key)
         self.malformed_total += len(errors)
 

@@ -291,7 +291,12 @@ class Router:
         except ConfigError as exc:
             if config != self._bad_config:
                 self._bad_config = config
-                _log.error("rejected routing config, keeping the previous policy: %s", exc)
+                _log.error(
+                    "the routing config in etcd was rejected (%s): this client keeps routing "
+                    "with its previous policy; no data is at risk; fix the config "
+                    "(docs/routing.md)",
+                    exc,
+                )
             return previous.policy, exc
         if policy != previous.policy:
             _log.info("routing policy changed: %s", policy)

@@ -285,7 +285,12 @@ class Autoscaler:
         try:
             result = self.rebalancer.run()
         except ShardRouteError as exc:
-            log.warning("rebalance after %s joined failed: %s", sorted(joined), exc)
+            log.warning(
+                "rebalancing sessions onto %s failed (%s): the sessions stay where they are "
+                "and the new shards fill with new sessions; no data is at risk; nothing to do",
+                sorted(joined),
+                exc,
+            )
             return
         moved = getattr(result, "moved", 0)
         self.sessions_rebalanced += moved
@@ -297,7 +302,12 @@ class Autoscaler:
             try:
                 shard_id = self.actuator.add_shard(zone, klass)
             except ShardRouteError as exc:
-                log.warning("could not add a shard in zone %r: %s", zone, exc)
+                log.warning(
+                    "the autoscaler could not add a shard in zone %r (%s): it tries again at "
+                    "its next round; no data is at risk; check the actuator",
+                    zone,
+                    exc,
+                )
                 continue
             self._pending[shard_id] = now
             self.scale_ups += 1
@@ -308,7 +318,12 @@ class Autoscaler:
             try:
                 self.actuator.drain_shard(shard_id)
             except ShardRouteError as exc:
-                log.warning("could not drain shard %s: %s", shard_id, exc)
+                log.warning(
+                    "the autoscaler could not drain shard %s (%s): it keeps serving, and the "
+                    "autoscaler tries again at its next round; no data is at risk",
+                    shard_id,
+                    exc,
+                )
                 continue
             self._draining.add(shard_id)
             self.scale_downs += 1
@@ -328,7 +343,11 @@ class Autoscaler:
             try:
                 self.step()
             except ShardRouteError as exc:
-                log.warning("autoscaler round failed: %s", exc)
+                log.warning(
+                    "an autoscaler round failed (%s): the fleet stays as it is until the "
+                    "next round; no data is at risk; check that etcd is reachable",
+                    exc,
+                )
             self._stop.wait(self.interval_s)
 
     def close(self) -> None:

@@ -27,6 +27,8 @@ from shardroute.security.channels import ChannelMaker
 from shardroute.security.control_auth import ControlToken
 from shardroute.security.tls import ChannelSecurity
 from shardroute.sessions.migrator import Migrator, control_stub
+from shardroute.telemetry.migration import batched
+from shardroute.transport.failures import rpc_brief
 
 __all__ = ["HeldSession", "Move", "RebalanceResult", "Rebalancer", "imbalance", "plan_moves"]
 
@@ -182,7 +184,12 @@ class Rebalancer:
                         request, timeout=self.timeout, metadata=self._credentials
                     )
                 except grpc.RpcError as exc:
-                    log.warning("cannot list the sessions of %s: %s", shard.id, exc)
+                    log.warning(
+                        "cannot list the sessions of %s (%s): this rebalance moves none of "
+                        "them; no data is at risk; nothing to do",
+                        shard.id,
+                        rpc_brief(exc),
+                    )
                     return sessions
                 sessions += [
                     HeldSession(i.session_key, shard.id, i.state_bytes, i.last_used_ts)
@@ -226,13 +233,27 @@ class Rebalancer:
             if wait > 0:
                 pace.wait(wait)
             try:
-                self.mover.migrate(move.session_key, target=move.target)
+                with batched():  # one summary line below, each move's at DEBUG
+                    self.mover.migrate(move.session_key, target=move.target)
             except ShardRouteError as exc:
                 failed[move.session_key] = str(exc)
                 continue
             moved += 1
             after[move.source] -= 1
             after[move.target] += 1
+        if planned and not dry_run:
+            log.log(
+                logging.WARNING if failed else logging.INFO,
+                "rebalance: %d of %d planned moves done in %.1fs, %d failed%s",
+                moved,
+                len(planned),
+                clock() - started,
+                len(failed),
+                "; no data is lost: a session whose move failed stays whole where it was; "
+                "nothing to do"
+                if failed
+                else "",
+            )
         if dry_run:
             for move in planned:
                 after[move.source] -= 1

@@ -52,7 +52,8 @@ class ChannelMaker:
                 self._warned.add(shard.id)
                 log.warning(
                     "shard %s (%s) is registered as plaintext but this client sends TLS only: "
-                    "calls to it fail over elsewhere (TLSConfig(allow_plaintext=True) permits it)",
+                    "calls to it fail over to other shards; no data is at risk; give the "
+                    "shard TLS, or permit it with TLSConfig(allow_plaintext=True)",
                     shard.id,
                     shard.address,
                 )

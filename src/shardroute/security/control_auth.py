@@ -229,7 +229,8 @@ class ControlGuard:
     def _refuse(self, code: grpc.StatusCode, details: str, peer: str) -> Refused:
         self.refused_total += 1
         log.warning(
-            "shard %s refused a control call from %s: %s",
+            "shard %s refused a control call from %s (%s): nothing was changed; if the "
+            "caller is yours, give it the control token or an allowed mTLS identity",
             self._shard_id,
             peer,
             code.name,

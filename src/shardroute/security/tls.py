@@ -125,7 +125,12 @@ class _ReloadingServerCerts:
             try:
                 loaded = self._load()
             except ConfigError as exc:  # mid-rotation: keep serving the old certificate
-                log.warning("TLS files changed but could not be read (kept the old): %s", exc)
+                log.warning(
+                    "TLS files changed but could not be read (%s): new connections keep the "
+                    "old certificate; no data is at risk; finish writing the new files "
+                    "(this is retried at the next connection)",
+                    exc,
+                )
                 return None
             self._stamp = stamp
         log.info("TLS certificate files changed: new connections use the new certificate")

@@ -31,6 +31,7 @@ from shardroute.server._grpc_aio import (
     wait_idle,
 )
 from shardroute.server._registration import Registrar
+from shardroute.server.drain import stop_line
 from shardroute.server.lifecycle import ServerState
 
 __all__ = ["AsyncShardServer"]
@@ -198,7 +199,9 @@ class AsyncShardServer(ShardServerBase):
                         "once etcd is back"
                     ) from exc
                 log.warning(
-                    "shard %s serving at %s without registration; retrying etcd: %s",
+                    "shard %s serves at %s but could not register in etcd (%s): clients cannot "
+                    "find it until it does, and it keeps retrying; no data is at risk; check "
+                    "that etcd is reachable",
                     self.shard_id,
                     self._address,
                     exc,
@@ -210,7 +213,13 @@ class AsyncShardServer(ShardServerBase):
             if not config.wait_for_etcd:
                 await self._abort_start()
                 raise self._topology_unreachable(exc) from exc
-            log.warning("shard %s: no session overrides until etcd is back: %s", self.shard_id, exc)
+            log.warning(
+                "shard %s cannot follow the topology in etcd (%s): it takes no session over "
+                "until it can (such calls are refused and clients retry them); no data is at "
+                "risk; check that etcd is reachable",
+                self.shard_id,
+                exc,
+            )
         self._lifecycle.advance(ServerState.SERVING)
         log.info("shard %s serving at %s", self.shard_id, self._address)
         return self
@@ -230,12 +239,16 @@ class AsyncShardServer(ShardServerBase):
             await end_stop(begin_stop(self._grpc, None))
         await self._finish_stop()
 
-    async def _finish_stop(self) -> None:
+    async def _finish_stop(self) -> int:
+        """Close what is left; returns how many sessions the shard held."""
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        held = len(self._sessions)
         # Closing the session host and its etcd client blocks: off the event loop.
         await run_blocking(self._stop_sessions)
+        self._moves_ended.set()
         self._lifecycle.advance(ServerState.STOPPED)
+        return held
 
     async def stop(self, grace: float | None = None) -> None:
         """Deregister and stop serving. Idempotent; returns once stopped.
@@ -258,8 +271,8 @@ class AsyncShardServer(ShardServerBase):
                     await wait_idle(self._accounting, time.monotonic() + grace)
                     await end_stop(begin_stop(self._grpc, 0))
                 await end_stop(stopping)
-            await self._finish_stop()
-            log.info("shard %s stopped", self.shard_id)
+            held = await self._finish_stop()
+            log.info(stop_line(self.shard_id, held, self.last_drain, self._sessions.store))
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
             begin_stop(self._grpc, grace)  # the strictest grace wins
@@ -285,10 +298,15 @@ class AsyncShardServer(ShardServerBase):
         await self._set_health(_NOT_SERVING)
         if self._registrar is not None:
             await run_blocking(self._registrar.set_state, ShardState.DRAINING)
-        await self.migrate_sessions_before_stop(deadline)
+        try:
+            await self.migrate_sessions_before_stop(deadline)
+        finally:
+            self._moves_ended.set()  # a Drain call waiting for the counts answers now
         if not await wait_idle(self._accounting, deadline):
             log.warning(
-                "shard %s: %d calls still in flight at the end of the grace period",
+                "shard %s: %d calls still in flight at the end of the grace period are "
+                "cancelled: their callers get an error, and each session keeps its last "
+                "saved turn; raise drain_grace_s if calls need longer",
                 self.shard_id,
                 self._accounting.inflight,
             )

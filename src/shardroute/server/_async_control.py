@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from shardroute._io.aio import run_blocking, run_waiting
-from shardroute._proto import shard_pb2
 from shardroute._validate import grace_or
 from shardroute.errors import ChunkError, ConfigError, Refused
 from shardroute.server.control import chunk_refusal, control_handler
@@ -59,10 +58,10 @@ def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: 
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if server.state is ServerState.SERVING:
-            server._take_drain_request(request)
+            answers.take_drain_request(request)
             server.begin_drain(request.grace_s or None)
             await run_blocking(server._lifecycle.wait_for, _DRAIN_BEGUN)
-        return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
+        return await run_blocking(answers.drain_reply, request, context.time_remaining())
 
     async def list_sessions(request: Any, context: Any) -> Any:
         await authorize(context)

@@ -7,13 +7,12 @@ the two shells only wrap them in a sync or an async handler.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shardroute import metadata
-from shardroute._proto import shard_pb2
 from shardroute._validate import seconds
 from shardroute.errors import ConfigError, EtcdUnavailable, InvalidSessionKey, ServerLifecycleError
 from shardroute.etcd import EtcdOptions
@@ -21,6 +20,7 @@ from shardroute.model import LoadReport, Topology
 from shardroute.security import ChannelSecurity, ControlAuth, ControlGuard, ServerSecurity
 from shardroute.server.config import DEFAULT_LEASE_TTL_S, DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
 from shardroute.server.control import ControlAnswers
+from shardroute.server.drain import DrainSummary, move_all, not_moved_summary
 from shardroute.server.lifecycle import Lifecycle, ServerState
 from shardroute.server.load import LoadAccounting
 from shardroute.sessions import SessionCodec, SessionHost, SessionSummary
@@ -167,6 +167,7 @@ class ShardServerBase:
         """Whether a drain moves held sessions away (a Drain RPC may turn it off)."""
         self.last_drain: DrainSummary | None = None
         """Moves of the last drain (None before any)."""
+        self._moves_ended = threading.Event()  # set once a drain's moves ended, or stopped
         warms = type(self).warm_session is not ShardServerBase.warm_session
         self._sessions = SessionHost(
             shard_id,
@@ -357,7 +358,11 @@ class ShardServerBase:
         self._topology_source = source
         if not source.loaded:
             log.warning(
-                "shard %s: no take-over until etcd is back: %s", self.shard_id, source.last_error
+                "shard %s cannot read the topology from etcd yet (%s): it takes no session "
+                "over until it can (such calls are refused and clients retry them), so no "
+                "data is at risk; check that etcd is reachable",
+                self.shard_id,
+                source.last_error,
             )
 
     def _stop_sessions(self) -> None:
@@ -383,12 +388,6 @@ class ShardServerBase:
             "is unreachable; pass wait_for_etcd=True to serve anyway"
         )
 
-    def _take_drain_request(self, request: shard_pb2.DrainRequest) -> None:
-        """Apply a Drain RPC's options: whether to move sessions, and the cap on moves."""
-        self.migrate_on_drain = request.migrate_sessions
-        if request.max_concurrent_moves > 0:
-            self.max_concurrent_moves = min(request.max_concurrent_moves, MAX_CONCURRENT_MOVES)
-
     def _warn_closed_control(self) -> None:
         """At start: a shard reachable from other machines whose control service has no
         credentials configured admits only local callers; say so."""
@@ -397,22 +396,27 @@ class ShardServerBase:
         if open_to_all and not config.loopback_only:
             log.warning(
                 "shard %s listens on %s but its control service has no control token or "
-                "mTLS identities configured: it is closed to remote callers (movers, "
-                "drains and the CLI on other machines are refused); see docs/security.md",
+                "mTLS identities configured, so it refuses remote callers (movers, drains "
+                "and the CLI on other machines); no data is at risk; to drain or move its "
+                "sessions from elsewhere, configure control_auth (docs/security.md)",
                 self.shard_id,
                 config.host,
             )
 
     def _migrate_held_sessions(self, deadline: float) -> tuple[int, int]:
         """Move every held session to other shards (drain), at most
-        ``max_concurrent_moves`` at once; returns (moved, failed) and records
-        :attr:`last_drain`. Blocking."""
+        ``max_concurrent_moves`` at once; returns (moved, left behind), records
+        :attr:`last_drain` and logs one summary line. Blocking."""
         from shardroute.sessions.migrator import Migrator
 
         keys = self._sessions.keys()
         source, etcd = self._topology_source, self._session_etcd
         if not keys or source is None or etcd is None or not self.migrate_on_drain:
-            return 0, 0
+            why = "moves were turned off for this drain" if keys else ""
+            if keys and self.migrate_on_drain:
+                why = "the shard does not follow the topology in etcd"
+            self.last_drain = not_moved_summary(self.shard_id, keys, why, self._sessions.store)
+            return 0, len(keys)
         # Each shard call gets at most 10 s (and never past the drain's deadline); no
         # move starts after the deadline: the sessions left stay whole in the store and
         # are taken over by their next turn.
@@ -431,20 +435,13 @@ class ShardServerBase:
             ) as mover,
             drain_span(self.telemetry, self.shard_id, len(keys)),
         ):
-            results, errors = mover.migrate_many(
-                keys, max_concurrent=self.max_concurrent_moves, deadline=deadline
+            summary = move_all(
+                self.shard_id,
+                keys,
+                lambda todo: mover.migrate_many(
+                    todo, max_concurrent=self.max_concurrent_moves, deadline=deadline
+                ),
+                lambda: mover.peak_concurrent,
             )
-        self.last_drain = DrainSummary(len(results), len(errors), mover.peak_concurrent)
-        for key, error in errors.items():
-            log.warning("shard %s: session %s not moved (%s)", self.shard_id, key, error)
-        log.info("shard %s: %d sessions moved, %d not", self.shard_id, len(results), len(errors))
-        return len(results), len(errors)
-
-
-@dataclass(frozen=True, slots=True)
-class DrainSummary:
-    """What the last drain's session moves did."""
-
-    moved: int
-    failed: int
-    peak_concurrent_moves: int
+        self.last_drain = summary
+        return summary.moved, summary.left_behind

@@ -165,7 +165,14 @@ class Registrar:
                     lease=self._lease,
                 )
             except EtcdUnavailable as exc:
-                log.warning("shard %s: could not write state %s: %s", config.shard_id, state, exc)
+                log.warning(
+                    "shard %s could not mark itself %s in etcd (%s): clients keep its previous "
+                    "state until it is written or its lease expires; no data is at risk; "
+                    "check that etcd is reachable",
+                    config.shard_id,
+                    state,
+                    exc,
+                )
                 return False
             self.record_writes_total += 1
             return True
@@ -197,7 +204,9 @@ class Registrar:
             self._etcd.revoke_lease(lease)
         except EtcdUnavailable as exc:
             log.warning(
-                "shard %s: could not revoke lease %x (its keys expire with it): %s",
+                "shard %s could not remove its registration (lease %x) from etcd (%s): "
+                "clients stop routing to it when the lease expires; no data is at risk; "
+                "nothing to do",
                 self._config.shard_id,
                 lease,
                 exc,
@@ -208,6 +217,9 @@ class Registrar:
     def _run(self) -> None:
         backoff = 0.25
         wait = 0.0
+        # Since when etcd does not answer (one line per outage); not registered yet: the
+        # shell's start() has said so already.
+        outage: float | None = None if self._lease is not None else time.monotonic()
         while not self._stop.wait(wait):
             try:
                 with self._io:
@@ -216,13 +228,38 @@ class Registrar:
                     self._step_locked()
                 backoff = 0.25
                 wait = _TICK_S
+                if outage is not None:
+                    log.info(
+                        "shard %s reached etcd again after %.1fs",
+                        self._config.shard_id,
+                        time.monotonic() - outage,
+                    )
+                    outage = None
             except EtcdUnavailable as exc:
-                log.warning("shard %s: etcd unavailable: %s", self._config.shard_id, exc)
+                outage = self._lost_etcd(outage, exc)
                 wait = backoff
                 backoff = min(backoff * 2, max(0.25, self._config.keepalive_interval_s))
             except Exception:  # never let the keep-alive thread die
-                log.exception("shard %s: registrar step failed", self._config.shard_id)
+                log.exception(
+                    "shard %s: unexpected error in its etcd registration loop (retried in "
+                    "1 s; it keeps serving); please report it with this traceback",
+                    self._config.shard_id,
+                )
                 wait = 1.0
+
+    def _lost_etcd(self, outage: float | None, exc: EtcdUnavailable) -> float:
+        """Log the start of an etcd outage once (WARNING), each retry at DEBUG."""
+        if outage is not None:
+            log.debug("shard %s: etcd still unreachable: %s", self._config.shard_id, exc)
+            return outage
+        log.warning(
+            "shard %s cannot reach etcd (%s): it keeps serving and retries, but cannot renew "
+            "its lease or report its load meanwhile; no data is at risk; check that etcd is "
+            "reachable",
+            self._config.shard_id,
+            exc,
+        )
+        return time.monotonic()
 
     def _step_locked(self) -> None:
         if self._lease is None:
@@ -233,8 +270,10 @@ class Registrar:
             ttl = self._etcd.refresh_lease(self._lease)
             if ttl <= 0:
                 log.warning(
-                    "shard %s: lease %x expired (etcd unreachable or this process paused for too "
-                    "long); registering again",
+                    "shard %s lost its etcd lease %x (etcd unreachable, or this process paused "
+                    "longer than the lease TTL): clients may have stopped routing to it; it "
+                    "registers again now; no data is lost: each session it held is checked "
+                    "against etcd before its next turn",
                     self._config.shard_id,
                     self._lease,
                 )

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from shardroute._io.sync import run_blocking, run_waiting
-from shardroute._proto import shard_pb2
 from shardroute._validate import grace_or
 from shardroute.errors import ChunkError, ConfigError, Refused
 from shardroute.server.control import chunk_refusal, control_handler
@@ -61,10 +60,10 @@ def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignor
         except ConfigError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if server.state is ServerState.SERVING:
-            server._take_drain_request(request)
+            answers.take_drain_request(request)
             server.begin_drain(request.grace_s or None)
             run_blocking(server._lifecycle.wait_for, _DRAIN_BEGUN)
-        return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
+        return run_blocking(answers.drain_reply, request, context.time_remaining())
 
     def list_sessions(request: Any, context: Any) -> Any:
         authorize(context)

@@ -27,6 +27,7 @@ from shardroute.sessions.chunks import (
     split_chunks,
 )
 from shardroute.sessions.handoff import import_stored_version, import_version, rpc_deadline
+from shardroute.sessions.migrator import MAX_CONCURRENT_MOVES
 
 if TYPE_CHECKING:
     from shardroute.server._base import ShardServerBase
@@ -164,6 +165,36 @@ class ControlAnswers:
             checkpoints=self._server.sessions.checkpoints_total,
             store_bytes_written=self._server.sessions.store_bytes_written,
             sessions_ended=self._server.sessions.ended_total,
+        )
+
+    def take_drain_request(self, request: shard_pb2.DrainRequest) -> None:
+        """Apply a Drain RPC's options: whether to move sessions, and the cap on moves."""
+        server = self._server
+        server.migrate_on_drain = request.migrate_sessions
+        if request.max_concurrent_moves > 0:
+            server.max_concurrent_moves = min(request.max_concurrent_moves, MAX_CONCURRENT_MOVES)
+
+    def drain_reply(
+        self, request: shard_pb2.DrainRequest, time_remaining: float | None
+    ) -> shard_pb2.DrainResponse:
+        """The Drain answer, once the drain began: with ``wait_for_moves``, waits (until
+        1 s before the call's deadline, ``time_remaining``) for its session moves to
+        end; the counts are filled when they ended (``moves_counted``)."""
+        server = self._server
+        ended = server._moves_ended
+        if request.wait_for_moves:  # answer a little before the caller's deadline
+            ended.wait(None if time_remaining is None else max(0.0, time_remaining - 1.0))
+        summary = server.last_drain
+        if not ended.is_set() or summary is None:
+            return shard_pb2.DrainResponse(state=shard_pb2.SHARD_STATE_DRAINING)
+        return shard_pb2.DrainResponse(
+            state=shard_pb2.SHARD_STATE_DRAINING,
+            sessions_moved=summary.moved,
+            sessions_failed=summary.failed,
+            sessions_not_moved=summary.not_moved,
+            sessions_held=summary.held,
+            moves_s=summary.duration_s,
+            moves_counted=True,
         )
 
     def sessions_page(self, request: shard_pb2.ListSessionsRequest) -> Any:

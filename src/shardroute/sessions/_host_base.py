@@ -113,6 +113,9 @@ class _Entry:
     """The shard's lease when it took the session over (or first served an import): a
     copy held under another lease is not served (the lease expired meanwhile, so the
     session may have moved); it is taken over again, re-checking ownership."""
+    elsewhere: bool = False
+    """A topology showed the session owned by another shard while this copy was in a
+    turn: the copy is dropped when the turn ends (see :meth:`HostBase.topology_changed`)."""
 
 
 class HostBase:
@@ -154,6 +157,7 @@ class HostBase:
         # told this shard about overrides (ahead of the topology watch), bounded LRU.
         self._cond = threading.Condition()
         self._held: dict[str, _Entry] = {}
+        self._seen_overrides: object = None  # the last snapshot's overrides looked at
         self._hints: OrderedDict[str, Override] = OrderedDict()
         # Epochs a rollback told this shard (ReleaseSession to itself): they fence stale
         # migration calls but say nothing new about ownership, so they are no hints.
@@ -166,6 +170,8 @@ class HostBase:
         """Checkpoints that lost their compare-and-swap (turn aborted, copy dropped)."""
         self.evictions_total = 0
         """Idle sessions evicted (``idle_ttl_s``)."""
+        self.dropped_elsewhere_total = 0
+        """Held copies forgotten because a topology showed another shard owning them."""
         self.reclaims_total = 0
         """Abandoned fences this shard reclaimed after a hold timed out."""
         self._closed = threading.Event()
@@ -228,10 +234,47 @@ class HostBase:
             if pool is not None:
                 pool.shutdown(wait=False)
 
-    def topology_changed(self, _topology: object = None) -> None:
-        """Wake held calls so they decide again (the topology source's subscriber)."""
+    def topology_changed(self, topology: object = None) -> None:
+        """The topology source's subscriber (every snapshot, in order): forget held
+        copies whose session the snapshot shows owned by another shard, and wake held
+        calls so they decide again.
+
+        A copy held here while another shard owns the session is stale as soon as that
+        shard writes a turn. It used to be dropped only when a call reached this shard;
+        an override can also vanish before that (its owner's lease expired: the owner
+        died), and the copy would then be served again as if nothing had happened,
+        without the other shard's turns (a turn's write would fail its compare-and-swap,
+        but a read would answer from the stale copy). Copies in a move (frozen, or an
+        import not yet committed) and copies still loading are left to the move; one in a
+        turn is dropped when the turn ends.
+        """
+        overrides = getattr(topology, "overrides", None)
         with self._cond:
+            if overrides and overrides is not self._seen_overrides:
+                self._seen_overrides = overrides
+                self._forget_owned_elsewhere(overrides)
             self._cond.notify_all()
+
+    def _forget_owned_elsewhere(self, overrides: Any) -> None:
+        # Called with _cond held. Walks the smaller side: the held sessions are usually
+        # far fewer than the overrides of the whole service.
+        me, hints = self.shard_id, self._hints
+        stale = []
+        for key, entry in self._held.items():
+            if entry.frozen or entry.imported or entry.loading:
+                continue
+            found = overrides.get(key)
+            if found is None:
+                continue
+            known = newest_override(found, hints.get(key))
+            if known is not None and known.owner != me:
+                if entry.busy:
+                    entry.elsewhere = True
+                else:
+                    stale.append(key)
+        for key in stale:
+            del self._held[key]
+        self.dropped_elsewhere_total += len(stale)
 
     def _require_store(self) -> _Store:
         if self._store is None:
@@ -289,7 +332,13 @@ class HostBase:
         except EtcdUnavailable as exc:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
         except MalformedRecord:
-            log.warning("shard %s: malformed override of session %s", self.shard_id, key)
+            log.warning(
+                "shard %s: the override of session %r in etcd is malformed: it is ignored "
+                "(the session is served at its ring home); no data is lost; fix or delete "
+                "the key (docs/etcd-schema.md)",
+                self.shard_id,
+                key,
+            )
             return None
 
     def _topology_override(self, key: str) -> Override | None:

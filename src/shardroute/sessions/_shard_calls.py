@@ -24,6 +24,7 @@ from shardroute.sessions.chunks import joined_export, split_chunks
 from shardroute.telemetry import names
 from shardroute.telemetry.migration import MigrationTrace
 from shardroute.transport.channels import ChannelPool
+from shardroute.transport.failures import rpc_brief
 
 __all__ = ["Exported", "ShardCalls", "control_stub"]
 
@@ -112,7 +113,13 @@ class ShardCalls:
         except grpc.RpcError as exc:
             if not _unreachable(exc):
                 raise
-            log.warning("%s: source %s unreachable; using the store", session_key, source.id)
+            log.warning(
+                "moving session %r: its shard %s does not answer, so the move takes its state "
+                "from the session store (its last answered turn); no data is lost; nothing "
+                "to do",
+                session_key,
+                source.id,
+            )
             return None
         finally:
             if chunks is not None:
@@ -169,7 +176,13 @@ class ShardCalls:
             )
             return True
         except grpc.RpcError as exc:
-            log.warning("%s: release on %s failed: %s", session_key, shard.id, exc)
+            log.warning(
+                "session %r: release on %s failed (%s): that shard learns the session's "
+                "owner from etcd instead; no data is lost; nothing to do",
+                session_key,
+                shard.id,
+                rpc_brief(exc),
+            )
             return False
 
     def release_later(self, shard: Shard, session_key: str, epoch: int, new_owner: str) -> None:

@@ -109,7 +109,8 @@ class Handoff(HostBase):
             self.reclaims_total += 1
             self._cond.notify_all()
         log.warning(
-            "shard %s reclaimed session %s: the move to %s fenced at epoch %d was abandoned",
+            "shard %s took session %r back: its move to %s (fence epoch %d) was abandoned "
+            "(the mover went away); the session is served here again, whole; nothing to do",
             self.shard_id,
             key,
             held_on.moving_to,

@@ -16,6 +16,7 @@ them through ``asyncio.to_thread`` or the host's own executor.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -317,8 +318,12 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             entry.loading = False
             entry.last_used = self._clock()
             self.takeovers_total += 1
-        log.info(
-            "shard %s took over session %s (stored version %d)", self.shard_id, key, entry.version
+        log.log(  # a new session (nothing stored) is no news: one line each would flood
+            logging.INFO if stored is not None else logging.DEBUG,
+            "shard %s took over session %s (stored version %d)",
+            self.shard_id,
+            key,
+            entry.version,
         )
 
     def _swap_to_self(self, key: str, current: Override | None) -> None:
@@ -404,7 +409,8 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         with self._cond:
             entry.busy = False
             entry.last_used = self._clock()
-            if entry.version == 0 and not entry.imported and self._held.get(session_key) is entry:
+            unsaved = entry.version == 0 and not entry.imported
+            if (unsaved or entry.elsewhere) and self._held.get(session_key) is entry:
                 del self._held[session_key]
             self._cond.notify_all()
 

@@ -73,10 +73,11 @@ class Lifetime(HostBase):
                 self.sweep_expired()
             except ShardRouteError as exc:
                 log.warning(
-                    "shard %s: session sweep failed (next in %.0fs): %s",
+                    "shard %s: the sweep of idle and expired sessions failed (%s), next in "
+                    "%.0fs; sessions are served as usual; check the session store and etcd",
                     self.shard_id,
-                    interval,
                     exc,
+                    interval,
                 )
 
     def sweep_expired(self, limit: int = 1000) -> int:

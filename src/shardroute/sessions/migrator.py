@@ -12,7 +12,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,13 +33,15 @@ from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
 from shardroute.routing import OwnLoads, Router
 from shardroute.security import ChannelSecurity, ControlToken
+from shardroute.sessions._known import KnownOverrides
 from shardroute.sessions._shard_calls import Exported, ShardCalls, control_stub
 from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from shardroute.sessions.etcd_store import EtcdSessionStore
 from shardroute.sessions.overrides import OverrideStore, next_override
 from shardroute.sessions.store import SessionStore
 from shardroute.telemetry import Telemetry, names
-from shardroute.telemetry.migration import MigrationTrace, attached, carry
+from shardroute.telemetry.migration import MigrationTrace, attached, batched, carry
+from shardroute.transport.failures import rpc_brief
 
 __all__ = ["MAX_CONCURRENT_MOVES", "MigrationResult", "Migrator", "control_stub"]
 
@@ -48,8 +49,6 @@ log = logging.getLogger("shardroute.migration")
 
 MAX_CONCURRENT_MOVES = 64
 """The most moves one mover runs at once (a drain's ``max_concurrent_moves`` too)."""
-
-_REMEMBERED_COMMITS = 4096  # own commits kept: a next move fences from one, no read
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +134,7 @@ class Migrator:
         self._calls = ShardCalls(
             timeout=timeout, chunk_bytes=chunk_bytes, tls=tls, control_token=control_token
         )
-        self._committed: OrderedDict[str, Override] = OrderedDict()  # by session
+        self._known = KnownOverrides()  # its own last commits
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
@@ -176,7 +175,7 @@ class Migrator:
         # committed the session's last move itself), else read from etcd. The fence
         # compares its revision: a view that is behind only makes that swap fail; then
         # etcd is read and the move decided again.
-        known = self._known_override(session_key, topology)
+        known = self._known.take(session_key, topology)
         current = known if known is not None else self.overrides.get(session_key)
         steps: MigrationTrace | None = None
         while True:
@@ -212,7 +211,10 @@ class Migrator:
                 if known is None or isinstance(exc, LeaseNotFound):
                     steps.finish("conflict", exc)
                     raise MigrationConflict(
-                        f"session {session_key!r} changed hands while this move started: {exc}",
+                        f"session {session_key!r} changed hands while this move started "
+                        "(another mover or shard wrote its override first); nothing was "
+                        "changed: look at its owner again and move it again if you still "
+                        "want to",
                         session_key,
                     ) from exc
             current = self.overrides.get(session_key)  # the followed view was behind
@@ -236,13 +238,16 @@ class Migrator:
                 ) from exc
             if isinstance(exc, StaleState):
                 raise MigrationConflict(
-                    f"session {session_key!r}: the fence was broken during the move: {exc}",
+                    f"session {session_key!r}: another mover or shard broke this move's fence "
+                    "during the move; it was rolled back and nothing was lost: look at its "
+                    "owner again and move it again if you still want to",
                     session_key,
                 ) from exc
             if isinstance(exc, ShardRouteError | grpc.RpcError):
                 raise MigrationFailed(
                     f"moving session {session_key!r} from {source_id!r} to "
-                    f"{target_shard.id!r} failed and was rolled back: {exc}",
+                    f"{target_shard.id!r} failed and was rolled back, nothing lost: "
+                    f"{rpc_brief(exc)}",
                     session_key,
                 ) from exc
             raise
@@ -257,7 +262,7 @@ class Migrator:
                     source_shard, session_key, committed.epoch, target_shard.id
                 )
         self.router.remember(session_key, target_shard.id)
-        self._remember(session_key, committed)
+        self._known.remember(session_key, committed)
         steps.finish("committed")
         return MigrationResult(
             session_key,
@@ -279,7 +284,8 @@ class Migrator:
         """Move several sessions, at most ``max_concurrent`` at once (each to the router's
         choice). No move starts after ``deadline`` (a ``time.monotonic()`` value); the
         sessions left get a ``MigrationFailed`` (they stay whole in the session store).
-        Returns the results and the errors by session key."""
+        Returns the results and the errors by session key. Each move's own log line is
+        at DEBUG: the caller logs the batch's summary (a drain does)."""
         if not 1 <= max_concurrent <= MAX_CONCURRENT_MOVES:
             raise ConfigError(
                 f"max_concurrent must be in 1..{MAX_CONCURRENT_MOVES}, got {max_concurrent!r}"
@@ -292,11 +298,11 @@ class Migrator:
         def one(key: str) -> None:
             if deadline is not None and time.monotonic() >= deadline:
                 errors[key] = MigrationFailed(
-                    f"session {key!r} not moved: the deadline passed first", key
+                    f"session {key!r} not moved: the deadline passed first", key, started=False
                 )
                 return
             try:
-                with attached(parent):
+                with attached(parent), batched():
                     results.append(self.migrate(key))
             except ShardRouteError as exc:
                 errors[key] = exc
@@ -325,26 +331,6 @@ class Migrator:
         self.close()
 
     # -- steps ------------------------------------------------------------------------
-
-    def _known_override(self, session_key: str, topology: Topology) -> Override | None:
-        """The session's override as this mover knows it without a read: the newer of
-        what ``topology`` follows (sources built with overrides: a client's
-        ``follow_overrides``, a shard's own) and this mover's own last commit of it.
-        None (read etcd) when neither has one, or it shows a move in progress."""
-        with self._lock:
-            mine = self._committed.pop(session_key, None)  # used once: kept on commit
-        found = topology.overrides.get(session_key)
-        if mine is not None and (found is None or mine.version > found.version):
-            found = mine
-        if found is None or found.moving_to or found.version <= 0:
-            return None
-        return found
-
-    def _remember(self, session_key: str, committed: Override) -> None:
-        with self._lock:
-            self._committed[session_key] = committed
-            while len(self._committed) > _REMEMBERED_COMMITS:
-                self._committed.popitem(last=False)
 
     def _owner(self, session_key: str, current: Override | None) -> str:
         if current is not None:
@@ -437,7 +423,13 @@ class Migrator:
                 back = None
                 self.overrides.swap(session_key, fenced, None)
         except ShardRouteError as exc:
-            log.error("%s: rollback could not restore the override: %s", session_key, exc)
+            log.error(
+                "session %r: a failed move could not be rolled back in etcd (%s): the session "
+                "stays fenced until its shard reclaims it after its hold timeout (its calls "
+                "wait, then clients retry them); no data is lost; check that etcd is reachable",
+                session_key,
+                exc,
+            )
             back = None
         if source is not None:
             epoch = back.epoch if back is not None else fenced.epoch + 1

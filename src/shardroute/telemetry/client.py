@@ -300,7 +300,8 @@ def at_ceiling(telemetry: Telemetry, priority: str) -> None:
 def ejected(telemetry: Telemetry, shard_id: str, cause: str) -> None:
     """A shard was ejected by this client's outlier detection: log and count it."""
     log.warning(
-        "shard %s ejected (%s)",
+        "shard %s ejected by this client (%s): its calls go to other shards until it is "
+        "tried again; no data is at risk; check the shard if this repeats",
         shard_id,
         cause,
         extra={"shardroute_event": "ejection", "shard": shard_id, "cause": cause},

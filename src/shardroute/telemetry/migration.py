@@ -10,6 +10,7 @@ free; the log records are written either way.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from opentelemetry.trace import Status, StatusCode
 from shardroute.telemetry import names
 from shardroute.telemetry._setup import Telemetry
 
-__all__ = ["MigrationInstruments", "MigrationTrace", "drain_span"]
+__all__ = ["MigrationInstruments", "MigrationTrace", "batched", "drain_span", "status_name"]
 
 log = logging.getLogger(names.LOG_MIGRATION)
 drain_log = logging.getLogger(names.LOG_SERVER)
@@ -108,14 +109,15 @@ class MigrationTrace:
             )
             instruments.count.add(1, attributes)
             instruments.duration.record(seconds, attributes)
+        level = logging.INFO if outcome == "committed" else logging.WARNING
         log.log(
-            logging.INFO if outcome == "committed" else logging.WARNING,
+            logging.DEBUG if _batched.get() else level,  # a batch logs its own summary
             "migration %s -> %s: %s in %.1f ms%s",
             self.source,
             self.target,
-            outcome,
+            _OUTCOMES.get(outcome, outcome),
             seconds * 1000,
-            f" ({error})" if error is not None else "",
+            f" ({_brief(error)})" if error is not None else "",
             extra={
                 "shardroute_event": "migration",
                 "source": self.source,
@@ -126,6 +128,43 @@ class MigrationTrace:
             },
         )
         return seconds
+
+
+_OUTCOMES = {
+    "rolled_back": "failed and rolled back, nothing lost (the session stays on its source)",
+    "conflict": "lost to another mover or shard, nothing changed by this move",
+}
+"""How a move that did not commit reads in its log line."""
+
+_batched: contextvars.ContextVar[bool] = contextvars.ContextVar("batched", default=False)
+
+
+@contextlib.contextmanager
+def batched() -> Iterator[None]:
+    """Moves recorded in the block log their outcome at DEBUG: the batch (a drain, a
+    rebalance) logs one summary line for all of them."""
+    token = _batched.set(True)
+    try:
+        yield
+    finally:
+        _batched.reset(token)
+
+
+def status_name(error: BaseException | None) -> str | None:
+    """The gRPC status code's name of a finished call's error, else None."""
+    code = getattr(error, "code", None)
+    if callable(code):
+        try:
+            return str(code().name)
+        except Exception:  # not a finished call
+            pass
+    return None
+
+
+def _brief(error: BaseException) -> str:
+    """An error in a few words: a gRPC status code, else its message's first 160
+    characters."""
+    return f"{type(error).__name__}: {status_name(error) or error}"[:160]
 
 
 @contextlib.contextmanager

@@ -20,7 +20,14 @@ from shardroute.errors import (
     UnknownMethod,
 )
 
-__all__ = ["Failure", "classify", "peer_went_silent", "redirect_target", "translate"]
+__all__ = [
+    "Failure",
+    "classify",
+    "peer_went_silent",
+    "redirect_target",
+    "rpc_brief",
+    "translate",
+]
 
 # UNAVAILABLE details that mean the connection was never made, so the request never
 # left this process (gRPC core wording, stable across releases).
@@ -71,6 +78,17 @@ def _code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode | None, str
     code = getattr(error, "code", None)
     details = getattr(error, "details", None)
     return (code() if callable(code) else None), (details() if callable(details) else "") or ""
+
+
+def rpc_brief(error: BaseException, limit: int = 160) -> str:
+    """A gRPC error in one short phrase for a log line (``CODE: details``, cut at
+    ``limit`` characters), not the call's whole debug string."""
+    if not isinstance(error, grpc.RpcError):
+        return str(error)[:limit]
+    code, details = _code_and_details(error)
+    name = code.name if code else "error"
+    text = f"{name}: {details}" if details else name
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _trailer(error: grpc.RpcError, key: str) -> str | None:

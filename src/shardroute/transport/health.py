@@ -131,7 +131,10 @@ class HealthChecker:
                 try:
                     self._round()
                 except Exception:  # never let one bad round end the checks
-                    log.exception("health check round failed")
+                    log.exception(
+                        "unexpected error in a health check round (checks go on); please "
+                        "report it with this traceback"
+                    )
                 self.rounds += 1
                 self._stop.wait(self.policy.interval_s)
         finally:
@@ -153,7 +156,12 @@ class HealthChecker:
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code is grpc.StatusCode.UNIMPLEMENTED:
-                    log.warning("shard %s has no gRPC health service: not checked", shard_id)
+                    log.warning(
+                        "shard %s has no gRPC health service, so this client does not check "
+                        "it (its failed calls still eject it); nothing to do unless you want "
+                        "the checks: serve grpc.health.v1",
+                        shard_id,
+                    )
                     self._unimplemented.add(shard_id)  # its channel goes at the next round
                     continue
                 self._missed(shard_id)
@@ -173,7 +181,9 @@ class HealthChecker:
         self._misses[shard_id] = 0
         if self._outlier.failure(shard_id, unreachable=True):
             log.warning(
-                "shard %s left %d health checks in a row unanswered (timeout %.2fs): ejected",
+                "shard %s left %d health checks in a row unanswered (timeout %.2fs): ejected, "
+                "its calls go to other shards until it answers again; no data is at risk; "
+                "check the shard",
                 shard_id,
                 self.policy.unhealthy_threshold,
                 self.policy.timeout_s,

@@ -1,0 +1,98 @@
+"""The operator's lines of a drain and a stop (shardroute.server.drain): each session
+left behind gets a plain reason that says whether a move was started; the stop line
+says where the sessions are."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from shardroute.errors import (
+    EtcdUnavailable,
+    LeaseNotFound,
+    MigrationConflict,
+    MigrationFailed,
+    NoShardAvailable,
+    StaleState,
+)
+from shardroute.server.drain import DrainSummary, move_reason, not_moved_summary, stop_line
+from shardroute.sessions import InMemorySessionStore
+from shardroute.telemetry import Telemetry
+from shardroute.telemetry.migration import MigrationTrace, batched
+
+
+class Denied(grpc.RpcError):
+    """A shard's refusal as the mover sees it (a finished call's status code)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.PERMISSION_DENIED
+
+
+def chained(error: MigrationFailed | MigrationConflict, cause: Exception) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+def test_each_outcome_has_a_plain_reason_and_says_whether_a_move_started() -> None:
+    stale = StaleState("session 's': expected no override, but the override changed", "s")
+    conflict = chained(MigrationConflict(f"session 's' changed hands: {stale}", "s"), stale)
+    gone = chained(MigrationFailed("moving 's': lost lease", "s"), LeaseNotFound("x", "s"))
+    cases = {
+        MigrationFailed("not moved: deadline", "s", started=False): (False, "grace period"),
+        NoShardAvailable("none"): (False, "no other active shard"),
+        conflict: (True, "another mover or shard changed its owner first"),
+        gone: (True, "target shard went away"),
+        MigrationFailed("moving 's' failed", "s"): (True, "no cause given) and was rolled"),
+        chained(MigrationFailed("moving 's' failed", "s"), Denied()): (
+            True,
+            "the move failed (a shard answered PERMISSION_DENIED) and was rolled back",
+        ),
+        chained(MigrationFailed("moving 's' failed", "s"), EtcdUnavailable("down")): (
+            True,
+            "the move failed (etcd unreachable) and was rolled back",
+        ),
+        EtcdUnavailable("down"): (False, "etcd was unreachable"),
+    }
+    for error, (started, words) in cases.items():
+        tried, why = move_reason(error)  # type: ignore[arg-type]
+        assert tried is started and words in why, (error, why)
+        assert "expected" not in why and "Read it again" not in why
+
+
+def test_the_stop_line_says_where_the_sessions_are() -> None:
+    left = DrainSummary(5, 1, 2, not_moved=0, held=6)
+    assert "its drain moved 5 and left 1 (0 not moved, 1 failed)" in stop_line("a", 0, left, None)
+    assert "no data is lost" in stop_line("a", 3, None, None)
+    assert stop_line("a", 3, DrainSummary(3, 0, 1, held=3), None).endswith("all 3 sessions it held")
+    assert "in-memory session store" in stop_line("a", 3, None, InMemorySessionStore())
+    assert "held no sessions" in stop_line("a", 0, None, None)
+
+
+def test_a_move_in_a_batch_logs_at_debug_and_a_lone_one_reads_plainly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "shardroute.migration")
+    stale = StaleState("session 's': expected no override, but the override changed", "s")
+    with batched():
+        MigrationTrace(Telemetry(), "s", "a", "b").finish("conflict", stale)
+    MigrationTrace(Telemetry(), "s", "a", "b").finish("conflict", stale)
+    batch, lone = caplog.records
+    assert batch.levelno == logging.DEBUG and lone.levelno == logging.WARNING
+    assert "lost to another mover or shard, nothing changed by this move" in lone.getMessage()
+
+
+def test_a_drain_that_cannot_move_says_so_once_and_never_promises_an_in_memory_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "shardroute.server")
+    keys = [f"k{n}" for n in range(5)]
+    why = "the shard does not follow the topology in etcd"
+    shared = not_moved_summary("a", keys, why, object())
+    alone = not_moved_summary("a", keys, why, InMemorySessionStore())
+    assert (shared.held, shared.not_moved, shared.left_behind) == (5, 5, 5)
+    assert alone.reasons == {why: 5}
+    first, second = (r.getMessage() for r in caplog.records)
+    assert f"5 because {why}" in first and "no data is lost" in first
+    assert "in-memory session store" in second and "no data is lost" not in second
