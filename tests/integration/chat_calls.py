@@ -1,10 +1,24 @@
-"""Chat calls the session tests share: one turn, and the history a shard holds."""
+"""Chat calls the session tests share: one turn, and the history a shard holds; a chat
+shard that records its warm hook's calls."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from shardroute.client import ShardClient
 from shardroute.errors import ShardRouteError
-from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
+from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
+
+
+class WarmedChat(ChatShard):
+    """A chat shard that records its warm hook's calls."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.warmed: list[str] = []
+
+    def warm_session(self, session_key: str, state: Any) -> None:
+        self.warmed.append(session_key)
 
 
 def turn(client: ShardClient, session: str, prompt: str) -> chat_pb2.Token:

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from chat_calls import history, turn
+from chat_calls import WarmedChat, history, turn
 
 from shardroute import ShardClient
 from shardroute._proto import shard_pb2_grpc
@@ -23,18 +23,6 @@ from shardroute.sessions import EtcdSessionStore, Migrator, OverrideStore
 from shardroute.sessions.chunks import split_chunks
 from shardroute.sessions.overrides import next_override
 from shardroute.testing.waiting import wait_until
-
-
-class WarmedChat(ChatShard):
-    """A chat shard that records its warm hook's calls."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.warmed: list[str] = []
-
-    def warm_session(self, session_key: str, state: Any) -> None:
-        self.warmed.append(session_key)
-
 
 Pair = tuple[WarmedChat, WarmedChat, ShardClient, Migrator]
 

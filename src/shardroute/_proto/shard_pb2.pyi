@@ -124,17 +124,19 @@ class SessionInfo(_message.Message):
     def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., state_bytes: _Optional[int] = ..., last_used_ts: _Optional[float] = ...) -> None: ...
 
 class ExportSessionRequest(_message.Message):
-    __slots__ = ("session_key", "epoch", "chunk_bytes")
+    __slots__ = ("session_key", "epoch", "chunk_bytes", "push_to")
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PUSH_TO_FIELD_NUMBER: _ClassVar[int]
     session_key: str
     epoch: int
     chunk_bytes: int
-    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    push_to: str
+    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., push_to: _Optional[str] = ...) -> None: ...
 
 class SessionChunk(_message.Message):
-    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32", "state_version", "warm")
+    __slots__ = ("session_key", "epoch", "offset", "data", "total_bytes", "last", "crc32", "state_version", "warm", "pushed")
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +146,7 @@ class SessionChunk(_message.Message):
     CRC32_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     WARM_FIELD_NUMBER: _ClassVar[int]
+    PUSHED_FIELD_NUMBER: _ClassVar[int]
     session_key: str
     epoch: int
     offset: int
@@ -153,7 +156,8 @@ class SessionChunk(_message.Message):
     crc32: int
     state_version: int
     warm: bool
-    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32: _Optional[int] = ..., state_version: _Optional[int] = ..., warm: _Optional[bool] = ...) -> None: ...
+    pushed: bool
+    def __init__(self, session_key: _Optional[str] = ..., epoch: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., last: _Optional[bool] = ..., crc32: _Optional[int] = ..., state_version: _Optional[int] = ..., warm: _Optional[bool] = ..., pushed: _Optional[bool] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
     __slots__ = ("session_key", "epoch", "state_bytes", "warmed")

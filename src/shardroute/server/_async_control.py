@@ -73,7 +73,7 @@ def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: 
             # It may wait for an in-flight turn: on the sessions' executor, like turns.
             chunks = await run_waiting(
                 lambda: sessions.executor,
-                answers.export_chunks,
+                answers.export_answer,
                 request,
                 context.time_remaining(),
                 undo=_nothing,

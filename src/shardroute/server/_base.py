@@ -222,8 +222,7 @@ class ShardServerBase:
 
     @property
     def address(self) -> str:
-        """``host:port`` clients reach this shard at (written in its etcd record);
-        empty before ``start()``."""
+        """``host:port`` clients reach it at (in its etcd record); empty before start."""
         return self._address
 
     @property
@@ -375,7 +374,8 @@ class ShardServerBase:
         if etcd is not None:
             etcd.close()
         self._sessions.topology_changed()
-        self._sessions.close()
+        for close in (self._sessions.close, self._answers.close):
+            close()
         owned, self._owned_store = self._owned_store, None
         if hasattr(owned, "close"):
             owned.close()

@@ -75,7 +75,7 @@ def control_calls(server: ShardServer) -> grpc.GenericRpcHandler:  # type: ignor
             # It may wait for an in-flight turn: on the sessions' executor, like turns.
             chunks = run_waiting(
                 lambda: sessions.executor,
-                answers.export_chunks,
+                answers.export_answer,
                 request,
                 context.time_remaining(),
                 undo=_nothing,

@@ -17,6 +17,7 @@ import grpc
 from shardroute import metadata
 from shardroute._proto import shard_pb2
 from shardroute.errors import ChunkError, ConfigError, Refused
+from shardroute.server._push import Pusher
 from shardroute.server.config import CONTROL_SERVICE
 from shardroute.server.lifecycle import ServerState
 from shardroute.sessions.chunks import (
@@ -25,7 +26,7 @@ from shardroute.sessions.chunks import (
     chunk_size,
     split_chunks,
 )
-from shardroute.sessions.handoff import import_version, rpc_deadline
+from shardroute.sessions.handoff import import_stored_version, import_version, rpc_deadline
 from shardroute.sessions.migrator import MAX_CONCURRENT_MOVES
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ class ControlAnswers:
 
     def __init__(self, server: ShardServerBase) -> None:
         self._server = server
+        self._pusher = Pusher(server)
+
+    def close(self) -> None:
+        """Close the channels pushes opened to other shards."""
+        self._pusher.close()
 
     def export_chunks(
         self, request: shard_pb2.ExportSessionRequest, time_remaining: float | None = None
@@ -65,17 +71,34 @@ class ControlAnswers:
         version = self._server.sessions.exported_version(request.session_key)
         return list(split_chunks(request.session_key, request.epoch, data, size, version))
 
+    def export_answer(
+        self, request: shard_pb2.ExportSessionRequest, time_remaining: float | None = None
+    ) -> list[Any]:
+        """What ``ExportSession`` answers: :meth:`export_chunks`, or, when the request
+        names ``push_to`` and this shard imported them there itself, one chunk saying
+        ``pushed`` (docs/protocol.md)."""
+        deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        chunks = self.export_chunks(request, time_remaining)
+        if not request.push_to:
+            return chunks
+        pushed = self._pusher.push(request, chunks, deadline)
+        return chunks if pushed is None else [pushed]
+
     def import_assembled(self, assembler: ChunkAssembler) -> shard_pb2.ImportSessionResponse:
         if not assembler.done:
             raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT, "the transfer ended before its last chunk"
             )
-        self._server.sessions.verify_move(assembler.session_key, assembler.epoch, "import")
-        key, epoch, data = assembler.session_key, assembler.epoch, assembler.data
-        token = import_version.set(assembler.state_version)
+        key, epoch, claimed = assembler.session_key, assembler.epoch, assembler.state_version
+        # The fence check and the store's version, read at the same time.
+        stored = self._server.sessions.check_import(key, epoch, claimed)
+        data = assembler.data
+        token = import_version.set(claimed)
+        read = import_stored_version.set(stored)
         try:
             self._server.import_session(key, epoch, data)
         finally:
+            import_stored_version.reset(read)
             import_version.reset(token)
         if assembler.warm:
             # WarmSession's step, in this call: the fence verify_move just read for the

@@ -35,6 +35,9 @@ from shardroute.telemetry import Telemetry
 log = logging.getLogger("shardroute.server")
 
 _MAX_HINTS = 65536
+_SIDE_WORKERS = 16
+"""Threads for the reads a migration call runs beside its fence check (an import's
+store version read): at most this many imports overlap them, later ones wait a little."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,7 @@ class HostBase:
         self._clock = clock
         self._wait_workers = wait_workers
         self._executor: ThreadPoolExecutor | None = None
+        self._side: ThreadPoolExecutor | None = None
         self._next_sweep = clock() + self._sweep_interval()
         self._store: _Store | None = None
         self._overrides: _Overrides | None = None
@@ -209,14 +213,26 @@ class HostBase:
                 )
             return self._executor
 
+    def _side_executor(self) -> Executor | None:
+        """A few threads for a read a migration call runs beside another one (created on
+        first use); None once closed (the caller then reads in turn)."""
+        with self._cond:
+            if self._side is None and not self._closed.is_set():
+                self._side = ThreadPoolExecutor(
+                    _SIDE_WORKERS, thread_name_prefix=f"shardroute-{self.shard_id}-side"
+                )
+            return self._side
+
     def close(self) -> None:
-        """Shut the wait executor and the sweeper down (the server calls it once stopped)."""
+        """Shut the executors and the sweeper down (the server calls it once stopped)."""
         self._closed.set()
         with self._cond:
             executor, self._executor = self._executor, None
+            side, self._side = self._side, None
             self._cond.notify_all()
-        if executor is not None:
-            executor.shutdown(wait=False)
+        for pool in (executor, side):
+            if pool is not None:
+                pool.shutdown(wait=False)
 
     def topology_changed(self, topology: object = None) -> None:
         """The topology source's subscriber (every snapshot, in order): forget held

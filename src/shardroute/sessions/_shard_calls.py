@@ -4,16 +4,20 @@ answered later, over one channel per shard with the mover's credentials and dead
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from shardroute._proto import shard_pb2, shard_pb2_grpc
+from shardroute.errors import MigrationFailed
 from shardroute.model import Shard
 from shardroute.security import ChannelMaker, ChannelSecurity, ControlToken
 from shardroute.sessions.chunks import joined_export, split_chunks
@@ -36,7 +40,15 @@ class Exported:
     """The store version the bytes were saved at (0: unknown)."""
     chunks: list[Any] | None
     """The export's chunks, checked, forwarded to the target as they are (None: the
-    state came from the store)."""
+    state came from the store, or was pushed)."""
+    pushed: int = -1
+    """The state's size when the source imported it into the target itself (``push_to``:
+    nothing left to import); -1 when not pushed."""
+
+    @property
+    def size(self) -> int:
+        """The state's size in bytes."""
+        return self.pushed if self.pushed >= 0 else len(self.data)
 
 
 class ShardCalls:
@@ -69,20 +81,34 @@ class ShardCalls:
         """Releases sent after a commit that the shard refused or did not answer."""
 
     def export(
-        self, session_key: str, epoch: int, source: Shard, max_bytes: int, steps: MigrationTrace
+        self,
+        session_key: str,
+        epoch: int,
+        source: Shard,
+        max_bytes: int,
+        steps: MigrationTrace,
+        push_to: str = "",
     ) -> Exported | None:
         """The source's export, checked (at most ``max_bytes``); None when the source is
-        unreachable (the call was never sent: the caller reads the store)."""
+        unreachable (the call was never sent: the caller reads the store). With
+        ``push_to`` (the target's id) the source may import the state into the target
+        itself: then :attr:`Exported.pushed` is its size and there is nothing to import."""
         request = shard_pb2.ExportSessionRequest(
-            session_key=session_key, epoch=epoch, chunk_bytes=self.chunk_bytes
+            session_key=session_key, epoch=epoch, chunk_bytes=self.chunk_bytes, push_to=push_to
         )
         chunks = None
         try:
-            with steps.step("export"):
+            with steps.step("export") as span:
                 chunks = self.control(source).ExportSession(
                     request, timeout=self.timeout, metadata=self._credentials
                 )
-                received = joined_export(session_key, chunks, max_bytes, epoch=epoch)
+                stream = iter(chunks)
+                first = next(stream, None)
+                span.set_attribute(names.STEP_PUSHED, first is not None and first.pushed)
+                if first is not None and first.pushed:
+                    return _pushed(session_key, epoch, first, max_bytes)
+                parts = stream if first is None else itertools.chain((first,), stream)
+                received = joined_export(session_key, parts, max_bytes, epoch=epoch)
                 return Exported(received.data, received.state_version, received.chunks)
         except grpc.RpcError as exc:
             if not _unreachable(exc):
@@ -100,11 +126,26 @@ class ShardCalls:
                 chunks.cancel()  # no-op once finished; stops a stream we gave up on
 
     def import_warm(
-        self, session_key: str, epoch: int, target: Shard, state: Exported, steps: MigrationTrace
+        self,
+        session_key: str,
+        epoch: int,
+        target: Shard,
+        state: Exported,
+        steps: MigrationTrace | None,
+        timeout: float | None = None,
     ) -> None:
         """Import into ``target``, warming it in the same call; a shard that predates
-        that (``warmed`` false) is sent ``WarmSession`` after it."""
+        that (``warmed`` false) is sent ``WarmSession`` after it. ``steps``: None when a
+        source pushes (``push_to``); ``timeout``: each call's, default the mover's."""
+        steps = steps if steps is not None else _UNTRACED
+        if state.pushed >= 0:  # the source did both: the steps, as empty spans
+            with steps.step("import") as span:
+                span.set_attribute(names.STEP_PUSHED, True)
+            with steps.step("warm") as span:
+                span.set_attribute(names.STEP_IN_IMPORT, True)
+            return
         control = self.control(target)
+        timeout = self.timeout if timeout is None else timeout
         chunks: Iterable[Any]
         if state.chunks is not None:
             chunks = state.chunks
@@ -114,15 +155,13 @@ class ShardCalls:
                 session_key, epoch, state.data, self.chunk_bytes, state.version, warm=True
             )
         with steps.step("import"):
-            reply = control.ImportSession(
-                iter(chunks), timeout=self.timeout, metadata=self._credentials
-            )
+            reply = control.ImportSession(iter(chunks), timeout=timeout, metadata=self._credentials)
         with steps.step("warm") as span:
             span.set_attribute(names.STEP_IN_IMPORT, bool(reply.warmed))
             if not reply.warmed:
                 control.WarmSession(
                     shard_pb2.WarmSessionRequest(session_key=session_key, epoch=epoch),
-                    timeout=self.timeout,
+                    timeout=timeout,
                     metadata=self._credentials,
                 )
 
@@ -195,6 +234,34 @@ def control_stub(channel: grpc.Channel) -> Any:
     """A ``ShardControl`` stub on ``channel`` (the generated class is untyped)."""
     factory: Any = shard_pb2_grpc.ShardControlStub
     return factory(channel)
+
+
+class _Untraced:
+    """Steps not recorded (a source's push runs inside its export call)."""
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[Any]:
+        yield trace.INVALID_SPAN
+
+
+_UNTRACED: Any = _Untraced()
+
+
+def _pushed(session_key: str, epoch: int, chunk: Any, max_bytes: int) -> Exported:
+    """The answer of a source that imported the state into the target itself, checked."""
+    if (chunk.session_key, chunk.epoch, chunk.last, chunk.data) != (session_key, epoch, True, b""):
+        raise MigrationFailed(
+            f"session {session_key!r}: the source's push answer is malformed "
+            f"(key {chunk.session_key!r}, epoch {chunk.epoch}, last {chunk.last})",
+            session_key,
+        )
+    if chunk.total_bytes > max_bytes:
+        raise MigrationFailed(
+            f"session {session_key!r}: the source pushed {chunk.total_bytes} bytes, over "
+            f"the store's limit of {max_bytes}",
+            session_key,
+        )
+    return Exported(b"", chunk.state_version, None, pushed=chunk.total_bytes)
 
 
 def _release_request(session_key: str, epoch: int, new_owner: str) -> Any:

@@ -30,6 +30,13 @@ import_version: contextvars.ContextVar[int] = contextvars.ContextVar(
 """The store version an incoming import's bytes were saved at (0: unknown), set by the
 server around the ``import_session`` hook so its signature stays as it is."""
 
+import_stored_version: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "shardroute_import_stored_version", default=None
+)
+"""The session's store version as read beside the import's fence check
+(:meth:`Handoff.check_import`), set by the server around the ``import_session`` hook;
+None: :meth:`Handoff.import_state` reads it itself."""
+
 rpc_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "shardroute_rpc_deadline", default=None
 )
@@ -174,8 +181,11 @@ class Handoff(HostBase):
         applied: Applied | None = None  # unknown: read from the store before the next turn
         if claimed > 0:
             # The sender says which stored version the bytes are: comparing versions is
-            # a keys-only read, instead of reading the whole state back.
-            version = self._stored_version(session_key)
+            # a keys-only read, instead of reading the whole state back (done already
+            # when the server read it beside the fence check: check_import).
+            version = import_stored_version.get()
+            if version is None:
+                version = self._stored_version(session_key)
             if version not in (0, claimed):  # 0: nothing stored to contradict it
                 raise Refused(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -254,7 +264,9 @@ class Handoff(HostBase):
             self._cond.notify_all()
             return entry is not None
 
-    def verify_move(self, session_key: str, epoch: int, step: str, new_owner: str = "") -> None:
+    def verify_move(
+        self, session_key: str, epoch: int, step: str, new_owner: str = ""
+    ) -> Override | None:
         """Refuse a migration call that no move in etcd stands behind (the control
         service calls it before each step; docs/security.md). The session's override is
         read from etcd and must be, for ``step``:
@@ -268,12 +280,22 @@ class Handoff(HostBase):
         So an epoch made up by a caller is refused (FAILED_PRECONDITION), and a session
         is frozen, imported or released only as part of a move a mover fenced. A shard
         without etcd (standalone) has nothing to check against and accepts the call.
+
+        The read races this shard's override watch: when the watch shows exactly such
+        an override (from etcd: it carries its revision) before the read answers, that
+        stands behind the call (the watch is etcd's own record of its writes, at most a
+        moment behind the read; the mover wrote the fence before calling). Otherwise the
+        read decides, as before. Returns the override that stands behind the call (None
+        on a standalone shard).
         """
         if self._overrides is None:
-            return
-        current = self._read_override(session_key)
-        if _backs(current, epoch, step, self.shard_id, new_owner or self.shard_id):
-            return
+            return None
+        owner = new_owner or self.shard_id
+        watched, current = self._read_or_watch(session_key, epoch, step, owner)
+        if watched is not None:
+            return watched
+        if _backs(current, epoch, step, self.shard_id, owner):
+            return current
         shown = (
             "no override"
             if current is None
@@ -285,6 +307,70 @@ class Handoff(HostBase):
             f"{step} of session {session_key!r} at epoch {epoch} refused: etcd shows {shown}, "
             "not a move that this call belongs to; nothing changed",
         )
+
+    def _watched_backs(self, key: str, epoch: int, step: str, owner: str) -> Override | None:
+        followed = self._topology_override(key)
+        if followed is None or followed.version <= 0:
+            return None
+        return followed if _backs(followed, epoch, step, self.shard_id, owner) else None
+
+    def _read_or_watch(
+        self, key: str, epoch: int, step: str, owner: str
+    ) -> tuple[Override | None, Override | None]:
+        """``(the watched override, None)`` as soon as the watch backs the call, else
+        ``(None, the override read from etcd)`` (see :meth:`verify_move`; a read still
+        running when the watch backs the call is not waited for)."""
+        watched = self._watched_backs(key, epoch, step, owner)
+        if watched is not None:
+            return watched, None
+        side = self._side_executor()
+        try:
+            if side is None:
+                raise RuntimeError("closed")
+            read = side.submit(self._read_override, key)
+        except RuntimeError:  # the shard is stopping: just read
+            return None, self._read_override(key)
+
+        def answered(_done: object) -> None:
+            with self._cond:
+                self._cond.notify_all()
+
+        read.add_done_callback(answered)
+        with self._cond:  # woken by the read's answer and by topology changes
+            while not read.done():
+                watched = self._watched_backs(key, epoch, step, owner)
+                if watched is not None:
+                    return watched, None
+                self._cond.wait()
+        return None, read.result()
+
+    def watched_move(self, session_key: str, epoch: int) -> str | None:
+        """Where the fence at ``epoch`` moves the session to, as this shard's override
+        watch shows it; None when the watch shows no such fence (yet)."""
+        followed = self._topology_override(session_key)
+        if followed is None or followed.epoch != epoch or not followed.moving_to:
+            return None
+        return followed.moving_to
+
+    def check_import(self, session_key: str, epoch: int, claimed: int) -> int | None:
+        """The import's checks that read: :meth:`verify_move` (``import``) and, when the
+        sender named the store version its bytes were saved at (``claimed`` > 0), the
+        store's version of the session, read at the same time, so the two round trips
+        cost one. Returns that version for :meth:`import_state`
+        (:data:`import_stored_version`), or None when not read. Nothing changes here:
+        a refused fence is raised first, whatever the version read found; an
+        unreachable store is ``UNAVAILABLE``."""
+        side = self._side_executor() if claimed > 0 and self._store is not None else None
+        if side is None:
+            self.verify_move(session_key, epoch, "import")
+            return None
+        try:
+            read = side.submit(self._stored_version, session_key)
+        except RuntimeError:  # shut down meanwhile (the shard is stopping): in turn
+            self.verify_move(session_key, epoch, "import")
+            return None
+        self.verify_move(session_key, epoch, "import")
+        return read.result()
 
     def exported_version(self, session_key: str) -> int:
         """The store version of the copy this shard holds (0 when it holds none): what

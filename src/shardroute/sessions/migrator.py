@@ -33,6 +33,7 @@ from shardroute.etcd import EtcdClient
 from shardroute.model import Override, Shard, ShardState, Topology
 from shardroute.routing import OwnLoads, Router
 from shardroute.security import ChannelSecurity, ControlToken
+from shardroute.sessions._known import KnownOverrides
 from shardroute.sessions._shard_calls import Exported, ShardCalls, control_stub
 from shardroute.sessions.chunks import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from shardroute.sessions.etcd_store import EtcdSessionStore
@@ -133,6 +134,7 @@ class Migrator:
         self._calls = ShardCalls(
             timeout=timeout, chunk_bytes=chunk_bytes, tls=tls, control_token=control_token
         )
+        self._known = KnownOverrides()  # its own last commits
         self._active = 0
         self.peak_concurrent = 0
         """Most migrations this mover ran at the same time."""
@@ -169,33 +171,58 @@ class Migrator:
         self.wait_released(session_key)  # this mover's previous move of it has ended
         topology = self.topology.current()
         self._prune(topology)
-        current = self.overrides.get(session_key)
-        if current is not None and current.moving_to:
-            raise MigrationConflict(
-                f"session {session_key!r} is already moving to {current.moving_to!r} "
-                f"(epoch {current.epoch})",
-                session_key,
-            )
-        source_id = self._owner(session_key, current)
-        target_shard = self._target(session_key, topology, source_id, target)
-        source_shard = topology.shards.get(source_id)
-        fence = next_override(current, source_id, moving_to=target_shard.id)
-        steps = MigrationTrace(self.telemetry, session_key, source_id, target_shard.id)
-        try:
-            with steps.step("fence"):
-                fenced = self._swap(session_key, current, fence, source_shard or target_shard)
-        except StaleState as exc:
-            steps.finish("conflict", exc)
-            raise MigrationConflict(
-                f"session {session_key!r} changed hands while this move started (another "
-                "mover or shard wrote its override first); nothing was changed: look at its "
-                "owner again and move it again if you still want to",
-                session_key,
-            ) from exc
+        # The override as this mover knows it (its topology follows overrides, or it
+        # committed the session's last move itself), else read from etcd. The fence
+        # compares its revision: a view that is behind only makes that swap fail; then
+        # etcd is read and the move decided again.
+        known = self._known.take(session_key, topology)
+        current = known if known is not None else self.overrides.get(session_key)
+        steps: MigrationTrace | None = None
+        while True:
+            if current is not None and current.moving_to:
+                if steps is not None:
+                    steps.finish("conflict")
+                raise MigrationConflict(
+                    f"session {session_key!r} is already moving to {current.moving_to!r} "
+                    f"(epoch {current.epoch})",
+                    session_key,
+                )
+            try:
+                source_id = self._owner(session_key, current)
+                target_shard = self._target(session_key, topology, source_id, target)
+            except ShardRouteError as exc:
+                if known is not None:  # e.g. "already lives on the target": as known
+                    current, known = self.overrides.get(session_key), None
+                    continue
+                if steps is not None:  # decided again: the session changed hands meanwhile
+                    steps.finish("conflict", exc)
+                raise
+            source_shard = topology.shards.get(source_id)
+            fence = next_override(current, source_id, moving_to=target_shard.id)
+            if steps is None:
+                steps = MigrationTrace(self.telemetry, session_key, source_id, target_shard.id)
+            else:
+                steps.redecided(source_id, target_shard.id)
+            try:
+                with steps.step("fence"):
+                    fenced = self._swap(session_key, current, fence, source_shard or target_shard)
+                break
+            except StaleState as exc:
+                if known is None or isinstance(exc, LeaseNotFound):
+                    steps.finish("conflict", exc)
+                    raise MigrationConflict(
+                        f"session {session_key!r} changed hands while this move started "
+                        "(another mover or shard wrote its override first); nothing was "
+                        "changed: look at its owner again and move it again if you still "
+                        "want to",
+                        session_key,
+                    ) from exc
+            current = self.overrides.get(session_key)  # the followed view was behind
+            known = None
         assert fenced is not None
         commit = next_override(fenced, target_shard.id)
         try:
-            exported = self._export(session_key, fenced, source_shard, steps)
+            exported = self._export(session_key, fenced, source_shard, target_shard, steps)
             self._calls.import_warm(session_key, fenced.epoch, target_shard, exported, steps)
             with steps.step("commit"):
                 committed = self._commit(session_key, fenced, commit, target_shard)
@@ -235,14 +262,15 @@ class Migrator:
                     source_shard, session_key, committed.epoch, target_shard.id
                 )
         self.router.remember(session_key, target_shard.id)
+        self._known.remember(session_key, committed)
         steps.finish("committed")
         return MigrationResult(
             session_key,
             source_id,
             target_shard.id,
             committed.epoch,
-            len(exported.data),
-            exported.chunks is None,
+            exported.size,
+            exported.chunks is None and exported.pushed < 0,
             time.monotonic() - started,
         )
 
@@ -335,12 +363,18 @@ class Migrator:
         return self.overrides.swap(session_key, expected, new, lease=holder.lease or None)
 
     def _export(
-        self, session_key: str, fenced: Override, source: Shard | None, steps: MigrationTrace
+        self,
+        session_key: str,
+        fenced: Override,
+        source: Shard | None,
+        target: Shard,
+        steps: MigrationTrace,
     ) -> Exported:
-        """The state: exported by the source, else (source unreachable) from the store."""
+        """The state: exported by the source (which may push it into ``target`` itself),
+        else (source unreachable) from the store."""
         if source is not None:
             exported = self._calls.export(
-                session_key, fenced.epoch, source, self.store.max_bytes, steps
+                session_key, fenced.epoch, source, self.store.max_bytes, steps, target.id
             )
             if exported is not None:
                 return exported

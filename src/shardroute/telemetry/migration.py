@@ -66,6 +66,13 @@ class MigrationTrace:
         )
         self._context = trace.set_span_in_context(self.span)
 
+    def redecided(self, source: str, target: str) -> None:
+        """The move was decided again (its first fence lost to a newer override than the
+        mover knew): the source and target it now has."""
+        self.source, self.target = source, target
+        self.span.set_attribute(names.SOURCE_SHARD, source)
+        self.span.set_attribute(names.TARGET_SHARD, target)
+
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[Any]:
         """A child span named ``shardroute.migrate.<name>`` over the block (an error

@@ -90,6 +90,10 @@ STEP: Final = "shardroute.step"
 STEP_IN_IMPORT: Final = "shardroute.step.in_import"
 """On a move's ``warm`` step: True when the target warmed the session within the import
 call (the span then covers no call of its own)."""
+STEP_PUSHED: Final = "shardroute.step.pushed"
+"""On a move's ``export`` step: True when the source imported the state into the target
+itself (``push_to``; the span covers that import); on its ``import`` step, then an empty
+span, True as well."""
 STEP_AWAITED: Final = "shardroute.step.awaited"
 """On a move's ``release`` step: False, the span covers sending it, not its answer."""
 SOURCE_SHARD: Final = "shardroute.source"
