@@ -635,3 +635,30 @@ def test_the_own_newer_override_wins_over_an_older_snapshot(world: World) -> Non
     a.topology_changed(older)  # a snapshot from before A's swap arrives late
     assert K in a
     assert world.stored(K) == ["t1", "t2", "t3"]
+
+
+def test_a_frozen_copy_is_settled_by_the_snapshot_that_shows_the_move_ended(
+    world: World,
+) -> None:
+    """A move A -> T commits but its release never reaches A: the snapshot that shows
+    the commit drops A's frozen copy, so moving the session back to A is not refused
+    as 'served here'; a rollback unfreezes it the same way."""
+    a, t = world.host("A"), world.host("T")
+    snapshots = _Snapshots(world, a, t)
+    turn(a, K, "t1")
+    fence = world.fence(K, "A", "T")
+    data = a.export(K, fence.epoch)
+    t.import_state(K, fence.epoch, data)
+    committed = world.overrides.swap(K, fence, Override("T", fence.epoch + 1))
+    assert committed is not None
+    snapshots.publish()
+    assert K not in a  # dropped without a call reaching A
+    turn(t, K, "t2")
+    back = world.fence(K, "T", "A")
+    a.import_state(K, back.epoch, t.export(K, back.epoch))  # the move back is taken
+    rolled = world.overrides.swap(K, back, Override("T", back.epoch + 1))  # rollback
+    assert rolled is not None
+    snapshots.publish()
+    assert not t.is_frozen(K)  # unfrozen by the snapshot: T serves it again
+    turn(t, K, "t3")
+    assert world.stored(K) == ["t1", "t2", "t3"]

@@ -244,9 +244,12 @@ class HostBase:
         an override can also vanish before that (its owner's lease expired: the owner
         died), and the copy would then be served again as if nothing had happened,
         without the other shard's turns (a turn's write would fail its compare-and-swap,
-        but a read would answer from the stale copy). Copies in a move (frozen, or an
-        import not yet committed) and copies still loading are left to the move; one in a
-        turn is dropped when the turn ends.
+        but a read would answer from the stale copy). A copy frozen for a move whose end
+        (commit or rollback) no release brought here is settled as the snapshot shows
+        it: dropped after a commit elsewhere, unfrozen after a rollback (else a move of
+        the session back here would find it and be refused). Imports not yet committed
+        and copies still loading are left alone; one in a turn is dropped when the turn
+        ends.
         """
         overrides = getattr(topology, "overrides", None)
         with self._cond:
@@ -255,18 +258,26 @@ class HostBase:
                 self._forget_owned_elsewhere(overrides)
             self._cond.notify_all()
 
+    def _settle_frozen(self, key: str, entry: _Entry | None, known: Override | None) -> Any:
+        """Settle a frozen copy whose move ended (the migration side, ``Handoff``, does
+        it); returns the entry, or None when dropped. Called with ``_cond`` held."""
+        return entry
+
     def _forget_owned_elsewhere(self, overrides: Any) -> None:
         # Called with _cond held. Walks the smaller side: the held sessions are usually
         # far fewer than the overrides of the whole service.
         me, hints = self.shard_id, self._hints
         stale = []
-        for key, entry in self._held.items():
-            if entry.frozen or entry.imported or entry.loading:
+        for key, entry in list(self._held.items()):
+            if entry.imported or entry.loading:
                 continue
             found = overrides.get(key)
             if found is None:
                 continue
             known = newest_override(found, hints.get(key))
+            if entry.frozen:  # its move ended without a release reaching this shard?
+                self._settle_frozen(key, entry, known)
+                continue
             if known is not None and known.owner != me:
                 if entry.busy:
                     entry.elsewhere = True
