@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import grpc
@@ -9,7 +10,9 @@ import pytest
 
 from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.model import ShardState
+from shardroute.testing import chaos_faults
 from shardroute.testing.cluster import ShardCluster, ShardStartError
+from shardroute.testing.etcd import free_port
 
 
 def _generate(address: str, session: str, prompt: str) -> list[chat_pb2.Token]:
@@ -80,3 +83,23 @@ def test_a_class_that_cannot_start_fails_with_its_log(etcd_endpoint: str, tmp_pa
     cluster = ShardCluster(etcd_endpoint, server_class="shardroute.model:Shard", log_dir=tmp_path)
     with cluster, pytest.raises(ShardStartError, match="not a ShardServer"):
         cluster.add()
+
+
+def test_a_proxied_shard_whose_port_was_taken_starts_on_another(
+    shard_cluster: ShardCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port picked for a proxied shard is taken by another socket before the shard
+    binds it (seen in CI): the start is tried again on a fresh port."""
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", 0))
+        taken = taker.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(chaos_faults, "free_port", lambda: next(picks, None) or free_port())
+        proxies = chaos_faults.add_proxied_shards(shard_cluster, 1)
+    try:
+        [(shard_id, proxy)] = proxies.items()
+        assert proxy.target[1] != taken
+        assert shard_cluster.source.current().shard(shard_id).address == proxy.endpoint
+    finally:
+        for proxy in proxies.values():
+            proxy.close()

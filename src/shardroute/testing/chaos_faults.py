@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from shardroute.errors import ConfigError
+from shardroute.errors import ConfigError, ShardStartError
 from shardroute.testing.etcd import free_port
 from shardroute.testing.faults import TcpProxy
 from shardroute.testing.waiting import wait_until
@@ -32,29 +32,38 @@ __all__ = [
 
 
 def add_proxied_shards(cluster: ShardCluster, count: int, **kwargs: Any) -> dict[str, TcpProxy]:
-    """Start ``count`` more shards of ``cluster`` in parallel, each behind a new, started
+    """Start ``count`` more shards of ``cluster``, each behind a new, started
     :class:`TcpProxy` (its address in etcd is the proxy's); returns ``shard id → proxy``
-    (close them after the cluster). ``kwargs`` as for :meth:`ShardCluster.add`."""
-    ports = [free_port() for _ in range(count)]
-    proxies = [TcpProxy(f"127.0.0.1:{port}").start() for port in ports]
+    (close them after the cluster). ``kwargs`` as for :meth:`ShardCluster.add`.
+
+    Each shard listens on a port picked for it beforehand (the proxy needs it), which
+    another socket of the machine can take during the shard's start-up (seen once in
+    CI): such a start is tried again on another port, up to three times."""
+    proxies: dict[str, TcpProxy] = {}
     try:
-        before = set(cluster.shard_ids)
-        cluster.start_each(
-            [
-                {**kwargs, "port": port, "advertise_address": proxy.endpoint}
-                for port, proxy in zip(ports, proxies, strict=True)
-            ]
-        )
+        for _ in range(count):
+            shard_id, proxy = _add_proxied(cluster, kwargs)
+            proxies[shard_id] = proxy
     except BaseException:
-        for proxy in proxies:
+        for proxy in proxies.values():
             proxy.close()
         raise
-    by_address = {proxy.endpoint: proxy for proxy in proxies}
-    return {
-        shard_id: by_address[shard.address]
-        for shard_id, shard in cluster.source.current().shards.items()
-        if shard_id not in before and shard.address in by_address
-    }
+    return proxies
+
+
+def _add_proxied(cluster: ShardCluster, kwargs: dict[str, Any]) -> tuple[str, TcpProxy]:
+    for attempt in range(3):
+        port = free_port()
+        proxy = TcpProxy(f"127.0.0.1:{port}").start()
+        try:
+            shard_id = cluster.add(port=port, advertise_address=proxy.endpoint, **kwargs)
+        except ShardStartError as exc:
+            proxy.close()
+            if attempt == 2 or "cannot listen" not in str(exc):
+                raise
+            continue
+        return shard_id, proxy
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _etcd_cluster(env: ChaosEnv) -> EtcdCluster:
