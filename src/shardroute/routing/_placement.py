@@ -44,6 +44,22 @@ def _fallbacks(
     return tuple(out)
 
 
+def _may_take(
+    tb: RouteTable,
+    shard_id: str,
+    limits: tuple[int, ...],
+    loads: OwnLoads,
+    excluded: Collection[str],
+) -> int | None:
+    """The index of ``shard_id`` when a pinned session may go there: in the table, not
+    excluded, under the priority's hard ceiling (a pin gives way only there, or when its
+    shard is unavailable: limits are 0 for shards that take no sessions); else None."""
+    p = tb.ring.index.get(shard_id)
+    if p is None or (excluded and shard_id in excluded) or tb.load(p, loads.counts) >= limits[p]:
+        return None
+    return p
+
+
 class RingPlan:
     """Bounded-load consistent hashing (docs/routing.md, steps 1-8 and 10).
 
@@ -192,23 +208,13 @@ class AffinityPolicy:
         """
         override = overrides.get(session_key) if overrides is not EMPTY_MAPPING else None
         if override is not None:
-            p = tb.ring.index.get(override.owner)
-            if (
-                p is not None
-                and not (excluded and override.owner in excluded)
-                and tb.load(p, loads.counts) < limits[p]
-            ):
+            p = _may_take(tb, override.owner, limits, loads, excluded)
+            if p is not None:
                 return self.pinned(tb, view, i, p, excluded, Reason.OVERRIDE)
         pin = self._pins.get(session_key)
         if pin is not None and self._clock() < pin[2]:
-            p = tb.ring.index.get(pin[0])
-            # a pin gives way only at the hard ceiling (or when its shard is unavailable);
-            # limits are 0 for shards that take no sessions
-            if (
-                p is not None
-                and not (excluded and pin[0] in excluded)
-                and tb.load(p, loads.counts) < limits[p]
-            ):
+            p = _may_take(tb, pin[0], limits, loads, excluded)
+            if p is not None:
                 return self.pinned(tb, view, i, p, excluded)
         return self.child.decide(tb, view, i, priority, limits, loads, excluded)
 

@@ -55,7 +55,7 @@ class Checkpoints(HostBase):
             )
         return Refused(
             grpc.StatusCode.ALREADY_EXISTS,
-            f"turn {turn.turn_id if turn else ''} of session {key!r} was applied already by "
+            f"turn {found.turn_id} of session {key!r} was applied already by "
             "another shard, exactly once (this call was a retry of it); this run was not "
             "saved, the call is answered from the record of applied turns",
             extra_trailers=replay_trailers(found),

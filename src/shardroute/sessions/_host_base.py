@@ -264,8 +264,8 @@ class HostBase:
         return entry
 
     def _forget_owned_elsewhere(self, overrides: Any) -> None:
-        # Called with _cond held. Walks the smaller side: the held sessions are usually
-        # far fewer than the overrides of the whole service.
+        # Called with _cond held. Walks the held sessions, usually far fewer than the
+        # overrides of the whole service.
         me, hints = self.shard_id, self._hints
         stale = []
         for key, entry in list(self._held.items()):
