@@ -21,6 +21,7 @@ from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.sessions import OverrideStore
 from shardroute.testing.cluster import ShardCluster
+from shardroute.testing.waiting import wait_until
 
 
 def start_shard(etcd: str, shard_id: str, **kwargs: object) -> ChatShard:
@@ -37,6 +38,8 @@ def shards(etcd_endpoint: str) -> Iterator[dict[str, ChatShard]]:
         "b": start_shard(etcd_endpoint, "b"),
         "c": start_shard(etcd_endpoint, "c"),
     }
+    # the drain picks targets from shard a's own view: wait until it shows b and c
+    wait_until(lambda: {"b", "c"} <= set(started["a"].topology.shards), 10, "peers")  # type: ignore[union-attr]
     yield started
     for shard in started.values():
         shard.stop()

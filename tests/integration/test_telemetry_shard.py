@@ -21,6 +21,7 @@ from shardroute.examples.chat import ChatShard
 from shardroute.telemetry import Telemetry, names, serve_prometheus, session_hash
 from shardroute.testing.etcd import free_port
 from shardroute.testing.otel import OtelCapture
+from shardroute.testing.waiting import wait_until
 
 SERVICE = "chat-otel"
 
@@ -37,6 +38,10 @@ def shards(etcd_endpoint: str, otel_capture: OtelCapture) -> Iterator[list[ChatS
         ).start()
         for i in range(2)
     ]
+    # a drain picks its targets from the draining shard's own view: wait until each
+    # shard's watch shows the other (the client's view alone is not enough)
+    for shard in started:
+        wait_until(lambda s=shard: {"o0", "o1"} <= set(s.topology.shards), 10, "peers")  # type: ignore[union-attr]
     yield started
     for shard in started:
         shard.stop(0)
