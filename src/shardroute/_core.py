@@ -43,7 +43,7 @@ from shardroute.transport.turns import turn_id_of, turn_ids
 if TYPE_CHECKING:
     pass
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CallLoop", "CallOptions", "ClientCore"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "PLAIN", "CallLoop", "CallOptions", "ClientCore"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 C = TypeVar("C")
@@ -54,7 +54,8 @@ SLOW = "slow"
 CallOptions: TypeAlias = tuple[str, bool, Metadata, CallRecord | None]
 """What a call needs only when an attempt fails or is recorded: (priority, idempotent,
 extra metadata, the telemetry record or None)."""
-_PLAIN: CallOptions = ("standard", False, (), None)
+PLAIN: CallOptions = ("standard", False, (), None)
+"""The options of a call with nothing but a session key."""
 
 CallLoop: TypeAlias = Callable[
     [MethodSpec, Any, str, Decision, Metadata, float, float, CallOptions], Any
@@ -254,7 +255,7 @@ class ClientCore(Generic[C]):
                 if turn_ids is not None:
                     md += ((turn_header, turn_ids()),)
             else:  # the common case: one metadata entry (two with turn ids), nothing else
-                options = _PLAIN
+                options = PLAIN
                 if turn_ids is None:
                     md = ((session_header, wire),)
                 else:
