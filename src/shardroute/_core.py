@@ -251,7 +251,7 @@ class ClientCore(Generic[C]):
                 if decision.home_at_ceiling:  # only a spill or a zone fallback has it
                     next(at_ceiling)
                 options: CallOptions = (priority, idempotent, tuple(metadata), None)
-                md = first_metadata(session_key, decision, priority, options[2])
+                md = first_metadata(session_key, decision, priority, options[2], wire)
                 if turn_ids is not None:
                     md += ((turn_header, turn_ids()),)
             else:  # the common case: one metadata entry (two with turn ids), nothing else

@@ -73,8 +73,9 @@ class CallLoops:
         affinity = Reason.AFFINITY
         at_ceiling = core.stats.counter("at_ceiling")
         refused = core.stats.counter("overloaded")
-        calls, by_affinity = core._calls, core._by_reason[affinity]
-        pins, slow_s, succeeded = core._pins, core._slow_s, core.succeeded
+        calls, by_reason = core._calls, core._by_reason
+        by_affinity = by_reason[affinity]
+        pins, slow_s, succeeded, settle = core._pins, core._slow_s, core.succeeded, core._settle
         session_header = md_keys.SESSION_KEY
         inf = math.inf
         known = known_wire_form
@@ -138,8 +139,11 @@ class CallLoops:
             else:
                 if decision.home_at_ceiling:
                     next(at_ceiling)
-                options = (priority, idempotent, tuple(metadata), None)
-                md = first_metadata(session_key, decision, priority, options[2])
+                if metadata or idempotent or priority != "standard":
+                    options = (priority, idempotent, tuple(metadata), None)
+                else:  # only the reason differs: a memo pin, a spill
+                    options = PLAIN
+                md = first_metadata(session_key, decision, priority, options[2], wire)
                 if turn_ids is not None:
                     md += ((turn_header, turn_ids()),)
             # The first attempt (the general loop's, inline).
@@ -179,11 +183,15 @@ class CallLoops:
                 inflight.excess -= 1
             if trailers is not None:
                 inbox[shard_id] = trailers
-            if plain and slow_s is None and not health and session_key not in pins:
-                next(calls)  # ClientCore.succeeded with nothing to reset, time or learn
-                next(by_affinity)
-            else:
+            if slow_s is not None or health:  # something to time or reset
                 succeeded(None, session_key, decision, shard, started)
+            elif decision.reason is affinity and session_key not in pins:  # nothing to learn
+                next(calls)
+                next(by_affinity)
+            else:  # ClientCore.succeeded with nothing to time or reset: count, learn
+                next(calls)
+                next(by_reason[decision.reason])
+                settle(session_key, decision)
             return response
 
         call.__name__ = spec.name
