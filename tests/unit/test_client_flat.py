@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from test_client_hot_path import EchoStub, _DoneCall
 from test_transport_rules import FakeRpcError
 
 from shardroute import _shell
@@ -23,22 +24,6 @@ from shardroute.model import LoadReport, Shard
 from shardroute.transport import ChannelPool, RetryPolicy
 
 U = grpc.StatusCode.UNAVAILABLE
-
-
-def _same(data: bytes) -> bytes:
-    return data
-
-
-class EchoStub:
-    def __init__(self, channel: Any) -> None:
-        self.Echo = channel.unary_unary(
-            "/t.Echo/Echo", request_serializer=_same, response_deserializer=_same
-        )
-
-
-class _DoneCall:
-    def trailing_metadata(self) -> Any:
-        return ()
 
 
 class _AioCall:
@@ -158,6 +143,8 @@ def test_a_unary_method_is_the_flat_closure(aio: bool) -> None:
     world = World(aio)
     assert world.echo.__code__.co_filename.endswith(("_async_calls.py", "_sync_calls.py"))
     assert world.echo.__name__ == "Echo"
+    stream = world.client.stub(EchoStub).Stream  # streams: ClientCore.bind and the loop
+    assert stream.__code__.co_filename.endswith("_core.py")
 
 
 def test_flat_and_general_paths_leave_the_same_traces(
