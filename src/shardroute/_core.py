@@ -211,7 +211,8 @@ class ClientCore(Generic[C]):
             idempotent: bool = False,
             metadata: Sequence[tuple[str, str]] = (),
         ) -> Any:
-            # The per-call hot path: kept flat (see docs/benchmarks.md).
+            # Streams (and unary calls without the GIL); the unary methods run the same
+            # steps inline in AsyncCallLoops._bind_unary: keep the two in step.
             if (
                 explicit
                 or trace_state._TRACER_PROVIDER is not None
