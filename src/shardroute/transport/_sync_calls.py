@@ -48,9 +48,10 @@ class CallLoops:
         """The routed callable of unary method ``spec``, flat: one closure that routes
         (the steps of ``ClientCore.bind``'s, inline), makes the first attempt, counts it
         in flight and does the success bookkeeping with no Python frame of its own
-        besides the router's and the channel pool's. Python run right after a blocking
-        gRPC call is cold, so each step saved there counts several times
-        (docs/benchmarks.md). Anything but the common case goes to the general code: a
+        besides the router's and the channel pool's: less Python per call, which 8
+        threads sharing a client run one at a time (docs/benchmarks.md, session 7: the
+        in-place cost of what is left follows the memory it touches). Anything but the
+        common case goes to the general code: a
         failed first attempt to :meth:`_unary` (retries, failover, replies of applied
         turns), success with anything to learn or reset to ``ClientCore.succeeded``,
         a shard's first call to ``InFlight.begin``, telemetry to the recorded loop."""
