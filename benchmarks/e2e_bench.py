@@ -21,6 +21,15 @@ machine's noise falls on every side alike:
   exporter and metric reader; null without the SDK). Without an SDK the client takes
   its plain path: ``client_overhead_us`` is the no-SDK figure.
 
+- ring hash: gRPC's own client-side consistent hashing (the C core's ``ring_hash``
+  policy, configured in the service config with ``requestHashHeader`` set to the session
+  key entry, no xDS; ``GRPC_EXPERIMENTAL_RING_HASH_SET_REQUEST_HASH_KEY=true``) over one
+  channel to both servers, sending the same entry: ``p50_ratio_ring_hash`` and
+  ``concurrent_throughput_ratio_ring_hash`` against direct calls, and
+  ``p50_routed_over_ring_hash`` (the routed p50 over the ring hash p50): what the client
+  costs over the floor of client-side hashing with one metadata entry. (Session
+  affinity only: no bounded loads, zones, failover plan or sessions that move.)
+
 ``--shared-channels`` hands the routed client the direct stubs' own channels (one
 connection per shard for both sides), so only the client's own work differs: the
 paired harness of docs/benchmarks.md, "Trailers, sampled".
@@ -36,6 +45,8 @@ Prints one JSON line:
      "throughput_ratio", "stream_direct_ttfm_us", "stream_routed_ttfm_us",
      "stream_ttfm_ratio", "concurrent_throughput_ratio", "concurrency",
      "p50_ratio_same_metadata", "concurrent_throughput_ratio_same_metadata",
+     "p50_ratio_ring_hash", "p50_routed_over_ring_hash",
+     "concurrent_throughput_ratio_ring_hash",
      "client_overhead_us", "client_overhead_memo_us", "client_overhead_otel_us",
      "calls_each", "exactly_once"}
 
@@ -48,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -74,6 +86,21 @@ SESSIONS = [f"conv-{i}" for i in range(64)]
 SESSION_MD = [((metadata.SESSION_KEY, key),) for key in SESSIONS]  # what routed calls send
 CONCURRENCY = 8
 clock = time.perf_counter
+
+
+RING_HASH_ENV = "GRPC_EXPERIMENTAL_RING_HASH_SET_REQUEST_HASH_KEY"
+
+
+def ring_hash_channel(shards: list[Shard], make: Callable[..., Any]) -> Any:
+    """One channel to every shard with gRPC's ``ring_hash`` policy hashing the session key
+    entry (``make``: ``grpc.insecure_channel`` or ``grpc.aio.insecure_channel``)."""
+    config = {
+        "loadBalancingConfig": [
+            {"ring_hash_experimental": {"requestHashHeader": metadata.SESSION_KEY}}
+        ]
+    }
+    target = "ipv4:" + ",".join(s.address for s in shards)
+    return make(target, options=[("grpc.service_config", json.dumps(config))])
 
 
 def _same(data: bytes) -> bytes:
@@ -180,14 +207,14 @@ def pin_off_home(client: ShardClient | AsyncShardClient, shards: list[Shard]) ->
 
 def summary(
     mode: str,
-    unary: tuple[Samples, Samples, Samples],
+    unary: tuple[Samples, Samples, Samples, Samples],
     stream: tuple[Samples, Samples],
-    concurrent: tuple[Samples, Samples, Samples],
+    concurrent: tuple[Samples, Samples, Samples, Samples],
     overhead_us: list[float],
 ) -> dict[str, Any]:
-    (direct, routed, direct_md), (sd, sr), (cd, cr, cmd) = unary, stream, concurrent
+    (direct, routed, direct_md, ring), (sd, sr), (cd, cr, cmd, cring) = unary, stream, concurrent
     d50, r50 = statistics.median(direct.us), statistics.median(routed.us)
-    md50 = statistics.median(direct_md.us)
+    md50, ring50 = statistics.median(direct_md.us), statistics.median(ring.us)
     t_d, t_r = statistics.median(sd.us), statistics.median(sr.us)
     return {
         "mode": mode,
@@ -205,6 +232,10 @@ def summary(
         # routed calls send: what is left is the client's own cost
         "p50_ratio_same_metadata": round(r50 / md50, 3),
         "concurrent_throughput_ratio_same_metadata": round(cmd.seconds / cr.seconds, 3),
+        # gRPC's own ring_hash policy over the same entry: the floor of client-side hashing
+        "p50_ratio_ring_hash": round(ring50 / d50, 3),
+        "p50_routed_over_ring_hash": round(r50 / ring50, 3),
+        "concurrent_throughput_ratio_ring_hash": round(cd.seconds / cring.seconds, 3),
         "client_overhead_us": round(overhead_us[0], 2),
         "client_overhead_memo_us": round(overhead_us[1], 2),
         "client_overhead_otel_us": round(overhead_us[2], 1) if len(overhead_us) > 2 else None,
@@ -252,12 +283,15 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
     if args.shared_channels:  # the client calls over the direct stubs' own channels
         client._core.channels = ChannelPool(lambda shard: plain[shard.id], lambda ch: None)
     direct = {sid: EchoStub(ch) for sid, ch in plain.items()}
+    ring_channel = ring_hash_channel(shards, grpc.insecure_channel)
+    ring = EchoStub(ring_channel)
     homes = [direct[client.route(k).shard.id] for k in SESSIONS]
-    for k, stub in zip(SESSIONS, homes, strict=True):  # warm both paths
+    for k, stub, md in zip(SESSIONS, homes, SESSION_MD, strict=True):  # warm every path
         stub.Echo(PAYLOAD, timeout=10)
         routed.Echo(PAYLOAD, session_key=k)
+        ring.Echo(PAYLOAD, timeout=10, metadata=md)
 
-    unary = Samples(), Samples(), Samples()
+    unary = Samples(), Samples(), Samples(), Samples()
     for _ in range(args.slices):
         interleaved(
             unary,
@@ -266,6 +300,7 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
                 lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10),
                 lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64]),
                 lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+                lambda i: ring.Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
             ),
         )
 
@@ -277,7 +312,7 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
             routed_call = partial(routed.Stream, PAYLOAD, session_key=key)
             stream[1].us.append(first_message(routed_call) * 1e6)
 
-    concurrent = Samples(), Samples(), Samples()
+    concurrent = Samples(), Samples(), Samples(), Samples()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
 
         def direct_worker(n: int) -> None:
@@ -292,15 +327,20 @@ def run_sync(shards: list[Shard], args: argparse.Namespace) -> dict[str, Any]:
             for i in range(args.thread_calls):
                 homes[(i + n) % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[(i + n) % 64])
 
-        workers = [direct_worker, routed_worker, direct_md_worker]
+        def ring_worker(n: int) -> None:
+            for i in range(args.thread_calls):
+                ring.Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[(i + n) % 64])
+
+        workers = [direct_worker, routed_worker, direct_md_worker, ring_worker]
         for r in range(args.rounds):
-            for k in order(r):
+            for k in order(r, len(workers)):
                 start = clock()
                 list(pool.map(workers[k], [n * 8 for n in range(CONCURRENCY)]))
                 concurrent[k].seconds += clock() - start
     log(f"sync routed calls by reason: {client.stats.snapshot()}")
 
     client.close()
+    ring_channel.close()
     # The client's own cost: routed calls on no-op channels, on a fresh client (the
     # concurrent phase pinned sessions), then with every session pinned off its home.
     noop = ShardClient(
@@ -396,12 +436,15 @@ async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, An
     if args.shared_channels:  # the client calls over the direct stubs' own channels
         client._core.channels = ChannelPool(lambda shard: channels[shard.id], lambda ch: None)
     direct = {sid: EchoStub(ch) for sid, ch in channels.items()}
+    ring_channel = ring_hash_channel(shards, grpc.aio.insecure_channel)
+    ring = EchoStub(ring_channel)
     homes = [direct[client.route(k).shard.id] for k in SESSIONS]
-    for k, stub in zip(SESSIONS, homes, strict=True):
+    for k, stub, md in zip(SESSIONS, homes, SESSION_MD, strict=True):
         await stub.Echo(PAYLOAD, timeout=10)
         await routed.Echo(PAYLOAD, session_key=k)
+        await ring.Echo(PAYLOAD, timeout=10, metadata=md)
 
-    unary = Samples(), Samples(), Samples()
+    unary = Samples(), Samples(), Samples(), Samples()
     for _ in range(args.slices):
         await ainterleaved(
             unary,
@@ -410,6 +453,7 @@ async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, An
                 lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10),
                 lambda i: routed.Echo(PAYLOAD, session_key=SESSIONS[i % 64]),
                 lambda i: homes[i % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
+                lambda i: ring.Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[i % 64]),
             ),
         )
 
@@ -434,17 +478,21 @@ async def run_aio(shards: list[Shard], args: argparse.Namespace) -> dict[str, An
         for i in range(args.thread_calls):
             await homes[(i + n) % 64].Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[(i + n) % 64])
 
-    concurrent = Samples(), Samples(), Samples()
-    tasks = [direct_task, routed_task, direct_md_task]
+    async def ring_task(n: int) -> None:
+        for i in range(args.thread_calls):
+            await ring.Echo(PAYLOAD, timeout=10, metadata=SESSION_MD[(i + n) % 64])
+
+    concurrent = Samples(), Samples(), Samples(), Samples()
+    tasks = [direct_task, routed_task, direct_md_task, ring_task]
     for r in range(args.rounds):
-        for k in order(r):
+        for k in order(r, len(tasks)):
             start = clock()
             await asyncio.gather(*(tasks[k](n * 8) for n in range(CONCURRENCY)))
             concurrent[k].seconds += clock() - start
     log(f"aio routed calls by reason: {client.stats.snapshot()}")
 
     await client.close()
-    for ch in channels.values():
+    for ch in (*channels.values(), ring_channel):
         await ch.close()
     noop = AsyncShardClient(
         InMemoryTopologySource("bench", shards),
@@ -488,6 +536,7 @@ def main() -> None:
     )
     parser.add_argument("--thread-calls", type=int, default=100, help="calls per thread per round")
     args = parser.parse_args()
+    os.environ[RING_HASH_ENV] = "true"  # read by gRPC's core when it makes the first channel
     procs, shards = start_servers(2)
     try:
         result = asyncio.run(run_aio(shards, args)) if args.aio else run_sync(shards, args)
