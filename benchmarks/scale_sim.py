@@ -31,9 +31,16 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    ``max_over_avg``: the largest shard load over the average at the end (bounded loads, c =
    ``--balance-factor``, 1.25 by default); ``max_over_avg_homes``: the same with every
    session at its ring home (plain consistent hashing), the same-run baseline. Traffic:
-   ``--requests`` requests drawn by popularity, each at a random replica; a first attempt
-   at a shard other than the one holding the session is redirected (the replica remembers,
-   as the transport does), otherwise the replica settles. On every ``--sample-every``-th
+   ``--requests`` requests drawn by popularity, each at a random replica. A first attempt
+   at a shard other than the one holding the session follows the shards' ownership rules
+   (docs/migration.md, "Ownership"): one the replica placed there on purpose (a spill, zone
+   fallback or failover) is taken over there (the session moves, with its calls, and gets
+   an override: ``taken_over_share``; snapshots go on every ``--report-every`` requests
+   while takeovers happen), any other is redirected (the replica remembers, as the
+   transport does: ``redirected_share``); otherwise the replica settles.
+   ``--no-takeovers`` redirects them all (the model until session 7, which overstated
+   the disagreement: see docs/benchmarks.md). ``max_over_avg_after_traffic``: max/avg
+   once the takeovers moved their sessions. On every ``--sample-every``-th
    request all replicas route the same key: ``agreement`` is the share of those on which
    all agree; ``redirected_share`` the share of requests redirected. Each sample on which
    they disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
@@ -44,7 +51,12 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    snapshot's ``overrides`` to every replica, whose real router then sends the session to
    its owner; ``override_writes_per_s`` is what those overrides write (one per session
    placed off home, with sessions starting as fast as they end, mean
-   ``--session-life-s``).
+   ``--session-life-s``). ``--shard-admits`` models balancing at the shard: the replicas
+   apply no balance bound (priority ceilings only), and the shard that receives a new
+   session checks its exact load against the bound (the snapshot's total with its own
+   load exact, the same spill floor) and, when full, redirects it to its own router's
+   choice with the shards tried so far excluded (``admit_redirects_share``: redirects
+   per new session); not built (docs/benchmarks.md, session 7).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
    lost (its sessions move; mean, p90, max over the shards), ``moved_added_*`` when one
@@ -95,6 +107,12 @@ and it was placed off home (``spilled``: its home has room again) or at home
 shards (``where_to``). Also counted: some of them follow a pin (``with_pins``), and those
 that do not follow one disagree among themselves (``fresh_differ``: load views differ)."""
 ETCD_WRITES_PER_S = 10_000
+NO_BOUND = 1e9  # --shard-admits: the replicas' balance factor (no shard is ever full)
+SAFE_BOUND = 1.0 - 1e-9  # as the router's bound (routing/_table.py, SAFE)
+MAX_ADMIT_HOPS = 8
+DELIBERATE = frozenset({Reason.FAILOVER, Reason.SPILL, Reason.ZONE_FALLBACK})
+"""First attempts that a shard not holding the session takes over (ownership rules 1, 4:
+docs/migration.md), where any other reason is redirected to the owner."""
 
 
 def log(*args: object) -> None:
@@ -286,6 +304,17 @@ class Heard:
         self.excess = sum(max(0, c - basis[s]) for s, c in self.counts.items() if s in basis)
 
 
+class ExactLoad:
+    """A shard's router's ``loads`` (an ``OwnLoads``): the snapshot, with its own exact load."""
+
+    __slots__ = ("basis", "counts", "excess")
+
+    def __init__(self, shard_id: str, load: int, basis: Mapping[str, int]) -> None:
+        self.counts = {shard_id: load}
+        self.basis = basis
+        self.excess = max(0, load - basis.get(shard_id, 0))
+
+
 class Fleet:
     """The replicas, the shards' true loads and the snapshots they are all fed."""
 
@@ -293,6 +322,14 @@ class Fleet:
         policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=args.balance_factor)
         self.shards = shards
         self.follow_overrides = args.follow_overrides
+        # --shard-admits: the replicas apply no balance bound (c so large that no shard is
+        # ever full; ceilings still apply); the shard that receives a new session checks
+        # its exact load against the bound and redirects it along its own router's plan
+        self.admits: Router | None = None
+        self.admit_basis: Mapping[str, int] = EMPTY_MAPPING
+        if args.shard_admits:
+            self.admits = Router(policy)
+            policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=NO_BOUND)
         self.exceptions: list[tuple[str, str]] = []  # sessions placed off home since publish
         self.overrides: dict[str, Override] = {}  # what the shards wrote, with --follow-overrides
         self.routers = [Router(policy) for _ in range(args.replicas)]
@@ -300,6 +337,8 @@ class Fleet:
         self.load = dict.fromkeys(shards, 0)
         self.reports: dict[str, LoadReport] = {}
         self.revision = 0
+        self.admit_redirects = 0
+        self.rates: list[int] = []
         self.topology = self.publish()
 
     def publish(self, shards: Mapping[str, Shard] | None = None) -> Topology:
@@ -319,8 +358,32 @@ class Fleet:
         for router, flight in zip(self.routers, self.flights, strict=True):
             router.prepare(self.topology)
             flight.rebase(router.basis(self.topology))
+        if self.admits is not None:
+            self.admits.prepare(self.topology)
+            self.admit_basis = self.admits.basis(self.topology)
         self.exceptions.clear()
         return self.topology
+
+    def admit(self, key: str, sid: str) -> tuple[str, int]:
+        """--shard-admits: the shard ``sid`` gets a new session; while the shard it lands on
+        is full by its exact load (against the bound of the snapshot's total with its own
+        load exact), it redirects the session to its router's next choice, excluding the
+        shards already tried. Returns where it is placed and the redirects it took."""
+        assert self.admits is not None
+        tb_total = sum(self.admit_basis.values())
+        policy = self.admits.policy
+        c, n = policy.balance_factor, len(self.admit_basis)
+        floor = math.floor(policy.spill_floor * self.shards[sid].capacity + 1e-9)
+        tried: set[str] = set()
+        while len(tried) < MAX_ADMIT_HOPS:
+            exact = self.load[sid]
+            total = tb_total - self.admit_basis.get(sid, 0) + exact
+            if exact < floor or exact + 1 <= c * (total + 1) / n * SAFE_BOUND:
+                break
+            tried.add(sid)
+            view = ExactLoad(sid, exact, self.admit_basis)
+            sid = self.admits.route(key, self.topology, excluded=tried, loads=view).shard.id
+        return sid, len(tried)
 
 
 def place(
@@ -334,7 +397,7 @@ def place(
     replicas = [rng.randrange(len(sim.routers)) for _ in order]
     owner = [""] * len(keys)
     load, routers, flights = sim.load, sim.routers, sim.flights
-    spilled = 0
+    spilled = hops = 0
     for n, (i, k) in enumerate(zip(order, replicas, strict=True)):
         if n % args.report_every == 0 and n:
             sim.publish()
@@ -343,16 +406,23 @@ def place(
         key = keys[i]
         d = routers[k].route(key, sim.topology, loads=flights[k])
         sid = d.shard.id
+        if sim.admits is not None:
+            sid, took = sim.admit(key, sid)
+            hops += took
         flights[k].begin(sid, rates[i])
-        routers[k].settle(key, d)
+        if sid == d.shard.id:
+            routers[k].settle(key, d)
+        else:  # redirected by the shard: the transport remembers where it went
+            routers[k].remember(key, sid)
         load[sid] += rates[i]
         flights[k].heard(sid, load[sid])  # the response's load trailer
         owner[i] = sid
-        if d.shard is not d.home:
+        if sid != d.home.id:
             spilled += 1
             sim.exceptions.append((key, sid))  # the shard that took it over writes an override
     sim.publish()
-    log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home")
+    sim.admit_redirects = hops
+    log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home, {hops} redirects")
     return owner, spilled / len(keys)
 
 
@@ -373,19 +443,29 @@ def traffic(
     stream = rng.choices(range(len(keys)), cum_weights=cum, k=args.requests)
     topology, routers, flights = sim.topology, sim.routers, sim.flights
     pairs = list(zip(routers, flights, strict=True))
-    redirects = 0
+    redirects = takeovers = 0
     sampled, agreed = [0, 0], [0, 0]  # before / during the last quarter of the requests
     split = dict.fromkeys(SPLIT, 0)
     late = len(stream) * 3 // 4
+    load, rates = sim.load, sim.rates
     for n, i in enumerate(stream):
+        if args.takeovers and n % args.report_every == 0 and n and sim.exceptions:
+            topology = sim.publish()  # the takeovers' loads and overrides
         k = rng.randrange(len(routers))
         key = keys[i]
         d = routers[k].route(key, topology, loads=flights[k])
-        if d.shard.id != owner[i]:
+        if d.shard.id == owner[i]:
+            routers[k].settle(key, d)
+        elif args.takeovers and d.reason in DELIBERATE:
+            takeovers += 1  # the shard takes it over from the store (and writes an override)
+            load[owner[i]] -= rates[i]
+            load[d.shard.id] += rates[i]
+            owner[i] = d.shard.id
+            routers[k].settle(key, d)
+            sim.exceptions.append((key, d.shard.id))
+        else:
             redirects += 1  # the shard answers with a redirect; the transport remembers
             routers[k].remember(key, owner[i])
-        else:
-            routers[k].settle(key, d)
         if n % args.sample_every == 0:
             every = [r.route(key, topology, loads=f) for r, f in pairs]
             same = len({e.shard.id for e in every}) == 1
@@ -398,6 +478,8 @@ def traffic(
         "agreement_last_quarter": round(agreed[1] / max(1, sampled[1]), 5),
         "agreement_samples": sum(sampled),
         "redirected_share": round(redirects / max(1, len(stream)), 5),
+        "taken_over_share": round(takeovers / max(1, len(stream)), 5),
+        "max_over_avg_after_traffic": round(max_over_avg(list(load.values())), 3),
     }
     out.update({f"disagree_{k}": v for k, v in split.items()})
     return out
@@ -578,6 +660,18 @@ def main() -> None:
         action="store_true",
         help="replicas follow session overrides (each session placed off home gets one)",
     )
+    ap.add_argument(
+        "--no-takeovers",
+        action="store_true",
+        help="redirect every first attempt that missed the session's shard (the model until"
+        " session 7); by default one that spilled there takes the session over, as shards do",
+    )
+    ap.add_argument(
+        "--shard-admits",
+        action="store_true",
+        help="replicas apply no balance bound; a shard given a new session over its bound"
+        " (exact load) redirects it along its own router's plan",
+    )
     ap.add_argument("--report-every", type=int, default=0, help="placements a snapshot (N)")
     ap.add_argument("--max-session-calls", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50_000)
@@ -596,6 +690,7 @@ def main() -> None:
         args.shards, args.sessions, args.requests = 10_000, 1_000_000, 200_000
         args.report_shards, args.report_horizon = 40, 120.0
     args.report_every = args.report_every or args.shards  # about one placement a shard
+    args.takeovers = not args.no_takeovers
     if args.one_replica:
         print(json.dumps(one_replica(args, args.one_replica)))
         return
@@ -609,6 +704,8 @@ def main() -> None:
         "trailers": not args.no_trailers,
         "balance_factor": args.balance_factor,
         "follow_overrides": args.follow_overrides,
+        "takeovers": args.takeovers,
+        "shard_admits": args.shard_admits,
     }
     replica = in_subprocess(args, args.vnodes)
     log("one replica:", replica)
@@ -625,9 +722,11 @@ def main() -> None:
     capacity = max(8, round(2 * sum(rates) / args.shards))
     t0 = time.perf_counter()
     sim = Fleet(args, fleet(args.shards, args.zones, capacity))
+    sim.rates = rates
     log(f"{args.replicas} replicas fed the first snapshot in {time.perf_counter() - t0:.2f}s")
     owner, off_home = place(args, sim, keys, rates)
     out["placed_off_home_share"] = round(off_home, 5)
+    out["admit_redirects_share"] = round(sim.admit_redirects / args.sessions, 5)
     # an override written for each session placed off its home (whether or not clients
     # follow them), as many sessions start per second as end (mean life)
     out["override_writes_per_s"] = round(off_home * args.sessions / args.session_life_s, 1)
