@@ -98,6 +98,7 @@ from shardroute.model import EMPTY_MAPPING, LoadReport, Override, Shard, Topolog
 from shardroute.routing import Decision, Reason, Router, RoutingPolicy, key_hash
 from shardroute.routing._ring import shard_points  # a new shard's points, as the ring makes them
 from shardroute.server.load import LoadAccounting, LoadReportPolicy
+from shardroute.sessions.ownership import Action, OwnershipDecision, decide
 
 BATCH = 200
 SPLIT = ("spill_or_not_spilled", "spill_or_not_held_home", "where_to", "with_pins", "fresh_differ")
@@ -110,9 +111,6 @@ ETCD_WRITES_PER_S = 10_000
 NO_BOUND = 1e9  # --shard-admits: the replicas' balance factor (no shard is ever full)
 SAFE_BOUND = 1.0 - 1e-9  # as the router's bound (routing/_table.py, SAFE)
 MAX_ADMIT_HOPS = 8
-DELIBERATE = frozenset({Reason.FAILOVER, Reason.SPILL, Reason.ZONE_FALLBACK})
-"""First attempts that a shard not holding the session takes over (ownership rules 1, 4:
-docs/migration.md), where any other reason is redirected to the owner."""
 
 
 def log(*args: object) -> None:
@@ -330,8 +328,8 @@ class Fleet:
         if args.shard_admits:
             self.admits = Router(policy)
             policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=NO_BOUND)
-        self.exceptions: list[tuple[str, str]] = []  # sessions placed off home since publish
-        self.overrides: dict[str, Override] = {}  # what the shards wrote, with --follow-overrides
+        self.overrides: dict[str, Override] = {}  # what the shards wrote (etcd's)
+        self.changed = False  # overrides or loads changed since the last snapshot
         self.routers = [Router(policy) for _ in range(args.replicas)]
         self.flights = [Heard(not args.no_trailers) for _ in self.routers]
         self.load = dict.fromkeys(shards, 0)
@@ -350,9 +348,7 @@ class Fleet:
         self.revision += 1
         loads = {sid: self.load[sid] for sid in self.shards}
         overrides: Mapping[str, Override] = EMPTY_MAPPING
-        if self.follow_overrides:  # the takeovers' overrides, delivered by the watch
-            for key, sid in self.exceptions:
-                self.overrides[key] = Override(sid, 1)
+        if self.follow_overrides:  # the shards' overrides, delivered by the watch
             overrides = MappingProxyType(dict(self.overrides))
         self.topology = snapshot(self.shards, loads, self.revision, self.reports, overrides)
         for router, flight in zip(self.routers, self.flights, strict=True):
@@ -361,7 +357,7 @@ class Fleet:
         if self.admits is not None:
             self.admits.prepare(self.topology)
             self.admit_basis = self.admits.basis(self.topology)
-        self.exceptions.clear()
+        self.changed = False
         return self.topology
 
     def admit(self, key: str, sid: str) -> tuple[str, int]:
@@ -419,7 +415,8 @@ def place(
         owner[i] = sid
         if sid != d.home.id:
             spilled += 1
-            sim.exceptions.append((key, sid))  # the shard that took it over writes an override
+            if args.spill_overrides:  # the shard that took it on writes an override
+                sim.overrides[key] = Override(sid, 1)
     sim.publish()
     sim.admit_redirects = hops
     log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home, {hops} redirects")
@@ -448,24 +445,37 @@ def traffic(
     split = dict.fromkeys(SPLIT, 0)
     late = len(stream) * 3 // 4
     load, rates = sim.load, sim.rates
+    overrides, live = sim.overrides, sim.shards
     for n, i in enumerate(stream):
-        if args.takeovers and n % args.report_every == 0 and n and sim.exceptions:
+        if sim.changed and n % args.report_every == 0:
             topology = sim.publish()  # the takeovers' loads and overrides
         k = rng.randrange(len(routers))
         key = keys[i]
         d = routers[k].route(key, topology, loads=flights[k])
-        if d.shard.id == owner[i]:
+        sid = d.shard.id
+        # the shard's ownership rules, on etcd's override (what a shard in doubt reads);
+        # --no-takeovers: the model until session 7, every miss redirected to the owner
+        found = overrides.get(key)
+        why = None if d.reason is Reason.AFFINITY else d.reason.value
+        act = decide(
+            shard_id=sid, override=found, live=live, held=sid == owner[i], frozen=False, reason=why
+        )
+        if not args.takeovers and sid != owner[i]:
+            act = OwnershipDecision(Action.REDIRECT, owner[i])
+        if act.action is Action.SERVE:
             routers[k].settle(key, d)
-        elif args.takeovers and d.reason in DELIBERATE:
-            takeovers += 1  # the shard takes it over from the store (and writes an override)
-            load[owner[i]] -= rates[i]
-            load[d.shard.id] += rates[i]
-            owner[i] = d.shard.id
-            routers[k].settle(key, d)
-            sim.exceptions.append((key, d.shard.id))
-        else:
+        elif act.action is Action.REDIRECT:
             redirects += 1  # the shard answers with a redirect; the transport remembers
-            routers[k].remember(key, owner[i])
+            routers[k].remember(key, act.owner)
+        else:  # taken over from the store: the session moves with its calls
+            takeovers += 1
+            if owner[i] != sid or (found is not None and found.owner != sid):
+                overrides[key] = Override(sid, (found.epoch if found else 0) + 1)
+            load[owner[i]] -= rates[i]
+            load[sid] += rates[i]
+            owner[i] = sid
+            sim.changed = True
+            routers[k].settle(key, d)
         if n % args.sample_every == 0:
             every = [r.route(key, topology, loads=f) for r, f in pairs]
             same = len({e.shard.id for e in every}) == 1
@@ -667,6 +677,12 @@ def main() -> None:
         " session 7); by default one that spilled there takes the session over, as shards do",
     )
     ap.add_argument(
+        "--spill-overrides",
+        action="store_true",
+        help="a shard given a new session placed there on purpose (a spill) writes an"
+        " override naming itself (shards today write one only on taking a stored session)",
+    )
+    ap.add_argument(
         "--shard-admits",
         action="store_true",
         help="replicas apply no balance bound; a shard given a new session over its bound"
@@ -691,6 +707,9 @@ def main() -> None:
         args.report_shards, args.report_horizon = 40, 120.0
     args.report_every = args.report_every or args.shards  # about one placement a shard
     args.takeovers = not args.no_takeovers
+    # the old model put an override for each session placed off home; so does a shard
+    # that admits (it writes the override naming the shard it redirects the session to)
+    args.spill_overrides |= args.shard_admits or (args.no_takeovers and args.follow_overrides)
     if args.one_replica:
         print(json.dumps(one_replica(args, args.one_replica)))
         return
@@ -706,6 +725,7 @@ def main() -> None:
         "follow_overrides": args.follow_overrides,
         "takeovers": args.takeovers,
         "shard_admits": args.shard_admits,
+        "spill_overrides": args.spill_overrides,
     }
     replica = in_subprocess(args, args.vnodes)
     log("one replica:", replica)
