@@ -1,8 +1,8 @@
 """Checkpoint writes and the record of applied turns, for
 :class:`~shardroute.sessions.SessionHost` (its :meth:`checkpoint
 <shardroute.sessions.SessionHost.checkpoint>` is in :mod:`.host`): what a write names,
-reading back a write whose outcome is unknown, a lost compare-and-swap, and answering a
-retried turn from the record."""
+reading back a write whose outcome is unknown, a lost compare-and-swap, answering a
+retried turn from the record, and the overrides a take-over or a first save writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 
 import grpc
 
-from shardroute.errors import MalformedRecord, Refused, StaleState
+from shardroute.errors import EtcdUnavailable, MalformedRecord, Refused, StaleState
+from shardroute.model import Override
 from shardroute.sessions._host_base import HostBase, _Entry, log
 from shardroute.sessions.applied import Applied, AppliedTurn, find, replay_trailers
 from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
@@ -21,6 +22,61 @@ __all__ = ["Checkpoints"]
 
 class Checkpoints(HostBase):
     """The checkpoint side of :class:`~shardroute.sessions.SessionHost`."""
+
+    def _swap_to_self(self, key: str, current: Override | None) -> None:
+        """Swap the session's override from ``current`` to this shard (a take-over)."""
+        overrides = self._overrides
+        if overrides is None:
+            return
+        lease = self._lease()
+        new = Override(self.shard_id, (current.epoch if current else 0) + 1)
+        try:
+            written = overrides.swap(key, current, new, lease=lease)
+        except StaleState as exc:
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"session {key!r} changed owner while this shard took it over; retry",
+            ) from exc
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
+        if written is not None:
+            with self._cond:
+                self._hint(key, written)
+
+    def _claim_placed(self, key: str) -> None:
+        """Write an override naming this shard for a new session whose first state was
+        just saved here, when the client placed it here on purpose (``x-shardroute-reason``
+        spill, zone fallback or failover: its home was full or unavailable).
+
+        Without it nothing says where the session lives until another shard takes it
+        over: a home with room again would take it back from the store at the next call
+        routed there (a move), and clients that follow overrides could not find it
+        (docs/routing.md, "Following overrides"). With it every shard redirects the
+        session here. On this shard's lease (gone with the shard), deleted when the
+        session ends or expires. Best effort: the turn is saved either way; an override
+        another shard wrote meanwhile stands (it took the session over), and with etcd
+        unreachable the session has none, as a session at its home has none.
+        """
+        overrides = self._overrides
+        if overrides is None:
+            return
+        try:
+            written = overrides.swap(key, None, Override(self.shard_id, 1), lease=self._lease())
+        except StaleState:
+            return  # another shard took the session over meanwhile: its override stands
+        except EtcdUnavailable as exc:
+            log.warning(
+                "shard %s: etcd unreachable, no override written for new session %s placed "
+                "here off its home (%s); the turn is saved, no data is at risk; the session "
+                "may move to its home at a later call",
+                self.shard_id,
+                key,
+                exc,
+            )
+            return
+        if written is not None:
+            with self._cond:
+                self._hint(key, written)
 
     def _read_applied(self, key: str, entry: _Entry) -> None:
         """Read the record of applied turns of a session imported by version (the

@@ -116,6 +116,9 @@ class _Entry:
     elsewhere: bool = False
     """A topology showed the session owned by another shard while this copy was in a
     turn: the copy is dropped when the turn ends (see :meth:`HostBase.topology_changed`)."""
+    placed: bool = False
+    """Taken over with nothing stored from a call placed here on purpose (spill, zone
+    fallback, failover): its first save writes an override naming this shard."""
 
 
 class HostBase:
