@@ -45,11 +45,13 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    all agree; ``redirected_share`` the share of requests redirected. Each sample on which
    they disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
    replicas send it home, some elsewhere) or "where to" (all off home, to different
-   shards). ``--follow-overrides``: replicas that follow session overrides
-   (``connect(follow_overrides=True)``, docs/routing.md): each session placed off home
-   gets an override (the shard that took it over writes one), carried by the next
-   snapshot's ``overrides`` to every replica, whose real router then sends the session to
-   its owner; ``override_writes_per_s`` is what those overrides write (one per session
+   shards). Overrides are what the shards write (docs/migration.md, "Ownership"): one
+   for each session placed off its home (at its first save; ``--no-spill-overrides``:
+   none, as shards before session 7) and one at each take-over of a stored session by
+   another shard. ``--follow-overrides``: replicas that follow them
+   (``connect(follow_overrides=True)``, docs/routing.md): the next snapshot's
+   ``overrides`` carry them to every replica, whose real router then sends the session to
+   its owner; ``override_writes_per_s`` is what placement overrides write (one per session
    placed off home, with sessions starting as fast as they end, mean
    ``--session-life-s``). ``--shard-admits`` models balancing at the shard: the replicas
    apply no balance bound (priority ceilings only), and the shard that receives a new
@@ -677,10 +679,10 @@ def main() -> None:
         " session 7); by default one that spilled there takes the session over, as shards do",
     )
     ap.add_argument(
-        "--spill-overrides",
+        "--no-spill-overrides",
         action="store_true",
-        help="a shard given a new session placed there on purpose (a spill) writes an"
-        " override naming itself (shards today write one only on taking a stored session)",
+        help="shards before session 7: no override for a new session placed off its home"
+        " (today the shard writes one at its first save)",
     )
     ap.add_argument(
         "--shard-admits",
@@ -709,7 +711,8 @@ def main() -> None:
     args.takeovers = not args.no_takeovers
     # the old model put an override for each session placed off home; so does a shard
     # that admits (it writes the override naming the shard it redirects the session to)
-    args.spill_overrides |= args.shard_admits or (args.no_takeovers and args.follow_overrides)
+    args.spill_overrides = not args.no_spill_overrides or args.shard_admits
+    args.spill_overrides |= args.no_takeovers and args.follow_overrides
     if args.one_replica:
         print(json.dumps(one_replica(args, args.one_replica)))
         return
