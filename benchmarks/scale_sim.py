@@ -335,6 +335,11 @@ class Fleet:
         self.routers = [Router(policy) for _ in range(args.replicas)]
         self.flights = [Heard(not args.no_trailers) for _ in self.routers]
         self.load = dict.fromkeys(shards, 0)
+        # --report-lag: what each shard last wrote (load, sessions), under the step rules
+        # of the real LoadReportPolicy (its 1 s minimum interval and heartbeat aside)
+        self.report_lag = args.report_lag
+        self.held = dict.fromkeys(shards, 0)
+        self.written: dict[str, tuple[int, int]] = {}
         self.reports: dict[str, LoadReport] = {}
         self.revision = 0
         self.admit_redirects = 0
@@ -349,6 +354,8 @@ class Fleet:
                 self.load.setdefault(sid, 0)
         self.revision += 1
         loads = {sid: self.load[sid] for sid in self.shards}
+        if self.report_lag:
+            loads = self.reported(loads)
         overrides: Mapping[str, Override] = EMPTY_MAPPING
         if self.follow_overrides:  # the shards' overrides, delivered by the watch
             overrides = MappingProxyType(dict(self.overrides))
@@ -361,6 +368,23 @@ class Fleet:
             self.admit_basis = self.admits.basis(self.topology)
         self.changed = False
         return self.topology
+
+    def reported(self, exact: Mapping[str, int]) -> dict[str, int]:
+        """The loads etcd holds: a shard writes its exact load once it moved by 25 % of
+        its capacity or its session count by 10 % (``LoadReportPolicy``'s steps)."""
+        policy = LoadReportPolicy(capacity=1)
+        out = {}
+        for sid, load in exact.items():
+            held = self.held.get(sid, 0)
+            last = self.written.get(sid)
+            if last is None or (
+                abs(load - last[0])
+                >= max(1, math.ceil(policy.inflight_step * self.shards[sid].capacity))
+                or abs(held - last[1]) >= max(1, math.ceil(policy.sessions_step * last[1]))
+            ):
+                last = self.written[sid] = (load, held)
+            out[sid] = last[0]
+        return out
 
     def admit(self, key: str, sid: str) -> tuple[str, int]:
         """--shard-admits: the shard ``sid`` gets a new session; while the shard it lands on
@@ -413,6 +437,7 @@ def place(
         else:  # redirected by the shard: the transport remembers where it went
             routers[k].remember(key, sid)
         load[sid] += rates[i]
+        sim.held[sid] += 1
         flights[k].heard(sid, load[sid])  # the response's load trailer
         owner[i] = sid
         if sid != d.home.id:
@@ -475,6 +500,8 @@ def traffic(
                 overrides[key] = Override(sid, (found.epoch if found else 0) + 1)
             load[owner[i]] -= rates[i]
             load[sid] += rates[i]
+            sim.held[owner[i]] -= 1
+            sim.held[sid] += 1
             owner[i] = sid
             sim.changed = True
             routers[k].settle(key, d)
@@ -690,6 +717,12 @@ def main() -> None:
         help="replicas apply no balance bound; a shard given a new session over its bound"
         " (exact load) redirects it along its own router's plan",
     )
+    ap.add_argument(
+        "--report-lag",
+        action="store_true",
+        help="snapshots carry what the shards last wrote under LoadReportPolicy's steps"
+        " (25 %% of capacity, 10 %% of sessions), not their exact loads",
+    )
     ap.add_argument("--report-every", type=int, default=0, help="placements a snapshot (N)")
     ap.add_argument("--max-session-calls", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50_000)
@@ -729,6 +762,7 @@ def main() -> None:
         "takeovers": args.takeovers,
         "shard_admits": args.shard_admits,
         "spill_overrides": args.spill_overrides,
+        "report_lag": args.report_lag,
     }
     replica = in_subprocess(args, args.vnodes)
     log("one replica:", replica)
