@@ -10,6 +10,7 @@ host is shared by both shells; the tests that go through a shard server run on b
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +30,7 @@ from shardroute.model import Override, Topology
 from shardroute.server import SessionHost
 from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
 from shardroute.sessions.applied import AppliedTurn
+from shardroute.testing.etcd import EtcdServer
 
 K = "k1"
 
@@ -721,3 +723,26 @@ def test_an_override_another_shard_wrote_meanwhile_stands(world: World) -> None:
     finally:
         t.end(K, entry)
     assert world.overrides.get(K) == theirs
+
+
+def test_with_etcd_unreachable_the_placed_session_is_saved_without_an_override(
+    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = EtcdClient(EtcdOptions(endpoints=(etcd_server.endpoint,), timeout=1))
+    overrides, store = OverrideStore(client, "chat"), InMemorySessionStore()
+    t = SessionHost("T", hold_timeout_s=1.0)
+    live = {"A": object(), "T": object()}
+    t.attach(store, overrides=overrides, topology=lambda: Topology("chat", shards=live))
+    try:
+        entry = t.begin(K, "spill")  # reads etcd (no override): a new session
+        etcd_server.stop()
+        with caplog.at_level(logging.WARNING, logger="shardroute.server"):
+            t.checkpoint(K, entry, ["t1"])  # saved and answered all the same
+        t.end(K, entry)
+        assert "no override written for new session" in caplog.text
+        stored = store.load(K)
+        assert stored is not None and stored.owner == "T"
+        etcd_server.start()
+        assert overrides.get(K) is None
+    finally:
+        client.close()
