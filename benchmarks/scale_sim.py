@@ -327,8 +327,9 @@ class Fleet:
         # its exact load against the bound and redirects it along its own router's plan
         self.admits: Router | None = None
         self.admit_basis: Mapping[str, int] = EMPTY_MAPPING
-        if args.shard_admits:
+        if args.shard_admits or args.shard_checks:
             self.admits = Router(policy)
+        if args.shard_admits:
             policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=NO_BOUND)
         self.overrides: dict[str, Override] = {}  # what the shards wrote (etcd's)
         self.changed = False  # overrides or loads changed since the last snapshot
@@ -723,6 +724,11 @@ def main() -> None:
         help="snapshots carry what the shards last wrote under LoadReportPolicy's steps"
         " (25 %% of capacity, 10 %% of sessions), not their exact loads",
     )
+    ap.add_argument(
+        "--shard-checks",
+        action="store_true",
+        help="as --shard-admits, but the replicas keep their own balance bound too",
+    )
     ap.add_argument("--report-every", type=int, default=0, help="placements a snapshot (N)")
     ap.add_argument("--max-session-calls", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50_000)
@@ -744,7 +750,7 @@ def main() -> None:
     args.takeovers = not args.no_takeovers
     # the old model put an override for each session placed off home; so does a shard
     # that admits (it writes the override naming the shard it redirects the session to)
-    args.spill_overrides = not args.no_spill_overrides or args.shard_admits
+    args.spill_overrides = not args.no_spill_overrides or args.shard_admits or args.shard_checks
     args.spill_overrides |= args.no_takeovers and args.follow_overrides
     if args.one_replica:
         print(json.dumps(one_replica(args, args.one_replica)))
@@ -761,6 +767,7 @@ def main() -> None:
         "follow_overrides": args.follow_overrides,
         "takeovers": args.takeovers,
         "shard_admits": args.shard_admits,
+        "shard_checks": args.shard_checks,
         "spill_overrides": args.spill_overrides,
         "report_lag": args.report_lag,
     }
