@@ -401,7 +401,7 @@ class Fleet:
         while len(tried) < MAX_ADMIT_HOPS:
             exact = self.load[sid]
             total = tb_total - self.admit_basis.get(sid, 0) + exact
-            if exact < floor or exact + 1 <= c * (total + 1) / n * SAFE_BOUND:
+            if exact < floor or exact < c * (total + 1) / n * SAFE_BOUND:
                 break
             tried.add(sid)
             view = ExactLoad(sid, exact, self.admit_basis)

@@ -11,7 +11,13 @@ from typing import Any
 
 import grpc
 
-from shardroute.errors import EtcdUnavailable, MalformedRecord, Refused, StaleState
+from shardroute.errors import (
+    EtcdUnavailable,
+    LeaseNotFound,
+    MalformedRecord,
+    Refused,
+    StaleState,
+)
 from shardroute.model import Override
 from shardroute.sessions._host_base import HostBase, _Entry, log
 from shardroute.sessions.applied import Applied, AppliedTurn, find, replay_trailers
@@ -42,6 +48,43 @@ class Checkpoints(HostBase):
         if written is not None:
             with self._cond:
                 self._hint(key, written)
+
+    def _place_elsewhere(self, key: str) -> None:
+        """A new session (nothing stored, no override) at a shard over its balance bound
+        (``routing.shard_bound``; :class:`.admission.Admission` decides): write the
+        override naming the shard chosen instead, on that shard's lease, and redirect
+        the call there; nothing has run. That shard finds the override naming it and
+        takes the session over without checking again. Another writer first: ABORTED
+        (retry). etcd unreachable or that shard's lease gone: the session stays here."""
+        assert self._admit is not None and self._overrides is not None
+        topology = self._topology()
+        target = self._admit(key, topology) if topology is not None else None
+        if target is None or topology is None:
+            return
+        lease = topology.shards[target].lease or None
+        try:
+            written = self._overrides.swap(key, None, Override(target, 1), lease=lease)
+        except LeaseNotFound:
+            return
+        except StaleState as exc:
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"session {key!r} was placed by another shard meanwhile; nothing was "
+                "executed; retry",
+            ) from exc
+        except EtcdUnavailable:
+            return
+        with self._cond:
+            if written is not None:
+                self._hint(key, written)
+            self.redirects_total += 1
+            self.placed_elsewhere_total += 1
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"session {key!r} is new and this shard is over its balance bound: placed on "
+            f"shard {target!r}",
+            redirect=target,
+        )
 
     def _claim_placed(self, key: str) -> None:
         """Write an override naming this shard for a new session whose first state was

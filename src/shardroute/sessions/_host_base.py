@@ -156,6 +156,7 @@ class HostBase:
         self._topology: Callable[[], Topology | None] = lambda: None
         self._lease: Callable[[], int | None] = lambda: None
         self._ready: Callable[[], bool] = lambda: True  # topology read, lease live
+        self._admit: Callable[[str, Topology], str | None] | None = None  # shard_bound
         # Mutable state, changed only under _cond: the held sessions, and what movers
         # told this shard about overrides (ahead of the topology watch), bounded LRU.
         self._cond = threading.Condition()
@@ -169,6 +170,8 @@ class HostBase:
         """Sessions this shard took over from the store."""
         self.redirects_total = 0
         """Calls answered with a redirect."""
+        self.placed_elsewhere_total = 0
+        """New sessions redirected because this shard was over its bound (shard_bound)."""
         self.conflicts_total = 0
         """Checkpoints that lost their compare-and-swap (turn aborted, copy dropped)."""
         self.evictions_total = 0

@@ -96,10 +96,13 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         topology: Callable[[], Topology | None] | None = None,
         lease: Callable[[], int | None] | None = None,
         ready: Callable[[], bool] | None = None,
+        admit: Callable[[str, Topology], str | None] | None = None,
     ) -> None:
         """Give the host its session store, override store, topology view and lease;
-        ``ready`` says whether it may take sessions over (False: refused, UNAVAILABLE)."""
+        ``ready`` says whether it may take sessions over (False: refused, UNAVAILABLE);
+        ``admit`` where a new session goes instead (:class:`.admission.Admission`)."""
         self._store = store
+        self._admit = admit
         ttl = getattr(store, "ttl_s", None)
         if isinstance(ttl, int | float) and ttl > 0:
             # Evict a held copy before the store can expire its state: a copy served after
@@ -301,6 +304,8 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
         self.store_suspect = False  # it answered
+        if stored is None and current is None and self._admit is not None:
+            self._place_elsewhere(key)  # a redirect when this shard is over its bound
         data = stored.data if stored is not None else b""
         try:
             state = self.codec.decode(data) if stored is not None else self.codec.empty()
