@@ -76,6 +76,7 @@ def _cmd_etcd(args: argparse.Namespace) -> int:
 
     class DevEtcd(EtcdServer):
         listen_host = args.host
+        stop_with_parent = True  # a SIGKILL of this command stops etcd too
 
         def _cluster_args(self, peer: str) -> list[str]:
             return ["--name=shardroute-dev", f"--initial-cluster=shardroute-dev={peer}"]

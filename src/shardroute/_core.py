@@ -43,7 +43,7 @@ from shardroute.transport.turns import turn_id_of, turn_ids
 if TYPE_CHECKING:
     pass
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "CallLoop", "CallOptions", "ClientCore"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "PLAIN", "CallLoop", "CallOptions", "ClientCore"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 C = TypeVar("C")
@@ -54,7 +54,8 @@ SLOW = "slow"
 CallOptions: TypeAlias = tuple[str, bool, Metadata, CallRecord | None]
 """What a call needs only when an attempt fails or is recorded: (priority, idempotent,
 extra metadata, the telemetry record or None)."""
-_PLAIN: CallOptions = ("standard", False, (), None)
+PLAIN: CallOptions = ("standard", False, (), None)
+"""The options of a call with nothing but a session key."""
 
 CallLoop: TypeAlias = Callable[
     [MethodSpec, Any, str, Decision, Metadata, float, float, CallOptions], Any
@@ -210,7 +211,8 @@ class ClientCore(Generic[C]):
             idempotent: bool = False,
             metadata: Sequence[tuple[str, str]] = (),
         ) -> Any:
-            # The per-call hot path: kept flat (see docs/benchmarks.md).
+            # Streams (and unary calls without the GIL); the unary methods run the same
+            # steps inline in AsyncCallLoops._bind_unary: keep the two in step.
             if (
                 explicit
                 or trace_state._TRACER_PROVIDER is not None
@@ -250,11 +252,11 @@ class ClientCore(Generic[C]):
                 if decision.home_at_ceiling:  # only a spill or a zone fallback has it
                     next(at_ceiling)
                 options: CallOptions = (priority, idempotent, tuple(metadata), None)
-                md = first_metadata(session_key, decision, priority, options[2])
+                md = first_metadata(session_key, decision, priority, options[2], wire)
                 if turn_ids is not None:
                     md += ((turn_header, turn_ids()),)
             else:  # the common case: one metadata entry (two with turn ids), nothing else
-                options = _PLAIN
+                options = PLAIN
                 if turn_ids is None:
                     md = ((session_header, wire),)
                 else:

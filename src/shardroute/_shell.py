@@ -20,6 +20,7 @@ from shardroute.session_keys import check_session_key
 from shardroute.telemetry import Telemetry
 from shardroute.transport import InFlight, MethodSpec, OutlierDetector, RetryPolicy, describe_stub
 from shardroute.transport.health import HealthChecks
+from shardroute.transport.inflight import LOCK_FREE
 from shardroute.transport.loadboard import LoadBoard
 from shardroute.transport.stats import CallStats
 
@@ -165,7 +166,14 @@ class ClientShell(abc.ABC):
     def stub(self, stub_class: type[Any]) -> RoutedStub:
         """Wrap a generated stub class; its methods take ``session_key=`` and route."""
         loops = (self._unary, self._stream, self._recorded_unary, self._recorded_stream)
-        return RoutedStub(stub_class, lambda spec: self._core.bind(spec, loops))
+        core = self._core
+
+        def bind(spec: MethodSpec) -> Callable[..., Any]:
+            if spec.kind == "unary_unary" and LOCK_FREE:
+                return self._bind_unary(spec)  # the flat path (transport._async_calls)
+            return core.bind(spec, loops)
+
+        return RoutedStub(stub_class, bind)
 
     _migrator: Migrator | None = None
 
@@ -222,3 +230,6 @@ class ClientShell(abc.ABC):
     _stream: CallLoop
     _recorded_unary: CallLoop
     _recorded_stream: CallLoop
+    _bind_unary: Callable[[MethodSpec], Callable[..., Any]]
+    """The routed callable of a unary method, flat (:class:`~shardroute.transport.
+    _async_calls.AsyncCallLoops`); the other shapes go through ``ClientCore.bind``."""

@@ -87,6 +87,34 @@ def test_dev_etcd_starts_answers_compacts_stops_and_keeps_its_data(tmp_path: Pat
         stop_process(proc)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG, /proc")
+def test_a_sigkill_of_the_dev_etcd_command_stops_its_etcd_too(tmp_path: Path) -> None:
+    port = free_port()
+    endpoint = f"127.0.0.1:{port}"
+    proc = _start_etcd(tmp_path, port)
+    etcd_pid = 0
+    try:
+        wait_until(lambda: etcd_answers(endpoint), 30, "the dev etcd answering")
+        (etcd_pid,) = _children(proc.pid)
+        proc.kill()  # no handler runs: only the kernel can tell etcd
+        proc.communicate(timeout=10)
+        wait_until(lambda: not _alive(etcd_pid), 30, "etcd stopping after its parent's SIGKILL")
+        assert not etcd_answers(endpoint)
+    finally:
+        stop_process(proc)
+        if etcd_pid and _alive(etcd_pid):  # the failure case: leave no etcd behind
+            os.kill(etcd_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_dev_etcd_on_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -213,3 +213,35 @@ def test_async_client_migrates_and_follows(client: ShardClient, etcd_server: Etc
 
     assert asyncio.run(move()) == (target, target)  # moved, and this client follows it
     assert history(client, session) == ["one", "two"]
+
+
+def test_a_move_told_who_holds_the_session_reads_no_state_for_its_owner(
+    client: ShardClient,
+) -> None:
+    from shardroute.discovery.etcd import EtcdTopologySource
+    from shardroute.etcd import EtcdClient
+    from shardroute.sessions import EtcdSessionStore
+    from shardroute.sessions.migrator import Migrator
+    from shardroute.sessions.store import StoredState
+
+    class CountingStore(EtcdSessionStore):
+        loads = 0
+
+        def load(self, session_key: str) -> StoredState | None:
+            CountingStore.loads += 1
+            return super().load(session_key)
+
+    source = client.source
+    assert isinstance(source, EtcdTopologySource)
+    etcd = EtcdClient(source.options)
+    with Migrator(etcd, "chat", source, store=CountingStore(etcd, "chat")) as mover:
+        for key, told in (("conv-told", True), ("conv-not-told", False)):
+            owner = turn(client, key, "hi").shard_id  # at its ring home: no override
+            CountingStore.loads = 0
+            moved = mover.migrate(key, held_by=owner if told else None)
+            assert moved.source == owner and not moved.from_store
+            # a drain names itself: no read of the (maybe large) state just for its owner
+            assert CountingStore.loads == (0 if told else 1)
+            assert turn(client, key, "again").shard_id == moved.target
+            assert history(client, key) == ["hi", "again"]
+    etcd.close()

@@ -23,7 +23,7 @@ from shells import Shell
 
 from shardroute import metadata
 from shardroute._proto import shard_pb2, shard_pb2_grpc
-from shardroute.errors import ConfigError, Refused, StaleState
+from shardroute.errors import ConfigError, MalformedRecord, Refused, StaleState
 from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.examples.chat import AsyncChatShard, ChatShard, chat_pb2, chat_pb2_grpc
 from shardroute.model import Override, Topology
@@ -42,7 +42,10 @@ class _EtcdOverrides(Mapping[str, Override]):
         self._store = store
 
     def __getitem__(self, key: str) -> Override:
-        found = self._store.get(key)
+        try:
+            found = self._store.get(key)
+        except MalformedRecord:  # as the real watch does: a malformed override is skipped
+            raise KeyError(key) from None
         if found is None:
             raise KeyError(key)
         return found
@@ -58,6 +61,7 @@ class World:
     """Shards A, T and C of service "chat" sharing one etcd (store and overrides)."""
 
     def __init__(self, etcd: EtcdClient, live: tuple[str, ...] = ("A", "T", "C")) -> None:
+        self.etcd = etcd
         self.store = EtcdSessionStore(etcd, "chat")
         self.overrides = OverrideStore(etcd, "chat")
         self.live: dict[str, Any] = {shard: object() for shard in live}
@@ -664,6 +668,25 @@ def test_a_frozen_copy_is_settled_by_the_snapshot_that_shows_the_move_ended(
     assert not t.is_frozen(K)  # unfrozen by the snapshot: T serves it again
     turn(t, K, "t3")
     assert world.stored(K) == ["t1", "t2", "t3"]
+
+
+# -- a malformed override is logged once per session, not on every read ----------------------
+
+
+def test_a_malformed_override_warns_once_per_session(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.etcd.put(world.overrides.key(K), b'{"owner": "A"}')  # no epoch
+    host = world.host("A")
+    with caplog.at_level("DEBUG", logger="shardroute.server"):
+        turn(host, K, "one")  # a take-over: reads the override, ignores it, serves at home
+        for _ in range(3):
+            assert host._read_override(K) is None
+        assert host._read_override("k2") is None  # no override at all: nothing logged
+    logged = [r for r in caplog.records if "is malformed" in r.getMessage()]
+    assert [r.levelname for r in logged] == ["WARNING", "DEBUG", "DEBUG", "DEBUG"]
+    assert world.stored(K) == ["one"]
+    host.close()
 
 
 # -- a new session placed off its home on purpose gets an override at its first save --------

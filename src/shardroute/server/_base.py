@@ -441,7 +441,10 @@ class ShardServerBase:
                 self.shard_id,
                 keys,
                 lambda todo: mover.migrate_many(
-                    todo, max_concurrent=self.max_concurrent_moves, deadline=deadline
+                    todo,
+                    max_concurrent=self.max_concurrent_moves,
+                    deadline=deadline,
+                    held_by=self.shard_id,  # what it holds: no read of the state for its owner
                 ),
                 lambda: mover.peak_concurrent,
             )

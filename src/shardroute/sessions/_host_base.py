@@ -36,6 +36,7 @@ log = logging.getLogger("shardroute.server")
 
 _MAX_HINTS = 65536
 _SIDE_WORKERS = 16
+_MALFORMED_REMEMBERED = 1024  # session keys whose malformed override was already logged
 """Threads for the reads a migration call runs beside its fence check (an import's
 store version read): at most this many imports overlap them, later ones wait a little."""
 
@@ -153,6 +154,7 @@ class HostBase:
         self._next_sweep = clock() + self._sweep_interval()
         self._store: _Store | None = None
         self._overrides: _Overrides | None = None
+        self._malformed_seen: set[str] = set()  # keys whose bad override was logged
         self._topology: Callable[[], Topology | None] = lambda: None
         self._lease: Callable[[], int | None] = lambda: None
         self._ready: Callable[[], bool] = lambda: True  # topology read, lease live
@@ -349,7 +351,13 @@ class HostBase:
         except EtcdUnavailable as exc:
             raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
         except MalformedRecord:
-            log.warning(
+            # Once per session key (a bounded set), not on every read of the same value.
+            level = logging.DEBUG if key in self._malformed_seen else logging.WARNING
+            if len(self._malformed_seen) >= _MALFORMED_REMEMBERED:
+                self._malformed_seen.clear()
+            self._malformed_seen.add(key)
+            log.log(
+                level,
                 "shard %s: the override of session %r in etcd is malformed: it is ignored "
                 "(the session is served at its ring home); no data is lost; fix or delete "
                 "the key (docs/etcd-schema.md)",

@@ -147,8 +147,12 @@ class Migrator:
 
     # -- one session ------------------------------------------------------------------
 
-    def migrate(self, session_key: str, *, target: str | None = None) -> MigrationResult:
+    def migrate(
+        self, session_key: str, *, target: str | None = None, held_by: str | None = None
+    ) -> MigrationResult:
         """Move ``session_key`` to ``target`` (or the router's choice); see the module doc.
+        ``held_by``: the shard known to hold it (a drain's own), its owner when etcd has no
+        override (instead of reading the whole stored state for the owner it recorded).
 
         Raises:
             MigrationConflict: another move of this session holds the fence.
@@ -161,12 +165,14 @@ class Migrator:
             self._active += 1
             self.peak_concurrent = max(self.peak_concurrent, self._active)
         try:
-            return self._migrate(session_key, target)
+            return self._migrate(session_key, target, held_by)
         finally:
             with self._lock:
                 self._active -= 1
 
-    def _migrate(self, session_key: str, target: str | None) -> MigrationResult:
+    def _migrate(
+        self, session_key: str, target: str | None, held_by: str | None
+    ) -> MigrationResult:
         started = time.monotonic()
         self.wait_released(session_key)  # this mover's previous move of it has ended
         topology = self.topology.current()
@@ -188,7 +194,7 @@ class Migrator:
                     session_key,
                 )
             try:
-                source_id = self._owner(session_key, current)
+                source_id = self._owner(session_key, current, held_by)
                 target_shard = self._target(session_key, topology, source_id, target)
             except ShardRouteError as exc:
                 if known is not None:  # e.g. "already lives on the target": as known
@@ -280,12 +286,14 @@ class Migrator:
         *,
         max_concurrent: int = 4,
         deadline: float | None = None,
+        held_by: str | None = None,
     ) -> tuple[list[MigrationResult], dict[str, ShardRouteError]]:
         """Move several sessions, at most ``max_concurrent`` at once (each to the router's
         choice). No move starts after ``deadline`` (a ``time.monotonic()`` value); the
         sessions left get a ``MigrationFailed`` (they stay whole in the session store).
         Returns the results and the errors by session key. Each move's own log line is
-        at DEBUG: the caller logs the batch's summary (a drain does)."""
+        at DEBUG: the caller logs the batch's summary (a drain does); ``held_by`` as for
+        :meth:`migrate`."""
         if not 1 <= max_concurrent <= MAX_CONCURRENT_MOVES:
             raise ConfigError(
                 f"max_concurrent must be in 1..{MAX_CONCURRENT_MOVES}, got {max_concurrent!r}"
@@ -303,7 +311,7 @@ class Migrator:
                 return
             try:
                 with attached(parent), batched():
-                    results.append(self.migrate(key))
+                    results.append(self.migrate(key, held_by=held_by))
             except ShardRouteError as exc:
                 errors[key] = exc
 
@@ -332,9 +340,10 @@ class Migrator:
 
     # -- steps ------------------------------------------------------------------------
 
-    def _owner(self, session_key: str, current: Override | None) -> str:
-        if current is not None:
-            return current.owner
+    def _owner(self, session_key: str, current: Override | None, held_by: str | None) -> str:
+        owner = current.owner if current is not None else held_by
+        if owner is not None:
+            return owner
         stored = self.store.load(session_key)
         if stored is None or not stored.owner:
             raise ConfigError(

@@ -4,11 +4,33 @@ and restarted the same way."""
 from __future__ import annotations
 
 import abc
+import ctypes
+import os
 import signal
 import subprocess
-from typing import Self
+import sys
+from collections.abc import Callable
+from typing import Any, Self
 
 __all__ = ["ServerProcess"]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM when its parent dies (Linux's
+    ``PR_SET_PDEATHSIG``), or None where there is no such thing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above: stop now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 class ServerProcess(abc.ABC):
@@ -17,6 +39,16 @@ class ServerProcess(abc.ABC):
     data) and use as a context manager."""
 
     _process: subprocess.Popen[bytes] | None = None
+
+    stop_with_parent = False
+    """When true (Linux), the child is sent SIGTERM as soon as the thread that started it
+    ends, even by SIGKILL: set it only where the server is started from the main thread
+    of a process that lives as long as the server should (``shardroute etcd``)."""
+
+    def _child_options(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` arguments for the server's child process."""
+        hook = _stop_with_parent() if self.stop_with_parent else None
+        return {} if hook is None else {"preexec_fn": hook}
 
     @abc.abstractmethod
     def start(self) -> Self:

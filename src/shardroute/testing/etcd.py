@@ -245,7 +245,11 @@ class EtcdServer(ServerProcess):
         log = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:
             self._process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                **self._child_options(),
             )
         finally:
             log.close()

@@ -158,7 +158,11 @@ class RedisServer(ServerProcess):
             args += ["--requirepass", self.password]
         args += list(self.extra_args)
         self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            **self._child_options(),
         )
         self._wait_ready()
         return self

@@ -39,18 +39,33 @@ REFUSED_BACKOFF_S = (0.02, 1.0)
 [d/2, d], d doubling from the first value up to the second, while the deadline allows."""
 
 
+_REASON_VALUES = {reason: reason.value for reason in Reason}  # no enum property per call
+
+
 def first_metadata(
-    session_key: str, decision: Decision, priority: str, extra: Metadata = ()
+    session_key: str,
+    decision: Decision,
+    priority: str,
+    extra: Metadata = (),
+    wire: str | None = None,
 ) -> Metadata:
     """Request metadata of a call's first attempt: the session key; when the shard is
     not the session's affinity choice, also the reason and the shard id meant; the
     priority unless it is ``standard``; then the caller's own entries. (Each entry costs
     both sides a few microseconds per call, so the common case sends one.) The key goes
-    in its wire form (:func:`~shardroute.session_keys.wire_form`)."""
-    md: Metadata = ((metadata.SESSION_KEY, session_keys.wire_form(session_key)),)
+    in its wire form (:func:`~shardroute.session_keys.wire_form`; ``wire``: the caller
+    has it already)."""
+    if wire is None:
+        wire = session_keys.wire_form(session_key)
     reason = decision.reason
-    if reason is not Reason.AFFINITY:
-        md += ((metadata.REASON, reason.value), (metadata.SHARD_ID, decision.shard.id))
+    if reason is Reason.AFFINITY:
+        md: Metadata = ((metadata.SESSION_KEY, wire),)
+    else:
+        md = (
+            (metadata.SESSION_KEY, wire),
+            (metadata.REASON, _REASON_VALUES[reason]),
+            (metadata.SHARD_ID, decision.shard.id),
+        )
     if priority != "standard":
         md += ((metadata.PRIORITY, priority),)
     return md + extra if extra else md

@@ -16,9 +16,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 
-__all__ = ["InFlight"]
+__all__ = ["LOCK_FREE", "InFlight"]
 
 _GIL = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
+LOCK_FREE = _GIL
+"""Whether :meth:`InFlight.begin` and :meth:`InFlight.end` take no lock (under the GIL).
+The client's flat unary path (``transport._async_calls``) then makes the same updates
+inline for one call; without the GIL it calls these methods (locked) instead."""
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
