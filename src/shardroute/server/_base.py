@@ -333,11 +333,7 @@ class ShardServerBase:
 
         etcd = EtcdClient(config.etcd_options())
         self._session_etcd = etcd
-        source = EtcdTopologySource(
-            config.etcd_options(),
-            config.service,
-            include_sessions=True,
-        )
+        source = EtcdTopologySource(config.etcd_options(), config.service, include_sessions=True)
         self._sessions.attach(
             store
             if store is not None
