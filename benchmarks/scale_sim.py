@@ -53,12 +53,14 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    ``overrides`` carry them to every replica, whose real router then sends the session to
    its owner; ``override_writes_per_s`` is what placement overrides write (one per session
    placed off home, with sessions starting as fast as they end, mean
-   ``--session-life-s``). ``--shard-admits`` models balancing at the shard: the replicas
-   apply no balance bound (priority ceilings only), and the shard that receives a new
-   session checks its exact load against the bound (the snapshot's total with its own
+   ``--session-life-s``). ``--shard-checks`` models ``routing.shard_bound``
+   (docs/routing.md, "The bound at the shard"): the shard that receives a new session
+   checks its exact load against the router's bound (the snapshot's total with its own
    load exact, the same spill floor) and, when full, redirects it to its own router's
    choice with the shards tried so far excluded (``admit_redirects_share``: redirects
-   per new session); not built (docs/benchmarks.md, session 7).
+   per new session; the shards built redirect once, to a shard that then takes it
+   without checking, so the model's further hops are rare extras); ``--shard-admits``:
+   the same with replicas that apply no balance bound of their own (ceilings only).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
    lost (its sessions move; mean, p90, max over the shards), ``moved_added_*`` when one

@@ -51,6 +51,7 @@ def test_a_new_session_at_a_shard_over_its_bound_is_placed_on_another(
         # never checked); the others hold nothing. Its own exact load (2, this call
         # aside) reaches 1.25 x (2 + 1) / 3: full for one more.
         for i in range(2):
+            wait_until(lambda: a.accounting.load_now() == 0, 10)
             assert generate(a.address, f"busy-{i}")[-1].shard_id == "a"  # a idle: taken
         busy = [pool.submit(generate, a.address, f"busy-{i}", 40) for i in range(2)]
         wait_until(lambda: a.accounting.inflight == 2, 10)
