@@ -57,9 +57,8 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    (docs/routing.md, "The bound at the shard"): the shard that receives a new session
    checks its exact load against the router's bound (the snapshot's total with its own
    load exact, the same spill floor) and, when full, redirects it to its own router's
-   choice with the shards tried so far excluded (``admit_redirects_share``: redirects
-   per new session; the shards built redirect once, to a shard that then takes it
-   without checking, so the model's further hops are rare extras); ``--shard-admits``:
+   choice with itself excluded, which takes it without checking again
+   (``admit_redirects_share``: redirects per new session); ``--shard-admits``:
    the same with replicas that apply no balance bound of their own (ceilings only).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
@@ -114,7 +113,7 @@ that do not follow one disagree among themselves (``fresh_differ``: load views d
 ETCD_WRITES_PER_S = 10_000
 NO_BOUND = 1e9  # --shard-admits: the replicas' balance factor (no shard is ever full)
 SAFE_BOUND = 1.0 - 1e-9  # as the router's bound (routing/_table.py, SAFE)
-MAX_ADMIT_HOPS = 8
+MAX_ADMIT_HOPS = 1  # the shard named takes it without checking (sessions/admission.py)
 
 
 def log(*args: object) -> None:
@@ -392,8 +391,9 @@ class Fleet:
     def admit(self, key: str, sid: str) -> tuple[str, int]:
         """--shard-admits: the shard ``sid`` gets a new session; while the shard it lands on
         is full by its exact load (against the bound of the snapshot's total with its own
-        load exact), it redirects the session to its router's next choice, excluding the
-        shards already tried. Returns where it is placed and the redirects it took."""
+        load exact), it redirects the session to its router's next choice (itself
+        excluded), which takes it without checking again, as shards do
+        (``MAX_ADMIT_HOPS``). Returns where it is placed and the redirects it took."""
         assert self.admits is not None
         tb_total = sum(self.admit_basis.values())
         policy = self.admits.policy
@@ -521,7 +521,7 @@ def traffic(
         "agreement_samples": sum(sampled),
         "redirected_share": round(redirects / max(1, len(stream)), 5),
         "taken_over_share": round(takeovers / max(1, len(stream)), 5),
-        "max_over_avg_after_traffic": round(max_over_avg(list(load.values())), 3),
+        "max_over_avg_after_traffic": round(max_over_avg(list(load.values())), 4),
     }
     out.update({f"disagree_{k}": v for k, v in split.items()})
     return out
@@ -796,7 +796,7 @@ def main() -> None:
     # an override written for each session placed off its home (whether or not clients
     # follow them), as many sessions start per second as end (mean life)
     out["override_writes_per_s"] = round(off_home * args.sessions / args.session_life_s, 1)
-    out["max_over_avg"] = round(max_over_avg(list(sim.load.values())), 3)
+    out["max_over_avg"] = round(max_over_avg(list(sim.load.values())), 4)
     ring = sim.routers[0].ring
     homes = dict.fromkeys(sim.shards, 0)
     for key, rate in zip(keys, rates, strict=True):
