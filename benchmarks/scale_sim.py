@@ -31,20 +31,35 @@ Everything but the JSON line goes to stderr. What it measures, and how:
    ``max_over_avg``: the largest shard load over the average at the end (bounded loads, c =
    ``--balance-factor``, 1.25 by default); ``max_over_avg_homes``: the same with every
    session at its ring home (plain consistent hashing), the same-run baseline. Traffic:
-   ``--requests`` requests drawn by popularity, each at a random replica; a first attempt
-   at a shard other than the one holding the session is redirected (the replica remembers,
-   as the transport does), otherwise the replica settles. On every ``--sample-every``-th
+   ``--requests`` requests drawn by popularity, each at a random replica. A first attempt
+   at a shard other than the one holding the session follows the shards' ownership rules
+   (docs/migration.md, "Ownership"): one the replica placed there on purpose (a spill, zone
+   fallback or failover) is taken over there (the session moves, with its calls, and gets
+   an override: ``taken_over_share``; snapshots go on every ``--report-every`` requests
+   while takeovers happen), any other is redirected (the replica remembers, as the
+   transport does: ``redirected_share``); otherwise the replica settles.
+   ``--no-takeovers`` redirects them all (the model until session 7, which overstated
+   the disagreement: see docs/benchmarks.md). ``max_over_avg_after_traffic``: max/avg
+   once the takeovers moved their sessions. On every ``--sample-every``-th
    request all replicas route the same key: ``agreement`` is the share of those on which
    all agree; ``redirected_share`` the share of requests redirected. Each sample on which
    they disagree is counted by cause (``disagree_*``, see ``SPLIT``): "spill or not" (some
    replicas send it home, some elsewhere) or "where to" (all off home, to different
-   shards). ``--follow-overrides``: replicas that follow session overrides
-   (``connect(follow_overrides=True)``, docs/routing.md): each session placed off home
-   gets an override (the shard that took it over writes one), carried by the next
-   snapshot's ``overrides`` to every replica, whose real router then sends the session to
-   its owner; ``override_writes_per_s`` is what those overrides write (one per session
+   shards). Overrides are what the shards write (docs/migration.md, "Ownership"): one
+   for each session placed off its home (at its first save; ``--no-spill-overrides``:
+   none, as shards before session 7) and one at each take-over of a stored session by
+   another shard. ``--follow-overrides``: replicas that follow them
+   (``connect(follow_overrides=True)``, docs/routing.md): the next snapshot's
+   ``overrides`` carry them to every replica, whose real router then sends the session to
+   its owner; ``override_writes_per_s`` is what placement overrides write (one per session
    placed off home, with sessions starting as fast as they end, mean
-   ``--session-life-s``).
+   ``--session-life-s``). ``--shard-checks`` models ``routing.shard_bound``
+   (docs/routing.md, "The bound at the shard"): the shard that receives a new session
+   checks its exact load against the router's bound (the snapshot's total with its own
+   load exact, the same spill floor) and, when full, redirects it to its own router's
+   choice with itself excluded, which takes it without checking again
+   (``admit_redirects_share``: redirects per new session); ``--shard-admits``:
+   the same with replicas that apply no balance bound of their own (ceilings only).
 3. **Sessions moved**, in units of the ideal 1/N, over all sessions and the ring's homes
    (no caller zone, as the replicas route): ``moved_lost_*`` when each shard in turn is
    lost (its sessions move; mean, p90, max over the shards), ``moved_added_*`` when one
@@ -86,6 +101,7 @@ from shardroute.model import EMPTY_MAPPING, LoadReport, Override, Shard, Topolog
 from shardroute.routing import Decision, Reason, Router, RoutingPolicy, key_hash
 from shardroute.routing._ring import shard_points  # a new shard's points, as the ring makes them
 from shardroute.server.load import LoadAccounting, LoadReportPolicy
+from shardroute.sessions.ownership import Action, OwnershipDecision, decide
 
 BATCH = 200
 SPLIT = ("spill_or_not_spilled", "spill_or_not_held_home", "where_to", "with_pins", "fresh_differ")
@@ -95,6 +111,9 @@ and it was placed off home (``spilled``: its home has room again) or at home
 shards (``where_to``). Also counted: some of them follow a pin (``with_pins``), and those
 that do not follow one disagree among themselves (``fresh_differ``: load views differ)."""
 ETCD_WRITES_PER_S = 10_000
+NO_BOUND = 1e9  # --shard-admits: the replicas' balance factor (no shard is ever full)
+SAFE_BOUND = 1.0 - 1e-9  # as the router's bound (routing/_table.py, SAFE)
+MAX_ADMIT_HOPS = 1  # the shard named takes it without checking (sessions/admission.py)
 
 
 def log(*args: object) -> None:
@@ -286,6 +305,17 @@ class Heard:
         self.excess = sum(max(0, c - basis[s]) for s, c in self.counts.items() if s in basis)
 
 
+class ExactLoad:
+    """A shard's router's ``loads`` (an ``OwnLoads``): the snapshot, with its own exact load."""
+
+    __slots__ = ("basis", "counts", "excess")
+
+    def __init__(self, shard_id: str, load: int, basis: Mapping[str, int]) -> None:
+        self.counts = {shard_id: load}
+        self.basis = basis
+        self.excess = max(0, load - basis.get(shard_id, 0))
+
+
 class Fleet:
     """The replicas, the shards' true loads and the snapshots they are all fed."""
 
@@ -293,13 +323,29 @@ class Fleet:
         policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=args.balance_factor)
         self.shards = shards
         self.follow_overrides = args.follow_overrides
-        self.exceptions: list[tuple[str, str]] = []  # sessions placed off home since publish
-        self.overrides: dict[str, Override] = {}  # what the shards wrote, with --follow-overrides
+        # --shard-admits: the replicas apply no balance bound (c so large that no shard is
+        # ever full; ceilings still apply); the shard that receives a new session checks
+        # its exact load against the bound and redirects it along its own router's plan
+        self.admits: Router | None = None
+        self.admit_basis: Mapping[str, int] = EMPTY_MAPPING
+        if args.shard_admits or args.shard_checks:
+            self.admits = Router(policy)
+        if args.shard_admits:
+            policy = RoutingPolicy(vnodes_per_weight=args.vnodes, balance_factor=NO_BOUND)
+        self.overrides: dict[str, Override] = {}  # what the shards wrote (etcd's)
+        self.changed = False  # overrides or loads changed since the last snapshot
         self.routers = [Router(policy) for _ in range(args.replicas)]
         self.flights = [Heard(not args.no_trailers) for _ in self.routers]
         self.load = dict.fromkeys(shards, 0)
+        # --report-lag: what each shard last wrote (load, sessions), under the step rules
+        # of the real LoadReportPolicy (its 1 s minimum interval and heartbeat aside)
+        self.report_lag = args.report_lag
+        self.held = dict.fromkeys(shards, 0)
+        self.written: dict[str, tuple[int, int]] = {}
         self.reports: dict[str, LoadReport] = {}
         self.revision = 0
+        self.admit_redirects = 0
+        self.rates: list[int] = []
         self.topology = self.publish()
 
     def publish(self, shards: Mapping[str, Shard] | None = None) -> Topology:
@@ -310,17 +356,59 @@ class Fleet:
                 self.load.setdefault(sid, 0)
         self.revision += 1
         loads = {sid: self.load[sid] for sid in self.shards}
+        if self.report_lag:
+            loads = self.reported(loads)
         overrides: Mapping[str, Override] = EMPTY_MAPPING
-        if self.follow_overrides:  # the takeovers' overrides, delivered by the watch
-            for key, sid in self.exceptions:
-                self.overrides[key] = Override(sid, 1)
+        if self.follow_overrides:  # the shards' overrides, delivered by the watch
             overrides = MappingProxyType(dict(self.overrides))
         self.topology = snapshot(self.shards, loads, self.revision, self.reports, overrides)
         for router, flight in zip(self.routers, self.flights, strict=True):
             router.prepare(self.topology)
             flight.rebase(router.basis(self.topology))
-        self.exceptions.clear()
+        if self.admits is not None:
+            self.admits.prepare(self.topology)
+            self.admit_basis = self.admits.basis(self.topology)
+        self.changed = False
         return self.topology
+
+    def reported(self, exact: Mapping[str, int]) -> dict[str, int]:
+        """The loads etcd holds: a shard writes its exact load once it moved by 25 % of
+        its capacity or its session count by 10 % (``LoadReportPolicy``'s steps)."""
+        policy = LoadReportPolicy(capacity=1)
+        out = {}
+        for sid, load in exact.items():
+            held = self.held.get(sid, 0)
+            last = self.written.get(sid)
+            if last is None or (
+                abs(load - last[0])
+                >= max(1, math.ceil(policy.inflight_step * self.shards[sid].capacity))
+                or abs(held - last[1]) >= max(1, math.ceil(policy.sessions_step * last[1]))
+            ):
+                last = self.written[sid] = (load, held)
+            out[sid] = last[0]
+        return out
+
+    def admit(self, key: str, sid: str) -> tuple[str, int]:
+        """--shard-admits: the shard ``sid`` gets a new session; while the shard it lands on
+        is full by its exact load (against the bound of the snapshot's total with its own
+        load exact), it redirects the session to its router's next choice (itself
+        excluded), which takes it without checking again, as shards do
+        (``MAX_ADMIT_HOPS``). Returns where it is placed and the redirects it took."""
+        assert self.admits is not None
+        tb_total = sum(self.admit_basis.values())
+        policy = self.admits.policy
+        c, n = policy.balance_factor, len(self.admit_basis)
+        floor = math.floor(policy.spill_floor * self.shards[sid].capacity + 1e-9)
+        tried: set[str] = set()
+        while len(tried) < MAX_ADMIT_HOPS:
+            exact = self.load[sid]
+            total = tb_total - self.admit_basis.get(sid, 0) + exact
+            if exact < floor or exact < c * (total + 1) / n * SAFE_BOUND:
+                break
+            tried.add(sid)
+            view = ExactLoad(sid, exact, self.admit_basis)
+            sid = self.admits.route(key, self.topology, excluded=tried, loads=view).shard.id
+        return sid, len(tried)
 
 
 def place(
@@ -334,7 +422,7 @@ def place(
     replicas = [rng.randrange(len(sim.routers)) for _ in order]
     owner = [""] * len(keys)
     load, routers, flights = sim.load, sim.routers, sim.flights
-    spilled = 0
+    spilled = hops = 0
     for n, (i, k) in enumerate(zip(order, replicas, strict=True)):
         if n % args.report_every == 0 and n:
             sim.publish()
@@ -343,16 +431,25 @@ def place(
         key = keys[i]
         d = routers[k].route(key, sim.topology, loads=flights[k])
         sid = d.shard.id
+        if sim.admits is not None:
+            sid, took = sim.admit(key, sid)
+            hops += took
         flights[k].begin(sid, rates[i])
-        routers[k].settle(key, d)
+        if sid == d.shard.id:
+            routers[k].settle(key, d)
+        else:  # redirected by the shard: the transport remembers where it went
+            routers[k].remember(key, sid)
         load[sid] += rates[i]
+        sim.held[sid] += 1
         flights[k].heard(sid, load[sid])  # the response's load trailer
         owner[i] = sid
-        if d.shard is not d.home:
+        if sid != d.home.id:
             spilled += 1
-            sim.exceptions.append((key, sid))  # the shard that took it over writes an override
+            if args.spill_overrides:  # the shard that took it on writes an override
+                sim.overrides[key] = Override(sid, 1)
     sim.publish()
-    log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home")
+    sim.admit_redirects = hops
+    log(f"placed {len(keys)} sessions, {spilled / len(keys):.2%} off their home, {hops} redirects")
     return owner, spilled / len(keys)
 
 
@@ -373,18 +470,43 @@ def traffic(
     stream = rng.choices(range(len(keys)), cum_weights=cum, k=args.requests)
     topology, routers, flights = sim.topology, sim.routers, sim.flights
     pairs = list(zip(routers, flights, strict=True))
-    redirects = 0
+    redirects = takeovers = 0
     sampled, agreed = [0, 0], [0, 0]  # before / during the last quarter of the requests
     split = dict.fromkeys(SPLIT, 0)
     late = len(stream) * 3 // 4
+    load, rates = sim.load, sim.rates
+    overrides, live = sim.overrides, sim.shards
     for n, i in enumerate(stream):
+        if sim.changed and n % args.report_every == 0:
+            topology = sim.publish()  # the takeovers' loads and overrides
         k = rng.randrange(len(routers))
         key = keys[i]
         d = routers[k].route(key, topology, loads=flights[k])
-        if d.shard.id != owner[i]:
+        sid = d.shard.id
+        # the shard's ownership rules, on etcd's override (what a shard in doubt reads);
+        # --no-takeovers: the model until session 7, every miss redirected to the owner
+        found = overrides.get(key)
+        why = None if d.reason is Reason.AFFINITY else d.reason.value
+        act = decide(
+            shard_id=sid, override=found, live=live, held=sid == owner[i], frozen=False, reason=why
+        )
+        if not args.takeovers and sid != owner[i]:
+            act = OwnershipDecision(Action.REDIRECT, owner[i])
+        if act.action is Action.SERVE:
+            routers[k].settle(key, d)
+        elif act.action is Action.REDIRECT:
             redirects += 1  # the shard answers with a redirect; the transport remembers
-            routers[k].remember(key, owner[i])
-        else:
+            routers[k].remember(key, act.owner)
+        else:  # taken over from the store: the session moves with its calls
+            takeovers += 1
+            if owner[i] != sid or (found is not None and found.owner != sid):
+                overrides[key] = Override(sid, (found.epoch if found else 0) + 1)
+            load[owner[i]] -= rates[i]
+            load[sid] += rates[i]
+            sim.held[owner[i]] -= 1
+            sim.held[sid] += 1
+            owner[i] = sid
+            sim.changed = True
             routers[k].settle(key, d)
         if n % args.sample_every == 0:
             every = [r.route(key, topology, loads=f) for r, f in pairs]
@@ -398,6 +520,8 @@ def traffic(
         "agreement_last_quarter": round(agreed[1] / max(1, sampled[1]), 5),
         "agreement_samples": sum(sampled),
         "redirected_share": round(redirects / max(1, len(stream)), 5),
+        "taken_over_share": round(takeovers / max(1, len(stream)), 5),
+        "max_over_avg_after_traffic": round(max_over_avg(list(load.values())), 4),
     }
     out.update({f"disagree_{k}": v for k, v in split.items()})
     return out
@@ -578,6 +702,35 @@ def main() -> None:
         action="store_true",
         help="replicas follow session overrides (each session placed off home gets one)",
     )
+    ap.add_argument(
+        "--no-takeovers",
+        action="store_true",
+        help="redirect every first attempt that missed the session's shard (the model until"
+        " session 7); by default one that spilled there takes the session over, as shards do",
+    )
+    ap.add_argument(
+        "--no-spill-overrides",
+        action="store_true",
+        help="shards before session 7: no override for a new session placed off its home"
+        " (today the shard writes one at its first save)",
+    )
+    ap.add_argument(
+        "--shard-admits",
+        action="store_true",
+        help="replicas apply no balance bound; a shard given a new session over its bound"
+        " (exact load) redirects it along its own router's plan",
+    )
+    ap.add_argument(
+        "--report-lag",
+        action="store_true",
+        help="snapshots carry what the shards last wrote under LoadReportPolicy's steps"
+        " (25 %% of capacity, 10 %% of sessions), not their exact loads",
+    )
+    ap.add_argument(
+        "--shard-checks",
+        action="store_true",
+        help="as --shard-admits, but the replicas keep their own balance bound too",
+    )
     ap.add_argument("--report-every", type=int, default=0, help="placements a snapshot (N)")
     ap.add_argument("--max-session-calls", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50_000)
@@ -596,6 +749,11 @@ def main() -> None:
         args.shards, args.sessions, args.requests = 10_000, 1_000_000, 200_000
         args.report_shards, args.report_horizon = 40, 120.0
     args.report_every = args.report_every or args.shards  # about one placement a shard
+    args.takeovers = not args.no_takeovers
+    # the old model put an override for each session placed off home; so does a shard
+    # that admits (it writes the override naming the shard it redirects the session to)
+    args.spill_overrides = not args.no_spill_overrides or args.shard_admits or args.shard_checks
+    args.spill_overrides |= args.no_takeovers and args.follow_overrides
     if args.one_replica:
         print(json.dumps(one_replica(args, args.one_replica)))
         return
@@ -609,6 +767,11 @@ def main() -> None:
         "trailers": not args.no_trailers,
         "balance_factor": args.balance_factor,
         "follow_overrides": args.follow_overrides,
+        "takeovers": args.takeovers,
+        "shard_admits": args.shard_admits,
+        "shard_checks": args.shard_checks,
+        "spill_overrides": args.spill_overrides,
+        "report_lag": args.report_lag,
     }
     replica = in_subprocess(args, args.vnodes)
     log("one replica:", replica)
@@ -625,13 +788,15 @@ def main() -> None:
     capacity = max(8, round(2 * sum(rates) / args.shards))
     t0 = time.perf_counter()
     sim = Fleet(args, fleet(args.shards, args.zones, capacity))
+    sim.rates = rates
     log(f"{args.replicas} replicas fed the first snapshot in {time.perf_counter() - t0:.2f}s")
     owner, off_home = place(args, sim, keys, rates)
     out["placed_off_home_share"] = round(off_home, 5)
+    out["admit_redirects_share"] = round(sim.admit_redirects / args.sessions, 5)
     # an override written for each session placed off its home (whether or not clients
     # follow them), as many sessions start per second as end (mean life)
     out["override_writes_per_s"] = round(off_home * args.sessions / args.session_life_s, 1)
-    out["max_over_avg"] = round(max_over_avg(list(sim.load.values())), 3)
+    out["max_over_avg"] = round(max_over_avg(list(sim.load.values())), 4)
     ring = sim.routers[0].ring
     homes = dict.fromkeys(sim.shards, 0)
     for key, rate in zip(keys, rates, strict=True):

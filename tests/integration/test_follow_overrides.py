@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
-from chat_calls import turn
+from chat_calls import history, turn
 
+from shardroute import metadata
 from shardroute.aio import AsyncShardClient
 from shardroute.client import ShardClient
+from shardroute.examples.chat import chat_pb2, chat_pb2_grpc
 from shardroute.model import Topology
 from shardroute.routing import Reason
 from shardroute.testing.etcd import EtcdServer
@@ -81,3 +84,31 @@ def test_the_async_client_follows_them_too(
             await client.close()
 
     assert asyncio.run(route()) == (target, Reason.OVERRIDE)
+
+
+def test_a_new_session_spilled_off_its_home_is_followed_there(
+    shard_client: ShardClient, etcd_server: EtcdServer
+) -> None:
+    """A client spilled a new session (its home was full): the shard that took it wrote an
+    override at its first save, so a following client routes there and a plain client's
+    call at the home is redirected there, not taken back home (a move, before)."""
+    session = "conv-spilled-new"
+    home = shard_client.route(session).shard.id
+    shards = shard_client.source.current().shards
+    target = next(s for s in sorted(shards) if s != home)
+    with grpc.insecure_channel(shards[target].address) as channel:  # the spilled first call
+        request = chat_pb2.GenerateRequest(session_key=session, prompt="one", max_tokens=3)
+        spill = ((metadata.REASON, "spill"), (metadata.SHARD_ID, target))
+        tokens = list(chat_pb2_grpc.ChatStub(channel).Generate(request, metadata=spill))
+    assert tokens[-1].shard_id == target
+    with ShardClient.connect(
+        etcd_server.endpoint, "chat", timeout=10, follow_overrides=True
+    ) as follower:
+        follower.source.wait_for(lambda t: owner_of(t, session) == target, 10)
+        decision = follower.route(session)
+        assert (decision.shard.id, decision.reason) == (target, Reason.OVERRIDE)
+        assert turn(follower, session, "two").shard_id == target
+    assert shard_client.route(session).reason is Reason.AFFINITY  # home has room now
+    assert turn(shard_client, session, "three").shard_id == target
+    assert shard_client.stats.snapshot().get("redirects") == 1
+    assert history(shard_client, session) == ["one", "two", "three"]

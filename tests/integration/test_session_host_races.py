@@ -10,6 +10,7 @@ host is shared by both shells; the tests that go through a shard server run on b
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +30,7 @@ from shardroute.model import Override, Topology
 from shardroute.server import SessionHost
 from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
 from shardroute.sessions.applied import AppliedTurn
+from shardroute.testing.etcd import EtcdServer
 
 K = "k1"
 
@@ -685,3 +687,85 @@ def test_a_malformed_override_warns_once_per_session(
     assert [r.levelname for r in logged] == ["WARNING", "DEBUG", "DEBUG", "DEBUG"]
     assert world.stored(K) == ["one"]
     host.close()
+
+
+# -- a new session placed off its home on purpose gets an override at its first save --------
+
+
+def test_a_new_session_placed_on_purpose_gets_an_override_and_its_home_redirects(
+    world: World,
+) -> None:
+    """The client spilled a new session from its full home A to T: T's first save writes
+    an override naming T, so A redirects the session's next call there instead of taking
+    it back from the store (before: A took it over, a move)."""
+    a, t = world.host("A"), world.host("T")
+    turn(t, K, "t1", reason="spill")
+    found = world.overrides.get(K)
+    assert found is not None and found.owner == "T"
+    with pytest.raises(Refused) as refused:
+        a.begin(K)  # the home, reached by a client routing it home (affinity)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.redirect == "T"
+    turn(t, K, "t2")  # T serves it on, held, without writing again
+    assert world.overrides.get(K) == found
+    assert world.stored(K) == ["t1", "t2"]
+    assert (a.takeovers_total, t.takeovers_total) == (0, 1)
+
+
+@pytest.mark.parametrize("reason", ["zone_fallback", "failover"])
+def test_a_zone_fallback_or_a_failover_places_on_purpose_too(world: World, reason: str) -> None:
+    t = world.host("T")
+    turn(t, K, "t1", reason=reason)
+    found = world.overrides.get(K)
+    assert found is not None and found.owner == "T"
+
+
+def test_no_override_at_home_after_a_redirect_or_without_a_save(world: World) -> None:
+    """Only a session placed on purpose, and only once its first state is saved: one at
+    its home, one that followed a redirect, and a call that saved nothing get none."""
+    a, t = world.host("A"), world.host("T")
+    turn(a, "at-home", "t1")
+    turn(t, "redirected", "t1", reason="redirect")
+    entry = t.begin("unsaved", "spill")  # placed, but the call saves nothing (a read)
+    t.end("unsaved", entry)
+    assert [world.overrides.get(k) for k in ("at-home", "redirected", "unsaved")] == [None] * 3
+    turn(a, K, "t1")
+    turn(t, K, "t2", reason="spill")  # a stored session: its take-over writes one, as before
+    found = world.overrides.get(K)
+    assert found is not None and found.owner == "T"
+
+
+def test_an_override_another_shard_wrote_meanwhile_stands(world: World) -> None:
+    """C took the new session over while T's first turn ran (its override written): T's
+    save lands (the store held nothing) but its override does not replace C's."""
+    t = world.host("T")
+    entry = t.begin(K, "spill")
+    try:
+        theirs = world.overrides.swap(K, None, Override("C", 1))
+        t.checkpoint(K, entry, ["t1"])
+    finally:
+        t.end(K, entry)
+    assert world.overrides.get(K) == theirs
+
+
+def test_with_etcd_unreachable_the_placed_session_is_saved_without_an_override(
+    etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = EtcdClient(EtcdOptions(endpoints=(etcd_server.endpoint,), timeout=1))
+    overrides, store = OverrideStore(client, "chat"), InMemorySessionStore()
+    t = SessionHost("T", hold_timeout_s=1.0)
+    live = {"A": object(), "T": object()}
+    t.attach(store, overrides=overrides, topology=lambda: Topology("chat", shards=live))
+    try:
+        entry = t.begin(K, "spill")  # reads etcd (no override): a new session
+        etcd_server.stop()
+        with caplog.at_level(logging.WARNING, logger="shardroute.server"):
+            t.checkpoint(K, entry, ["t1"])  # saved and answered all the same
+        t.end(K, entry)
+        assert "no override written for new session" in caplog.text
+        stored = store.load(K)
+        assert stored is not None and stored.owner == "T"
+        etcd_server.start()
+        assert overrides.get(K) is None
+    finally:
+        client.close()

@@ -67,6 +67,9 @@ class RoutingPolicy:
             report, from etcd or a response trailer, stops counting; a ``ts`` further
             than this ahead of the client's clock does not count either (clock skew).
             Default: 3x the shards' report interval (``LOAD_REPORT_HEARTBEAT_S``).
+        shard_bound: shards also check the balance bound for each new session they
+            receive, on their exact load, and redirect it when over (docs/routing.md,
+            "The bound at the shard"). Read by shards; clients route as before.
 
     Raises:
         ConfigError: on construction, if a value is out of range.
@@ -81,6 +84,7 @@ class RoutingPolicy:
     retry_after_s: float = 0.5
     spill_floor: float = 0.1
     max_report_age_s: float = DEFAULT_MAX_REPORT_AGE_S
+    shard_bound: bool = False
 
     def __post_init__(self) -> None:
         c = self.balance_factor
@@ -119,6 +123,10 @@ class RoutingPolicy:
         sf = self.spill_floor
         if not _is_number(sf) or not 0.0 <= sf <= 1.0:
             raise ConfigError(f"routing: spill_floor must be a number in [0, 1], got {sf!r}")
+        if not isinstance(self.shard_bound, bool):
+            raise ConfigError(
+                f"routing: shard_bound must be true or false, got {self.shard_bound!r}"
+            )
         age = self.max_report_age_s
         if not _is_number(age) or not math.isfinite(age) or age <= 0:
             raise ConfigError(

@@ -313,6 +313,7 @@ class ShardServerBase:
     def _start_sessions(self, lease: Callable[[], int | None]) -> None:
         """Attach the store, override store and topology to the session host."""
         from shardroute.sessions import EtcdSessionStore, InMemorySessionStore, OverrideStore
+        from shardroute.sessions.admission import Admission
 
         config = self._config
         store = self._session_store_arg
@@ -332,11 +333,7 @@ class ShardServerBase:
 
         etcd = EtcdClient(config.etcd_options())
         self._session_etcd = etcd
-        source = EtcdTopologySource(
-            config.etcd_options(),
-            config.service,
-            include_sessions=True,
-        )
+        source = EtcdTopologySource(config.etcd_options(), config.service, include_sessions=True)
         self._sessions.attach(
             store
             if store is not None
@@ -348,6 +345,7 @@ class ShardServerBase:
             lease=lease,
             # No take-over without a topology and a live lease: it would guess.
             ready=lambda: source.loaded and lease() is not None,
+            admit=Admission(config.shard_id, self._accounting.load_now).target,
         )
         source.subscribe(self._sessions.topology_changed)
         try:

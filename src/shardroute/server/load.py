@@ -68,6 +68,10 @@ class LoadAccounting:
         """Calls waiting for a worker."""
         return self._queued
 
+    def load_now(self) -> int:
+        """Calls running or waiting for a worker now: the shard's exact load."""
+        return self._inflight + self._queued
+
     def enqueued(self) -> None:
         """A call was handed to the worker pool."""
         with self._lock:

@@ -1,8 +1,8 @@
 """Checkpoint writes and the record of applied turns, for
 :class:`~shardroute.sessions.SessionHost` (its :meth:`checkpoint
 <shardroute.sessions.SessionHost.checkpoint>` is in :mod:`.host`): what a write names,
-reading back a write whose outcome is unknown, a lost compare-and-swap, and answering a
-retried turn from the record."""
+reading back a write whose outcome is unknown, a lost compare-and-swap, answering a
+retried turn from the record, and the overrides a take-over or a first save writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from typing import Any
 
 import grpc
 
-from shardroute.errors import MalformedRecord, Refused, StaleState
+from shardroute.errors import (
+    EtcdUnavailable,
+    LeaseNotFound,
+    MalformedRecord,
+    Refused,
+    StaleState,
+)
+from shardroute.model import Override
 from shardroute.sessions._host_base import HostBase, _Entry, log
 from shardroute.sessions.applied import Applied, AppliedTurn, find, replay_trailers
 from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
@@ -21,6 +28,98 @@ __all__ = ["Checkpoints"]
 
 class Checkpoints(HostBase):
     """The checkpoint side of :class:`~shardroute.sessions.SessionHost`."""
+
+    def _swap_to_self(self, key: str, current: Override | None) -> None:
+        """Swap the session's override from ``current`` to this shard (a take-over)."""
+        overrides = self._overrides
+        if overrides is None:
+            return
+        lease = self._lease()
+        new = Override(self.shard_id, (current.epoch if current else 0) + 1)
+        try:
+            written = overrides.swap(key, current, new, lease=lease)
+        except StaleState as exc:
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"session {key!r} changed owner while this shard took it over; retry",
+            ) from exc
+        except EtcdUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
+        if written is not None:
+            with self._cond:
+                self._hint(key, written)
+
+    def _place_elsewhere(self, key: str) -> None:
+        """A new session (nothing stored, no override) at a shard over its balance bound
+        (``routing.shard_bound``; :class:`.admission.Admission` decides): write the
+        override naming the shard chosen instead, on that shard's lease, and redirect
+        the call there; nothing has run. That shard finds the override naming it and
+        takes the session over without checking again. Another writer first: ABORTED
+        (retry). etcd unreachable or that shard's lease gone: the session stays here."""
+        assert self._admit is not None and self._overrides is not None
+        topology = self._topology()
+        target = self._admit(key, topology) if topology is not None else None
+        if target is None or topology is None:
+            return
+        lease = topology.shards[target].lease or None
+        try:
+            written = self._overrides.swap(key, None, Override(target, 1), lease=lease)
+        except LeaseNotFound:
+            return
+        except StaleState as exc:
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"session {key!r} was placed by another shard meanwhile; nothing was "
+                "executed; retry",
+            ) from exc
+        except EtcdUnavailable:
+            return
+        with self._cond:
+            if written is not None:
+                self._hint(key, written)
+            self.redirects_total += 1
+            self.placed_elsewhere_total += 1
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"session {key!r} is new and this shard is over its balance bound: placed on "
+            f"shard {target!r}",
+            redirect=target,
+        )
+
+    def _claim_placed(self, key: str) -> None:
+        """Write an override naming this shard for a new session whose first state was
+        just saved here, when the client placed it here on purpose (``x-shardroute-reason``
+        spill, zone fallback or failover: its home was full or unavailable).
+
+        Without it nothing says where the session lives until another shard takes it
+        over: a home with room again would take it back from the store at the next call
+        routed there (a move), and clients that follow overrides could not find it
+        (docs/routing.md, "Following overrides"). With it every shard redirects the
+        session here. On this shard's lease (gone with the shard), deleted when the
+        session ends or expires. Best effort: the turn is saved either way; an override
+        another shard wrote meanwhile stands (it took the session over), and with etcd
+        unreachable the session has none, as a session at its home has none.
+        """
+        overrides = self._overrides
+        if overrides is None:
+            return
+        try:
+            written = overrides.swap(key, None, Override(self.shard_id, 1), lease=self._lease())
+        except StaleState:
+            return  # another shard took the session over meanwhile: its override stands
+        except EtcdUnavailable as exc:
+            log.warning(
+                "shard %s: etcd unreachable, no override written for new session %s placed "
+                "here off its home (%s); the turn is saved, no data is at risk; the session "
+                "may move to its home at a later call",
+                self.shard_id,
+                key,
+                exc,
+            )
+            return
+        if written is not None:
+            with self._cond:
+                self._hint(key, written)
 
     def _read_applied(self, key: str, entry: _Entry) -> None:
         """Read the record of applied turns of a session imported by version (the

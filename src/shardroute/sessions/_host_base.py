@@ -117,6 +117,9 @@ class _Entry:
     elsewhere: bool = False
     """A topology showed the session owned by another shard while this copy was in a
     turn: the copy is dropped when the turn ends (see :meth:`HostBase.topology_changed`)."""
+    placed: bool = False
+    """Taken over with nothing stored from a call placed here on purpose (spill, zone
+    fallback, failover): its first save writes an override naming this shard."""
 
 
 class HostBase:
@@ -155,6 +158,7 @@ class HostBase:
         self._topology: Callable[[], Topology | None] = lambda: None
         self._lease: Callable[[], int | None] = lambda: None
         self._ready: Callable[[], bool] = lambda: True  # topology read, lease live
+        self._admit: Callable[[str, Topology], str | None] | None = None  # shard_bound
         # Mutable state, changed only under _cond: the held sessions, and what movers
         # told this shard about overrides (ahead of the topology watch), bounded LRU.
         self._cond = threading.Condition()
@@ -168,6 +172,8 @@ class HostBase:
         """Sessions this shard took over from the store."""
         self.redirects_total = 0
         """Calls answered with a redirect."""
+        self.placed_elsewhere_total = 0
+        """New sessions redirected because this shard was over its bound (shard_bound)."""
         self.conflicts_total = 0
         """Checkpoints that lost their compare-and-swap (turn aborted, copy dropped)."""
         self.evictions_total = 0

@@ -26,7 +26,6 @@ import grpc
 
 from shardroute.errors import (
     EtcdNoSpace,
-    EtcdUnavailable,
     MalformedRecord,
     Refused,
     StaleState,
@@ -49,7 +48,7 @@ from shardroute.sessions._save_retry import retry_deadline, save_retrying
 from shardroute.sessions.applied import AppliedTurn
 from shardroute.sessions.handoff import Handoff
 from shardroute.sessions.lifetime import Lifetime
-from shardroute.sessions.ownership import Action, decide
+from shardroute.sessions.ownership import DELIBERATE_REASONS, Action, decide
 from shardroute.sessions.store import STORE_UNAVAILABLE
 from shardroute.sessions.turns import AsyncTurn, Turn
 from shardroute.telemetry.server import checkpointed
@@ -97,10 +96,13 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         topology: Callable[[], Topology | None] | None = None,
         lease: Callable[[], int | None] | None = None,
         ready: Callable[[], bool] | None = None,
+        admit: Callable[[str, Topology], str | None] | None = None,
     ) -> None:
         """Give the host its session store, override store, topology view and lease;
-        ``ready`` says whether it may take sessions over (False: refused, UNAVAILABLE)."""
+        ``ready`` says whether it may take sessions over (False: refused, UNAVAILABLE);
+        ``admit`` where a new session goes instead (:class:`.admission.Admission`)."""
         self._store = store
+        self._admit = admit
         ttl = getattr(store, "ttl_s", None)
         if isinstance(ttl, int | float) and ttl > 0:
             # Evict a held copy before the store can expire its state: a copy served after
@@ -264,7 +266,10 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
                             redirect=decision.owner,
                         )
                     if action is Action.TAKE_OVER and not need_read:
-                        placeholder = _Entry(None, b"", 0, busy=True, loading=True, lease=lease)
+                        placed = reason in DELIBERATE_REASONS  # on purpose: see _claim_placed
+                        placeholder = _Entry(
+                            None, b"", 0, busy=True, loading=True, lease=lease, placed=placed
+                        )
                         self._held[session_key] = placeholder
                         break
             if action is Action.HOLD:
@@ -299,6 +304,8 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
         self.store_suspect = False  # it answered
+        if stored is None and current is None and self._admit is not None:
+            self._place_elsewhere(key)  # a redirect when this shard is over its bound
         data = stored.data if stored is not None else b""
         try:
             state = self.codec.decode(data) if stored is not None else self.codec.empty()
@@ -316,6 +323,7 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             entry.log = stored.log if stored is not None else None
             entry.applied = self.turn_memory.keep(stored.applied) if stored is not None else ()
             entry.loading = False
+            entry.placed = entry.placed and stored is None  # new sessions only
             entry.last_used = self._clock()
             self.takeovers_total += 1
         log.log(  # a new session (nothing stored) is no news: one line each would flood
@@ -325,25 +333,6 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             key,
             entry.version,
         )
-
-    def _swap_to_self(self, key: str, current: Override | None) -> None:
-        overrides = self._overrides
-        if overrides is None:
-            return
-        lease = self._lease()
-        new = Override(self.shard_id, (current.epoch if current else 0) + 1)
-        try:
-            written = overrides.swap(key, current, new, lease=lease)
-        except StaleState as exc:
-            raise Refused(
-                grpc.StatusCode.ABORTED,
-                f"session {key!r} changed owner while this shard took it over; retry",
-            ) from exc
-        except EtcdUnavailable as exc:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, f"etcd unreachable: {exc}") from exc
-        if written is not None:
-            with self._cond:
-                self._hint(key, written)
 
     def checkpoint(
         self,
@@ -392,6 +381,9 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE, f"session store unreachable; turn not saved: {exc}"
             ) from exc
+        if entry.placed:  # a new session's first save, here on purpose
+            entry.placed = False
+            self._claim_placed(session_key)
         with self._cond:
             entry.state, entry.data, entry.version, entry.log = new_state, data, version, log
             entry.applied = applied

@@ -1,0 +1,93 @@
+"""The balance bound checked by the shard for a new session (``routing.shard_bound``).
+
+Every client checks bounded loads on its own view: the snapshot's load reports and its
+own calls. Many clients placing sessions between two reports all see room on the same
+shard, so shards end up over the bound (max/avg 1.28-1.30 at c = 1.25 in the scale
+simulation). The shard is the one place that knows its load exactly. With
+``shard_bound`` on, a shard that receives a session with nothing stored and no override
+checks the bound on its exact load (the reports of the others, its own count) and, when
+over it, names the shard its own router picks with itself excluded: the session host
+then writes the override naming that shard and redirects the call there before anything
+runs (docs/routing.md, "The bound at the shard").
+
+Pure apart from reading the shard's in-flight count: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from shardroute.errors import ConfigError, NoShardAvailable, Overloaded
+from shardroute.model import LoadReport, ShardState, Topology
+from shardroute.routing import Router, RoutingPolicy
+
+__all__ = ["Admission"]
+
+_SAFE = 1.0 - 1e-9  # as the router's bound: float rounding never lets a shard past it
+_UNSET = object()
+
+
+class Admission:
+    """Decides where a new session goes when this shard is over its balance bound.
+
+    Args:
+        shard_id: this shard.
+        load: this shard's exact load now (calls in flight and queued), the call
+            asking included.
+    """
+
+    def __init__(self, shard_id: str, load: Callable[[], int]) -> None:
+        self.shard_id = shard_id
+        self._load = load
+        self._router = Router()  # its ring is built only while shard_bound is on
+        self._config: object = _UNSET
+        self._on = False
+
+    def target(self, session_key: str, topology: Topology) -> str | None:
+        """The shard a new session should go to instead of this one, or None to take it.
+
+        None unless the service's routing config sets ``shard_bound``, this shard takes
+        new sessions, holds at least its spill floor, and is full by the router's test
+        on its exact load (``load + 1 > ceil(c x its fair share of the total + 1)``, the
+        total being the others' reports plus its exact load). Then: the router's choice
+        with this shard excluded, or None when no other shard may take it (it stays).
+        """
+        if topology.config is not self._config:  # a new config: read the switch once
+            self._config = topology.config
+            try:
+                self._on = RoutingPolicy.from_config(topology.config).shard_bound
+            except ConfigError:
+                self._on = False  # rejected (clients log it and keep theirs): check off
+        me = topology.shards.get(self.shard_id)
+        if not self._on or me is None or not _takes_sessions(me.state, me.weight):
+            return None
+        router = self._router
+        router.prepare(topology)
+        policy = router.policy
+        own = max(0, self._load() - 1)  # the call asking is not placed yet
+        if own < math.floor(policy.spill_floor * me.capacity + 1e-9):
+            return None
+        total, weight = own, 0.0
+        for shard in topology.shards.values():
+            if _takes_sessions(shard.state, shard.weight):
+                weight += shard.weight
+                if shard.id != self.shard_id:
+                    total += _reported(topology.loads.get(shard.id))
+        if own < policy.balance_factor * (total + 1) * me.weight / weight * _SAFE:
+            return None  # the router's test: load + 1 <= ceil(c x fair share)
+        try:
+            chosen = router.route(session_key, topology, excluded=(self.shard_id,)).shard.id
+        except (NoShardAvailable, Overloaded):
+            return None
+        return chosen if chosen != self.shard_id else None
+
+
+def _takes_sessions(state: ShardState, weight: float) -> bool:
+    return state is ShardState.ACTIVE and weight > 0
+
+
+def _reported(report: LoadReport | None) -> int:
+    if report is None:
+        return 0
+    return max(0, report.inflight) + max(0, report.queue_depth)
