@@ -242,6 +242,11 @@ def _parser() -> argparse.ArgumentParser:
         help="mutual TLS on every hop with throwaway certificates (docs/security.md)",
     )
     demo.add_argument(
+        "--shard-bound",
+        action="store_true",
+        help="shards check the balance bound for new sessions (routing.shard_bound)",
+    )
+    demo.add_argument(
         "--metrics-port",
         type=int,
         help="serve the demo client's metrics at http://127.0.0.1:PORT/metrics (shardroute[otel])",
@@ -394,6 +399,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         store=args.store,
         tls=args.tls,
+        shard_bound=args.shard_bound,
     )
 
 

@@ -50,6 +50,9 @@ class DemoConfig:
 
     tls: bool = False
     """Mutual TLS on every gRPC hop, with throwaway certificates (``--tls``)."""
+    shard_bound: bool = False
+    """The service's routing config sets ``shard_bound`` (``--shard-bound``): shards check
+    the balance bound for each new session on their exact load (docs/routing.md)."""
 
     def __post_init__(self) -> None:
         if self.store not in ("etcd", "redis"):

@@ -19,7 +19,9 @@ from shardroute.client import ShardClient
 from shardroute.demo._config import CLIENT_ZONE, EXACTLY_ONCE, SERVICE, DemoConfig, MiB
 from shardroute.demo._space import EtcdSpace
 from shardroute.demo._traffic import Tally, worker
+from shardroute.discovery.keys import KeySchema
 from shardroute.errors import ShardRouteError
+from shardroute.etcd import EtcdClient, EtcdOptions
 from shardroute.model import ShardState
 from shardroute.security import ChannelMaker, TLSConfig
 from shardroute.telemetry.top import reason_line
@@ -138,6 +140,13 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 tls=shard_tls,
             )
         )
+        if config.shard_bound:  # in etcd before any shard starts: each reads it live
+            admin = EtcdClient(EtcdOptions((etcd.endpoint,)))
+            try:
+                routing = {"routing": {"shard_bound": True}}
+                admin.put(KeySchema(SERVICE).config, json.dumps(routing).encode())
+            finally:
+                admin.close()
         cluster.start(config.shards)
         client = cleanup.enter_context(
             ShardClient.connect(
@@ -247,6 +256,7 @@ def run_demo(config: DemoConfig, *, live: TextIO | None = sys.stdout) -> dict[st
                 "event_errors": list(event_errors),
                 "session_store": config.store,
                 "tls": config.tls,
+                "shard_bound": config.shard_bound,
             }
         if redis is not None:
             summary["redis_used_memory_mb"] = round(redis.used_memory() / MiB, 1)
