@@ -9,9 +9,9 @@ import sys
 
 
 def test_demo_with_the_bound_at_the_shard_loses_nothing() -> None:
+    command = ["demo", "--shard-bound", "--duration", "6", "--json"]
     result = subprocess.run(
-        [sys.executable, "-m", "shardroute.cli", "demo", "--shard-bound", "--duration", "6"]
-        + ["--json"],
+        [sys.executable, "-m", "shardroute.cli", *command],
         capture_output=True,
         text=True,
         timeout=120,
