@@ -407,7 +407,15 @@ class Fleet:
                 break
             tried.add(sid)
             view = ExactLoad(sid, exact, self.admit_basis)
-            sid = self.admits.route(key, self.topology, excluded=tried, loads=view).shard.id
+            here = self.shards[sid]  # from where the shard stands, as sessions/admission.py
+            sid = self.admits.route(
+                key,
+                self.topology,
+                zone=here.zone or None,
+                region=here.region or None,
+                excluded=tried,
+                loads=view,
+            ).shard.id
         return sid, len(tried)
 
 

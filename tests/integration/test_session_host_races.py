@@ -712,23 +712,28 @@ def test_a_new_session_placed_on_purpose_gets_an_override_and_its_home_redirects
     assert (a.takeovers_total, t.takeovers_total) == (0, 1)
 
 
-@pytest.mark.parametrize("reason", ["zone_fallback", "failover"])
-def test_a_zone_fallback_or_a_failover_places_on_purpose_too(world: World, reason: str) -> None:
+@pytest.mark.parametrize("reason", ["zone_fallback", "failover", "redirect"])
+def test_a_zone_fallback_a_failover_or_a_redirect_places_on_purpose_too(
+    world: World, reason: str
+) -> None:
+    """A redirect a client followed to a new session: a shard over its bound sent it here
+    (``shard_bound``, which writes nothing itself)."""
     t = world.host("T")
     turn(t, K, "t1", reason=reason)
     found = world.overrides.get(K)
     assert found is not None and found.owner == "T"
 
 
-def test_no_override_at_home_after_a_redirect_or_without_a_save(world: World) -> None:
+def test_no_override_at_home_or_without_a_save(world: World) -> None:
     """Only a session placed on purpose, and only once its first state is saved: one at
-    its home, one that followed a redirect, and a call that saved nothing get none."""
+    its home, and calls that saved nothing (a spill, a followed redirect) get none."""
     a, t = world.host("A"), world.host("T")
     turn(a, "at-home", "t1")
-    turn(t, "redirected", "t1", reason="redirect")
-    entry = t.begin("unsaved", "spill")  # placed, but the call saves nothing (a read)
-    t.end("unsaved", entry)
-    assert [world.overrides.get(k) for k in ("at-home", "redirected", "unsaved")] == [None] * 3
+    for key, reason in (("unsaved", "spill"), ("unsaved-redirect", "redirect")):
+        entry = t.begin(key, reason)  # placed, but the call saves nothing (a read)
+        t.end(key, entry)
+    keys = ("at-home", "unsaved", "unsaved-redirect")
+    assert [world.overrides.get(k) for k in keys] == [None] * 3
     turn(a, K, "t1")
     turn(t, K, "t2", reason="spill")  # a stored session: its take-over writes one, as before
     found = world.overrides.get(K)
@@ -769,3 +774,45 @@ def test_with_etcd_unreachable_the_placed_session_is_saved_without_an_override(
         assert overrides.get(K) is None
     finally:
         client.close()
+
+
+def test_a_new_session_with_a_malformed_override_is_redirected_not_refused(
+    world: World,
+) -> None:
+    """shard_bound on a session whose override is malformed (ignored: a new session): the
+    shard over its bound redirects it (it writes nothing, so the bad key cannot make a
+    write fail: before, every call was ABORTED), and the shard named serves it."""
+    world.etcd.put(world.overrides.key(K), b'{"owner": "A"}')  # no epoch
+    a = SessionHost("A", hold_timeout_s=1.0)
+    a.attach(world.store, overrides=world.overrides, topology=world.topology, admit=_to_t)
+    with pytest.raises(Refused) as refused:
+        a.begin(K)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.redirect == "T"
+    turn(world.host("T"), K, "t1", reason="redirect")  # not sent on: served there
+    assert world.stored(K) == ["t1"]
+
+
+def _to_t(session_key: str, topology: Topology) -> str:
+    return "T"  # an Admission that always finds its shard over the bound
+
+
+def test_a_placed_sessions_override_waits_for_no_slow_etcd_past_the_deadline(
+    world: World,
+) -> None:
+    """The override of a placed session costs up to two etcd calls after the save: with
+    less time left than that before the call's deadline, it is skipped (best effort)."""
+    t = world.host("T")
+    entry = t.begin(K, "spill")
+    try:
+        t.checkpoint(K, entry, ["t1"], deadline=time.monotonic() + 5.0)  # < 2 x 5 s
+    finally:
+        t.end(K, entry)
+    assert world.stored(K) == ["t1"] and world.overrides.get(K) is None
+    entry = t.begin("k2", "spill")
+    try:
+        t.checkpoint("k2", entry, ["t1"], deadline=time.monotonic() + 30.0)
+    finally:
+        t.end("k2", entry)
+    found = world.overrides.get("k2")
+    assert found is not None and found.owner == "T"

@@ -65,12 +65,20 @@ def test_a_new_session_at_a_shard_over_its_bound_is_placed_on_another(
         assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
         target = dict(error.trailing_metadata() or ())[metadata.REDIRECT]
         assert target in ("b", "c") and "over its balance bound" in (error.details() or "")
-        found = OverrideStore(etcd, "chat").get("new")
-        assert found is not None and found.owner == target
+        # nothing written yet: a redirect the client never follows leaves no key
+        assert OverrideStore(etcd, "chat").get("new") is None
         assert a.sessions.placed_elsewhere_total == 1 and "new" not in a.sessions
-        # the client follows the redirect: the shard named takes it without checking
+        # the client follows the redirect: the shard named takes it without checking,
+        # and its first save writes the override naming it
         reply = generate(shards["abc".index(target)].address, "new", reason="redirect")
         assert reply[-1].shard_id == target
+        found = OverrideStore(etcd, "chat").get("new")
+        assert found is not None and found.owner == target
+        # a call that followed a redirect or failed over is never sent on again (a client
+        # follows one redirect per call), even here, over the bound
+        for reason in ("redirect", "failover"):
+            assert generate(a.address, f"new-{reason}", reason=reason)[-1].shard_id == "a"
+        assert a.sessions.placed_elsewhere_total == 1
         # and a client that follows overrides goes there at once
         with ShardClient.connect(endpoint, "chat", timeout=10, follow_overrides=True) as c:
             c.source.wait_for(lambda t: "new" in t.overrides, 10)

@@ -78,3 +78,12 @@ def test_a_rejected_config_turns_the_check_off() -> None:
     bad = {"routing": {"shard_bound": True, "balance_factor": 0.5}}
     assert admission(90).target("k", topo({}, bad)) is None
     assert admission(90).target("k", topo({})) is not None  # a new, valid config: on again
+
+
+def test_it_places_in_its_own_zone_first_as_a_client_there_would() -> None:
+    zones = {"a": "za", "b": "za", "c": "zb", "d": "zb"}
+    t = topo({"a": 10, "b": 10, "c": 10, "d": 10})
+    shards = {i: replace(s, zone=zones[i], region="r1") for i, s in t.shards.items()}
+    t = replace(t, shards=MappingProxyType(shards))
+    chosen = {admission(16).target(f"k{i}", t) for i in range(40)}
+    assert chosen == {"b"}  # b has room: the other zone is never chosen

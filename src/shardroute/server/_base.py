@@ -334,6 +334,7 @@ class ShardServerBase:
         etcd = EtcdClient(config.etcd_options())
         self._session_etcd = etcd
         source = EtcdTopologySource(config.etcd_options(), config.service, include_sessions=True)
+        admission = Admission(config.shard_id, self._accounting.load_now)
         self._sessions.attach(
             store
             if store is not None
@@ -345,9 +346,10 @@ class ShardServerBase:
             lease=lease,
             # No take-over without a topology and a live lease: it would guess.
             ready=lambda: source.loaded and lease() is not None,
-            admit=Admission(config.shard_id, self._accounting.load_now).target,
+            admit=admission.target,
         )
         source.subscribe(self._sessions.topology_changed)
+        source.subscribe(admission.topology_changed)  # its ring, off the request path
         try:
             source.start(keep_trying=config.wait_for_etcd)
         except EtcdUnavailable:

@@ -7,6 +7,7 @@ retried turn from the record, and the overrides a take-over or a first save writ
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import grpc
@@ -51,32 +52,19 @@ class Checkpoints(HostBase):
 
     def _place_elsewhere(self, key: str) -> None:
         """A new session (nothing stored, no override) at a shard over its balance bound
-        (``routing.shard_bound``; :class:`.admission.Admission` decides): write the
-        override naming the shard chosen instead, on that shard's lease, and redirect
-        the call there; nothing has run. That shard finds the override naming it and
-        takes the session over without checking again. Another writer first: ABORTED
-        (retry). etcd unreachable or that shard's lease gone: the session stays here."""
-        assert self._admit is not None and self._overrides is not None
+        (``routing.shard_bound``; :class:`.admission.Admission` decides): redirect the
+        call to the shard chosen instead. Nothing has run and nothing is written here: the
+        shard named takes the session over without checking again (the call comes with
+        the reason ``redirect``) and writes its override at the first save, as for a
+        spill (:meth:`_claim_placed`), so a call that never arrives there or saves
+        nothing leaves no key in etcd. No-op without ``shard_bound``."""
         topology = self._topology()
-        target = self._admit(key, topology) if topology is not None else None
-        if target is None or topology is None:
+        if self._admit is None or topology is None:
             return
-        lease = topology.shards[target].lease or None
-        try:
-            written = self._overrides.swap(key, None, Override(target, 1), lease=lease)
-        except LeaseNotFound:
-            return
-        except StaleState as exc:
-            raise Refused(
-                grpc.StatusCode.ABORTED,
-                f"session {key!r} was placed by another shard meanwhile; nothing was "
-                "executed; retry",
-            ) from exc
-        except EtcdUnavailable:
+        target = self._admit(key, topology)
+        if target is None:
             return
         with self._cond:
-            if written is not None:
-                self._hint(key, written)
             self.redirects_total += 1
             self.placed_elsewhere_total += 1
         raise Refused(
@@ -86,40 +74,54 @@ class Checkpoints(HostBase):
             redirect=target,
         )
 
-    def _claim_placed(self, key: str) -> None:
+    def _claim_placed(self, key: str, deadline: float | None = None) -> None:
         """Write an override naming this shard for a new session whose first state was
         just saved here, when the client placed it here on purpose (``x-shardroute-reason``
-        spill, zone fallback or failover: its home was full or unavailable).
+        spill, zone fallback or failover: its home was full or unavailable; or
+        ``redirect``: a shard over its bound sent it here).
 
         Without it nothing says where the session lives until another shard takes it
         over: a home with room again would take it back from the store at the next call
         routed there (a move), and clients that follow overrides could not find it
         (docs/routing.md, "Following overrides"). With it every shard redirects the
         session here. On this shard's lease (gone with the shard), deleted when the
-        session ends or expires. Best effort: the turn is saved either way; an override
-        another shard wrote meanwhile stands (it took the session over), and with etcd
-        unreachable the session has none, as a session at its home has none.
+        session ends or expires. Best effort: the turn is saved either way, and it is
+        skipped when the call's ``deadline`` (monotonic) leaves less than two etcd calls'
+        timeout (the reply is not delayed past it). An override another shard wrote
+        meanwhile stands (it took the session over); with etcd unreachable, or this
+        shard's lease gone, the session has none, as a session at its home has none.
         """
         overrides = self._overrides
         if overrides is None:
             return
+        timeout = getattr(overrides, "timeout", None)  # a swap is two etcd calls at most
+        if (
+            deadline is not None
+            and isinstance(timeout, int | float)
+            and deadline - time.monotonic() < 2 * timeout
+        ):
+            return
         try:
             written = overrides.swap(key, None, Override(self.shard_id, 1), lease=self._lease())
+        except LeaseNotFound as exc:
+            why: Exception = exc
         except StaleState:
             return  # another shard took the session over meanwhile: its override stands
         except EtcdUnavailable as exc:
-            log.warning(
-                "shard %s: etcd unreachable, no override written for new session %s placed "
-                "here off its home (%s); the turn is saved, no data is at risk; the session "
-                "may move to its home at a later call",
-                self.shard_id,
-                key,
-                exc,
-            )
+            why = exc
+        else:
+            if written is not None:
+                with self._cond:
+                    self._hint(key, written)
             return
-        if written is not None:
-            with self._cond:
-                self._hint(key, written)
+        log.warning(
+            "shard %s: no override written for new session %s placed here off its home "
+            "(%s); the turn is saved, no data is at risk; the session may move to its "
+            "home at a later call",
+            self.shard_id,
+            key,
+            why,
+        )
 
     def _read_applied(self, key: str, entry: _Entry) -> None:
         """Read the record of applied turns of a session imported by version (the

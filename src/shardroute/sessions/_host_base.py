@@ -36,9 +36,10 @@ log = logging.getLogger("shardroute.server")
 
 _MAX_HINTS = 65536
 _SIDE_WORKERS = 16
-_MALFORMED_REMEMBERED = 1024  # session keys whose malformed override was already logged
 """Threads for the reads a migration call runs beside its fence check (an import's
 store version read): at most this many imports overlap them, later ones wait a little."""
+_MALFORMED_REMEMBERED = 1024
+"""Session keys whose malformed override was logged (at WARNING once; DEBUG after)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,10 @@ shard, so shards end up over the bound (max/avg 1.28-1.30 at c = 1.25 in the sca
 simulation). The shard is the one place that knows its load exactly. With
 ``shard_bound`` on, a shard that receives a session with nothing stored and no override
 checks the bound on its exact load (the reports of the others, its own count) and, when
-over it, names the shard its own router picks with itself excluded: the session host
-then writes the override naming that shard and redirects the call there before anything
-runs (docs/routing.md, "The bound at the shard").
+over it, names the shard its own router picks from where it stands (its zone first;
+itself excluded): the session host redirects the call there before anything runs,
+writing nothing; that shard takes it without checking again and writes the override
+naming itself at the first save (docs/routing.md, "The bound at the shard").
 
 Pure apart from reading the shard's in-flight count: no I/O.
 """
@@ -53,17 +54,11 @@ class Admission:
         total being the others' reports plus its exact load). Then: the router's choice
         with this shard excluded, or None when no other shard may take it (it stays).
         """
-        if topology.config is not self._config:  # a new config: read the switch once
-            self._config = topology.config
-            try:
-                self._on = RoutingPolicy.from_config(topology.config).shard_bound
-            except ConfigError:
-                self._on = False  # rejected (clients log it and keep theirs): check off
         me = topology.shards.get(self.shard_id)
-        if not self._on or me is None or not _takes_sessions(me.state, me.weight):
+        if not self._switch(topology) or me is None or not _takes_sessions(me.state, me.weight):
             return None
         router = self._router
-        router.prepare(topology)
+        router.prepare(topology, zone=me.zone or None, region=me.region or None)  # if new
         policy = router.policy
         own = max(0, self._load() - 1)  # the call asking is not placed yet
         if own < math.floor(policy.spill_floor * me.capacity + 1e-9):
@@ -77,10 +72,36 @@ class Admission:
         if own < policy.balance_factor * (total + 1) * me.weight / weight * _SAFE:
             return None  # the router's test: load + 1 <= ceil(c x fair share)
         try:
-            chosen = router.route(session_key, topology, excluded=(self.shard_id,)).shard.id
+            # from where this shard stands: its zone first, as a client there would
+            chosen = router.route(
+                session_key,
+                topology,
+                zone=me.zone or None,
+                region=me.region or None,
+                excluded=(self.shard_id,),
+            ).shard.id
         except (NoShardAvailable, Overloaded):
             return None
         return chosen if chosen != self.shard_id else None
+
+    def topology_changed(self, topology: Topology) -> None:
+        """Build the ring and this shard's candidate order for ``topology`` now, while
+        ``shard_bound`` is on: subscribe it to the shard's topology source, so that no
+        call waits for a ring build (as a client's router is prepared)."""
+        me = topology.shards.get(self.shard_id)
+        if self._switch(topology) and me is not None:
+            self._router.prepare(topology, zone=me.zone or None, region=me.region or None)
+
+    def _switch(self, topology: Topology) -> bool:
+        """Whether the service's routing config sets ``shard_bound`` (read once per
+        config; a config the router rejects turns the check off, as clients keep theirs)."""
+        if topology.config is not self._config:
+            self._config = topology.config
+            try:
+                self._on = RoutingPolicy.from_config(topology.config).shard_bound
+            except ConfigError:
+                self._on = False
+        return self._on
 
 
 def _takes_sessions(state: ShardState, weight: float) -> bool:

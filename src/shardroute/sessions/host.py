@@ -48,7 +48,7 @@ from shardroute.sessions._save_retry import retry_deadline, save_retrying
 from shardroute.sessions.applied import AppliedTurn
 from shardroute.sessions.handoff import Handoff
 from shardroute.sessions.lifetime import Lifetime
-from shardroute.sessions.ownership import DELIBERATE_REASONS, Action, decide
+from shardroute.sessions.ownership import PLACED_REASONS, UNBOUNDED_REASONS, Action, decide
 from shardroute.sessions.store import STORE_UNAVAILABLE
 from shardroute.sessions.turns import AsyncTurn, Turn
 from shardroute.telemetry.server import checkpointed
@@ -266,7 +266,7 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
                             redirect=decision.owner,
                         )
                     if action is Action.TAKE_OVER and not need_read:
-                        placed = reason in DELIBERATE_REASONS  # on purpose: see _claim_placed
+                        placed = reason in PLACED_REASONS  # on purpose: see _claim_placed
                         placeholder = _Entry(
                             None, b"", 0, busy=True, loading=True, lease=lease, placed=placed
                         )
@@ -286,7 +286,7 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             read_directly = use_fresh = True
         try:
             if load:
-                self._take_over(session_key, placeholder, fresh)
+                self._take_over(session_key, placeholder, fresh, reason)
         except BaseException:
             with self._cond:
                 if self._held.get(session_key) is placeholder:
@@ -295,7 +295,9 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             raise
         return placeholder
 
-    def _take_over(self, key: str, entry: _Entry, current: Override | None) -> None:
+    def _take_over(
+        self, key: str, entry: _Entry, current: Override | None, reason: str | None = None
+    ) -> None:
         store = self._require_store()
         try:
             stored = store.load(key)
@@ -304,8 +306,8 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         except MalformedRecord as exc:
             raise Refused(grpc.StatusCode.DATA_LOSS, str(exc)) from exc
         self.store_suspect = False  # it answered
-        if stored is None and current is None and self._admit is not None:
-            self._place_elsewhere(key)  # a redirect when this shard is over its bound
+        if stored is None and current is None and reason not in UNBOUNDED_REASONS:
+            self._place_elsewhere(key)  # shard_bound: a redirect when over the bound
         data = stored.data if stored is not None else b""
         try:
             state = self.codec.decode(data) if stored is not None else self.codec.empty()
@@ -383,7 +385,7 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             ) from exc
         if entry.placed:  # a new session's first save, here on purpose
             entry.placed = False
-            self._claim_placed(session_key)
+            self._claim_placed(session_key, deadline)
         with self._cond:
             entry.state, entry.data, entry.version, entry.log = new_state, data, version, log
             entry.applied = applied

@@ -44,6 +44,11 @@ class OverrideStore:
         """The service whose ``sessions/`` keys this store uses."""
         return self._keys.service
 
+    @property
+    def timeout(self) -> float:
+        """The longest one etcd call of this store may take (its client's timeout)."""
+        return float(self._etcd.options.timeout)
+
     def key(self, session_key: str) -> str:
         """The etcd key of a session's override."""
         return self._keys.session(session_key)

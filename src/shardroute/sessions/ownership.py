@@ -16,6 +16,8 @@ from shardroute.routing import Reason
 
 __all__ = [
     "DELIBERATE_REASONS",
+    "PLACED_REASONS",
+    "UNBOUNDED_REASONS",
     "Action",
     "OwnershipDecision",
     "decide",
@@ -25,6 +27,14 @@ __all__ = [
 
 DELIBERATE_REASONS = frozenset({Reason.FAILOVER, Reason.SPILL, Reason.ZONE_FALLBACK})
 """``x-shardroute-reason`` values meaning the client placed the call here on purpose."""
+PLACED_REASONS = DELIBERATE_REASONS | {"redirect"}
+"""Reasons a new session taken over here was placed off its home on purpose: the client's
+own choice, or a redirect it followed (a shard over its bound sent it here): its first
+save writes an override naming this shard."""
+UNBOUNDED_REASONS = frozenset({Reason.FAILOVER, "redirect"})
+"""Reasons a shard never redirects a new session for its balance bound (``shard_bound``):
+the call already failed over or followed a redirect, and a client follows one redirect
+per call."""
 
 
 class Action(enum.Enum):
