@@ -800,19 +800,31 @@ def _to_t(session_key: str, topology: Topology) -> str:
 def test_a_placed_sessions_override_waits_for_no_slow_etcd_past_the_deadline(
     world: World,
 ) -> None:
-    """The override of a placed session costs up to two etcd calls after the save: with
-    less time left than that before the call's deadline, it is skipped (best effort)."""
+    """The override of a placed session costs etcd calls after the save: with less than
+    one etcd call's timeout (5 s) left before the call's deadline it is put off, and the
+    session's next save writes it."""
     t = world.host("T")
-    entry = t.begin(K, "spill")
-    try:
-        t.checkpoint(K, entry, ["t1"], deadline=time.monotonic() + 5.0)  # < 2 x 5 s
-    finally:
-        t.end(K, entry)
-    assert world.stored(K) == ["t1"] and world.overrides.get(K) is None
-    entry = t.begin("k2", "spill")
-    try:
-        t.checkpoint("k2", entry, ["t1"], deadline=time.monotonic() + 30.0)
-    finally:
-        t.end("k2", entry)
-    found = world.overrides.get("k2")
-    assert found is not None and found.owner == "T"
+    for text, seconds, written in (("t1", 3.0, False), ("t2", 30.0, True)):
+        entry = t.begin(K, "spill")
+        try:
+            t.checkpoint(
+                K, entry, [*(entry.state or []), text], deadline=time.monotonic() + seconds
+            )
+        finally:
+            t.end(K, entry)
+        found = world.overrides.get(K)
+        assert (found is not None and found.owner == "T") is written
+    assert world.stored(K) == ["t1", "t2"]
+
+
+def test_a_take_over_blocked_by_a_malformed_override_says_so(world: World) -> None:
+    """A malformed override cannot be compare-and-swapped: a shard that must take over a
+    session whose state names another shard refuses with a message naming the key to
+    fix (before: ABORTED "changed owner ... retry", forever)."""
+    world.etcd.put(world.overrides.key(K), b'{"owner": "A"}')  # no epoch
+    turn(world.host("T"), K, "t1", reason="spill")  # new: served (its claim cannot land)
+    with pytest.raises(Refused) as refused:
+        world.host("A").begin(K)  # its home: a take-over from T
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "malformed" in refused.value.details and "nothing was executed" in refused.value.details
+    assert world.stored(K) == ["t1"]

@@ -40,6 +40,14 @@ class Checkpoints(HostBase):
         try:
             written = overrides.swap(key, current, new, lease=lease)
         except StaleState as exc:
+            if current is None and self._read_override(key) is None:  # unreadable key
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"session {key!r}: its override in etcd is malformed, so this shard "
+                    "cannot take it over from the shard its state names; nothing was "
+                    "executed and its state is whole in the store; fix or delete the key "
+                    "(docs/etcd-schema.md)",
+                ) from exc
             raise Refused(
                 grpc.StatusCode.ABORTED,
                 f"session {key!r} changed owner while this shard took it over; retry",
@@ -74,7 +82,7 @@ class Checkpoints(HostBase):
             redirect=target,
         )
 
-    def _claim_placed(self, key: str, deadline: float | None = None) -> None:
+    def _claim_placed(self, key: str, deadline: float | None = None) -> bool:
         """Write an override naming this shard for a new session whose first state was
         just saved here, when the client placed it here on purpose (``x-shardroute-reason``
         spill, zone fallback or failover: its home was full or unavailable; or
@@ -85,35 +93,39 @@ class Checkpoints(HostBase):
         routed there (a move), and clients that follow overrides could not find it
         (docs/routing.md, "Following overrides"). With it every shard redirects the
         session here. On this shard's lease (gone with the shard), deleted when the
-        session ends or expires. Best effort: the turn is saved either way, and it is
-        skipped when the call's ``deadline`` (monotonic) leaves less than two etcd calls'
-        timeout (the reply is not delayed past it). An override another shard wrote
-        meanwhile stands (it took the session over); with etcd unreachable, or this
-        shard's lease gone, the session has none, as a session at its home has none.
+        session ends or expires. Best effort: the turn is saved either way. When the
+        call's ``deadline`` (monotonic) leaves less than one etcd call's timeout, it is
+        put off (returns False: the next save tries again), so a slow etcd never holds
+        the reply far past it. An override another shard wrote meanwhile stands (it took
+        the session over); with etcd unreachable, or this shard's lease gone, the session
+        has none, as a session at its home has none. Returns True when done with.
         """
         overrides = self._overrides
         if overrides is None:
-            return
-        timeout = getattr(overrides, "timeout", None)  # a swap is two etcd calls at most
+            return True
+        timeout = getattr(overrides, "timeout", None)
         if (
             deadline is not None
             and isinstance(timeout, int | float)
-            and deadline - time.monotonic() < 2 * timeout
+            and deadline - time.monotonic() < timeout
         ):
-            return
+            log.debug(
+                "shard %s: override of placed session %s put off (deadline)", self.shard_id, key
+            )
+            return False
         try:
             written = overrides.swap(key, None, Override(self.shard_id, 1), lease=self._lease())
         except LeaseNotFound as exc:
             why: Exception = exc
         except StaleState:
-            return  # another shard took the session over meanwhile: its override stands
+            return True  # another shard took the session over meanwhile: its override stands
         except EtcdUnavailable as exc:
             why = exc
         else:
             if written is not None:
                 with self._cond:
                     self._hint(key, written)
-            return
+            return True
         log.warning(
             "shard %s: no override written for new session %s placed here off its home "
             "(%s); the turn is saved, no data is at risk; the session may move to its "
@@ -122,6 +134,7 @@ class Checkpoints(HostBase):
             key,
             why,
         )
+        return True
 
     def _read_applied(self, key: str, entry: _Entry) -> None:
         """Read the record of applied turns of a session imported by version (the

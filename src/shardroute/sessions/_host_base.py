@@ -360,7 +360,8 @@ class HostBase:
             log.log(
                 level,
                 "shard %s: the override of session %r in etcd is malformed: it is ignored "
-                "(the session is served at its ring home); no data is lost; fix or delete "
+                "(a new session is served here; one whose state names another shard "
+                "cannot be taken over until it is fixed); no data is lost; fix or delete "
                 "the key (docs/etcd-schema.md)",
                 self.shard_id,
                 key,

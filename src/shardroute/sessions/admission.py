@@ -42,8 +42,7 @@ class Admission:
         self.shard_id = shard_id
         self._load = load
         self._router = Router()  # its ring is built only while shard_bound is on
-        self._config: object = _UNSET
-        self._on = False
+        self._switched: tuple[object, bool] = (_UNSET, False)  # (config, shard_bound)
 
     def target(self, session_key: str, topology: Topology) -> str | None:
         """The shard a new session should go to instead of this one, or None to take it.
@@ -95,13 +94,14 @@ class Admission:
     def _switch(self, topology: Topology) -> bool:
         """Whether the service's routing config sets ``shard_bound`` (read once per
         config; a config the router rejects turns the check off, as clients keep theirs)."""
-        if topology.config is not self._config:
-            self._config = topology.config
+        config, on = self._switched  # one tuple: two threads may read it (no torn pair)
+        if config is not topology.config:
             try:
-                self._on = RoutingPolicy.from_config(topology.config).shard_bound
+                on = RoutingPolicy.from_config(topology.config).shard_bound
             except ConfigError:
-                self._on = False
-        return self._on
+                on = False
+            self._switched = (topology.config, on)
+        return on
 
 
 def _takes_sessions(state: ShardState, weight: float) -> bool:

@@ -383,9 +383,8 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE, f"session store unreachable; turn not saved: {exc}"
             ) from exc
-        if entry.placed:  # a new session's first save, here on purpose
-            entry.placed = False
-            self._claim_placed(session_key, deadline)
+        if entry.placed:  # a new session placed here on purpose: its override, once
+            entry.placed = not self._claim_placed(session_key, deadline)
         with self._cond:
             entry.state, entry.data, entry.version, entry.log = new_state, data, version, log
             entry.applied = applied
