@@ -20,7 +20,7 @@ from shardroute.errors import (
     StaleState,
 )
 from shardroute.model import Override
-from shardroute.sessions._host_base import HostBase, _Entry, log
+from shardroute.sessions._host_base import HostBase, _Entry, _Overrides, log
 from shardroute.sessions.applied import Applied, AppliedTurn, find, replay_trailers
 from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
 
@@ -40,7 +40,7 @@ class Checkpoints(HostBase):
         try:
             written = overrides.swap(key, current, new, lease=lease)
         except StaleState as exc:
-            if current is None and self._read_override(key) is None:  # unreadable key
+            if current is None and _malformed(overrides, key):  # a key no swap can match
                 raise Refused(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"session {key!r}: its override in etcd is malformed, so this shard "
@@ -103,12 +103,7 @@ class Checkpoints(HostBase):
         overrides = self._overrides
         if overrides is None:
             return True
-        timeout = getattr(overrides, "timeout", None)
-        if (
-            deadline is not None
-            and isinstance(timeout, int | float)
-            and deadline - time.monotonic() < timeout
-        ):
+        if deadline is not None and deadline - time.monotonic() < overrides.timeout:
             log.debug(
                 "shard %s: override of placed session %s put off (deadline)", self.shard_id, key
             )
@@ -247,3 +242,15 @@ class Checkpoints(HostBase):
                 log.info("shard %s: a checkpoint of %s was applied already", self.shard_id, key)
                 return stored.version, stored.log, stored.applied if records else entry.applied
         raise StaleState(f"session {key!r} changed while a checkpoint's outcome was unknown", key)
+
+
+def _malformed(overrides: _Overrides, key: str) -> bool:
+    """Whether the session's override in etcd is there but unreadable (``get`` raises
+    :class:`MalformedRecord`): a compare-and-swap expecting none cannot replace it."""
+    try:
+        overrides.get(key)
+    except MalformedRecord:
+        return True
+    except EtcdUnavailable:
+        pass  # unknown: the caller says "changed owner; retry"
+    return False

@@ -62,6 +62,9 @@ class _Store(Protocol):
 
 
 class _Overrides(Protocol):
+    @property
+    def timeout(self) -> float: ...
+
     def get(self, session_key: str) -> Override | None: ...
 
     def swap(
