@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 
 from shardroute.errors import ConfigError, NoShardAvailable, Overloaded
-from shardroute.model import LoadReport, ShardState, Topology
+from shardroute.model import Topology
 from shardroute.routing import Router, RoutingPolicy
 
 __all__ = ["Admission"]
@@ -54,20 +54,20 @@ class Admission:
         with this shard excluded, or None when no other shard may take it (it stays).
         """
         me = topology.shards.get(self.shard_id)
-        if not self._switch(topology) or me is None or not _takes_sessions(me.state, me.weight):
+        if not self._switch(topology) or me is None:
             return None
         router = self._router
         router.prepare(topology, zone=me.zone or None, region=me.region or None)  # if new
+        # the reported load of each shard that takes sessions, as the router counts it
+        basis = router.basis(topology)
+        if self.shard_id not in basis:
+            return None  # this shard takes no new sessions (draining, weight 0)
         policy = router.policy
         own = max(0, self._load() - 1)  # the call asking is not placed yet
         if own < math.floor(policy.spill_floor * me.capacity + 1e-9):
             return None
-        total, weight = own, 0.0
-        for shard in topology.shards.values():
-            if _takes_sessions(shard.state, shard.weight):
-                weight += shard.weight
-                if shard.id != self.shard_id:
-                    total += _reported(topology.loads.get(shard.id))
+        total = own + sum(basis.values()) - basis[self.shard_id]
+        weight = math.fsum(topology.shards[s].weight for s in basis)
         if own < policy.balance_factor * (total + 1) * me.weight / weight * _SAFE:
             return None  # the router's test: load + 1 <= ceil(c x fair share)
         try:
@@ -102,13 +102,3 @@ class Admission:
                 on = False
             self._switched = (topology.config, on)
         return on
-
-
-def _takes_sessions(state: ShardState, weight: float) -> bool:
-    return state is ShardState.ACTIVE and weight > 0
-
-
-def _reported(report: LoadReport | None) -> int:
-    if report is None:
-        return 0
-    return max(0, report.inflight) + max(0, report.queue_depth)
