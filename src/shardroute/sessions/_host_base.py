@@ -123,7 +123,8 @@ class _Entry:
     turn: the copy is dropped when the turn ends (see :meth:`HostBase.topology_changed`)."""
     placed: bool = False
     """Taken over with nothing stored from a call placed here on purpose (spill, zone
-    fallback, failover): its first save writes an override naming this shard."""
+    fallback, failover, a followed redirect: ``PLACED_REASONS``): its first save writes
+    an override naming this shard (put off to a later save when its deadline is near)."""
 
 
 class HostBase:

@@ -296,7 +296,7 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         return placeholder
 
     def _take_over(
-        self, key: str, entry: _Entry, current: Override | None, reason: str | None = None
+        self, key: str, entry: _Entry, current: Override | None, reason: str | None
     ) -> None:
         store = self._require_store()
         try:
