@@ -828,3 +828,27 @@ def test_a_take_over_blocked_by_a_malformed_override_says_so(world: World) -> No
     assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "malformed" in refused.value.details and "nothing was executed" in refused.value.details
     assert world.stored(K) == ["t1"]
+
+
+def test_a_placed_sessions_override_waits_for_a_live_lease(world: World) -> None:
+    """A shard whose lease is not confirmed live at the save (etcd unreachable a while,
+    a pause) puts a placed session's override off to the next save instead of writing
+    it with no lease, which would outlive the shard; once the lease is live again it is
+    written on it (and goes with it)."""
+    lease = world.etcd.grant_lease(30)
+    live: list[int | None] = [lease]
+    t = SessionHost("T", hold_timeout_s=1.0)
+    t.attach(world.store, overrides=world.overrides, topology=world.topology, lease=lambda: live[0])
+    entry = t.begin(K, "spill")
+    live[0] = None  # the lease's last confirmation is now too old
+    try:
+        t.checkpoint(K, entry, ["t1"])
+    finally:
+        t.end(K, entry)
+    assert world.stored(K) == ["t1"] and world.overrides.get(K) is None
+    live[0] = lease
+    turn(t, K, "t2", reason="spill")
+    found = world.overrides.get(K)
+    assert found is not None and found.owner == "T"
+    world.etcd.revoke_lease(lease)
+    assert world.overrides.get(K) is None and world.stored(K) == ["t1", "t2"]

@@ -96,9 +96,11 @@ class Checkpoints(HostBase):
         session ends or expires. Best effort: the turn is saved either way. When the
         call's ``deadline`` (monotonic) leaves less than one etcd call's timeout, it is
         put off (returns False: the next save tries again), so a slow etcd never holds
-        the reply far past it. An override another shard wrote meanwhile stands (it took
-        the session over); with etcd unreachable, or this shard's lease gone, the session
-        has none, as a session at its home has none. Returns True when done with.
+        the reply far past it; so is it while this shard's lease is not confirmed live
+        (an override written with no lease would outlive the shard). An override another
+        shard wrote meanwhile stands (it took the session over); with etcd unreachable,
+        or this shard's lease gone, the session has none, as a session at its home has
+        none. Returns True when done with.
         """
         overrides = self._overrides
         if overrides is None:
@@ -108,8 +110,16 @@ class Checkpoints(HostBase):
                 "shard %s: override of placed session %s put off (deadline)", self.shard_id, key
             )
             return False
+        lease = self._lease()
+        if lease is None and self._leased:  # not confirmed live now: no key without a lease
+            log.debug(
+                "shard %s: override of placed session %s put off (lease not live)",
+                self.shard_id,
+                key,
+            )
+            return False
         try:
-            written = overrides.swap(key, None, Override(self.shard_id, 1), lease=self._lease())
+            written = overrides.swap(key, None, Override(self.shard_id, 1), lease=lease)
         except LeaseNotFound as exc:
             why: Exception = exc
         except StaleState:

@@ -162,6 +162,7 @@ class HostBase:
         self._malformed_seen: set[str] = set()  # keys whose bad override was logged
         self._topology: Callable[[], Topology | None] = lambda: None
         self._lease: Callable[[], int | None] = lambda: None
+        self._leased = False  # attached with a lease: None from it means not live now
         self._ready: Callable[[], bool] = lambda: True  # topology read, lease live
         self._admit: Callable[[str, Topology], str | None] | None = None  # shard_bound
         # Mutable state, changed only under _cond: the held sessions, and what movers

@@ -113,6 +113,7 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             self._topology = topology
         if lease is not None:
             self._lease = lease
+            self._leased = True
         if ready is not None:
             self._ready = ready
         if isinstance(ttl, int | float) and ttl > 0 and self._sweeper is None:
