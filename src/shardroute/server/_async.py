@@ -178,7 +178,9 @@ class AsyncShardServer(ShardServerBase):
         except RuntimeError as exc:
             await self._abort_start()
             raise ConfigError(
-                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port}: {exc}"
+                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port} "
+                f"({exc}): another process has the port, or the address is not this "
+                "machine's; nothing was registered; choose another (port 0: any free port)"
             ) from exc
         await server.start()
         self._address = config.advertised(self._bound_port)
@@ -195,8 +197,8 @@ class AsyncShardServer(ShardServerBase):
                     raise EtcdUnavailable(
                         f"shard {self.shard_id} could not register in etcd at "
                         f"{', '.join(config.etcd)}: {exc}. start() fails fast when etcd is "
-                        "unreachable; pass wait_for_etcd=True to serve anyway and register "
-                        "once etcd is back"
+                        "unreachable; pass wait_for_etcd=True (shardroute serve: "
+                        "--wait-for-etcd) to serve anyway and register once etcd is back"
                     ) from exc
                 log.warning(
                     "shard %s serves at %s but could not register in etcd (%s): clients cannot "

@@ -384,8 +384,8 @@ class ShardServerBase:
         """The error ``start()`` raises when the topology cannot be followed (both shells)."""
         return EtcdUnavailable(
             f"shard {self.shard_id} could not follow its service's topology in etcd "
-            f"at {', '.join(self._config.etcd or ())}: {exc}. start() fails fast when etcd "
-            "is unreachable; pass wait_for_etcd=True to serve anyway"
+            f"at {', '.join(self._config.etcd or ())}: {exc}. start() fails fast; pass "
+            "wait_for_etcd=True (shardroute serve: --wait-for-etcd) to serve anyway"
         )
 
     def _warn_closed_control(self) -> None:
