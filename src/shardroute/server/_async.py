@@ -31,7 +31,7 @@ from shardroute.server._grpc_aio import (
     wait_idle,
 )
 from shardroute.server._registration import Registrar
-from shardroute.server.drain import stop_line
+from shardroute.server.drain import log_stop
 from shardroute.server.lifecycle import ServerState
 
 __all__ = ["AsyncShardServer"]
@@ -274,7 +274,7 @@ class AsyncShardServer(ShardServerBase):
                     await end_stop(begin_stop(self._grpc, 0))
                 await end_stop(stopping)
             held = await self._finish_stop()
-            log.info(stop_line(self.shard_id, held, self.last_drain, self._sessions.store))
+            log_stop(self.shard_id, held, self.last_drain, self._sessions.store)
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
             begin_stop(self._grpc, grace)  # the strictest grace wins

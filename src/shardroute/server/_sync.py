@@ -32,7 +32,7 @@ from shardroute.server._grpc_threads import (
 )
 from shardroute.server._registration import Registrar
 from shardroute.server._sync_control import control_calls
-from shardroute.server.drain import stop_line
+from shardroute.server.drain import log_stop
 from shardroute.server.lifecycle import ServerState
 
 __all__ = ["ShardServer"]
@@ -275,7 +275,7 @@ class ShardServer(ShardServerBase):
                     end_stop(begin_stop(self._grpc, 0))
                 end_stop(stopping)
             held = self._finish_stop()
-            log.info(stop_line(self.shard_id, held, self.last_drain, self._sessions.store))
+            log_stop(self.shard_id, held, self.last_drain, self._sessions.store)
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
             begin_stop(self._grpc, grace)  # the strictest grace wins
