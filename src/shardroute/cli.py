@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from shardroute._cli_etcd import add_dev_etcd_command
+from shardroute._cli_help import describe_commands
 from shardroute._cli_serve import add_serve_command
 from shardroute._exit_guard import DEFAULT_EXIT_GRACE_S, exit_within
 from shardroute._validate import seconds
@@ -169,7 +170,11 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardroute", description="shardroute operator tool")
+    parser = argparse.ArgumentParser(
+        prog="shardroute",
+        description="shardroute operator tool",
+        epilog="Each command's --help says what it does and its exit codes (docs/operations.md).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     topo = commands.add_parser("topology", help="show the shards of a service")
     _add_etcd_args(topo)
@@ -257,6 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     add_scaling_commands(commands, _add_etcd_args, _source)
     add_dev_etcd_command(commands)
     add_serve_command(commands)
+    describe_commands(commands)
     return parser
 
 

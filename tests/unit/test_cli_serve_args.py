@@ -89,3 +89,17 @@ def test_drain_takes_the_shard_id_as_serve_names_it() -> None:
     common = ["drain", "--etcd", "127.0.0.1:2379", "--service", "counter"]
     assert _parser().parse_args([*common, "--shard-id", "s2"]).shard == "s2"
     assert _parser().parse_args([*common, "--shard", "s2"]).shard == "s2"
+
+
+def test_each_command_says_what_it_does_and_its_exit_codes() -> None:
+    """``shardroute drain --help`` once listed options only: not what drain does, nor
+    that it exits 3 when sessions were left behind (docs/operations.md)."""
+    from shardroute.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        text = " ".join(command.format_help().split())
+        assert command.description and command.description in text, name
+        assert "exit codes: 0" in text and " 2 an error told in one line" in text, name
+    assert "3 sessions left behind" in " ".join(commands.choices["drain"].format_help().split())
+    assert "1 a move failed" in " ".join(commands.choices["rebalance"].format_help().split())
