@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import threading
 from typing import Any
 
+from shardroute._cli_serve import cannot_listen
 from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
 
 __all__ = ["DEFAULT_DATA_DIR", "add_dev_etcd_command"]
@@ -55,15 +55,12 @@ def add_dev_etcd_command(commands: Any) -> None:
 def _check_port(host: str, port: int, flag: str) -> None:
     if not 0 < port < 65536:
         raise ConfigError(f"{flag} must be a port number from 1 to 65535, got {port}")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port} ({exc.strerror}): another etcd or program "
-                f"has it; stop it, or choose another port with {flag}"
-            ) from None
+    why = cannot_listen(host, port)
+    if why is not None:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({why}): another etcd or program "
+            f"has it; stop it, or choose another port with {flag}"
+        )
 
 
 def _cmd_etcd(args: argparse.Namespace) -> int:
@@ -86,7 +83,13 @@ def _cmd_etcd(args: argparse.Namespace) -> int:
     _check_port(args.host, args.port, "--port")
     _check_port("127.0.0.1", peer_port, "--peer-port")
     data_dir = os.path.abspath(args.data_dir)
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {data_dir} as etcd's data dir ({exc.strerror}); nothing was "
+            "started; choose a folder you can write with --data-dir"
+        ) from None
     server = DevEtcd(binary, data_dir=data_dir, extra_args=("--unsafe-no-fsync=false",))
     server.client_port, server.peer_port = args.port, peer_port
     log = os.path.join(data_dir, "etcd.log")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import socket
 import sys
 import traceback
 from typing import Any
@@ -18,7 +19,13 @@ from shardroute.errors import ConfigError
 from shardroute.etcd.credentials import add_etcd_credential_args
 from shardroute.security.args import add_tls_args
 
-__all__ = ["add_serve_arguments", "add_serve_command", "import_class", "listen_address"]
+__all__ = [
+    "add_serve_arguments",
+    "add_serve_command",
+    "cannot_listen",
+    "import_class",
+    "listen_address",
+]
 
 _FORM = "'module:Class' (e.g. counter_shard:CounterShard, like uvicorn's module:app)"
 
@@ -59,6 +66,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, positional: bool) ->
         help="etcd host:port (repeatable or comma-separated: every member of the cluster)",
     )
     add_etcd_credential_args(parser)
+    parser.add_argument(
+        "--wait-for-etcd",
+        action="store_true",
+        help="etcd unreachable at start: serve anyway and register once it answers "
+        "(default: exit 2)",
+    )
     parser.add_argument("--service", required=True, help="the service's name in etcd")
     parser.add_argument("--shard-id", required=True, help="this shard's id, unique in the service")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (port 0: any)")
@@ -95,6 +108,22 @@ def listen_address(args: argparse.Namespace) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--listen must be HOST:PORT (e.g. 127.0.0.1:7001), got {args.listen!r}")
     return host.strip("[]"), int(port)
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why a server cannot listen on ``host:port`` (``"Address already in use"``...), or
+    None when it can: a trial bind (with ``SO_REUSEADDR``, as servers bind), closed at
+    once. A check before starting a server, for a one-line error instead of its own."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:  # socket.gaierror included: a host that does not resolve
+        return exc.strerror or str(exc)
+    return None
 
 
 def import_class(path: str, app_dir: str | None = ".") -> Any:

@@ -5,6 +5,7 @@
     shardroute migrate --etcd HOST:PORT --service NAME --session KEY [--to SHARD]
         [--session-store URL [--session-store-password-file PATH]]
     shardroute drain --etcd HOST:PORT --service NAME --shard ID [--grace S] [--wait]
+        (--shard-id ID: the same, as in shardroute serve)
     shardroute demo [--duration S] [--json] [--metrics-port PORT] [--store etcd|redis] [--tls]
     shardroute scale-advice --etcd HOST:PORT --service NAME [--watch] [--json] [...]
     shardroute demo --autoscale [--duration S] [--json]
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from shardroute._cli_etcd import add_dev_etcd_command
+from shardroute._cli_help import describe_commands
 from shardroute._cli_serve import add_serve_command
 from shardroute._exit_guard import DEFAULT_EXIT_GRACE_S, exit_within
 from shardroute._validate import seconds
@@ -76,7 +78,8 @@ def _table(topology: Topology) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.append(f"revision {topology.revision}, {len(topology)} shards")
+    count = len(topology)
+    lines.append(f"revision {topology.revision}, {count} shard{'' if count == 1 else 's'}")
     if topology.malformed:
         lines.append(f"skipped malformed: {', '.join(sorted(topology.malformed))}")
     return "\n".join(line.rstrip() for line in lines)
@@ -167,7 +170,11 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardroute", description="shardroute operator tool")
+    parser = argparse.ArgumentParser(
+        prog="shardroute",
+        description="shardroute operator tool",
+        epilog="Each command's --help says what it does and its exit codes (docs/operations.md).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     topo = commands.add_parser("topology", help="show the shards of a service")
     _add_etcd_args(topo)
@@ -200,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         "drain", help="drain a shard: move its sessions away, then it deregisters and stops"
     )
     _add_etcd_args(drain)
-    drain.add_argument("--shard", required=True, help="the shard id")
+    drain.add_argument("--shard", "--shard-id", dest="shard", required=True, help="the shard id")
     drain.add_argument("--grace", type=_positive, help="seconds for in-flight calls to finish")
     drain.add_argument("--max-moves", type=int, default=0, help="concurrent session moves")
     drain.add_argument("--wait", action="store_true", help="return once the shard has left")
@@ -208,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     drain.set_defaults(func=_cmd_drain)
     demo = commands.add_parser(
         "demo",
-        help="run chat traffic over 4 local shards; kill one, drain one (embedded etcd)",
+        help="run chat traffic over 4 local shards; kill one, add one, drain one (embedded etcd)",
     )
     demo.add_argument("--duration", type=_positive, default=20.0, help="seconds of traffic")
     demo.add_argument("--json", action="store_true", help="only print the summary, as JSON")
@@ -255,6 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     add_scaling_commands(commands, _add_etcd_args, _source)
     add_dev_etcd_command(commands)
     add_serve_command(commands)
+    describe_commands(commands)
     return parser
 
 

@@ -192,3 +192,71 @@ def test_serve_runs_a_class_from_the_working_directory(tmp_path: Path, etcd_endp
         assert proc.returncode == 0, err
     finally:
         stop_process(proc)
+
+
+def _serve(tmp_path: Path, *options: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "my_shard.py").write_text(MY_SHARD)
+    return subprocess.run(
+        [SHARDROUTE, "serve", "my_shard:MyShard", "--service", "counter", "--shard-id", "s1",
+         *options],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def test_serve_without_etcd_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A forgotten --etcd once served a shard no client could find (READY, no error)."""
+    done = _serve(tmp_path, timeout=30)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.count("\n") == 1 and "no --etcd" in done.stderr, done.stderr
+    assert "`shardroute etcd`" in done.stderr
+
+
+def test_serve_on_a_taken_address_is_one_line_and_exit_2(
+    tmp_path: Path, etcd_endpoint: str
+) -> None:
+    """Once gRPC's own log line came first, then ours with gRPC's advice."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = _serve(tmp_path, "--etcd", etcd_endpoint, "--listen", address)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and f"cannot listen on {address}" in done.stderr
+    assert "--listen" in done.stderr and "GRPC_VERBOSITY" not in done.stderr
+
+
+def test_serve_with_etcd_down_says_how_to_serve_anyway(tmp_path: Path) -> None:
+    """The error named only the Python argument (wait_for_etcd=True); the command has its
+    own option, and with it the shard serves and registers once etcd is up."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    done = _serve(tmp_path, "--etcd", endpoint)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "--wait-for-etcd" in done.stderr, done.stderr
+    shard = subprocess.Popen(
+        [SHARDROUTE, "serve", "my_shard:MyShard", "--service", "counter", "--shard-id", "s1",
+         "--etcd", endpoint, "--wait-for-etcd"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    etcd = _start_etcd(tmp_path, int(endpoint.rpartition(":")[2]))
+    try:
+        assert shard.stdout is not None
+        assert shard.stdout.readline().startswith("READY ")
+        wait_until(lambda: etcd_answers(endpoint), 30, "the dev etcd answering")
+        client = EtcdClient(EtcdOptions((endpoint,)))
+        try:
+            wait_until(
+                lambda: client.get("/shardroute/counter/shards/s1") is not None,
+                30,
+                "the shard registered once etcd answered",
+            )
+        finally:
+            client.close()
+    finally:
+        stop_process(shard)
+        stop_process(etcd)

@@ -1,15 +1,22 @@
 """``shardroute serve``'s options and class import, without a shard (issue 16): --listen,
-and a module that raises while it is imported is one line naming its file and line."""
+a taken port's reason, --wait-for-etcd, a module that raises while it is imported is one
+line naming its file and line; ``drain`` takes ``--shard-id`` as ``serve`` does."""
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from shardroute._cli_serve import add_serve_arguments, import_class, listen_address
+from shardroute._cli_serve import (
+    add_serve_arguments,
+    cannot_listen,
+    import_class,
+    listen_address,
+)
 from shardroute.errors import ConfigError
 
 
@@ -58,3 +65,41 @@ def test_a_module_that_fails_to_import_is_one_line_saying_why(
     assert f"importing {name!r} failed" in message and "\n" not in message
     assert all(part in message for part in said), message
     assert sys.path[0] == str(tmp_path)
+
+
+def test_cannot_listen_says_why_a_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cannot_listen("127.0.0.1", port) == "Address already in use"
+    assert cannot_listen("127.0.0.1", 0) is None
+    assert cannot_listen("no-such-host.invalid", 7001) is not None
+
+
+def test_wait_for_etcd_is_an_option_of_serve() -> None:
+    assert not _args().wait_for_etcd
+    assert _args("--wait-for-etcd").wait_for_etcd
+
+
+def test_drain_takes_the_shard_id_as_serve_names_it() -> None:
+    """``shardroute serve --shard-id s2``, then ``shardroute drain --shard-id s2``."""
+    from shardroute.cli import _parser
+
+    common = ["drain", "--etcd", "127.0.0.1:2379", "--service", "counter"]
+    assert _parser().parse_args([*common, "--shard-id", "s2"]).shard == "s2"
+    assert _parser().parse_args([*common, "--shard", "s2"]).shard == "s2"
+
+
+def test_each_command_says_what_it_does_and_its_exit_codes() -> None:
+    """``shardroute drain --help`` once listed options only: not what drain does, nor
+    that it exits 3 when sessions were left behind (docs/operations.md)."""
+    from shardroute.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        text = " ".join(command.format_help().split())
+        assert command.description and command.description in text, name
+        assert "exit codes: 0" in text and " 2 an error told in one line" in text, name
+    assert "3 sessions left behind" in " ".join(commands.choices["drain"].format_help().split())
+    assert "1 a move failed" in " ".join(commands.choices["rebalance"].format_help().split())

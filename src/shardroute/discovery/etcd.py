@@ -156,7 +156,10 @@ class EtcdTopologySource(HolderSource):
                         self._holder.mark_stale(exc)
                         break
                     endpoints = ", ".join(self._options.endpoints)
-                    raise EtcdUnavailable(f"cannot reach etcd at {endpoints}: {exc}") from exc
+                    raise EtcdUnavailable(
+                        f"cannot reach etcd at {endpoints} ({exc}); check that etcd runs "
+                        "there (for development: `shardroute etcd`)"
+                    ) from exc
                 self._closed.wait(min(0.2, 0.02 * attempt))
         self._thread = threading.Thread(
             target=self._run, name=f"shardroute-topology-{self.service}", daemon=True

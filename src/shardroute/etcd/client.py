@@ -340,7 +340,7 @@ class EtcdClient(MaintenanceCalls):
                 "etcd answered NOSPACE to a write it applied (the write that filled its "
                 "quota: etcd applies it, then raises the alarm): %s holds what was written, "
                 "so it counts as done; the next writes will be refused until space is freed "
-                "(docs/operations.md)",
+                "(docs/operations.md, 'etcd: compaction, quota and NOSPACE', says how)",
                 ", ".join(keys),
             )
         return landed

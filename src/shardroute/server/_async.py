@@ -31,7 +31,7 @@ from shardroute.server._grpc_aio import (
     wait_idle,
 )
 from shardroute.server._registration import Registrar
-from shardroute.server.drain import stop_line
+from shardroute.server.drain import log_stop
 from shardroute.server.lifecycle import ServerState
 
 __all__ = ["AsyncShardServer"]
@@ -178,7 +178,9 @@ class AsyncShardServer(ShardServerBase):
         except RuntimeError as exc:
             await self._abort_start()
             raise ConfigError(
-                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port}: {exc}"
+                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port} "
+                f"({exc}): another process has the port, or the address is not this "
+                "machine's; nothing was registered; choose another (port 0: any free port)"
             ) from exc
         await server.start()
         self._address = config.advertised(self._bound_port)
@@ -195,8 +197,8 @@ class AsyncShardServer(ShardServerBase):
                     raise EtcdUnavailable(
                         f"shard {self.shard_id} could not register in etcd at "
                         f"{', '.join(config.etcd)}: {exc}. start() fails fast when etcd is "
-                        "unreachable; pass wait_for_etcd=True to serve anyway and register "
-                        "once etcd is back"
+                        "unreachable; pass wait_for_etcd=True (shardroute serve: "
+                        "--wait-for-etcd) to serve anyway and register once etcd is back"
                     ) from exc
                 log.warning(
                     "shard %s serves at %s but could not register in etcd (%s): clients cannot "
@@ -272,7 +274,7 @@ class AsyncShardServer(ShardServerBase):
                     await end_stop(begin_stop(self._grpc, 0))
                 await end_stop(stopping)
             held = await self._finish_stop()
-            log.info(stop_line(self.shard_id, held, self.last_drain, self._sessions.store))
+            log_stop(self.shard_id, held, self.last_drain, self._sessions.store)
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
             begin_stop(self._grpc, grace)  # the strictest grace wins

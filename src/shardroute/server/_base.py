@@ -384,8 +384,8 @@ class ShardServerBase:
         """The error ``start()`` raises when the topology cannot be followed (both shells)."""
         return EtcdUnavailable(
             f"shard {self.shard_id} could not follow its service's topology in etcd "
-            f"at {', '.join(self._config.etcd or ())}: {exc}. start() fails fast when etcd "
-            "is unreachable; pass wait_for_etcd=True to serve anyway"
+            f"at {', '.join(self._config.etcd or ())}: {exc}. start() fails fast; pass "
+            "wait_for_etcd=True (shardroute serve: --wait-for-etcd) to serve anyway"
         )
 
     def _warn_closed_control(self) -> None:
@@ -417,9 +417,8 @@ class ShardServerBase:
                 why = "the shard does not follow the topology in etcd"
             self.last_drain = not_moved_summary(self.shard_id, keys, why, self._sessions.store)
             return 0, len(keys)
-        # Each shard call gets at most 10 s (and never past the drain's deadline); no
-        # move starts after the deadline: the sessions left stay whole in the store and
-        # are taken over by their next turn.
+        # Each shard call: at most 10 s, never past the drain's deadline; no move starts
+        # after it (a session left is taken over from the store at its next turn).
         timeout = max(1.0, min(10.0, deadline - time.monotonic()))
         auth = self._config.control_auth
         with (
@@ -445,6 +444,7 @@ class ShardServerBase:
                     held_by=self.shard_id,  # what it holds: no read of the state for its owner
                 ),
                 lambda: mover.peak_concurrent,
+                self._sessions.store,
             )
         self.last_drain = summary
         return summary.moved, summary.left_behind

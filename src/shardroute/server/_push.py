@@ -53,7 +53,8 @@ class Pusher:
         if moving_to not in (None, target_id) or target is None:
             log.warning(
                 "shard %s: export of session %s not pushed to %r: the fence moves it to "
-                "%r (or that shard is not in this shard's topology); the mover imports it",
+                "%r (or that shard is not in this shard's topology); the mover imports it "
+                "instead: nothing is lost, nothing to do",
                 self._server.shard_id,
                 key,
                 target_id,

@@ -32,7 +32,7 @@ from shardroute.server._grpc_threads import (
 )
 from shardroute.server._registration import Registrar
 from shardroute.server._sync_control import control_calls
-from shardroute.server.drain import stop_line
+from shardroute.server.drain import log_stop
 from shardroute.server.lifecycle import ServerState
 
 __all__ = ["ShardServer"]
@@ -179,7 +179,9 @@ class ShardServer(ShardServerBase):
         except RuntimeError as exc:
             self._abort_start()
             raise ConfigError(
-                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port}: {exc}"
+                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port} "
+                f"({exc}): another process has the port, or the address is not this "
+                "machine's; nothing was registered; choose another (port 0: any free port)"
             ) from exc
         server.start()
         self._address = config.advertised(self._bound_port)
@@ -196,8 +198,8 @@ class ShardServer(ShardServerBase):
                     raise EtcdUnavailable(
                         f"shard {self.shard_id} could not register in etcd at "
                         f"{', '.join(config.etcd)}: {exc}. start() fails fast when etcd is "
-                        "unreachable; pass wait_for_etcd=True to serve anyway and register "
-                        "once etcd is back"
+                        "unreachable; pass wait_for_etcd=True (shardroute serve: "
+                        "--wait-for-etcd) to serve anyway and register once etcd is back"
                     ) from exc
                 log.warning(
                     "shard %s serves at %s but could not register in etcd (%s): clients cannot "
@@ -273,7 +275,7 @@ class ShardServer(ShardServerBase):
                     end_stop(begin_stop(self._grpc, 0))
                 end_stop(stopping)
             held = self._finish_stop()
-            log.info(stop_line(self.shard_id, held, self.last_drain, self._sessions.store))
+            log_stop(self.shard_id, held, self.last_drain, self._sessions.store)
             return
         if self.state is ServerState.STOPPING and self._grpc is not None:
             begin_stop(self._grpc, grace)  # the strictest grace wins

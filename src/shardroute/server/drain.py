@@ -28,7 +28,7 @@ from shardroute.errors import (
 )
 from shardroute.telemetry.migration import status_name
 
-__all__ = ["DrainSummary", "move_reason", "stop_line"]
+__all__ = ["DrainSummary", "log_stop", "move_reason", "stop_line"]
 
 log = logging.getLogger("shardroute.server")
 
@@ -128,9 +128,11 @@ def move_all(
     keys: list[str],
     migrate_many: Callable[[list[str]], tuple[list[Any], Mapping[str, ShardRouteError]]],
     peak: Callable[[], int],
+    store: object = None,
 ) -> DrainSummary:
     """Run ``migrate_many`` on ``keys`` and count what it did; logs one summary line
-    (and each session left behind at DEBUG)."""
+    (and each session left behind at DEBUG; ``store``: the shard's session store, whose
+    sessions left behind end with this process if it is an in-memory one)."""
     started = time.monotonic()
     results, errors = migrate_many(keys)
     failed, not_moved = 0, 0
@@ -144,7 +146,7 @@ def move_all(
     summary = DrainSummary(
         len(results), failed, peak(), not_moved, len(keys), time.monotonic() - started, reasons
     )
-    log_drain(shard_id, summary)
+    log_drain(shard_id, summary, _volatile(store))
     return summary
 
 
@@ -209,6 +211,14 @@ def stop_line(shard_id: str, held: int, drain: DrainSummary | None, store: objec
         "answered turn: no data is lost, and another shard takes each over at its next "
         "turn; nothing to do"
     )
+
+
+def log_stop(shard_id: str, held: int, drain: DrainSummary | None, store: object) -> None:
+    """Log :func:`stop_line`: at WARNING when sessions ended with this process (an
+    in-memory store, sessions not moved), else at INFO."""
+    left = held if drain is None else drain.left_behind
+    lost = bool(left) and _volatile(store)
+    log.log(logging.WARNING if lost else logging.INFO, stop_line(shard_id, held, drain, store))
 
 
 DRAIN_REPORT_S = 120.0

@@ -6,7 +6,9 @@
 
 The module is imported with the working directory (or ``--app-dir``) first on the import
 path, as ``uvicorn module:app`` does; a module that is not found, a missing attribute or
-an object that is not a shard server class is a one-line error and exit code 2.
+an object that is not a shard server class, no ``--etcd``, an address another process
+listens on or etcd unreachable (``--wait-for-etcd`` serves anyway and registers once etcd
+answers) is a one-line error and exit code 2.
 
 Prints one line ``READY <address>`` on stdout once the shard is serving and registered,
 then serves until SIGTERM (graceful drain, exit 0) or SIGINT. The pytest ``shard_cluster``
@@ -27,7 +29,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from shardroute._cli_serve import add_serve_arguments, import_class, listen_address
+from shardroute._cli_serve import (
+    add_serve_arguments,
+    cannot_listen,
+    import_class,
+    listen_address,
+)
 from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.etcd.credentials import etcd_credentials_from_args
 from shardroute.security.args import control_auth_from_args, tls_from_args
@@ -79,12 +86,26 @@ def serve(args: argparse.Namespace, prog: str = "shardroute serve") -> int:
         if not isinstance(extra, dict):
             raise ConfigError("--kwargs must be a JSON object")
         host, port = listen_address(args)
+        if not args.etcd:
+            raise ConfigError(
+                "no --etcd: a shard registers in etcd, where clients find it; pass --etcd "
+                "HOST:PORT (`shardroute etcd` runs a development etcd at 127.0.0.1:2379)"
+            )
+        why = cannot_listen(host, port) if port else None
+        if why is not None:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({why}): another shard or program has it; "
+                "stop it, or choose another address with --listen HOST:PORT (port 0: any "
+                "free port)"
+            )
         if args.metrics_port is not None:
             serve_prometheus(args.metrics_port, host=args.metrics_host)
         labels = dict(item.partition("=")[::2] for item in args.label)
         user, password = etcd_credentials_from_args(args)
         if user is not None:
             extra = {"etcd_user": user, "etcd_password": password, **extra}
+        if args.wait_for_etcd:
+            extra = {"wait_for_etcd": True, **extra}
         if args.lease_ttl is not None:
             extra = {"lease_ttl_s": args.lease_ttl, **extra}
         kwargs: dict[str, Any] = {

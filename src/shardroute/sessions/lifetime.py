@@ -74,7 +74,8 @@ class Lifetime(HostBase):
             except ShardRouteError as exc:
                 log.warning(
                     "shard %s: the sweep of idle and expired sessions failed (%s), next in "
-                    "%.0fs; sessions are served as usual; check the session store and etcd",
+                    "%.0fs; sessions are served as usual and no data is at risk; check that "
+                    "the session store and etcd are reachable",
                     self.shard_id,
                     exc,
                     interval,

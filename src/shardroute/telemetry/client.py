@@ -297,13 +297,24 @@ def at_ceiling(telemetry: Telemetry, priority: str) -> None:
     client_instruments(telemetry).at_ceiling.add(1, {names.PRIORITY: priority})
 
 
+_EJECTION_CAUSES = {
+    "not_sent": "calls could not reach it",
+    "maybe_executed": "calls broke off mid-call",
+    "deadline": "calls ran past their deadline",
+    "slow": "it answered too slowly",
+    "health_check": "it left health checks unanswered",
+}
+"""An ejection's cause (a failure class, ``slow`` or ``health_check``) in plain words."""
+
+
 def ejected(telemetry: Telemetry, shard_id: str, cause: str) -> None:
     """A shard was ejected by this client's outlier detection: log and count it."""
     log.warning(
-        "shard %s ejected by this client (%s): its calls go to other shards until it is "
+        "shard %s ejected by this client (%s%s): its calls go to other shards until it is "
         "tried again; no data is at risk; check the shard if this repeats",
         shard_id,
         cause,
+        f": {_EJECTION_CAUSES[cause]}" if cause in _EJECTION_CAUSES else "",
         extra={"shardroute_event": "ejection", "shard": shard_id, "cause": cause},
     )
     if telemetry.active():

@@ -112,12 +112,13 @@ class MigrationTrace:
         level = logging.INFO if outcome == "committed" else logging.WARNING
         log.log(
             logging.DEBUG if _batched.get() else level,  # a batch logs its own summary
-            "migration %s -> %s: %s in %.1f ms%s",
+            "migration %s -> %s: %s in %.1f ms%s%s",
             self.source,
             self.target,
             _OUTCOMES.get(outcome, outcome),
             seconds * 1000,
             f" ({_brief(error)})" if error is not None else "",
+            "" if outcome == "committed" else "; to move it still, run the move again",
             extra={
                 "shardroute_event": "migration",
                 "source": self.source,
