@@ -22,7 +22,7 @@ import signal
 import threading
 from typing import Any
 
-from shardroute._cli_serve import cannot_listen
+from shardroute._listen import cannot_listen, host_port
 from shardroute.errors import ConfigError, EtcdUnavailable, ShardRouteError
 
 __all__ = ["DEFAULT_DATA_DIR", "add_dev_etcd_command"]
@@ -58,8 +58,8 @@ def _check_port(host: str, port: int, flag: str) -> None:
     why = cannot_listen(host, port)
     if why is not None:
         raise ConfigError(
-            f"cannot listen on {host}:{port} ({why}): another etcd or program "
-            f"has it; stop it, or choose another port with {flag}"
+            f"cannot listen on {host_port(host, port)} ({why}); nothing was started; "
+            f"choose another port with {flag}"
         )
 
 
@@ -83,8 +83,11 @@ def _cmd_etcd(args: argparse.Namespace) -> int:
     _check_port(args.host, args.port, "--port")
     _check_port("127.0.0.1", peer_port, "--peer-port")
     data_dir = os.path.abspath(args.data_dir)
+    log = os.path.join(data_dir, "etcd.log")
     try:
         os.makedirs(data_dir, exist_ok=True)
+        with open(log, "ab"):  # a folder that exists but cannot be written fails here
+            pass
     except OSError as exc:
         raise ConfigError(
             f"cannot use {data_dir} as etcd's data dir ({exc.strerror}); nothing was "
@@ -92,7 +95,6 @@ def _cmd_etcd(args: argparse.Namespace) -> int:
         ) from None
     server = DevEtcd(binary, data_dir=data_dir, extra_args=("--unsafe-no-fsync=false",))
     server.client_port, server.peer_port = args.port, peer_port
-    log = os.path.join(data_dir, "etcd.log")
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:

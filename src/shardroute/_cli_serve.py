@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import socket
 import sys
 import traceback
 from typing import Any
@@ -22,7 +21,6 @@ from shardroute.security.args import add_tls_args
 __all__ = [
     "add_serve_arguments",
     "add_serve_command",
-    "cannot_listen",
     "import_class",
     "listen_address",
 ]
@@ -108,22 +106,6 @@ def listen_address(args: argparse.Namespace) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--listen must be HOST:PORT (e.g. 127.0.0.1:7001), got {args.listen!r}")
     return host.strip("[]"), int(port)
-
-
-def cannot_listen(host: str, port: int) -> str | None:
-    """Why a server cannot listen on ``host:port`` (``"Address already in use"``...), or
-    None when it can: a trial bind (with ``SO_REUSEADDR``, as servers bind), closed at
-    once. A check before starting a server, for a one-line error instead of its own."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-    except OSError as exc:  # socket.gaierror included: a host that does not resolve
-        return exc.strerror or str(exc)
-    return None
 
 
 def import_class(path: str, app_dir: str | None = ".") -> Any:

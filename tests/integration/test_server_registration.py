@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 
 import grpc
@@ -164,3 +165,25 @@ def test_get_status_answers_identity_state_and_load(etcd_endpoint: str, kind: st
     assert (status.shard_id, status.service, status.address) == ("s9", "chat", s.address)
     assert (status.zone, status.capacity, status.state) == ("z", 5, shard_pb2.SHARD_STATE_ACTIVE)
     assert status.load.ts > 0
+
+
+def test_a_shard_listens_on_an_ipv6_host(etcd_endpoint: str, kind: str) -> None:
+    """``host="::1"`` (``shardroute serve --listen [::1]:0``) binds and registers
+    ``[::1]:port`` (gRPC was given ``::1:0`` before: "Misformatted domain name")."""
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("this machine has no IPv6 loopback")
+    shell = Shell(kind, shard_id="s6", service="chat", etcd=etcd_endpoint, host="::1", port=0)
+    shell.do("start")
+    s = shell.server
+    try:
+        assert s.address == f"[::1]:{s.port}"
+        with grpc.insecure_channel(s.address) as channel:
+            status = shard_pb2_grpc.ShardControlStub(channel).GetStatus(
+                shard_pb2.GetStatusRequest(), timeout=10
+            )
+    finally:
+        shell.close()
+    assert status.address == s.address

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shardroute._cli_serve import (
-    add_serve_arguments,
-    cannot_listen,
-    import_class,
-    listen_address,
-)
+from shardroute._cli_serve import add_serve_arguments, import_class, listen_address
+from shardroute._listen import cannot_listen, host_port
 from shardroute.errors import ConfigError
 
 
@@ -67,14 +63,27 @@ def test_a_module_that_fails_to_import_is_one_line_saying_why(
     assert sys.path[0] == str(tmp_path)
 
 
-def test_cannot_listen_says_why_a_port_is_taken() -> None:
+def test_cannot_listen_names_the_cause() -> None:
+    """A taken port, an address of another machine, a host that does not resolve: each
+    says which (the old check said "another program has it" for all three)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert cannot_listen("127.0.0.1", port) == "Address already in use"
+        said = cannot_listen("127.0.0.1", port)
+        assert said == "Address already in use: another process listens there"
+        assert cannot_listen("localhost", port) == said  # every address localhost names
     assert cannot_listen("127.0.0.1", 0) is None
-    assert cannot_listen("no-such-host.invalid", 7001) is not None
+    said = cannot_listen("192.0.2.1", 7001)  # TEST-NET-1: never this machine's
+    assert said is not None and "192.0.2.1 is not an address of this machine" in said
+    said = cannot_listen("no-such-host.invalid", 7001)
+    assert said is not None and "'no-such-host.invalid' does not resolve" in said
+
+
+def test_host_port_brackets_ipv6() -> None:
+    assert host_port("127.0.0.1", 7001) == "127.0.0.1:7001"
+    assert host_port("::1", 7001) == "[::1]:7001"
+    assert host_port("[::1]", 7001) == "[::1]:7001"
 
 
 def test_wait_for_etcd_is_an_option_of_serve() -> None:

@@ -61,16 +61,22 @@ def test_dev_etcd_without_a_binary_says_how_to_get_one(
     assert not (tmp_path / "data").exists()  # nothing made when there is no etcd
 
 
-def test_dev_etcd_with_a_data_dir_it_cannot_make_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("where", ["under a file", "a folder that takes no files"])
+def test_dev_etcd_with_a_data_dir_it_cannot_use_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
 ) -> None:
-    """Once a traceback and exit code 1 (FileNotFoundError from os.makedirs)."""
+    """Once a traceback and exit code 1: FileNotFoundError from os.makedirs (a path
+    under a file), or from opening etcd's log in a folder that exists but takes no files
+    (/proc/self)."""
     from shardroute import cli
     from shardroute.testing import free_port
 
     monkeypatch.setattr("shardroute.testing.etcd.find_etcd_binary", lambda: "/bin/true")
     (tmp_path / "a-file").write_text("")
-    data_dir = tmp_path / "a-file" / "data"
+    data_dir = tmp_path / "a-file" / "data" if where == "under a file" else Path("/proc/self")
     ports = ["--port", str(free_port()), "--peer-port", str(free_port())]
     assert cli.main(["etcd", "--data-dir", str(data_dir), *ports]) == 2
     err = capsys.readouterr().err

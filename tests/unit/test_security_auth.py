@@ -40,6 +40,9 @@ class Context:
         ("ipv4:127.0.0.1:1", True),
         ("ipv4:127.8.9.1:1", True),
         ("ipv6:[::1]:1", True),
+        ("ipv6:%5B::1%5D:1", True),  # as gRPC writes it
+        ("ipv6:%5B::ffff:127.0.0.1%5D:1", True),
+        ("ipv6:%5Bfd00::2%5D:1", False),
         ("unix:/tmp/s", True),
         ("ipv4:192.0.2.7:1", False),
         ("ipv6:[fd00::2]:1", False),

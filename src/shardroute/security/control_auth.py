@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -157,14 +158,14 @@ class ControlAuth:
 
 
 def is_loopback_peer(peer: str) -> bool:
-    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``,
+    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:%5B::1%5D:5000``,
     ``unix:...``) is on this machine."""
     if peer.startswith("unix:"):
         return True
     if peer.startswith("ipv4:"):
         return peer[5:].startswith("127.")
-    if peer.startswith("ipv6:"):
-        host = peer[5:].rpartition(":")[0].strip("[]")
+    if peer.startswith("ipv6:"):  # gRPC writes the brackets percent-encoded: %5B::1%5D
+        host = unquote(peer[5:]).rpartition(":")[0].strip("[]")
         return host in ("::1", "0:0:0:0:0:0:0:1") or host.startswith("::ffff:127.")
     return False
 

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shardroute._io.sync import run_blocking
+from shardroute._listen import host_port
 from shardroute._validate import grace_or, seconds
 from shardroute.errors import ConfigError, EtcdUnavailable, ServerLifecycleError
 from shardroute.model import ShardState
@@ -179,7 +180,7 @@ class ShardServer(ShardServerBase):
         except RuntimeError as exc:
             self._abort_start()
             raise ConfigError(
-                f"shard {self.shard_id}: cannot listen on {config.host}:{config.port} "
+                f"shard {self.shard_id}: cannot listen on {host_port(config.host, config.port)} "
                 f"({exc}): another process has the port, or the address is not this "
                 "machine's; nothing was registered; choose another (port 0: any free port)"
             ) from exc

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from shardroute._listen import host_port
 from shardroute._validate import seconds
 from shardroute.discovery.keys import KeySchema
 from shardroute.discovery.records import MAX_CAPACITY, MAX_WEIGHT
@@ -194,7 +195,7 @@ class ServerConfig:
         """Add the listening port to ``server`` (a ``grpc.Server`` or ``grpc.aio.Server``):
         TLS when :attr:`tls` is set. Returns the bound port; raises RuntimeError when the
         address cannot be bound."""
-        address = f"{self.host}:{self.port}"
+        address = host_port(self.host, self.port)  # an IPv6 host in brackets
         if self.tls is None:
             port: int = server.add_insecure_port(address)
             return port
@@ -216,9 +217,7 @@ class ServerConfig:
         host = self.host
         if host in ("0.0.0.0", "::", "[::]", ""):
             host = "127.0.0.1"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"{host}:{bound_port}"
+        return host_port(host, bound_port)
 
     def shard(self, address: str, state: ShardState) -> Shard:
         """The shard record for ``shards/<id>``."""

@@ -6,12 +6,13 @@
 
 The module is imported with the working directory (or ``--app-dir``) first on the import
 path, as ``uvicorn module:app`` does; a module that is not found, a missing attribute or
-an object that is not a shard server class, no ``--etcd``, an address another process
-listens on or etcd unreachable (``--wait-for-etcd`` serves anyway and registers once etcd
-answers) is a one-line error and exit code 2.
+an object that is not a shard server class, no ``--etcd``, an address it cannot listen
+on (the line says why) or etcd unreachable (``--wait-for-etcd`` serves anyway and
+registers once etcd answers) is a one-line error and exit code 2.
 
-Prints one line ``READY <address>`` on stdout once the shard is serving and registered,
-then serves until SIGTERM (graceful drain, exit 0) or SIGINT. The pytest ``shard_cluster``
+Prints one line ``READY <address>`` on stdout once the shard is serving and registered
+(with ``--wait-for-etcd``: once it is serving; it registers when etcd answers), then
+serves until SIGTERM (graceful drain, exit 0) or SIGINT. The pytest ``shard_cluster``
 fixture starts shards this way. ``--kwargs`` passes extra constructor arguments as a JSON
 object (never a password: it would be on the command line). An etcd user is
 ``--etcd-user``; its password comes from ``--etcd-password-file``,
@@ -31,10 +32,10 @@ from typing import Any
 
 from shardroute._cli_serve import (
     add_serve_arguments,
-    cannot_listen,
     import_class,
     listen_address,
 )
+from shardroute._listen import cannot_listen, host_port
 from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.etcd.credentials import etcd_credentials_from_args
 from shardroute.security.args import control_auth_from_args, tls_from_args
@@ -94,9 +95,8 @@ def serve(args: argparse.Namespace, prog: str = "shardroute serve") -> int:
         why = cannot_listen(host, port) if port else None
         if why is not None:
             raise ConfigError(
-                f"cannot listen on {host}:{port} ({why}): another shard or program has it; "
-                "stop it, or choose another address with --listen HOST:PORT (port 0: any "
-                "free port)"
+                f"cannot listen on {host_port(host, port)} ({why}); nothing was started; "
+                "choose another address with --listen HOST:PORT (port 0: any free port)"
             )
         if args.metrics_port is not None:
             serve_prometheus(args.metrics_port, host=args.metrics_host)
@@ -111,7 +111,7 @@ def serve(args: argparse.Namespace, prog: str = "shardroute serve") -> int:
         kwargs: dict[str, Any] = {
             "shard_id": args.shard_id,
             "service": args.service,
-            "etcd": args.etcd or None,
+            "etcd": args.etcd,
             "host": host,
             "port": port,
             "advertise_address": args.advertise_address,
