@@ -12,8 +12,9 @@ __all__ = ["describe_commands"]
 _EXIT_CODES = {
     "": "exit codes: 0 done; 2 an error told in one line (etcd unreachable, a bad argument, "
     "an unknown shard); 130 interrupted (docs/operations.md)",
-    "drain": "exit codes: 0 every session moved; 3 sessions left behind (whole in the session "
-    "store) or their moves not reported; 2 an error told in one line (the shard did not take "
+    "drain": "exit codes: 0 every session moved; 3 sessions left behind (whole in a shared "
+    "session store; the line says when the store is in memory) or their moves not "
+    "reported; 2 an error told in one line (the shard did not take "
     "the drain, etcd unreachable, a bad argument, an unknown shard) (docs/operations.md)",
     "rebalance": "exit codes: 0 done; 1 a move failed (its session stays where it was); 2 an "
     "error told in one line (docs/operations.md)",

@@ -830,11 +830,14 @@ def test_a_take_over_blocked_by_a_malformed_override_says_so(world: World) -> No
     assert world.stored(K) == ["t1"]
 
 
-def test_a_placed_sessions_override_waits_for_a_live_lease(world: World) -> None:
+@pytest.mark.parametrize("regranted", [False, True])
+def test_a_placed_sessions_override_waits_for_a_live_lease(world: World, regranted: bool) -> None:
     """A shard whose lease is not confirmed live at the save (etcd unreachable a while,
-    a pause) puts a placed session's override off to the next save instead of writing
-    it with no lease, which would outlive the shard; once the lease is live again it is
-    written on it (and goes with it)."""
+    a pause) puts a placed session's override off instead of writing it with no lease,
+    which would outlive the shard. Once the lease is live again the next save writes it
+    on the lease; also when the shard registered again under a new lease meanwhile,
+    which drops the held copy (the next call placed here takes it from the store and
+    claims it then: before, the claim was lost)."""
     lease = world.etcd.grant_lease(30)
     live: list[int | None] = [lease]
     t = SessionHost("T", hold_timeout_s=1.0)
@@ -846,9 +849,36 @@ def test_a_placed_sessions_override_waits_for_a_live_lease(world: World) -> None
     finally:
         t.end(K, entry)
     assert world.stored(K) == ["t1"] and world.overrides.get(K) is None
-    live[0] = lease
+    live[0] = lease = world.etcd.grant_lease(30) if regranted else lease
     turn(t, K, "t2", reason="spill")
     found = world.overrides.get(K)
     assert found is not None and found.owner == "T"
     world.etcd.revoke_lease(lease)
     assert world.overrides.get(K) is None and world.stored(K) == ["t1", "t2"]
+
+
+def test_no_override_is_written_without_a_live_lease(world: World) -> None:
+    """A take-over, or a reclaim of an abandoned fence, while the lease given to the
+    host is not confirmed live refuses (nothing executed, retry) instead of writing an
+    override without a lease, which would outlive the shard (before: written with none)."""
+    turn(world.host("A"), K, "t1")  # stored by A, no override
+    t = SessionHost("T", hold_timeout_s=0.2)
+    t.attach(world.store, overrides=world.overrides, topology=world.topology, lease=lambda: None)
+    with pytest.raises(Refused) as refused:
+        t.begin(K, "spill")  # a take-over from A
+    assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+    assert "nothing was executed" in refused.value.details
+    assert world.overrides.get(K) is None and world.stored(K) == ["t1"]
+    # A reclaim: T held the session, a mover fenced and exported it, then died.
+    lease: list[int | None] = [world.etcd.grant_lease(30)]
+    t.attach(
+        world.store, overrides=world.overrides, topology=world.topology, lease=lambda: lease[0]
+    )
+    turn(t, "k2", "t1", reason="spill")
+    fence = world.fence("k2", "T", "C")
+    t.export("k2", fence.epoch)
+    lease[0] = None
+    with pytest.raises(Refused) as refused:
+        t.begin("k2")  # held 0.2 s, then the reclaim finds no live lease
+    assert refused.value.code is grpc.StatusCode.ABORTED and "lease" in refused.value.details
+    assert world.overrides.get("k2") == fence and world.stored("k2") == ["t1"]

@@ -10,6 +10,7 @@ import logging
 import grpc
 import pytest
 
+from shardroute._proto import shard_pb2
 from shardroute.errors import (
     EtcdUnavailable,
     LeaseNotFound,
@@ -20,6 +21,7 @@ from shardroute.errors import (
 )
 from shardroute.server.drain import (
     DrainSummary,
+    drain_counts,
     log_stop,
     move_all,
     move_reason,
@@ -143,3 +145,26 @@ def test_an_ejection_says_its_cause_in_words(caplog: pytest.LogCaptureFixture) -
     first, second = (r.getMessage() for r in caplog.records)
     assert "shard s2 ejected by this client (not_sent: calls could not reach it)" in first
     assert "(some_new_cause)" in second and "no data is at risk" in second
+
+
+@pytest.mark.parametrize("in_process", [False, True])
+def test_the_drain_commands_line_says_where_sessions_left_behind_are(in_process: bool) -> None:
+    """``shardroute drain``'s line promised "no data is lost ... whole in the session
+    store" for every shard; a shard on an in-memory store now says its sessions left
+    behind end with it (``DrainResponse.store_in_process``, filled by the shard)."""
+    reply = shard_pb2.DrainResponse(
+        sessions_moved=4,
+        sessions_held=6,
+        sessions_not_moved=1,
+        sessions_failed=1,
+        moves_counted=True,
+        store_in_process=in_process,
+    )
+    line = drain_counts("a", reply)
+    assert "4 of 6 sessions moved" in line and "1 not moved, 1 failed" in line
+    assert ("no data is lost" in line) is not in_process
+    assert ("the 2 sessions left behind end with the shard" in line) is in_process
+    everything = shard_pb2.DrainResponse(
+        sessions_moved=6, sessions_held=6, moves_counted=True, store_in_process=in_process
+    )
+    assert drain_counts("a", everything).endswith("0 not moved, 0 failed")

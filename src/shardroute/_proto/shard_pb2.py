@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shardroute/v1/shard.proto\x12\rshardroute.v1\"\x81\x01\n\nLoadReport\x12\x10\n\x08inflight\x18\x01 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\x16\n\x0elatency_ms_p50\x18\x04 \x01(\x01\x12\x16\n\x0elatency_ms_p95\x18\x05 \x01(\x01\x12\n\n\x02ts\x18\x06 \x01(\x01\"\x12\n\x10GetStatusRequest\"\x94\x02\n\x11GetStatusResponse\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.shardroute.v1.ShardState\x12\'\n\x04load\x18\x08 \x01(\x0b\x32\x19.shardroute.v1.LoadReport\x12\x13\n\x0b\x63heckpoints\x18\t \x01(\x04\x12\x1b\n\x13store_bytes_written\x18\n \x01(\x04\x12\x16\n\x0esessions_ended\x18\x0b \x01(\x04\"o\n\x0c\x44rainRequest\x12\x0f\n\x07grace_s\x18\x01 \x01(\x01\x12\x18\n\x10migrate_sessions\x18\x02 \x01(\x08\x12\x1c\n\x14max_concurrent_moves\x18\x03 \x01(\r\x12\x16\n\x0ewait_for_moves\x18\x04 \x01(\x08\"\xc5\x01\n\rDrainResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.shardroute.v1.ShardState\x12\x16\n\x0esessions_moved\x18\x02 \x01(\r\x12\x17\n\x0fsessions_failed\x18\x03 \x01(\r\x12\x1a\n\x12sessions_not_moved\x18\x04 \x01(\r\x12\x15\n\rsessions_held\x18\x05 \x01(\r\x12\x0f\n\x07moves_s\x18\x06 \x01(\x01\x12\x15\n\rmoves_counted\x18\x07 \x01(\x08\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListSessionsResponse\x12,\n\x08sessions\x18\x01 \x03(\x0b\x32\x1a.shardroute.v1.SessionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x0bSessionInfo\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0bstate_bytes\x18\x03 \x01(\x04\x12\x14\n\x0clast_used_ts\x18\x04 \x01(\x01\"`\n\x14\x45xportSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\x12\x0f\n\x07push_to\x18\x04 \x01(\t\"\xb7\x01\n\x0cSessionChunk\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x15\n\rstate_version\x18\x08 \x01(\x04\x12\x0c\n\x04warm\x18\t \x01(\x08\x12\x0e\n\x06pushed\x18\n \x01(\x08\"`\n\x15ImportSessionResponse\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0bstate_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06warmed\x18\x04 \x01(\x08\"8\n\x12WarmSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"%\n\x13WarmSessionResponse\x12\x0e\n\x06warmed\x18\x01 \x01(\x08\"N\n\x15ReleaseSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tnew_owner\x18\x03 \x01(\t\"*\n\x16ReleaseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"(\n\x11\x45ndSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\"#\n\x12\x45ndSessionResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08*q\n\nShardState\x12\x1b\n\x17SHARD_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SHARD_STATE_ACTIVE\x10\x01\x12\x18\n\x14SHARD_STATE_DRAINING\x10\x02\x12\x14\n\x10SHARD_STATE_DOWN\x10\x03\x32\xae\x05\n\x0cShardControl\x12N\n\tGetStatus\x12\x1f.shardroute.v1.GetStatusRequest\x1a .shardroute.v1.GetStatusResponse\x12\x42\n\x05\x44rain\x12\x1b.shardroute.v1.DrainRequest\x1a\x1c.shardroute.v1.DrainResponse\x12W\n\x0cListSessions\x12\".shardroute.v1.ListSessionsRequest\x1a#.shardroute.v1.ListSessionsResponse\x12S\n\rExportSession\x12#.shardroute.v1.ExportSessionRequest\x1a\x1b.shardroute.v1.SessionChunk0\x01\x12T\n\rImportSession\x12\x1b.shardroute.v1.SessionChunk\x1a$.shardroute.v1.ImportSessionResponse(\x01\x12T\n\x0bWarmSession\x12!.shardroute.v1.WarmSessionRequest\x1a\".shardroute.v1.WarmSessionResponse\x12]\n\x0eReleaseSession\x12$.shardroute.v1.ReleaseSessionRequest\x1a%.shardroute.v1.ReleaseSessionResponse\x12Q\n\nEndSession\x12 .shardroute.v1.EndSessionRequest\x1a!.shardroute.v1.EndSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shardroute/v1/shard.proto\x12\rshardroute.v1\"\x81\x01\n\nLoadReport\x12\x10\n\x08inflight\x18\x01 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\x16\n\x0elatency_ms_p50\x18\x04 \x01(\x01\x12\x16\n\x0elatency_ms_p95\x18\x05 \x01(\x01\x12\n\n\x02ts\x18\x06 \x01(\x01\"\x12\n\x10GetStatusRequest\"\x94\x02\n\x11GetStatusResponse\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.shardroute.v1.ShardState\x12\'\n\x04load\x18\x08 \x01(\x0b\x32\x19.shardroute.v1.LoadReport\x12\x13\n\x0b\x63heckpoints\x18\t \x01(\x04\x12\x1b\n\x13store_bytes_written\x18\n \x01(\x04\x12\x16\n\x0esessions_ended\x18\x0b \x01(\x04\"o\n\x0c\x44rainRequest\x12\x0f\n\x07grace_s\x18\x01 \x01(\x01\x12\x18\n\x10migrate_sessions\x18\x02 \x01(\x08\x12\x1c\n\x14max_concurrent_moves\x18\x03 \x01(\r\x12\x16\n\x0ewait_for_moves\x18\x04 \x01(\x08\"\xdf\x01\n\rDrainResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.shardroute.v1.ShardState\x12\x16\n\x0esessions_moved\x18\x02 \x01(\r\x12\x17\n\x0fsessions_failed\x18\x03 \x01(\r\x12\x1a\n\x12sessions_not_moved\x18\x04 \x01(\r\x12\x15\n\rsessions_held\x18\x05 \x01(\r\x12\x0f\n\x07moves_s\x18\x06 \x01(\x01\x12\x15\n\rmoves_counted\x18\x07 \x01(\x08\x12\x18\n\x10store_in_process\x18\x08 \x01(\x08\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListSessionsResponse\x12,\n\x08sessions\x18\x01 \x03(\x0b\x32\x1a.shardroute.v1.SessionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x0bSessionInfo\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0bstate_bytes\x18\x03 \x01(\x04\x12\x14\n\x0clast_used_ts\x18\x04 \x01(\x01\"`\n\x14\x45xportSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\x12\x0f\n\x07push_to\x18\x04 \x01(\t\"\xb7\x01\n\x0cSessionChunk\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x15\n\rstate_version\x18\x08 \x01(\x04\x12\x0c\n\x04warm\x18\t \x01(\x08\x12\x0e\n\x06pushed\x18\n \x01(\x08\"`\n\x15ImportSessionResponse\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x13\n\x0bstate_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06warmed\x18\x04 \x01(\x08\"8\n\x12WarmSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"%\n\x13WarmSessionResponse\x12\x0e\n\x06warmed\x18\x01 \x01(\x08\"N\n\x15ReleaseSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\tnew_owner\x18\x03 \x01(\t\"*\n\x16ReleaseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"(\n\x11\x45ndSessionRequest\x12\x13\n\x0bsession_key\x18\x01 \x01(\t\"#\n\x12\x45ndSessionResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08*q\n\nShardState\x12\x1b\n\x17SHARD_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SHARD_STATE_ACTIVE\x10\x01\x12\x18\n\x14SHARD_STATE_DRAINING\x10\x02\x12\x14\n\x10SHARD_STATE_DOWN\x10\x03\x32\xae\x05\n\x0cShardControl\x12N\n\tGetStatus\x12\x1f.shardroute.v1.GetStatusRequest\x1a .shardroute.v1.GetStatusResponse\x12\x42\n\x05\x44rain\x12\x1b.shardroute.v1.DrainRequest\x1a\x1c.shardroute.v1.DrainResponse\x12W\n\x0cListSessions\x12\".shardroute.v1.ListSessionsRequest\x1a#.shardroute.v1.ListSessionsResponse\x12S\n\rExportSession\x12#.shardroute.v1.ExportSessionRequest\x1a\x1b.shardroute.v1.SessionChunk0\x01\x12T\n\rImportSession\x12\x1b.shardroute.v1.SessionChunk\x1a$.shardroute.v1.ImportSessionResponse(\x01\x12T\n\x0bWarmSession\x12!.shardroute.v1.WarmSessionRequest\x1a\".shardroute.v1.WarmSessionResponse\x12]\n\x0eReleaseSession\x12$.shardroute.v1.ReleaseSessionRequest\x1a%.shardroute.v1.ReleaseSessionResponse\x12Q\n\nEndSession\x12 .shardroute.v1.EndSessionRequest\x1a!.shardroute.v1.EndSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardroute.v1.shard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHARDSTATE']._serialized_start=1721
-  _globals['_SHARDSTATE']._serialized_end=1834
+  _globals['_SHARDSTATE']._serialized_start=1747
+  _globals['_SHARDSTATE']._serialized_end=1860
   _globals['_LOADREPORT']._serialized_start=45
   _globals['_LOADREPORT']._serialized_end=174
   _globals['_GETSTATUSREQUEST']._serialized_start=176
@@ -43,31 +43,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAINREQUEST']._serialized_start=475
   _globals['_DRAINREQUEST']._serialized_end=586
   _globals['_DRAINRESPONSE']._serialized_start=589
-  _globals['_DRAINRESPONSE']._serialized_end=786
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=788
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=848
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=850
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=943
-  _globals['_SESSIONINFO']._serialized_start=945
-  _globals['_SESSIONINFO']._serialized_end=1037
-  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1039
-  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1135
-  _globals['_SESSIONCHUNK']._serialized_start=1138
-  _globals['_SESSIONCHUNK']._serialized_end=1321
-  _globals['_IMPORTSESSIONRESPONSE']._serialized_start=1323
-  _globals['_IMPORTSESSIONRESPONSE']._serialized_end=1419
-  _globals['_WARMSESSIONREQUEST']._serialized_start=1421
-  _globals['_WARMSESSIONREQUEST']._serialized_end=1477
-  _globals['_WARMSESSIONRESPONSE']._serialized_start=1479
-  _globals['_WARMSESSIONRESPONSE']._serialized_end=1516
-  _globals['_RELEASESESSIONREQUEST']._serialized_start=1518
-  _globals['_RELEASESESSIONREQUEST']._serialized_end=1596
-  _globals['_RELEASESESSIONRESPONSE']._serialized_start=1598
-  _globals['_RELEASESESSIONRESPONSE']._serialized_end=1640
-  _globals['_ENDSESSIONREQUEST']._serialized_start=1642
-  _globals['_ENDSESSIONREQUEST']._serialized_end=1682
-  _globals['_ENDSESSIONRESPONSE']._serialized_start=1684
-  _globals['_ENDSESSIONRESPONSE']._serialized_end=1719
-  _globals['_SHARDCONTROL']._serialized_start=1837
-  _globals['_SHARDCONTROL']._serialized_end=2523
+  _globals['_DRAINRESPONSE']._serialized_end=812
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=814
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=874
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=876
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=969
+  _globals['_SESSIONINFO']._serialized_start=971
+  _globals['_SESSIONINFO']._serialized_end=1063
+  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1065
+  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1161
+  _globals['_SESSIONCHUNK']._serialized_start=1164
+  _globals['_SESSIONCHUNK']._serialized_end=1347
+  _globals['_IMPORTSESSIONRESPONSE']._serialized_start=1349
+  _globals['_IMPORTSESSIONRESPONSE']._serialized_end=1445
+  _globals['_WARMSESSIONREQUEST']._serialized_start=1447
+  _globals['_WARMSESSIONREQUEST']._serialized_end=1503
+  _globals['_WARMSESSIONRESPONSE']._serialized_start=1505
+  _globals['_WARMSESSIONRESPONSE']._serialized_end=1542
+  _globals['_RELEASESESSIONREQUEST']._serialized_start=1544
+  _globals['_RELEASESESSIONREQUEST']._serialized_end=1622
+  _globals['_RELEASESESSIONRESPONSE']._serialized_start=1624
+  _globals['_RELEASESESSIONRESPONSE']._serialized_end=1666
+  _globals['_ENDSESSIONREQUEST']._serialized_start=1668
+  _globals['_ENDSESSIONREQUEST']._serialized_end=1708
+  _globals['_ENDSESSIONRESPONSE']._serialized_start=1710
+  _globals['_ENDSESSIONRESPONSE']._serialized_end=1745
+  _globals['_SHARDCONTROL']._serialized_start=1863
+  _globals['_SHARDCONTROL']._serialized_end=2549
 # @@protoc_insertion_point(module_scope)

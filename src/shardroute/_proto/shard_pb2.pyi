@@ -78,7 +78,7 @@ class DrainRequest(_message.Message):
     def __init__(self, grace_s: _Optional[float] = ..., migrate_sessions: _Optional[bool] = ..., max_concurrent_moves: _Optional[int] = ..., wait_for_moves: _Optional[bool] = ...) -> None: ...
 
 class DrainResponse(_message.Message):
-    __slots__ = ("state", "sessions_moved", "sessions_failed", "sessions_not_moved", "sessions_held", "moves_s", "moves_counted")
+    __slots__ = ("state", "sessions_moved", "sessions_failed", "sessions_not_moved", "sessions_held", "moves_s", "moves_counted", "store_in_process")
     STATE_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_MOVED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class DrainResponse(_message.Message):
     SESSIONS_HELD_FIELD_NUMBER: _ClassVar[int]
     MOVES_S_FIELD_NUMBER: _ClassVar[int]
     MOVES_COUNTED_FIELD_NUMBER: _ClassVar[int]
+    STORE_IN_PROCESS_FIELD_NUMBER: _ClassVar[int]
     state: ShardState
     sessions_moved: int
     sessions_failed: int
@@ -93,7 +94,8 @@ class DrainResponse(_message.Message):
     sessions_held: int
     moves_s: float
     moves_counted: bool
-    def __init__(self, state: _Optional[_Union[ShardState, str]] = ..., sessions_moved: _Optional[int] = ..., sessions_failed: _Optional[int] = ..., sessions_not_moved: _Optional[int] = ..., sessions_held: _Optional[int] = ..., moves_s: _Optional[float] = ..., moves_counted: _Optional[bool] = ...) -> None: ...
+    store_in_process: bool
+    def __init__(self, state: _Optional[_Union[ShardState, str]] = ..., sessions_moved: _Optional[int] = ..., sessions_failed: _Optional[int] = ..., sessions_not_moved: _Optional[int] = ..., sessions_held: _Optional[int] = ..., moves_s: _Optional[float] = ..., moves_counted: _Optional[bool] = ..., store_in_process: _Optional[bool] = ...) -> None: ...
 
 class ListSessionsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

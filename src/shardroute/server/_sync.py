@@ -33,6 +33,7 @@ from shardroute.server._grpc_threads import (
 )
 from shardroute.server._registration import Registrar
 from shardroute.server._sync_control import control_calls
+from shardroute.server.control import REPLY_GRACE_S
 from shardroute.server.drain import log_stop
 from shardroute.server.lifecycle import ServerState
 
@@ -257,8 +258,10 @@ class ShardServer(ShardServerBase):
     def stop(self, grace: float | None = None) -> None:
         """Deregister and stop serving. Idempotent; returns once stopped.
 
-        ``grace``: seconds in-flight calls get to finish (None: cancel them at once).
-        New calls are refused from now on. A concurrent stop with a smaller grace wins.
+        ``grace``: seconds in-flight calls get to finish (None: cancel them at once,
+        except a Drain call's reply on its way out, which gets up to
+        :data:`~shardroute.server.control.REPLY_GRACE_S`). New calls are refused from now
+        on. A concurrent stop with a smaller grace wins.
         """
         if grace is not None:
             seconds("grace", grace, zero=True)
@@ -268,12 +271,16 @@ class ShardServer(ShardServerBase):
             if registrar is not None:
                 run_blocking(lambda: registrar.close(deregister=True))
             if self._grpc is not None:
+                if not grace and self._answers.replies_pending():
+                    grace = REPLY_GRACE_S  # a Drain reply on its way out: its counts
                 stopping = begin_stop(self._grpc, grace)  # refuses new calls from now on
                 if grace:
                     # Once the user's calls are done, what is left are health watches and
                     # control calls: they must not hold the stop for the whole grace.
                     wait_idle(self._accounting, time.monotonic() + grace)
-                    end_stop(begin_stop(self._grpc, 0))
+                    # ... except a Drain reply on its way out (its counts)
+                    replies = REPLY_GRACE_S if self._answers.replies_pending() else 0
+                    end_stop(begin_stop(self._grpc, replies))
                 end_stop(stopping)
             held = self._finish_stop()
             log_stop(self.shard_id, held, self.last_drain, self._sessions.store)

@@ -8,6 +8,8 @@ gRPC status.
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from shardroute._proto import shard_pb2
 from shardroute.errors import ChunkError, ConfigError, Refused
 from shardroute.server._push import Pusher
 from shardroute.server.config import CONTROL_SERVICE
+from shardroute.server.drain import in_process
 from shardroute.server.lifecycle import ServerState
 from shardroute.sessions.chunks import (
     MIN_CHUNK_BYTES,
@@ -43,12 +46,28 @@ _PROTO_STATE = {
 }
 
 
+REPLY_GRACE_S = 1.0
+"""How long a stopping shard lets a Drain reply reach its caller (see
+:meth:`ControlAnswers.replies_pending`)."""
+
+
 class ControlAnswers:
     """What a shard answers to each ``ShardControl`` call (blocking; no gRPC context)."""
 
     def __init__(self, server: ShardServerBase) -> None:
         self._server = server
         self._pusher = Pusher(server)
+        self._lock = threading.Lock()
+        self._answering = 0  # Drain calls in drain_reply now
+        self._replied_at = -math.inf  # when the last one returned (monotonic)
+
+    def replies_pending(self) -> bool:
+        """Whether a Drain call is answering, or answered less than
+        :data:`REPLY_GRACE_S` ago (its reply may not be on the wire yet): the stop then
+        gives control calls that long instead of cancelling them at once, so
+        ``shardroute drain`` gets its counts rather than "Cancelling all calls"."""
+        with self._lock:
+            return self._answering > 0 or time.monotonic() - self._replied_at < REPLY_GRACE_S
 
     def close(self) -> None:
         """Close the channels pushes opened to other shards."""
@@ -180,6 +199,18 @@ class ControlAnswers:
         """The Drain answer, once the drain began: with ``wait_for_moves``, waits (until
         1 s before the call's deadline, ``time_remaining``) for its session moves to
         end; the counts are filled when they ended (``moves_counted``)."""
+        with self._lock:
+            self._answering += 1
+        try:
+            return self._drain_reply(request, time_remaining)
+        finally:
+            with self._lock:
+                self._answering -= 1
+                self._replied_at = time.monotonic()
+
+    def _drain_reply(
+        self, request: shard_pb2.DrainRequest, time_remaining: float | None
+    ) -> shard_pb2.DrainResponse:
         server = self._server
         ended = server._moves_ended
         if request.wait_for_moves:  # answer a little before the caller's deadline
@@ -195,6 +226,7 @@ class ControlAnswers:
             sessions_held=summary.held,
             moves_s=summary.duration_s,
             moves_counted=True,
+            store_in_process=in_process(server._sessions.store),
         )
 
     def sessions_page(self, request: shard_pb2.ListSessionsRequest) -> Any:

@@ -28,13 +28,14 @@ from shardroute.errors import (
 )
 from shardroute.telemetry.migration import status_name
 
-__all__ = ["DrainSummary", "log_stop", "move_reason", "stop_line"]
+__all__ = ["DrainSummary", "in_process", "log_stop", "move_reason", "stop_line"]
 
 log = logging.getLogger("shardroute.server")
 
 EXIT_LEFT_BEHIND = 3
 """``shardroute drain``'s exit code when sessions were left behind (not moved or failed)
-or the shard did not report its moves in time. They are whole in the session store."""
+or the shard did not report its moves in time. They are whole in a shared session store
+(etcd, Redis); an in-memory store ends them with the shard (the printed line says so)."""
 
 NO_TARGET = "no other active shard could take it"
 """The reason of a session left behind because no shard could take it."""
@@ -112,11 +113,11 @@ def not_moved_summary(
     ``store``: the shard's session store)."""
     held = len(list(keys))
     summary = DrainSummary(0, 0, 0, held, held, 0.0, {reason: held} if held else {})
-    log_drain(shard_id, summary, _volatile(store))
+    log_drain(shard_id, summary, in_process(store))
     return summary
 
 
-def _volatile(store: object) -> bool:
+def in_process(store: object) -> bool:
     """Whether ``store`` lives in this process (an in-memory store) and ends with it."""
     from shardroute.sessions import InMemorySessionStore
 
@@ -146,7 +147,7 @@ def move_all(
     summary = DrainSummary(
         len(results), failed, peak(), not_moved, len(keys), time.monotonic() - started, reasons
     )
-    log_drain(shard_id, summary, _volatile(store))
+    log_drain(shard_id, summary, in_process(store))
     return summary
 
 
@@ -187,7 +188,7 @@ def log_drain(shard_id: str, summary: DrainSummary, volatile: bool = False) -> N
 def stop_line(shard_id: str, held: int, drain: DrainSummary | None, store: object) -> str:
     """The one line a shard logs once stopped: how many sessions it held, where they
     are (``store``: its session store), what its drain moved, and what to do."""
-    volatile = _volatile(store)
+    volatile = in_process(store)
     if drain is not None and drain.held and not drain.left_behind:
         return f"shard {shard_id} stopped; its drain moved all {drain.held} sessions it held"
     if drain is not None:
@@ -217,7 +218,7 @@ def log_stop(shard_id: str, held: int, drain: DrainSummary | None, store: object
     """Log :func:`stop_line`: at WARNING when sessions ended with this process (an
     in-memory store, sessions not moved), else at INFO."""
     left = held if drain is None else drain.left_behind
-    lost = bool(left) and _volatile(store)
+    lost = bool(left) and in_process(store)
     log.log(logging.WARNING if lost else logging.INFO, stop_line(shard_id, held, drain, store))
 
 
@@ -237,7 +238,14 @@ def drain_counts(shard_id: str, reply: Any) -> str:
         f"sessions moved in {reply.moves_s:.1f}s, {reply.sessions_not_moved} not moved, "
         f"{reply.sessions_failed} failed"
     )
-    if reply.sessions_not_moved + reply.sessions_failed:
+    left = reply.sessions_not_moved + reply.sessions_failed
+    if left and reply.store_in_process:
+        return (
+            f"{counts}; the {left} sessions left behind end with the shard: its session "
+            "store is in memory (a shared store, etcd or Redis, keeps them; the shard's "
+            "log says why they were left)"
+        )
+    if left:
         return (
             f"{counts}; no data is lost: the sessions left behind are whole in the session "
             "store and another shard takes each over at its next turn (the shard's log "

@@ -20,7 +20,7 @@ from shardroute.errors import (
     StaleState,
 )
 from shardroute.model import Override
-from shardroute.sessions._host_base import HostBase, _Entry, _Overrides, log
+from shardroute.sessions._host_base import HostBase, _Entry, _not_ready_message, _Overrides, log
 from shardroute.sessions.applied import Applied, AppliedTurn, find, replay_trailers
 from shardroute.sessions.envelope import UNKNOWN_LOG, LogPosition, StoredState
 
@@ -36,6 +36,8 @@ class Checkpoints(HostBase):
         if overrides is None:
             return
         lease = self._lease()
+        if lease is None and self._leased:  # lapsed since the decision: no lease-less key
+            raise Refused(grpc.StatusCode.UNAVAILABLE, _not_ready_message(key))
         new = Override(self.shard_id, (current.epoch if current else 0) + 1)
         try:
             written = overrides.swap(key, current, new, lease=lease)

@@ -89,9 +89,15 @@ class Handoff(HostBase):
         ):
             return current
         assert self._overrides is not None
+        lease = self._lease()
+        if lease is None and self._leased:  # an override without a lease outlives the shard
+            raise Refused(
+                grpc.StatusCode.ABORTED,
+                f"{_moving_message(key)} (this shard's lease is not confirmed live to reclaim it)",
+            )
         try:
             written = self._overrides.swap(
-                key, current, Override(self.shard_id, current.epoch + 1), lease=self._lease()
+                key, current, Override(self.shard_id, current.epoch + 1), lease=lease
             )
         except StaleState:
             return self._read_override(key)

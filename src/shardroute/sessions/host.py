@@ -98,9 +98,10 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
         ready: Callable[[], bool] | None = None,
         admit: Callable[[str, Topology], str | None] | None = None,
     ) -> None:
-        """Give the host its session store, override store, topology view and lease;
-        ``ready`` says whether it may take sessions over (False: refused, UNAVAILABLE);
-        ``admit`` where a new session goes instead (:class:`.admission.Admission`)."""
+        """Give the host its session store, override store, topology view and lease
+        (None from ``lease``: not confirmed live now, no override is written; no
+        ``lease``: overrides without one); ``ready`` says whether it may take sessions
+        over (False: refused, UNAVAILABLE); ``admit`` where a new session goes instead."""
         self._store = store
         self._admit = admit
         ttl = getattr(store, "ttl_s", None)
@@ -326,7 +327,11 @@ class SessionHost(Checkpoints, Handoff, Lifetime):
             entry.log = stored.log if stored is not None else None
             entry.applied = self.turn_memory.keep(stored.applied) if stored is not None else ()
             entry.loading = False
-            entry.placed = entry.placed and stored is None  # new sessions only
+            # New sessions, and ones this shard saved whose override never landed (put
+            # off, etcd unreachable, the copy dropped meanwhile): placed here again.
+            entry.placed = entry.placed and (
+                stored is None or (stored.owner == self.shard_id and current is None)
+            )
             entry.last_used = self._clock()
             self.takeovers_total += 1
         log.log(  # a new session (nothing stored) is no news: one line each would flood
