@@ -242,6 +242,14 @@ def test_a_move_told_who_holds_the_session_reads_no_state_for_its_owner(
             assert moved.source == owner and not moved.from_store
             # a drain names itself: no read of the (maybe large) state just for its owner
             assert CountingStore.loads == (0 if told else 1)
-            assert turn(client, key, "again").shard_id == moved.target
+            served = turn(client, key, "again").shard_id
+            # The target, or (seen once in CI, under load) a shard the client failed over
+            # to, which took the session over: then its override names it. Never the
+            # source serving a copy the move left behind (the override naming another).
+            now = mover.overrides.get(key)
+            assert served == moved.target or (now is not None and now.owner == served), (
+                f"{key}: served by {served}; moved {moved.source} -> {moved.target}; "
+                f"override now {now}"
+            )
             assert history(client, key) == ["hi", "again"]
     etcd.close()
