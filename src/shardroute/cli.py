@@ -356,7 +356,8 @@ def _cmd_drain(args: argparse.Namespace) -> int:
             except grpc.RpcError as exc:
                 raise ShardUnavailable(
                     f"shard {shard.id!r} at {shard.address} did not take the drain "
-                    f"({rpc_brief(exc)}); no data is at risk either way: see its state "
+                    f"({rpc_brief(exc)}); its sessions are where they were (a shard on "
+                    "an in-memory store keeps them only while it runs): see its state "
                     "with `shardroute topology` and run the drain again if it is still "
                     "active",
                     (shard.id,),

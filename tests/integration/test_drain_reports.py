@@ -185,24 +185,28 @@ def test_drain_command_says_when_sessions_left_behind_end_with_the_shard(
     assert "no data is lost" not in drained.stdout
 
 
+@pytest.mark.parametrize("slow_part", ["before the counts", "after the counts"])
 def test_a_slow_drain_reply_still_reaches_the_command(
-    etcd_endpoint: str, kind: str, monkeypatch: pytest.MonkeyPatch
+    etcd_endpoint: str, kind: str, monkeypatch: pytest.MonkeyPatch, slow_part: str
 ) -> None:
-    """The shard stops once its moves ended; a Drain reply still on its way out (slow
-    under load: 2 of 1,300 runs) was cancelled by the stop, and ``shardroute drain``
-    said the shard "did not take the drain (UNAVAILABLE: Cancelling all calls)". The
-    stop now gives a pending Drain reply up to REPLY_GRACE_S."""
+    """The shard stops once its moves ended; a Drain call slow to answer (its threads
+    late under load: 2 of 1,300 runs) was cancelled by the stop, and ``shardroute
+    drain`` said the shard "did not take the drain (UNAVAILABLE: Cancelling all
+    calls)". The stop now gives a Drain call that began before it up to REPLY_GRACE_S
+    once the counts are ready, whether the call is late to read them or to send them."""
     from shardroute.server.control import ControlAnswers
 
-    answer = ControlAnswers._drain_reply
+    answer = ControlAnswers.drain_reply
 
     def slow(self: ControlAnswers, *args: Any) -> Any:
+        if slow_part == "before the counts":
+            time.sleep(0.5)  # the drain moves and goes on to stop the server meanwhile
         reply = answer(self, *args)
-        if reply.moves_counted:
-            time.sleep(0.5)  # the drain goes on to stop the server meanwhile
+        if slow_part == "after the counts":
+            time.sleep(0.5)
         return reply
 
-    monkeypatch.setattr(ControlAnswers, "_drain_reply", slow)
+    monkeypatch.setattr(ControlAnswers, "drain_reply", slow)
     drained = drain_to_a_peer(kind, etcd_endpoint, [f"slow-{n}" for n in range(3)])
     assert drained.returncode == 0, drained.stderr
     assert "3 of 3 sessions moved" in drained.stdout, drained.stdout

@@ -164,6 +164,14 @@ def test_the_drain_commands_line_says_where_sessions_left_behind_are(in_process:
     assert "4 of 6 sessions moved" in line and "1 not moved, 1 failed" in line
     assert ("no data is lost" in line) is not in_process
     assert ("the 2 sessions left behind end with the shard" in line) is in_process
+    one = shard_pb2.DrainResponse(
+        sessions_moved=5,
+        sessions_held=6,
+        sessions_failed=1,
+        moves_counted=True,
+        store_in_process=True,
+    )
+    assert "the session left behind ends with the shard" in drain_counts("a", one)
     everything = shard_pb2.DrainResponse(
         sessions_moved=6, sessions_held=6, moves_counted=True, store_in_process=in_process
     )

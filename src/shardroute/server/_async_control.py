@@ -57,11 +57,12 @@ def control_calls(server: AsyncShardServer) -> grpc.GenericRpcHandler:  # type: 
             grace_or(request.grace_s, server.config.drain_grace_s)  # NaN, inf: refused
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if server.state is ServerState.SERVING:
-            answers.take_drain_request(request)
-            server.begin_drain(request.grace_s or None)
-            await run_blocking(server._lifecycle.wait_for, _DRAIN_BEGUN)
-        return await run_blocking(answers.drain_reply, request, context.time_remaining())
+        with answers.answering():  # from here the stop lets the reply out
+            if server.state is ServerState.SERVING:
+                answers.take_drain_request(request)
+                server.begin_drain(request.grace_s or None)
+                await run_blocking(server._lifecycle.wait_for, _DRAIN_BEGUN)
+            return await run_blocking(answers.drain_reply, request, context.time_remaining())
 
     async def list_sessions(request: Any, context: Any) -> Any:
         await authorize(context)

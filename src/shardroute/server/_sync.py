@@ -258,10 +258,11 @@ class ShardServer(ShardServerBase):
     def stop(self, grace: float | None = None) -> None:
         """Deregister and stop serving. Idempotent; returns once stopped.
 
-        ``grace``: seconds in-flight calls get to finish (None: cancel them at once,
-        except a Drain call's reply on its way out, which gets up to
-        :data:`~shardroute.server.control.REPLY_GRACE_S`). New calls are refused from now
-        on. A concurrent stop with a smaller grace wins.
+        ``grace``: seconds in-flight calls get to finish (None: cancel them at once).
+        New calls are refused from now on. A concurrent stop with a smaller grace wins.
+        One exception: while a Drain call's reply (the drain's counts) may be on its way
+        out, the calls get up to :data:`~shardroute.server.control.REPLY_GRACE_S` (1 s)
+        instead of being cancelled at once.
         """
         if grace is not None:
             seconds("grace", grace, zero=True)

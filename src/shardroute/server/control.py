@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -58,16 +59,33 @@ class ControlAnswers:
         self._server = server
         self._pusher = Pusher(server)
         self._lock = threading.Lock()
-        self._answering = 0  # Drain calls in drain_reply now
+        self._answering = 0  # Drain calls in progress (answering())
         self._replied_at = -math.inf  # when the last one returned (monotonic)
 
-    def replies_pending(self) -> bool:
-        """Whether a Drain call is answering, or answered less than
-        :data:`REPLY_GRACE_S` ago (its reply may not be on the wire yet): the stop then
-        gives control calls that long instead of cancelling them at once, so
-        ``shardroute drain`` gets its counts rather than "Cancelling all calls"."""
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Around a whole Drain call (from before the drain begins to the reply): the
+        stop waits for its reply (:meth:`replies_pending`)."""
         with self._lock:
-            return self._answering > 0 or time.monotonic() - self._replied_at < REPLY_GRACE_S
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._answering -= 1
+                self._replied_at = time.monotonic()
+
+    def replies_pending(self) -> bool:
+        """Whether a Drain call's reply may still be on its way out: a call is answering
+        and the drain's moves ended (its counts are ready), or one answered less than
+        :data:`REPLY_GRACE_S` ago. The stop then gives control calls that long instead
+        of cancelling them at once, so ``shardroute drain`` gets its counts rather than
+        "Cancelling all calls". A Drain call still waiting for moves holds nothing."""
+        ended = self._server._moves_ended.is_set()
+        with self._lock:
+            return (self._answering > 0 and ended) or (
+                time.monotonic() - self._replied_at < REPLY_GRACE_S
+            )
 
     def close(self) -> None:
         """Close the channels pushes opened to other shards."""
@@ -199,18 +217,6 @@ class ControlAnswers:
         """The Drain answer, once the drain began: with ``wait_for_moves``, waits (until
         1 s before the call's deadline, ``time_remaining``) for its session moves to
         end; the counts are filled when they ended (``moves_counted``)."""
-        with self._lock:
-            self._answering += 1
-        try:
-            return self._drain_reply(request, time_remaining)
-        finally:
-            with self._lock:
-                self._answering -= 1
-                self._replied_at = time.monotonic()
-
-    def _drain_reply(
-        self, request: shard_pb2.DrainRequest, time_remaining: float | None
-    ) -> shard_pb2.DrainResponse:
         server = self._server
         ended = server._moves_ended
         if request.wait_for_moves:  # answer a little before the caller's deadline

@@ -241,9 +241,10 @@ def drain_counts(shard_id: str, reply: Any) -> str:
     left = reply.sessions_not_moved + reply.sessions_failed
     if left and reply.store_in_process:
         return (
-            f"{counts}; the {left} sessions left behind end with the shard: its session "
-            "store is in memory (a shared store, etcd or Redis, keeps them; the shard's "
-            "log says why they were left)"
+            f"{counts}; {'the session' if left == 1 else f'the {left} sessions'} left "
+            f"behind {'ends' if left == 1 else 'end'} with the shard: its session store is "
+            "in memory (a shared store, etcd or Redis, keeps them; the shard's log says "
+            "why they were left)"
         )
     if left:
         return (
