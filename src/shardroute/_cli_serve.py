@@ -18,12 +18,7 @@ from shardroute.errors import ConfigError
 from shardroute.etcd.credentials import add_etcd_credential_args
 from shardroute.security.args import add_tls_args
 
-__all__ = [
-    "add_serve_arguments",
-    "add_serve_command",
-    "import_class",
-    "listen_address",
-]
+__all__ = ["add_serve_arguments", "add_serve_command", "import_class", "listen_address"]
 
 _FORM = "'module:Class' (e.g. counter_shard:CounterShard, like uvicorn's module:app)"
 

@@ -26,8 +26,8 @@ CLI = [sys.executable, "-m", "shardroute.cli"]
 SERVER_LOGGERS = ("shardroute.server", "shardroute.migration", "shardroute.sessions")
 
 
-def chat_shard(kind: str, etcd: str, shard_id: str) -> Shell:
-    return Shell(kind, shard_id=shard_id, service="chat", etcd=etcd, token_delay_s=0)
+def chat_shard(kind: str, etcd: str, shard_id: str, **kwargs: Any) -> Shell:
+    return Shell(kind, shard_id=shard_id, service="chat", etcd=etcd, token_delay_s=0, **kwargs)
 
 
 def drain_command(etcd: str, shard_id: str) -> subprocess.CompletedProcess[str]:
@@ -166,14 +166,7 @@ def test_drain_command_says_when_sessions_left_behind_end_with_the_shard(
     """A shard on an in-memory session store fills ``DrainResponse.store_in_process``:
     ``shardroute drain`` no longer promises that its sessions left behind are whole."""
     keys = [f"mem-{n}" for n in range(3)]
-    shell = Shell(
-        kind,
-        shard_id="solo",
-        service="chat",
-        etcd=etcd_endpoint,
-        token_delay_s=0,
-        session_store="memory",
-    )
+    shell = chat_shard(kind, etcd_endpoint, "solo", session_store="memory")
     with shell.start(), ShardClient.connect(etcd_endpoint, "chat", timeout=30) as client:
         client.source.wait_for(lambda t: "solo" in t.shards, 10)
         open_sessions(client, "solo", keys)

@@ -69,9 +69,15 @@ class World:
     def topology(self) -> Topology:
         return Topology("chat", shards=self.live, overrides=_EtcdOverrides(self.overrides))
 
-    def host(self, shard: str, hold: float = 1.0, **kwargs: Any) -> SessionHost:
+    def host(
+        self,
+        shard: str,
+        hold: float = 1.0,
+        lease: Callable[[], int | None] | None = None,
+        **kwargs: Any,
+    ) -> SessionHost:
         host = SessionHost(shard, hold_timeout_s=hold, **kwargs)
-        host.attach(self.store, overrides=self.overrides, topology=self.topology)
+        host.attach(self.store, overrides=self.overrides, topology=self.topology, lease=lease)
         return host
 
     def fence(self, key: str, owner: str, moving_to: str) -> Override:
@@ -840,8 +846,7 @@ def test_a_placed_sessions_override_waits_for_a_live_lease(world: World, regrant
     claims it then: before, the claim was lost)."""
     lease = world.etcd.grant_lease(30)
     live: list[int | None] = [lease]
-    t = SessionHost("T", hold_timeout_s=1.0)
-    t.attach(world.store, overrides=world.overrides, topology=world.topology, lease=lambda: live[0])
+    t = world.host("T", lease=lambda: live[0])
     entry = t.begin(K, "spill")
     live[0] = None  # the lease's last confirmation is now too old
     try:
@@ -862,8 +867,7 @@ def test_no_override_is_written_without_a_live_lease(world: World) -> None:
     host is not confirmed live refuses (nothing executed, retry) instead of writing an
     override without a lease, which would outlive the shard (before: written with none)."""
     turn(world.host("A"), K, "t1")  # stored by A, no override
-    t = SessionHost("T", hold_timeout_s=0.2)
-    t.attach(world.store, overrides=world.overrides, topology=world.topology, lease=lambda: None)
+    t = world.host("T", hold=0.2, lease=lambda: None)
     with pytest.raises(Refused) as refused:
         t.begin(K, "spill")  # a take-over from A
     assert refused.value.code is grpc.StatusCode.UNAVAILABLE
@@ -871,9 +875,7 @@ def test_no_override_is_written_without_a_live_lease(world: World) -> None:
     assert world.overrides.get(K) is None and world.stored(K) == ["t1"]
     # A reclaim: T held the session, a mover fenced and exported it, then died.
     lease: list[int | None] = [world.etcd.grant_lease(30)]
-    t.attach(
-        world.store, overrides=world.overrides, topology=world.topology, lease=lambda: lease[0]
-    )
+    t = world.host("T", hold=0.2, lease=lambda: lease[0])
     turn(t, "k2", "t1", reason="spill")
     fence = world.fence("k2", "T", "C")
     t.export("k2", fence.epoch)
@@ -881,4 +883,5 @@ def test_no_override_is_written_without_a_live_lease(world: World) -> None:
     with pytest.raises(Refused) as refused:
         t.begin("k2")  # held 0.2 s, then the reclaim finds no live lease
     assert refused.value.code is grpc.StatusCode.ABORTED and "lease" in refused.value.details
+    assert refused.value.details.endswith("nothing was executed; retry")
     assert world.overrides.get("k2") == fence and world.stored("k2") == ["t1"]

@@ -30,11 +30,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from shardroute._cli_serve import (
-    add_serve_arguments,
-    import_class,
-    listen_address,
-)
+from shardroute._cli_serve import add_serve_arguments, import_class, listen_address
 from shardroute._listen import cannot_listen, host_port
 from shardroute.errors import ConfigError, ShardRouteError
 from shardroute.etcd.credentials import etcd_credentials_from_args

@@ -35,8 +35,8 @@ class Checkpoints(HostBase):
         overrides = self._overrides
         if overrides is None:
             return
-        lease = self._lease()
-        if lease is None and self._leased:  # lapsed since the decision: no lease-less key
+        live, lease = self._lease_to_write()
+        if not live:  # lapsed since the decision
             raise Refused(grpc.StatusCode.UNAVAILABLE, _not_ready_message(key))
         new = Override(self.shard_id, (current.epoch if current else 0) + 1)
         try:
@@ -112,8 +112,8 @@ class Checkpoints(HostBase):
                 "shard %s: override of placed session %s put off (deadline)", self.shard_id, key
             )
             return False
-        lease = self._lease()
-        if lease is None and self._leased:  # not confirmed live now: no key without a lease
+        live, lease = self._lease_to_write()
+        if not live:
             log.debug(
                 "shard %s: override of placed session %s put off (lease not live)",
                 self.shard_id,

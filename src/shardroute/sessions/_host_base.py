@@ -402,6 +402,13 @@ class HostBase:
         while len(self._floors) > _MAX_HINTS:
             self._floors.popitem(last=False)
 
+    def _lease_to_write(self) -> tuple[bool, int | None]:
+        """``(False, None)`` while a lease given at attach is not confirmed live: no
+        override is written then (one without a lease would outlive the shard); else
+        ``(True, lease)``, the lease None for a host attached without one."""
+        lease = self._lease()
+        return (lease is not None or not self._leased), lease
+
     def _hint(self, key: str, override: Override) -> None:
         # Called with _cond held.
         self._hints[key] = override

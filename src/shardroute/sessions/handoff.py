@@ -89,11 +89,12 @@ class Handoff(HostBase):
         ):
             return current
         assert self._overrides is not None
-        lease = self._lease()
-        if lease is None and self._leased:  # an override without a lease outlives the shard
+        live, lease = self._lease_to_write()
+        if not live:
             raise Refused(
                 grpc.StatusCode.ABORTED,
-                f"{_moving_message(key)} (this shard's lease is not confirmed live to reclaim it)",
+                f"session {key!r} is moving and this shard's lease is not confirmed live "
+                "to reclaim it; nothing was executed; retry",
             )
         try:
             written = self._overrides.swap(
